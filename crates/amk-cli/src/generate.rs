@@ -1,0 +1,240 @@
+//! `amk generate`: greedy decoding of one or more prompts.
+
+use crate::progress::{weight_bar, ImportBar};
+use amk_ir::chat::ChatMessage;
+use amk_ir::Model;
+use amk_runtime::cpu::CpuReference;
+use amk_runtime::{generate, Backend, GenerateOptions, StopReason};
+use anyhow::{bail, Context, Result};
+use clap::{Args, ValueEnum};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+/// Generate text greedily (argmax at every step) from a prompt.
+///
+/// Streams the text to stdout as it is produced and ends with tokens/s on stderr. With --json,
+/// prints one JSON object per prompt and line instead: {"prompt", "prompt_ids",
+/// "generated_ids", "text", "ms_per_token", ...}; scripts and benchmarks rely on these fields.
+/// The prompt is tokenized as written: special tokens such as <|im_start|> are recognised and
+/// no BOS token is added unless the model's tokenizer.json adds one; --chat wraps it in the
+/// model's chat template instead.
+#[derive(Debug, Args)]
+pub struct GenerateArgs {
+    /// Hugging Face model directory or .gguf file.
+    #[arg(long, short)]
+    pub model: PathBuf,
+    /// The prompt text.
+    #[arg(long, short, required_unless_present = "prompts_file", conflicts_with = "prompts_file")]
+    pub prompt: Option<String>,
+    /// A JSON file holding a list of prompts: strings, or objects with a "prompt" field (such
+    /// as fixtures/smollm2_golden.json's lists, or an object whose first list is used).
+    #[arg(long)]
+    pub prompts_file: Option<PathBuf>,
+    /// Stop after this many new tokens (an end-of-sequence token counts).
+    #[arg(long, default_value_t = 64)]
+    pub max_new_tokens: usize,
+    /// Where to run: the f32 CPU reference, the GPU megakernel, or the GPU when one is usable.
+    #[arg(long, value_enum, default_value_t = BackendChoice::Auto)]
+    pub backend: BackendChoice,
+    /// Print one JSON object per prompt instead of streaming text.
+    #[arg(long)]
+    pub json: bool,
+    /// Wrap each prompt as a user message in the model's chat template (from
+    /// tokenizer_config.json, chat_template.jinja or the GGUF metadata).
+    #[arg(long)]
+    pub chat: bool,
+}
+
+/// Which backend runs the decode steps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum BackendChoice {
+    /// The f32 CPU reference (exact; reproduces Hugging Face's fp32 decodes).
+    Cpu,
+    /// The CUDA megakernel.
+    Gpu,
+    /// The GPU when one is usable, else the CPU reference.
+    Auto,
+}
+
+/// One line of `--json` output.
+#[derive(Debug, serde::Serialize)]
+struct JsonRecord<'a> {
+    prompt: &'a str,
+    prompt_ids: &'a [u32],
+    generated_ids: &'a [u32],
+    text: String,
+    ms_per_token: f64,
+    tokens_per_s: f64,
+    stop_reason: StopReason,
+    backend: &'static str,
+}
+
+/// Reads `--prompts-file`.
+fn read_prompts(path: &Path) -> Result<Vec<String>> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read prompts file {}", path.display()))?;
+    let value: serde_json::Value = serde_json::from_str(&text)
+        .with_context(|| format!("{} is not valid JSON", path.display()))?;
+    let list = match &value {
+        serde_json::Value::Array(items) => items,
+        serde_json::Value::Object(map) => match map.values().find_map(|v| v.as_array()) {
+            Some(items) => items,
+            None => bail!("{}: the object holds no list of prompts", path.display()),
+        },
+        _ => bail!("{}: expected a list of prompts", path.display()),
+    };
+    let mut prompts = Vec::with_capacity(list.len());
+    for (i, item) in list.iter().enumerate() {
+        match item {
+            serde_json::Value::String(s) => prompts.push(s.clone()),
+            serde_json::Value::Object(o) => match o.get("prompt").and_then(|p| p.as_str()) {
+                Some(s) => prompts.push(s.to_owned()),
+                None => bail!("{}: entry {i} has no string field \"prompt\"", path.display()),
+            },
+            _ => bail!("{}: entry {i} is neither a string nor an object", path.display()),
+        }
+    }
+    if prompts.is_empty() {
+        bail!("{}: the list of prompts is empty", path.display());
+    }
+    Ok(prompts)
+}
+
+/// Builds the requested backend.
+fn make_backend(choice: BackendChoice, model: &Model, quiet: bool) -> Result<Box<dyn Backend>> {
+    match choice {
+        BackendChoice::Gpu => bail!(
+            "--backend gpu: this build of amk has no GPU megakernel backend yet; use --backend cpu \
+             (the f32 reference) or --backend auto"
+        ),
+        BackendChoice::Cpu | BackendChoice::Auto => {
+            if choice == BackendChoice::Auto && !quiet {
+                eprintln!("amk: no GPU backend in this build; running the f32 CPU reference");
+            }
+            let bar = weight_bar(model.graph.weights.len(), "loading weights");
+            let cpu = CpuReference::from_model(model, &mut |done, _| bar.set_position(done as u64))?;
+            bar.finish_and_clear();
+            Ok(Box::new(cpu))
+        }
+    }
+}
+
+pub fn run(args: GenerateArgs) -> Result<()> {
+    let prompts = match (&args.prompt, &args.prompts_file) {
+        (Some(p), _) => vec![p.clone()],
+        (None, Some(file)) => read_prompts(file)?,
+        (None, None) => bail!("give --prompt TEXT or --prompts-file FILE.json"),
+    };
+    let mut bar = ImportBar::new();
+    let model = Model::open(&args.model, &mut |p| bar.update(&p))
+        .with_context(|| format!("opening model {}", args.model.display()))?;
+    bar.finish();
+    let tokenizer = model.tokenizer()?;
+    let template = if args.chat {
+        match model.chat_template()? {
+            Some(t) => Some(t),
+            None => bail!(
+                "--chat: {} has no chat template (tokenizer_config.json `chat_template` or \
+                 chat_template.jinja); pass the prompt without --chat",
+                model.dir.display()
+            ),
+        }
+    } else {
+        None
+    };
+
+    // Tokenize every prompt before the (slow) weight load, so bad input fails fast.
+    let mut encoded = Vec::with_capacity(prompts.len());
+    for prompt in &prompts {
+        let text = match &template {
+            Some(t) => t.render(&[ChatMessage::new("user", prompt.as_str())], true)?,
+            None => prompt.clone(),
+        };
+        let ids = tokenizer.encode(&text).with_context(|| format!("tokenizing {prompt:?}"))?;
+        let max = model.config.max_position_embeddings;
+        if ids.len() > max {
+            bail!(
+                "the prompt {:?} is {} tokens long but the model's context \
+                 (max_position_embeddings in {}) holds {max}; shorten it",
+                truncate(prompt, 60),
+                ids.len(),
+                model.dir.join("config.json").display()
+            );
+        }
+        encoded.push(ids);
+    }
+
+    let mut backend = make_backend(args.backend, &model, args.json)?;
+    let options = GenerateOptions {
+        max_new_tokens: args.max_new_tokens,
+        stop_tokens: model.config.eos_token_ids.clone(),
+    };
+    let stdout = std::io::stdout();
+    for (i, (prompt, ids)) in prompts.iter().zip(&encoded).enumerate() {
+        let mut stream = tokenizer.stream(false);
+        let mut out = stdout.lock();
+        if !args.json && prompts.len() > 1 {
+            writeln!(out, "--- prompt {}: {prompt:?}", i + 1)?;
+        }
+        let mut stream_err = None;
+        let result = generate(backend.as_mut(), ids, &options, &mut |tok| {
+            if args.json || stream_err.is_some() {
+                return;
+            }
+            match stream.step(tok) {
+                Ok(Some(piece)) => {
+                    let _ = out.write_all(piece.as_bytes());
+                    let _ = out.flush();
+                }
+                Ok(None) => {}
+                Err(e) => stream_err = Some(e),
+            }
+        })?;
+        if let Some(e) = stream_err {
+            return Err(e.into());
+        }
+        if args.json {
+            let record = JsonRecord {
+                prompt,
+                prompt_ids: ids,
+                generated_ids: &result.generated,
+                text: tokenizer.decode(&result.generated, false)?,
+                ms_per_token: result.ms_per_token(),
+                tokens_per_s: result.decode_tokens_per_s(),
+                stop_reason: result.stop,
+                backend: backend.name(),
+            };
+            writeln!(out, "{}", serde_json::to_string(&record)?)?;
+        } else {
+            if let Some(rest) = stream.finish()? {
+                out.write_all(rest.as_bytes())?;
+            }
+            writeln!(out)?;
+            out.flush()?;
+            eprintln!(
+                "[{}] {} prompt tokens in {:.2} s, {} new tokens, {:.1} tokens/s ({}, {:.1} ms/token)",
+                backend.name(),
+                ids.len(),
+                result.prompt_time.as_secs_f64(),
+                result.generated.len(),
+                result.decode_tokens_per_s(),
+                match result.stop {
+                    StopReason::EndOfSequence => "stopped at end of sequence",
+                    StopReason::MaxNewTokens => "stopped at --max-new-tokens",
+                    StopReason::ContextFull => "stopped at the end of the context",
+                },
+                result.ms_per_token()
+            );
+        }
+    }
+    Ok(())
+}
+
+/// The first `n` characters of `s`, for error messages.
+fn truncate(s: &str, n: usize) -> String {
+    let mut t: String = s.chars().take(n).collect();
+    if s.chars().count() > n {
+        t.push_str("...");
+    }
+    t
+}

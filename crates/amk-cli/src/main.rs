@@ -1,0 +1,55 @@
+//! `amk`: the command-line front of the amk pipeline.
+//!
+//! Each subcommand is one stage or a whole run: `import-gguf` and `inspect` look at models,
+//! `generate` runs one. Errors go to stderr with their cause chain and a non-zero exit.
+
+mod generate;
+mod inspect;
+mod progress;
+
+use clap::{Parser, Subcommand};
+use std::process::ExitCode;
+
+/// amk (AutoMegakernel): compiles llama-family models into one persistent CUDA kernel per
+/// decode step, and runs them.
+///
+/// MODEL arguments accept a Hugging Face directory (config.json, model.safetensors or a sharded
+/// index, tokenizer.json) or a GGUF file, which is imported once into amk's cache
+/// (AMK_CACHE_DIR, default ~/.cache/amk). Set AMK_LOG=info (or debug) to see each stage's
+/// timing.
+#[derive(Debug, Parser)]
+#[command(name = "amk", version, about, long_about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    Generate(generate::GenerateArgs),
+    Inspect(inspect::InspectArgs),
+    ImportGguf(inspect::ImportArgs),
+}
+
+fn main() -> ExitCode {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("AMK_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Generate(args) => generate::run(args),
+        Command::Inspect(args) => inspect::run_inspect(args),
+        Command::ImportGguf(args) => inspect::run_import(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err}");
+            for cause in err.chain().skip(1) {
+                eprintln!("  caused by: {cause}");
+            }
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,1 @@
+//! amk-codegen-cuda

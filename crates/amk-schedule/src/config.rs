@@ -1,0 +1,117 @@
+//! The knobs of a schedule, in one place, so a person or a search loop can change them and
+//! re-lower (`amk schedule MODEL --config knobs.ron`).
+
+use serde::{Deserialize, Serialize};
+
+/// How tasks are placed on workers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Assignment {
+    /// Task k of the whole step goes to worker k mod W.
+    RoundRobin,
+    /// Each task, in order, goes to the worker with the fewest weight bytes so far (lowest index
+    /// on ties), balancing the weight stream across workers.
+    BalancedBytes,
+}
+
+/// Tiling, placement and launch knobs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ScheduleConfig {
+    /// Workers (thread blocks) of the persistent kernel.
+    pub workers: u32,
+    /// Blocks per SM the launch assumes (workers should not exceed SMs x this).
+    pub blocks_per_sm: u32,
+    /// SMs of the target GPU.
+    pub sm_count: u32,
+    /// Rows per task of the attention output projection.
+    pub o_rows: u32,
+    /// Rows per task of the gate/up projections (each task computes both for its rows).
+    pub mlp_rows: u32,
+    /// Rows per task of the down projection.
+    pub down_rows: u32,
+    /// Rows per task of the LM head.
+    pub head_rows: u32,
+    /// How tasks are spread over workers.
+    pub assignment: Assignment,
+    /// Positions the key/value caches hold; 0 means the model's max_position_embeddings.
+    pub max_positions: u32,
+    /// How many upcoming tasks' weight tiles a worker may prefetch before waiting on their
+    /// inputs (a code generation hint; it does not change the schedule's meaning).
+    pub prefetch_depth: u32,
+}
+
+impl Default for ScheduleConfig {
+    /// Sensible for an H100: one worker per SM (132), 64-row tiles, 512-row LM-head tiles.
+    fn default() -> Self {
+        ScheduleConfig {
+            workers: 132,
+            blocks_per_sm: 1,
+            sm_count: 132,
+            o_rows: 64,
+            mlp_rows: 64,
+            down_rows: 64,
+            head_rows: 512,
+            assignment: Assignment::BalancedBytes,
+            max_positions: 0,
+            prefetch_depth: 1,
+        }
+    }
+}
+
+/// A knob file that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("schedule config is not valid RON at line {line}, column {column}: {message}")]
+    Ron { line: usize, column: usize, message: String },
+    #[error("schedule config field `{field}` = {value} is invalid: {message}")]
+    Invalid { field: &'static str, value: u64, message: String },
+}
+
+impl ScheduleConfig {
+    /// Parses a knob file; absent fields take their defaults.
+    pub fn from_ron(text: &str) -> Result<ScheduleConfig, ConfigError> {
+        let c: ScheduleConfig = ron::from_str(text).map_err(|e| ConfigError::Ron {
+            line: e.position.line,
+            column: e.position.col,
+            message: e.code.to_string(),
+        })?;
+        c.check()?;
+        Ok(c)
+    }
+
+    /// Pretty RON of the knobs.
+    pub fn to_ron(&self) -> String {
+        ron::ser::to_string_pretty(self, ron::ser::PrettyConfig::new().struct_names(true))
+            .unwrap_or_default()
+    }
+
+    /// Checks that every knob is usable.
+    pub fn check(&self) -> Result<(), ConfigError> {
+        let positive = [
+            ("workers", self.workers),
+            ("blocks_per_sm", self.blocks_per_sm),
+            ("sm_count", self.sm_count),
+            ("o_rows", self.o_rows),
+            ("mlp_rows", self.mlp_rows),
+            ("down_rows", self.down_rows),
+            ("head_rows", self.head_rows),
+        ];
+        for (field, value) in positive {
+            if value == 0 {
+                return Err(ConfigError::Invalid {
+                    field,
+                    value: 0,
+                    message: "must be at least 1".into(),
+                });
+            }
+        }
+        if self.workers > 1 << 16 {
+            return Err(ConfigError::Invalid {
+                field: "workers",
+                value: self.workers as u64,
+                message: "more than 65536 workers".into(),
+            });
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,296 @@
+//! Lowering: the decode-step graph of a llama-family model to a schedule.
+//!
+//! Each layer becomes five phases of tasks, with the fusions that keep sync points few:
+//! 1. `qkv`: one task per query, key and value head: RMSNorm of the residual recomputed by the
+//!    task, the head's projection rows, RoPE and (for keys and values) the cache append in the
+//!    epilogue;
+//! 2. `attn`: one task per query head over its key/value head's cache;
+//! 3. `o`: row tiles of the output projection, the residual add in the epilogue;
+//! 4. `up`: row tiles of gate and up projections with SiLU(gate) * up fused (RMSNorm again
+//!    recomputed from the residual);
+//! 5. `down`: row tiles of the down projection, the residual add in the epilogue.
+//!
+//! The step opens with the embedding lookup and ends with LM-head tiles that each keep a
+//! partial argmax, then one reduction that writes the next token and position into `io`.
+//! Each phase signals one counter per task; a worker waits for the previous phase's counter
+//! to reach its task count before its first task of a phase, so every task of a phase happens
+//! after every task of the phase before. Counters are epoch-offset, so no reset is needed
+//! between launches.
+
+use crate::config::{Assignment, ScheduleConfig};
+use crate::ops::{ProjInput, ProjOutput, RopeSpec, TaskOp, ELEM, IO_BYTES, PARTIAL_BYTES};
+use crate::schedule::{BufferId, BufferKind, CounterId, CounterReset, Instr, Schedule, TaskId, Worker};
+use amk_ir::graph::DecodeGraph;
+
+/// Why a graph cannot be lowered.
+#[derive(Debug, thiserror::Error)]
+pub enum LowerError {
+    #[error(
+        "the graph is not the llama decode pattern amk lowers (node {node} `{name}` differs from \
+         what config.json implies); regenerate model.ir.ron with `amk` rather than editing its \
+         structure"
+    )]
+    Pattern { node: usize, name: String },
+    #[error("invalid schedule config: {0}")]
+    Config(#[from] crate::config::ConfigError),
+    #[error("a tile does not fit: {0}")]
+    Tiling(String),
+}
+
+/// One phase under construction: its tasks (in order) and their weight bytes.
+struct Phase {
+    counter: CounterId,
+    tasks: Vec<(TaskId, u64)>,
+}
+
+struct Lowerer {
+    s: Schedule,
+    phases: Vec<Phase>,
+}
+
+impl Lowerer {
+    fn buffer(&mut self, name: &str, kind: BufferKind, bytes: u64) -> BufferId {
+        self.s.add_buffer(name, kind, bytes)
+    }
+
+    fn phase(&mut self, name: &str) {
+        // Epoch counts are filled in once the phase is complete.
+        let counter = self.s.add_counter(name, CounterReset::Epoch { signals_per_launch: 0 });
+        self.phases.push(Phase { counter, tasks: Vec::new() });
+    }
+
+    fn task(&mut self, name: String, op: TaskOp, weight_bytes: u64) {
+        let s = &self.s;
+        let (reads, writes) = op.footprint(|b| s.buffers.get(b.index()).map_or(0, |b| b.bytes));
+        let id = self.s.add_task(name, op, reads, writes);
+        if let Some(p) = self.phases.last_mut() {
+            p.tasks.push((id, weight_bytes));
+        }
+    }
+}
+
+/// Splits `0..total` into tiles of `tile` (the last may be shorter).
+fn tiles(total: u32, tile: u32) -> impl Iterator<Item = (u32, u32)> {
+    (0..total.div_ceil(tile)).map(move |i| (i * tile, tile.min(total - i * tile)))
+}
+
+/// Lowers `graph` with the given knobs.
+pub fn lower(graph: &DecodeGraph, config: &ScheduleConfig) -> Result<Schedule, LowerError> {
+    config.check()?;
+    let _span = tracing::info_span!("schedule").entered();
+    // The lowering knows the llama pattern; make sure the graph is exactly that.
+    let expected = DecodeGraph::build(&graph.config);
+    if expected.graph.node_count() != graph.graph.node_count()
+        || expected.weights != graph.weights
+    {
+        return Err(LowerError::Pattern { node: 0, name: "<graph size or weights>".into() });
+    }
+    for (a, b) in expected.graph.node_indices().zip(graph.graph.node_indices()) {
+        if expected.graph[a] != graph.graph[b] || expected.operands(a) != graph.operands(b) {
+            return Err(LowerError::Pattern { node: b.index(), name: graph.graph[b].name.clone() });
+        }
+    }
+
+    let c = &graph.config;
+    let u = |v: usize| -> Result<u32, LowerError> {
+        u32::try_from(v).map_err(|_| LowerError::Tiling(format!("{v} does not fit in 32 bits")))
+    };
+    let (h, m, hd) = (u(c.hidden_size)?, u(c.intermediate_size)?, u(c.head_dim)?);
+    let (nh, nkv, vocab) = (u(c.num_heads)?, u(c.num_kv_heads)?, u(c.vocab_size)?);
+    let max_pos = if config.max_positions == 0 {
+        u(c.max_position_embeddings)?
+    } else {
+        config.max_positions.min(u(c.max_position_embeddings)?)
+    };
+    let eps = c.rms_norm_eps;
+    let rope = RopeSpec { head_dim: hd, theta: c.rope.theta };
+
+    let mut l = Lowerer { s: Schedule::new(format!("{} x{}", c.architecture.hf_name(), c.num_layers)), phases: Vec::new() };
+    let mut weight_ids = Vec::with_capacity(graph.weights.len());
+    for w in &graph.weights {
+        let id = l.buffer(&w.name, BufferKind::Weight, w.numel() as u64 * ELEM);
+        weight_ids.push(id);
+    }
+    let wbuf = |name: &str| -> BufferId {
+        let i = graph.weights.iter().position(|w| w.name == name).unwrap_or(usize::MAX);
+        weight_ids.get(i).copied().unwrap_or(BufferId(u32::MAX))
+    };
+    let io = l.buffer("io", BufferKind::Io, IO_BYTES);
+    let resid = l.buffer("resid", BufferKind::Activation, h as u64 * ELEM);
+    let q = l.buffer("q", BufferKind::Activation, (nh * hd) as u64 * ELEM);
+    let attn = l.buffer("attn", BufferKind::Activation, (nh * hd) as u64 * ELEM);
+    let act = l.buffer("act", BufferKind::Activation, m as u64 * ELEM);
+    let logits = l.buffer("logits", BufferKind::Logits, vocab as u64 * ELEM);
+    let head_tiles = vocab.div_ceil(config.head_rows);
+    let partials = l.buffer("argmax_partials", BufferKind::Scratch, head_tiles as u64 * PARTIAL_BYTES);
+    let cache_bytes = nkv as u64 * max_pos as u64 * hd as u64 * ELEM;
+
+    l.phase("embed.done");
+    let table = wbuf("model.embed_tokens.weight");
+    l.task("embed".into(), TaskOp::Embed { table, hidden: h, io, out: resid }, h as u64 * ELEM);
+
+    for layer in 0..c.num_layers {
+        let lw = |s: &str| wbuf(&format!("model.layers.{layer}.{s}"));
+        let k_cache = l.buffer(&format!("L{layer}.k_cache"), BufferKind::KvCache, cache_bytes);
+        let v_cache = l.buffer(&format!("L{layer}.v_cache"), BufferKind::KvCache, cache_bytes);
+        let normed = |weight| ProjInput::RmsNormed { buffer: resid, len: h, weight, eps };
+        let bias = |s: &str| c.attention_bias.then(|| lw(s));
+
+        l.phase(&format!("L{layer}.qkv.done"));
+        let attn_in = normed(lw("input_layernorm.weight"));
+        let head_bytes = (hd * h) as u64 * ELEM;
+        for head in 0..nh {
+            let op = TaskOp::Projection {
+                input: attn_in,
+                weight: lw("self_attn.q_proj.weight"),
+                bias: bias("self_attn.q_proj.bias"),
+                first_row: head * hd,
+                rows: hd,
+                cols: h,
+                rope: Some(rope),
+                io,
+                output: ProjOutput::Store { buffer: q, offset: head * hd },
+            };
+            l.task(format!("L{layer}.q.h{head}"), op, head_bytes);
+        }
+        for (tag, proj, cache, rope) in
+            [("k", "k_proj", k_cache, Some(rope)), ("v", "v_proj", v_cache, None)]
+        {
+            for kv_head in 0..nkv {
+                let op = TaskOp::Projection {
+                    input: attn_in,
+                    weight: lw(&format!("self_attn.{proj}.weight")),
+                    bias: bias(&format!("self_attn.{proj}.bias")),
+                    first_row: kv_head * hd,
+                    rows: hd,
+                    cols: h,
+                    rope,
+                    io,
+                    output: ProjOutput::CacheRow { cache, kv_head, head_dim: hd, max_positions: max_pos },
+                };
+                l.task(format!("L{layer}.{tag}.h{kv_head}"), op, head_bytes);
+            }
+        }
+
+        l.phase(&format!("L{layer}.attn.done"));
+        for head in 0..nh {
+            let op = TaskOp::Attention {
+                q,
+                head,
+                kv_head: head / (nh / nkv),
+                head_dim: hd,
+                max_positions: max_pos,
+                k_cache,
+                v_cache,
+                io,
+                out: attn,
+            };
+            l.task(format!("L{layer}.attn.h{head}"), op, 0);
+        }
+
+        l.phase(&format!("L{layer}.o.done"));
+        for (first, rows) in tiles(h, config.o_rows) {
+            let op = TaskOp::Projection {
+                input: ProjInput::Vector { buffer: attn, len: nh * hd },
+                weight: lw("self_attn.o_proj.weight"),
+                bias: bias("self_attn.o_proj.bias"),
+                first_row: first,
+                rows,
+                cols: nh * hd,
+                rope: None,
+                io,
+                output: ProjOutput::Accumulate { buffer: resid, offset: first },
+            };
+            l.task(format!("L{layer}.o.r{first}"), op, (rows * nh * hd) as u64 * ELEM);
+        }
+
+        l.phase(&format!("L{layer}.up.done"));
+        let mlp_in = normed(lw("post_attention_layernorm.weight"));
+        for (first, rows) in tiles(m, config.mlp_rows) {
+            let op = TaskOp::GatedUp {
+                input: mlp_in,
+                gate: lw("mlp.gate_proj.weight"),
+                up: lw("mlp.up_proj.weight"),
+                first_row: first,
+                rows,
+                cols: h,
+                out: act,
+            };
+            l.task(format!("L{layer}.up.r{first}"), op, 2 * (rows * h) as u64 * ELEM);
+        }
+
+        l.phase(&format!("L{layer}.down.done"));
+        for (first, rows) in tiles(h, config.down_rows) {
+            let op = TaskOp::Projection {
+                input: ProjInput::Vector { buffer: act, len: m },
+                weight: lw("mlp.down_proj.weight"),
+                bias: if c.mlp_bias { Some(lw("mlp.down_proj.bias")) } else { None },
+                first_row: first,
+                rows,
+                cols: m,
+                rope: None,
+                io,
+                output: ProjOutput::Accumulate { buffer: resid, offset: first },
+            };
+            l.task(format!("L{layer}.down.r{first}"), op, (rows * m) as u64 * ELEM);
+        }
+    }
+
+    l.phase("head.done");
+    let head_w = if c.tie_word_embeddings { "model.embed_tokens.weight" } else { "lm_head.weight" };
+    let head_in = ProjInput::RmsNormed { buffer: resid, len: h, weight: wbuf("model.norm.weight"), eps };
+    for (slot, (first, rows)) in tiles(vocab, config.head_rows).enumerate() {
+        let op = TaskOp::HeadArgmax {
+            input: head_in,
+            weight: wbuf(head_w),
+            first_row: first,
+            rows,
+            cols: h,
+            logits,
+            partials,
+            slot: slot as u32,
+        };
+        l.task(format!("head.r{first}"), op, (rows * h) as u64 * ELEM);
+    }
+
+    l.phase("argmax.done");
+    l.task("argmax".into(), TaskOp::ArgmaxReduce { partials, count: head_tiles, io }, 0);
+
+    Ok(place(l, config))
+}
+
+/// Places each phase's tasks on workers and writes the instruction lists.
+fn place(mut l: Lowerer, config: &ScheduleConfig) -> Schedule {
+    let w = config.workers as usize;
+    let mut workers = vec![Worker::default(); w];
+    let mut load = vec![0u64; w];
+    let mut next_rr = 0usize;
+    let mut prev: Option<(CounterId, u32)> = None;
+    for phase in &l.phases {
+        let mut waited = vec![false; w];
+        for &(task, bytes) in &phase.tasks {
+            let wi = match config.assignment {
+                Assignment::RoundRobin => {
+                    next_rr = (next_rr + 1) % w;
+                    (next_rr + w - 1) % w
+                }
+                Assignment::BalancedBytes => {
+                    // Fewest bytes so far; among equals, the lowest index.
+                    (0..w).min_by_key(|&i| (load[i], i)).unwrap_or(0)
+                }
+            };
+            load[wi] += bytes.max(1);
+            if let (Some((counter, count)), false) = (prev, waited[wi]) {
+                workers[wi].instrs.push(Instr::Wait { counter, at_least: count });
+                waited[wi] = true;
+            }
+            workers[wi].instrs.push(Instr::Run(task));
+            workers[wi].instrs.push(Instr::Signal(phase.counter));
+        }
+        let count = phase.tasks.len() as u32;
+        l.s.counters[phase.counter.index()].reset = CounterReset::Epoch { signals_per_launch: count };
+        prev = Some((phase.counter, count));
+    }
+    l.s.workers = workers;
+    l.s
+}

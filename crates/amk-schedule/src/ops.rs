@@ -1,0 +1,245 @@
+//! What a task computes. The verifier looks only at a task's declared regions; the executors
+//! (the CPU schedule executor and the generated CUDA) look at its op, and [`TaskOp::footprint`]
+//! gives the regions an op touches so a schedule's declarations can be checked against it.
+//!
+//! Every activation is f32. Offsets and lengths inside ops count elements (4 bytes each);
+//! regions count bytes. Weight buffers are described as f32 too: a backend that uploads bf16
+//! or int8 weights scales every weight region by the same factor, which keeps bounds and
+//! disjointness as verified.
+//!
+//! The `io` buffer holds two u32 words: the token being decoded and its position. The final
+//! [`TaskOp::ArgmaxReduce`] overwrites them with the next token and position + 1, so the next
+//! launch reads its input from device memory.
+
+use crate::schedule::{BufferId, Region};
+use serde::{Deserialize, Serialize};
+
+/// Bytes of one element of every buffer (f32 activations, f32-described weights, u32 io).
+pub const ELEM: u64 = 4;
+/// Bytes of the io buffer: token and position.
+pub const IO_BYTES: u64 = 8;
+/// Bytes of one argmax partial: (f32 value, u32 index).
+pub const PARTIAL_BYTES: u64 = 8;
+
+/// The input vector of a projection.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub enum ProjInput {
+    /// The first `len` elements of `buffer`, as they are.
+    Vector { buffer: BufferId, len: u32 },
+    /// `rms_norm(buffer[..len]) * weight`, recomputed by each task from the residual stream
+    /// (RMSNorm fused into the projection: no sync point for the norm).
+    RmsNormed { buffer: BufferId, len: u32, weight: BufferId, eps: f32 },
+}
+
+impl ProjInput {
+    /// Number of elements of the input vector.
+    pub fn len(&self) -> u32 {
+        match *self {
+            ProjInput::Vector { len, .. } | ProjInput::RmsNormed { len, .. } => len,
+        }
+    }
+
+    /// Whether the input is empty (never, in a lowered schedule).
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn footprint(&self, reads: &mut Vec<Region>) {
+        match *self {
+            ProjInput::Vector { buffer, len } => reads.push(elems(buffer, 0, len)),
+            ProjInput::RmsNormed { buffer, len, weight, .. } => {
+                reads.push(elems(buffer, 0, len));
+                reads.push(elems(weight, 0, len));
+            }
+        }
+    }
+}
+
+/// Where a projection's rows go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ProjOutput {
+    /// `buffer[offset + i] = y[i]`.
+    Store { buffer: BufferId, offset: u32 },
+    /// `buffer[offset + i] += y[i]`: the residual add fused into the epilogue.
+    Accumulate { buffer: BufferId, offset: u32 },
+    /// The rows are one key or value head, appended to a cache laid out
+    /// `[num_kv_heads, max_positions, head_dim]` at the current position (KV append fused).
+    CacheRow { cache: BufferId, kv_head: u32, head_dim: u32, max_positions: u32 },
+}
+
+/// Rotary embedding applied to a projection's rows (whole heads), at the current position.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct RopeSpec {
+    pub head_dim: u32,
+    pub theta: f64,
+}
+
+/// The computation of one task.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum TaskOp {
+    /// Copies the bytes of `src` to `dst` (same length).
+    Copy { src: Region, dst: Region },
+    /// `out[..hidden] = table[token]`, the token read from `io`.
+    Embed { table: BufferId, hidden: u32, io: BufferId, out: BufferId },
+    /// Rows `first_row..first_row + rows` of `weight @ input (+ bias)` (weight `[*, cols]`),
+    /// optionally rotated (rope), then stored, accumulated or appended to a cache.
+    Projection {
+        input: ProjInput,
+        weight: BufferId,
+        bias: Option<BufferId>,
+        first_row: u32,
+        rows: u32,
+        cols: u32,
+        rope: Option<RopeSpec>,
+        io: BufferId,
+        output: ProjOutput,
+    },
+    /// Rows of `silu(gate @ input) * (up @ input)` into `out[first_row..]`: the SiLU-gated MLP's
+    /// first half with its activation fused.
+    GatedUp {
+        input: ProjInput,
+        gate: BufferId,
+        up: BufferId,
+        first_row: u32,
+        rows: u32,
+        cols: u32,
+        out: BufferId,
+    },
+    /// One query head attending over cache rows `0..=position` of its key/value head:
+    /// `out[head] = softmax(q[head] . K / sqrt(head_dim)) @ V`.
+    Attention {
+        q: BufferId,
+        head: u32,
+        kv_head: u32,
+        head_dim: u32,
+        max_positions: u32,
+        k_cache: BufferId,
+        v_cache: BufferId,
+        io: BufferId,
+        out: BufferId,
+    },
+    /// Rows of the LM head: stores those logits and the (value, index) of their maximum, first
+    /// index on ties, in `partials[slot]`.
+    HeadArgmax {
+        input: ProjInput,
+        weight: BufferId,
+        first_row: u32,
+        rows: u32,
+        cols: u32,
+        logits: BufferId,
+        partials: BufferId,
+        slot: u32,
+    },
+    /// Reduces `count` partials to the next token; writes it and position + 1 into `io`.
+    ArgmaxReduce { partials: BufferId, count: u32, io: BufferId },
+}
+
+/// A region of `len` elements from element `first`.
+pub fn elems(buffer: BufferId, first: u32, len: u32) -> Region {
+    Region::new(buffer, first as u64 * ELEM, len as u64 * ELEM)
+}
+
+fn io_region(io: BufferId) -> Region {
+    Region::new(io, 0, IO_BYTES)
+}
+
+impl TaskOp {
+    /// A short name of the op's kind.
+    pub fn kind_name(&self) -> &'static str {
+        match self {
+            TaskOp::Copy { .. } => "copy",
+            TaskOp::Embed { .. } => "embed",
+            TaskOp::Projection { .. } => "projection",
+            TaskOp::GatedUp { .. } => "gated_up",
+            TaskOp::Attention { .. } => "attention",
+            TaskOp::HeadArgmax { .. } => "head_argmax",
+            TaskOp::ArgmaxReduce { .. } => "argmax_reduce",
+        }
+    }
+
+    /// The byte regions the op may read and write, from its fields and the size of each buffer
+    /// (`buffer_bytes`). A task's declared regions must cover these; data-dependent rows (the
+    /// embedding row, the cache row at the current position) are covered by their whole range.
+    pub fn footprint(&self, buffer_bytes: impl Fn(BufferId) -> u64) -> (Vec<Region>, Vec<Region>) {
+        let (mut r, mut w) = (Vec::new(), Vec::new());
+        match *self {
+            TaskOp::Copy { src, dst } => {
+                r.push(src);
+                w.push(dst);
+            }
+            TaskOp::Embed { table, hidden, io, out } => {
+                r.push(io_region(io));
+                // The row depends on the token: the whole table may be read.
+                r.push(Region::new(table, 0, buffer_bytes(table)));
+                w.push(elems(out, 0, hidden));
+            }
+            TaskOp::Projection { input, weight, bias, first_row, rows, cols, rope, io, output } => {
+                input.footprint(&mut r);
+                r.push(Region::new(
+                    weight,
+                    first_row as u64 * cols as u64 * ELEM,
+                    rows as u64 * cols as u64 * ELEM,
+                ));
+                if let Some(b) = bias {
+                    r.push(elems(b, first_row, rows));
+                }
+                if rope.is_some() || matches!(output, ProjOutput::CacheRow { .. }) {
+                    r.push(io_region(io));
+                }
+                match output {
+                    ProjOutput::Store { buffer, offset } => w.push(elems(buffer, offset, rows)),
+                    ProjOutput::Accumulate { buffer, offset } => {
+                        r.push(elems(buffer, offset, rows));
+                        w.push(elems(buffer, offset, rows));
+                    }
+                    ProjOutput::CacheRow { cache, kv_head, head_dim, max_positions } => {
+                        let per_head = max_positions as u64 * head_dim as u64 * ELEM;
+                        w.push(Region::new(cache, kv_head as u64 * per_head, per_head));
+                    }
+                }
+            }
+            TaskOp::GatedUp { input, gate, up, first_row, rows, cols, out } => {
+                input.footprint(&mut r);
+                let off = first_row as u64 * cols as u64 * ELEM;
+                let len = rows as u64 * cols as u64 * ELEM;
+                r.push(Region::new(gate, off, len));
+                r.push(Region::new(up, off, len));
+                w.push(elems(out, first_row, rows));
+            }
+            TaskOp::Attention {
+                q,
+                head,
+                kv_head,
+                head_dim,
+                max_positions,
+                k_cache,
+                v_cache,
+                io,
+                out,
+            } => {
+                r.push(elems(q, head * head_dim, head_dim));
+                let per_head = max_positions as u64 * head_dim as u64 * ELEM;
+                r.push(Region::new(k_cache, kv_head as u64 * per_head, per_head));
+                r.push(Region::new(v_cache, kv_head as u64 * per_head, per_head));
+                r.push(io_region(io));
+                w.push(elems(out, head * head_dim, head_dim));
+            }
+            TaskOp::HeadArgmax { input, weight, first_row, rows, cols, logits, partials, slot } => {
+                input.footprint(&mut r);
+                r.push(Region::new(
+                    weight,
+                    first_row as u64 * cols as u64 * ELEM,
+                    rows as u64 * cols as u64 * ELEM,
+                ));
+                w.push(elems(logits, first_row, rows));
+                w.push(Region::new(partials, slot as u64 * PARTIAL_BYTES, PARTIAL_BYTES));
+            }
+            TaskOp::ArgmaxReduce { partials, count, io } => {
+                r.push(Region::new(partials, 0, count as u64 * PARTIAL_BYTES));
+                r.push(io_region(io));
+                w.push(io_region(io));
+            }
+        }
+        (r, w)
+    }
+}

