@@ -178,3 +178,34 @@ fn sha256_file(path: &Path) -> Result<String> {
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
+
+/// The PyPI package carrying NVRTC for the CUDA version of the test GPU (13.0).
+const NVRTC_PACKAGE: &str = "nvidia-cuda-nvrtc==13.0.88";
+
+/// Installs NVRTC from PyPI into amk's cache (once) and returns the folder holding
+/// `libnvrtc.so.13` and its builtins, for `LD_LIBRARY_PATH`. No GPU or CUDA install needed.
+pub fn ensure_nvrtc() -> Result<PathBuf> {
+    let root = amk_ir::cache::cache_dir().join("nvrtc-13.0.88");
+    let lib = root.join("nvidia").join("cu13").join("lib");
+    if lib.join("libnvrtc.so.13").is_file() {
+        return Ok(lib);
+    }
+    let root_s = root.to_str().context("cache path is not UTF-8")?;
+    eprintln!("installing {NVRTC_PACKAGE} into {root_s}");
+    let out = Command::new("python3")
+        .args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--no-deps"])
+        .args(["--target", root_s, NVRTC_PACKAGE])
+        .output()
+        .context("cannot start `python3 -m pip`")?;
+    if !out.status.success() {
+        bail!(
+            "pip install {NVRTC_PACKAGE} failed ({}):\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    if !lib.join("libnvrtc.so.13").is_file() {
+        bail!("{NVRTC_PACKAGE} installed, but {} has no libnvrtc.so.13", lib.display());
+    }
+    Ok(lib)
+}

@@ -86,6 +86,19 @@ fn cargo() -> String {
 fn test() -> Result<()> {
     let cargo = cargo();
     fetch::fetch_model("smollm2")?;
+    // NVRTC lets the suite compile the generated CUDA for every target without a GPU.
+    let nvrtc = fetch::ensure_nvrtc()?;
+    let path = match std::env::var_os("LD_LIBRARY_PATH") {
+        Some(old) if !old.is_empty() => {
+            let mut p = nvrtc.into_os_string();
+            p.push(":");
+            p.push(old);
+            p
+        }
+        _ => nvrtc.into_os_string(),
+    };
+    // xtask runs no other threads here; the cargo processes below inherit the variable.
+    std::env::set_var("LD_LIBRARY_PATH", &path);
     run(&cargo, &["fmt", "--all", "--check"])?;
     run(&cargo, &["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"])?;
     run(&cargo, &["test", "--workspace"])?;

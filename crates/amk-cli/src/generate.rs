@@ -69,19 +69,76 @@ struct JsonRecord<'a> {
     backend: &'static str,
 }
 
+/// The top level of a prompts file: a list, or an object whose first list (in file order,
+/// which `serde_json::Value` would not keep) holds the prompts.
+enum PromptsJson {
+    List(Vec<serde_json::Value>),
+    ObjectWithList(Option<Vec<serde_json::Value>>),
+    Other,
+}
+
+impl<'de> serde::Deserialize<'de> for PromptsJson {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = PromptsJson;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a list of prompts or an object holding one")
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+                let mut items = Vec::new();
+                while let Some(v) = seq.next_element()? {
+                    items.push(v);
+                }
+                Ok(PromptsJson::List(items))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                let mut first = None;
+                while let Some((_, v)) = map.next_entry::<String, serde_json::Value>()? {
+                    if first.is_none() {
+                        if let serde_json::Value::Array(items) = v {
+                            first = Some(items);
+                        }
+                    }
+                }
+                Ok(PromptsJson::ObjectWithList(first))
+            }
+            fn visit_str<E>(self, _: &str) -> Result<Self::Value, E> {
+                Ok(PromptsJson::Other)
+            }
+            fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
+                Ok(PromptsJson::Other)
+            }
+            fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
+                Ok(PromptsJson::Other)
+            }
+            fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
+                Ok(PromptsJson::Other)
+            }
+            fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
+                Ok(PromptsJson::Other)
+            }
+            fn visit_unit<E>(self) -> Result<Self::Value, E> {
+                Ok(PromptsJson::Other)
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
 /// Reads `--prompts-file`.
 fn read_prompts(path: &Path) -> Result<Vec<String>> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("cannot read prompts file {}", path.display()))?;
-    let value: serde_json::Value = serde_json::from_str(&text)
+    let value: PromptsJson = serde_json::from_str(&text)
         .with_context(|| format!("{} is not valid JSON", path.display()))?;
     let list = match &value {
-        serde_json::Value::Array(items) => items,
-        serde_json::Value::Object(map) => match map.values().find_map(|v| v.as_array()) {
-            Some(items) => items,
-            None => bail!("{}: the object holds no list of prompts", path.display()),
-        },
-        _ => bail!("{}: expected a list of prompts", path.display()),
+        PromptsJson::List(items) => items,
+        PromptsJson::ObjectWithList(Some(items)) => items,
+        PromptsJson::ObjectWithList(None) => {
+            bail!("{}: the object holds no list of prompts", path.display())
+        }
+        PromptsJson::Other => bail!("{}: expected a list of prompts", path.display()),
     };
     let mut prompts = Vec::with_capacity(list.len());
     for (i, item) in list.iter().enumerate() {

@@ -6,6 +6,7 @@
 mod generate;
 mod inspect;
 mod progress;
+mod stages;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
@@ -29,6 +30,9 @@ enum Command {
     Generate(generate::GenerateArgs),
     Inspect(inspect::InspectArgs),
     ImportGguf(inspect::ImportArgs),
+    Ir(stages::IrArgs),
+    Schedule(stages::ScheduleArgs),
+    Verify(stages::VerifyArgs),
 }
 
 fn main() -> ExitCode {
@@ -41,6 +45,9 @@ fn main() -> ExitCode {
         Command::Generate(args) => generate::run(args),
         Command::Inspect(args) => inspect::run_inspect(args),
         Command::ImportGguf(args) => inspect::run_import(args),
+        Command::Ir(args) => stages::run_ir(args),
+        Command::Schedule(args) => stages::run_schedule(args),
+        Command::Verify(args) => return stages::run_verify(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

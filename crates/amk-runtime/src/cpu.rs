@@ -56,15 +56,7 @@ impl CpuReference {
     ) -> Result<CpuReference, RuntimeError> {
         let mut weights = Vec::with_capacity(graph.weights.len());
         for spec in &graph.weights {
-            let data = load(spec)?;
-            if data.len() != spec.numel() {
-                return Err(RuntimeError::WeightSize {
-                    name: spec.name.clone(),
-                    expected: spec.numel(),
-                    found: data.len(),
-                });
-            }
-            weights.push(Arc::from(data));
+            weights.push(Arc::from(load(spec)?));
         }
         Self::with_weights(graph, weights)
     }
@@ -93,6 +85,22 @@ impl CpuReference {
         weights: Vec<Arc<[f32]>>,
     ) -> Result<CpuReference, RuntimeError> {
         graph.validate().map_err(|e| RuntimeError::Graph(e.to_string()))?;
+        if weights.len() != graph.weights.len() {
+            return Err(RuntimeError::Graph(format!(
+                "{} weights given, the graph reads {}",
+                weights.len(),
+                graph.weights.len()
+            )));
+        }
+        for (spec, w) in graph.weights.iter().zip(&weights) {
+            if w.len() != spec.numel() {
+                return Err(RuntimeError::WeightSize {
+                    name: spec.name.clone(),
+                    expected: spec.numel(),
+                    found: w.len(),
+                });
+            }
+        }
         let order = graph.topo_order().map_err(|e| RuntimeError::Graph(e.to_string()))?;
         let mut slot_of = vec![None; graph.graph.node_count()];
         let mut values = Vec::new();

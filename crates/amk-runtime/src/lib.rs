@@ -6,7 +6,9 @@
 //! reference every other backend is checked against.
 
 pub mod cpu;
+pub mod gpu;
 pub mod kernels;
+pub mod schedule_exec;
 
 use std::time::{Duration, Instant};
 
@@ -33,8 +35,12 @@ pub enum RuntimeError {
          {max}; shorten the prompt"
     )]
     PromptTooLong { prompt: usize, max: usize },
+    #[error("schedule execution failed: {0}")]
+    Schedule(String),
     #[error("backend `{backend}` is not available: {reason}")]
     Unavailable { backend: &'static str, reason: String },
+    #[error("gpu backend: {0}")]
+    Gpu(Box<gpu::GpuError>),
 }
 
 /// A decode engine: one call, one token.

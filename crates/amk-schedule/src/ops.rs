@@ -139,6 +139,12 @@ pub fn elems(buffer: BufferId, first: u32, len: u32) -> Region {
     Region::new(buffer, first as u64 * ELEM, len as u64 * ELEM)
 }
 
+/// Bytes of `rows` rows of `cols` elements. Saturates rather than overflowing on absurd
+/// hand-edited values, so such a region is simply out of bounds for the verifier.
+fn row_bytes(rows: u32, cols: u32) -> u64 {
+    (rows as u64).saturating_mul(cols as u64).saturating_mul(ELEM)
+}
+
 fn io_region(io: BufferId) -> Region {
     Region::new(io, 0, IO_BYTES)
 }
@@ -175,11 +181,7 @@ impl TaskOp {
             }
             TaskOp::Projection { input, weight, bias, first_row, rows, cols, rope, io, output } => {
                 input.footprint(&mut r);
-                r.push(Region::new(
-                    weight,
-                    first_row as u64 * cols as u64 * ELEM,
-                    rows as u64 * cols as u64 * ELEM,
-                ));
+                r.push(Region::new(weight, row_bytes(first_row, cols), row_bytes(rows, cols)));
                 if let Some(b) = bias {
                     r.push(elems(b, first_row, rows));
                 }
@@ -193,15 +195,15 @@ impl TaskOp {
                         w.push(elems(buffer, offset, rows));
                     }
                     ProjOutput::CacheRow { cache, kv_head, head_dim, max_positions } => {
-                        let per_head = max_positions as u64 * head_dim as u64 * ELEM;
-                        w.push(Region::new(cache, kv_head as u64 * per_head, per_head));
+                        let per_head = row_bytes(max_positions, head_dim);
+                        w.push(Region::new(cache, (kv_head as u64).saturating_mul(per_head), per_head));
                     }
                 }
             }
             TaskOp::GatedUp { input, gate, up, first_row, rows, cols, out } => {
                 input.footprint(&mut r);
-                let off = first_row as u64 * cols as u64 * ELEM;
-                let len = rows as u64 * cols as u64 * ELEM;
+                let off = row_bytes(first_row, cols);
+                let len = row_bytes(rows, cols);
                 r.push(Region::new(gate, off, len));
                 r.push(Region::new(up, off, len));
                 w.push(elems(out, first_row, rows));
@@ -217,25 +219,22 @@ impl TaskOp {
                 io,
                 out,
             } => {
-                r.push(elems(q, head * head_dim, head_dim));
-                let per_head = max_positions as u64 * head_dim as u64 * ELEM;
-                r.push(Region::new(k_cache, kv_head as u64 * per_head, per_head));
-                r.push(Region::new(v_cache, kv_head as u64 * per_head, per_head));
+                r.push(Region::new(q, row_bytes(head, head_dim), head_dim as u64 * ELEM));
+                let per_head = row_bytes(max_positions, head_dim);
+                let at = (kv_head as u64).saturating_mul(per_head);
+                r.push(Region::new(k_cache, at, per_head));
+                r.push(Region::new(v_cache, at, per_head));
                 r.push(io_region(io));
-                w.push(elems(out, head * head_dim, head_dim));
+                w.push(Region::new(out, row_bytes(head, head_dim), head_dim as u64 * ELEM));
             }
             TaskOp::HeadArgmax { input, weight, first_row, rows, cols, logits, partials, slot } => {
                 input.footprint(&mut r);
-                r.push(Region::new(
-                    weight,
-                    first_row as u64 * cols as u64 * ELEM,
-                    rows as u64 * cols as u64 * ELEM,
-                ));
+                r.push(Region::new(weight, row_bytes(first_row, cols), row_bytes(rows, cols)));
                 w.push(elems(logits, first_row, rows));
-                w.push(Region::new(partials, slot as u64 * PARTIAL_BYTES, PARTIAL_BYTES));
+                w.push(Region::new(partials, (slot as u64).saturating_mul(PARTIAL_BYTES), PARTIAL_BYTES));
             }
             TaskOp::ArgmaxReduce { partials, count, io } => {
-                r.push(Region::new(partials, 0, count as u64 * PARTIAL_BYTES));
+                r.push(Region::new(partials, 0, (count as u64).saturating_mul(PARTIAL_BYTES)));
                 r.push(io_region(io));
                 w.push(io_region(io));
             }

@@ -92,11 +92,7 @@ impl Drop for CtxGuard {
 /// Name of id `index` of `kind` under a serialization context, if one is installed.
 fn ctx_name(kind: NameKind, index: u32) -> Option<String> {
     NAME_CTX.with(|c| match c.borrow().as_ref() {
-        Some(NameCtx::Ser {
-            buffers,
-            counters,
-            tasks,
-        }) => {
+        Some(NameCtx::Ser { buffers, counters, tasks }) => {
             let names = match kind {
                 NameKind::Buffer => buffers,
                 NameKind::Counter => counters,
@@ -125,12 +121,7 @@ enum Resolved {
 
 fn ctx_resolve(kind: NameKind, name: &str) -> Resolved {
     NAME_CTX.with(|c| match c.borrow_mut().as_mut() {
-        Some(NameCtx::De {
-            buffers,
-            counters,
-            tasks,
-            unknown,
-        }) => {
+        Some(NameCtx::De { buffers, counters, tasks, unknown }) => {
             let map = match kind {
                 NameKind::Buffer => &*buffers,
                 NameKind::Counter => &*counters,
@@ -296,11 +287,7 @@ pub struct Region {
 impl Region {
     /// A region of `buffer` covering `[offset, offset + len)`.
     pub fn new(buffer: BufferId, offset: u64, len: u64) -> Region {
-        Region {
-            buffer,
-            offset,
-            len,
-        }
+        Region { buffer, offset, len }
     }
 
     /// One past the last byte, or `None` on u64 overflow.
@@ -349,20 +336,12 @@ impl<'de> Deserialize<'de> for Region {
                 f.write_str("a region (buffer, offset, len)")
             }
             fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Region, A::Error> {
-                let buffer = seq
-                    .next_element()?
-                    .ok_or_else(|| de::Error::invalid_length(0, &self))?;
-                let offset = seq
-                    .next_element()?
-                    .ok_or_else(|| de::Error::invalid_length(1, &self))?;
-                let len = seq
-                    .next_element()?
-                    .ok_or_else(|| de::Error::invalid_length(2, &self))?;
-                Ok(Region {
-                    buffer,
-                    offset,
-                    len,
-                })
+                let buffer =
+                    seq.next_element()?.ok_or_else(|| de::Error::invalid_length(0, &self))?;
+                let offset =
+                    seq.next_element()?.ok_or_else(|| de::Error::invalid_length(1, &self))?;
+                let len = seq.next_element()?.ok_or_else(|| de::Error::invalid_length(2, &self))?;
+                Ok(Region { buffer, offset, len })
             }
         }
         d.deserialize_tuple(3, V)
@@ -560,7 +539,7 @@ fn name_map(kind: NameKind, names: &[Named]) -> Result<HashMap<String, u32>, Sch
     Ok(map)
 }
 
-fn compact<T: Serialize>(v: &T) -> String {
+fn compact<T: Serialize + ?Sized>(v: &T) -> String {
     let cfg = ron::ser::PrettyConfig::new()
         .depth_limit(0)
         .new_line(String::new())
@@ -571,28 +550,23 @@ fn compact<T: Serialize>(v: &T) -> String {
 impl Schedule {
     /// An empty schedule called `name`.
     pub fn new(name: impl Into<String>) -> Schedule {
-        Schedule {
-            name: name.into(),
-            ..Schedule::default()
-        }
+        Schedule { name: name.into(), ..Schedule::default() }
     }
 
     /// Appends a buffer and returns its id.
-    pub fn add_buffer(&mut self, name: impl Into<String>, kind: BufferKind, bytes: u64) -> BufferId {
-        self.buffers.push(Buffer {
-            name: name.into(),
-            kind,
-            bytes,
-        });
+    pub fn add_buffer(
+        &mut self,
+        name: impl Into<String>,
+        kind: BufferKind,
+        bytes: u64,
+    ) -> BufferId {
+        self.buffers.push(Buffer { name: name.into(), kind, bytes });
         BufferId(self.buffers.len() as u32 - 1)
     }
 
     /// Appends a counter and returns its id.
     pub fn add_counter(&mut self, name: impl Into<String>, reset: CounterReset) -> CounterId {
-        self.counters.push(Counter {
-            name: name.into(),
-            reset,
-        });
+        self.counters.push(Counter { name: name.into(), reset });
         CounterId(self.counters.len() as u32 - 1)
     }
 
@@ -604,12 +578,7 @@ impl Schedule {
         reads: Vec<Region>,
         writes: Vec<Region>,
     ) -> TaskId {
-        self.tasks.push(Task {
-            name: name.into(),
-            op,
-            reads,
-            writes,
-        });
+        self.tasks.push(Task { name: name.into(), op, reads, writes });
         TaskId(self.tasks.len() as u32 - 1)
     }
 
@@ -631,26 +600,17 @@ impl Schedule {
 
     /// The task called `name`, if any.
     pub fn task_by_name(&self, name: &str) -> Option<TaskId> {
-        self.tasks
-            .iter()
-            .position(|t| t.name == name)
-            .map(|i| TaskId(i as u32))
+        self.tasks.iter().position(|t| t.name == name).map(|i| TaskId(i as u32))
     }
 
     /// The counter called `name`, if any.
     pub fn counter_by_name(&self, name: &str) -> Option<CounterId> {
-        self.counters
-            .iter()
-            .position(|c| c.name == name)
-            .map(|i| CounterId(i as u32))
+        self.counters.iter().position(|c| c.name == name).map(|i| CounterId(i as u32))
     }
 
     /// The buffer called `name`, if any.
     pub fn buffer_by_name(&self, name: &str) -> Option<BufferId> {
-        self.buffers
-            .iter()
-            .position(|b| b.name == name)
-            .map(|i| BufferId(i as u32))
+        self.buffers.iter().position(|b| b.name == name).map(|i| BufferId(i as u32))
     }
 
     /// The canonical `schedule.ron` text: deterministic (same schedule, same bytes), one
@@ -664,26 +624,92 @@ impl Schedule {
             counters: self.counters.iter().map(|c| c.name.clone()).collect(),
             tasks: self.tasks.iter().map(|t| t.name.clone()).collect(),
         });
-        let mut out = String::new();
+        // Names are quoted once; the common lines are written directly (ops go through serde).
+        let quote = |names: Vec<&str>| -> Vec<String> { names.into_iter().map(compact).collect() };
+        let bq = quote(self.buffers.iter().map(|b| b.name.as_str()).collect());
+        let cq = quote(self.counters.iter().map(|c| c.name.as_str()).collect());
+        let tq = quote(self.tasks.iter().map(|t| t.name.as_str()).collect());
+        let name_of = |q: &[String], kind: NameKind, i: u32| -> String {
+            q.get(i as usize)
+                .cloned()
+                .unwrap_or_else(|| compact(&format!("<{kind} #{i} out of range>")))
+        };
+        let mut out = String::with_capacity(64 * (self.tasks.len() + 1) * 4);
+        let region = |out: &mut String, r: &Region| {
+            match bq.get(r.buffer.index()) {
+                Some(q) => out.push_str(&format!("({q}, ")),
+                None => {
+                    let q = name_of(&bq, NameKind::Buffer, r.buffer.0);
+                    out.push_str(&format!("({q}, "))
+                }
+            }
+            let _ = write!(out, "{}, {})", r.offset, r.len);
+        };
         out.push_str("// amk schedule: references are by name; see amk-schedule docs.\n");
         let _ = writeln!(out, "Schedule(\n    name: {},", compact(&self.name));
         out.push_str("    buffers: [\n");
-        for b in &self.buffers {
-            let _ = writeln!(out, "        {},", compact(b));
+        for (b, q) in self.buffers.iter().zip(&bq) {
+            let _ = writeln!(out, "        (name: {q}, kind: {:?}, bytes: {}),", b.kind, b.bytes);
         }
         out.push_str("    ],\n    counters: [\n");
-        for c in &self.counters {
-            let _ = writeln!(out, "        {},", compact(c));
+        for (c, q) in self.counters.iter().zip(&cq) {
+            let reset = match c.reset {
+                CounterReset::Zeroed => "Zeroed".to_string(),
+                CounterReset::Never => "Never".to_string(),
+                CounterReset::Epoch { signals_per_launch } => {
+                    format!("Epoch(signals_per_launch: {signals_per_launch})")
+                }
+            };
+            let _ = writeln!(out, "        (name: {q}, reset: {reset}),");
         }
         out.push_str("    ],\n    tasks: [\n");
-        for t in &self.tasks {
-            let _ = writeln!(out, "        {},", compact(t));
+        for (t, q) in self.tasks.iter().zip(&tq) {
+            let _ = write!(out, "        (name: {q}, op: {}, reads: [", compact(&t.op));
+            for (i, r) in t.reads.iter().enumerate() {
+                if i > 0 {
+                    out.push_str(", ");
+                }
+                region(&mut out, r);
+            }
+            out.push_str("], writes: [");
+            for (i, r) in t.writes.iter().enumerate() {
+                if i > 0 {
+                    out.push_str(", ");
+                }
+                region(&mut out, r);
+            }
+            out.push_str("]),\n");
         }
         out.push_str("    ],\n    workers: [\n");
         for (w, worker) in self.workers.iter().enumerate() {
             let _ = writeln!(out, "        // worker {w}\n        [");
             for (i, instr) in worker.instrs.iter().enumerate() {
-                let _ = writeln!(out, "            {}, // {w}:{i}", compact(instr));
+                let _ = match *instr {
+                    Instr::Run(t) => match tq.get(t.index()) {
+                        Some(q) => writeln!(out, "            Run({q}), // {w}:{i}"),
+                        None => writeln!(
+                            out,
+                            "            Run({}), // {w}:{i}",
+                            name_of(&tq, NameKind::Task, t.0)
+                        ),
+                    },
+                    Instr::Signal(c) => match cq.get(c.index()) {
+                        Some(q) => writeln!(out, "            Signal({q}), // {w}:{i}"),
+                        None => writeln!(
+                            out,
+                            "            Signal({}), // {w}:{i}",
+                            name_of(&cq, NameKind::Counter, c.0)
+                        ),
+                    },
+                    Instr::Wait { counter, at_least } => match cq.get(counter.index()) {
+                        Some(q) => writeln!(out, "            Wait({q}, {at_least}), // {w}:{i}"),
+                        None => writeln!(
+                            out,
+                            "            Wait({}, {at_least}), // {w}:{i}",
+                            name_of(&cq, NameKind::Counter, counter.0)
+                        ),
+                    },
+                };
             }
             out.push_str("        ],\n");
         }
@@ -701,12 +727,7 @@ impl Schedule {
         let counters = name_map(NameKind::Counter, &header.counters)?;
         let tasks = name_map(NameKind::Task, &header.tasks)?;
         // Pass 2: the schedule, with names resolved as they are read.
-        let guard = CtxGuard::install(NameCtx::De {
-            buffers,
-            counters,
-            tasks,
-            unknown: None,
-        });
+        let guard = CtxGuard::install(NameCtx::De { buffers, counters, tasks, unknown: None });
         ron::de::from_str::<Schedule>(text).map_err(|e| match guard.take_unknown() {
             Some((kind, name)) => ScheduleParseError::UnknownName {
                 kind,

@@ -85,6 +85,11 @@ fn duplicate_names_are_rejected() {
     let bad = GOOD.replace(r#"(name: "b", kind: Scratch"#, r#"(name: "a", kind: Scratch"#);
     assert_eq!(
         err(&bad),
-        ScheduleParseError::DuplicateName { kind: NameKind::Buffer, name: "a".into(), first: 0, second: 1 }
+        ScheduleParseError::DuplicateName {
+            kind: NameKind::Buffer,
+            name: "a".into(),
+            first: 0,
+            second: 1
+        }
     );
 }

@@ -70,14 +70,17 @@ prop_compose! {
 fn schedule() -> impl Strategy<Value = Schedule> {
     (1usize..4, 0usize..4, 0usize..5, 0usize..4).prop_flat_map(|(nb, nc, nt, nw)| {
         let buffers = prop::collection::vec(
-            (prop::sample::select(vec![
-                BufferKind::Weight,
-                BufferKind::Activation,
-                BufferKind::KvCache,
-                BufferKind::Logits,
-                BufferKind::Io,
-                BufferKind::Scratch,
-            ]), any::<u64>()),
+            (
+                prop::sample::select(vec![
+                    BufferKind::Weight,
+                    BufferKind::Activation,
+                    BufferKind::KvCache,
+                    BufferKind::Logits,
+                    BufferKind::Io,
+                    BufferKind::Scratch,
+                ]),
+                any::<u64>(),
+            ),
             nb,
         );
         let counters = prop::collection::vec(
@@ -115,7 +118,12 @@ fn schedule() -> impl Strategy<Value = Schedule> {
                     s.add_counter(format!("{}#{i}", names[nb + i]), reset);
                 }
                 for (i, (src, dst, reads, writes)) in tasks.into_iter().enumerate() {
-                    s.add_task(format!("{}#{i}", names[nb + nc + i]), TaskOp::Copy { src, dst }, reads, writes);
+                    s.add_task(
+                        format!("{}#{i}", names[nb + nc + i]),
+                        TaskOp::Copy { src, dst },
+                        reads,
+                        writes,
+                    );
                 }
                 // Only valid ids can be named; if there are no tasks/counters drop such instrs.
                 s.workers = workers

@@ -1,0 +1,570 @@
+//! The CPU executor of schedules: runs a schedule's workers interleaved, one instruction at a
+//! time, in an order a [`Policy`] picks among the workers whose next instruction may run, and
+//! computes every task in f32.
+//!
+//! This is how a schedule's meaning is tested without a GPU: for a race-free, deadlock-free
+//! schedule every interleaving yields the same tokens, and those tokens must be the CPU
+//! reference's. Each task's memory accesses are checked against the regions it declares (on
+//! by default in debug builds), so a schedule that under-declares is caught where it lies.
+//! A run that gets stuck reports the waiting workers.
+
+use crate::kernels::{self, AttentionShape};
+use crate::{Backend, RuntimeError};
+use amk_schedule::ops::{ProjInput, ProjOutput, TaskOp, ELEM};
+use amk_schedule::schedule::{BufferId, BufferKind, CounterReset, Instr, Region, Schedule, TaskId};
+use std::sync::Arc;
+
+/// How the executor picks the next worker to advance among those that can.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Policy {
+    /// Uniformly at random, from a seed (SplitMix64).
+    Random(u64),
+    /// Always the lowest-numbered worker that can move: one worker runs ahead as far as it may.
+    LowestFirst,
+    /// Always the highest-numbered one.
+    HighestFirst,
+}
+
+/// An error of the schedule executor.
+#[derive(Debug, thiserror::Error)]
+pub enum ExecError {
+    #[error(
+        "the schedule deadlocked: {}",
+        stuck.iter().map(|s| s.to_string()).collect::<Vec<_>>().join("; ")
+    )]
+    Deadlock { stuck: Vec<StuckWorker> },
+    #[error(
+        "task `{task}` {kind} bytes {start}..{end} of buffer `{buffer}`, outside the regions it \
+         declares"
+    )]
+    Undeclared { task: String, kind: &'static str, buffer: String, start: u64, end: u64 },
+    #[error("task `{task}`: {message}")]
+    Task { task: String, message: String },
+    #[error("schedule is malformed: {0}")]
+    Malformed(String),
+}
+
+/// A worker stuck at a wait.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StuckWorker {
+    pub worker: usize,
+    pub instr: usize,
+    pub counter: String,
+    pub waiting_for: u64,
+    pub value: u64,
+}
+
+impl std::fmt::Display for StuckWorker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "worker {} at instruction {} waits for `{}` >= {} (it is {})",
+            self.worker, self.instr, self.counter, self.waiting_for, self.value
+        )
+    }
+}
+
+impl From<ExecError> for RuntimeError {
+    fn from(e: ExecError) -> Self {
+        RuntimeError::Schedule(e.to_string())
+    }
+}
+
+/// SplitMix64, for seeded interleavings.
+struct SplitMix(u64);
+
+impl SplitMix {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+}
+
+/// Runs a schedule on the CPU, one launch per decode step.
+pub struct ScheduleExecutor {
+    schedule: Arc<Schedule>,
+    /// Every buffer as 4-byte words (f32 values or u32 bit patterns).
+    mem: Vec<Vec<f32>>,
+    /// Absolute counter values (never reset; epoch offsets apply to waits).
+    counters: Vec<u64>,
+    launches: u64,
+    io: BufferId,
+    logits: Option<BufferId>,
+    max_positions: usize,
+    vocab_size: usize,
+    /// Check every access against the task's declared regions.
+    pub check_regions: bool,
+    /// The policy of the next launch comes from this seed and the launch count...
+    pub seed: u64,
+    /// ...unless this fixes one policy for every launch.
+    pub policy: Option<Policy>,
+}
+
+impl ScheduleExecutor {
+    /// Prepares memory for `schedule`: weight buffers come from `load(name, elements)`, every
+    /// other buffer starts zeroed. `max_positions` and `vocab_size` bound token and position.
+    pub fn new(
+        schedule: Arc<Schedule>,
+        max_positions: usize,
+        vocab_size: usize,
+        mut load: impl FnMut(&str, usize) -> Result<Vec<f32>, RuntimeError>,
+    ) -> Result<ScheduleExecutor, RuntimeError> {
+        let mut mem = Vec::with_capacity(schedule.buffers.len());
+        for b in &schedule.buffers {
+            if b.bytes % ELEM != 0 {
+                return Err(ExecError::Malformed(format!(
+                    "buffer `{}` has {} bytes, not a whole number of 4-byte words",
+                    b.name, b.bytes
+                ))
+                .into());
+            }
+            let n = (b.bytes / ELEM) as usize;
+            mem.push(match b.kind {
+                BufferKind::Weight => {
+                    let data = load(&b.name, n)?;
+                    if data.len() != n {
+                        return Err(RuntimeError::WeightSize {
+                            name: b.name.clone(),
+                            expected: n,
+                            found: data.len(),
+                        });
+                    }
+                    data
+                }
+                _ => vec![0.0; n],
+            });
+        }
+        let find = |kind: BufferKind, name: &str| {
+            schedule.buffers.iter().position(|b| b.kind == kind && b.name == name)
+        };
+        let io = find(BufferKind::Io, "io")
+            .ok_or_else(|| ExecError::Malformed("no Io buffer named `io`".into()))?;
+        let logits = find(BufferKind::Logits, "logits").map(|i| BufferId(i as u32));
+        // The caches bound the positions as much as the model does.
+        let cache_positions = schedule
+            .tasks
+            .iter()
+            .filter_map(|t| match t.op {
+                TaskOp::Attention { max_positions, .. } => Some(max_positions as usize),
+                _ => None,
+            })
+            .min()
+            .unwrap_or(max_positions);
+        Ok(ScheduleExecutor {
+            counters: vec![0; schedule.counters.len()],
+            launches: 0,
+            io: BufferId(io as u32),
+            logits,
+            max_positions: max_positions.min(cache_positions),
+            vocab_size,
+            check_regions: cfg!(debug_assertions),
+            seed: 0,
+            policy: None,
+            mem,
+            schedule,
+        })
+    }
+
+    /// Loads weights from a model's checkpoint by name (the lowering names weight buffers
+    /// after checkpoint tensors).
+    pub fn from_model(
+        model: &amk_ir::Model,
+        schedule: Arc<Schedule>,
+        on_weight: &mut dyn FnMut(usize, usize),
+    ) -> Result<ScheduleExecutor, RuntimeError> {
+        let total = schedule.buffers.iter().filter(|b| b.kind == BufferKind::Weight).count();
+        let mut done = 0;
+        let max_pos = model.config.max_position_embeddings;
+        Self::new(schedule, max_pos, model.config.vocab_size, |name, n| {
+            let spec = model.graph.weights.iter().find(|w| w.name == name).ok_or_else(|| {
+                RuntimeError::WeightLoad {
+                    name: name.to_owned(),
+                    message: "the schedule names a weight the model's graph does not read".into(),
+                }
+            })?;
+            if spec.numel() != n {
+                return Err(RuntimeError::WeightSize {
+                    name: name.to_owned(),
+                    expected: n,
+                    found: spec.numel(),
+                });
+            }
+            let data = model.checkpoint.load_f32(spec).map_err(|e| RuntimeError::WeightLoad {
+                name: name.to_owned(),
+                message: e.to_string(),
+            })?;
+            done += 1;
+            on_weight(done, total);
+            Ok(data)
+        })
+    }
+
+    /// The schedule being run.
+    pub fn schedule(&self) -> &Schedule {
+        &self.schedule
+    }
+
+    /// The policy the next launch will use: random (seeded by `seed` and the launch count) two
+    /// launches in three, alternately lowest-first and highest-first otherwise.
+    pub fn next_policy(&self) -> Policy {
+        if let Some(p) = self.policy {
+            return p;
+        }
+        match self.launches % 6 {
+            2 => Policy::LowestFirst,
+            5 => Policy::HighestFirst,
+            _ => Policy::Random(self.seed.wrapping_mul(0x9E37_79B9).wrapping_add(self.launches)),
+        }
+    }
+
+    /// Runs one launch (one decode step) under `policy`.
+    pub fn launch(&mut self, policy: Policy) -> Result<(), ExecError> {
+        let s = Arc::clone(&self.schedule);
+        let epoch = self.launches;
+        for (c, counter) in s.counters.iter().enumerate() {
+            if counter.reset == CounterReset::Zeroed {
+                self.counters[c] = 0;
+            }
+        }
+        let base = |c: usize| -> u64 {
+            match s.counters[c].reset {
+                CounterReset::Epoch { signals_per_launch } => epoch * signals_per_launch as u64,
+                CounterReset::Zeroed | CounterReset::Never => 0,
+            }
+        };
+        let mut pc = vec![0usize; s.workers.len()];
+        let mut rng = SplitMix(match policy {
+            Policy::Random(seed) => seed,
+            _ => 0,
+        });
+        let mut ready = Vec::with_capacity(s.workers.len());
+        loop {
+            ready.clear();
+            let mut all_done = true;
+            for (w, worker) in s.workers.iter().enumerate() {
+                let Some(instr) = worker.instrs.get(pc[w]) else { continue };
+                all_done = false;
+                let can = match *instr {
+                    Instr::Wait { counter, at_least } => {
+                        let c = counter.index();
+                        if c >= self.counters.len() {
+                            return Err(ExecError::Malformed(format!(
+                                "worker {w} instruction {} waits on counter {c}, out of range",
+                                pc[w]
+                            )));
+                        }
+                        self.counters[c] >= base(c) + at_least as u64
+                    }
+                    _ => true,
+                };
+                if can {
+                    ready.push(w);
+                }
+            }
+            if all_done {
+                break;
+            }
+            if ready.is_empty() {
+                let stuck = s
+                    .workers
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(w, worker)| match worker.instrs.get(pc[w]) {
+                        Some(Instr::Wait { counter, at_least }) => Some(StuckWorker {
+                            worker: w,
+                            instr: pc[w],
+                            counter: s.counters[counter.index()].name.clone(),
+                            waiting_for: *at_least as u64,
+                            value: self.counters[counter.index()] - base(counter.index()),
+                        }),
+                        _ => None,
+                    })
+                    .collect();
+                return Err(ExecError::Deadlock { stuck });
+            }
+            let w = match policy {
+                Policy::LowestFirst => ready[0],
+                Policy::HighestFirst => ready[ready.len() - 1],
+                Policy::Random(_) => ready[(rng.next() % ready.len() as u64) as usize],
+            };
+            match s.workers[w].instrs[pc[w]] {
+                Instr::Run(task) => self.run_task(&s, task)?,
+                Instr::Signal(counter) => {
+                    let c = self.counters.get_mut(counter.index()).ok_or_else(|| {
+                        ExecError::Malformed(format!("counter {} out of range", counter.0))
+                    })?;
+                    *c += 1;
+                }
+                Instr::Wait { .. } => {}
+            }
+            pc[w] += 1;
+        }
+        // A launch that signalled a counter more or fewer times than declared would shift the
+        // next launch's epoch; the verifier proves this cannot happen, check it anyway.
+        for (c, counter) in s.counters.iter().enumerate() {
+            if let CounterReset::Epoch { signals_per_launch } = counter.reset {
+                if self.counters[c] != (epoch + 1) * signals_per_launch as u64 {
+                    return Err(ExecError::Malformed(format!(
+                        "counter `{}` received {} signals in launch {epoch}, declared {}",
+                        counter.name,
+                        self.counters[c] - epoch * signals_per_launch as u64,
+                        signals_per_launch
+                    )));
+                }
+            }
+        }
+        self.launches += 1;
+        Ok(())
+    }
+
+    fn run_task(&mut self, s: &Schedule, id: TaskId) -> Result<(), ExecError> {
+        let task = s
+            .tasks
+            .get(id.index())
+            .ok_or_else(|| ExecError::Malformed(format!("task {} out of range", id.0)))?;
+        let mut ctx = TaskCtx { exec: self, s, name: &task.name, reads: &task.reads, writes: &task.writes };
+        ctx.run(&task.op)
+    }
+
+    /// Reads the io buffer: (token, position).
+    fn io_words(&self) -> (u32, u32) {
+        let io = &self.mem[self.io.index()];
+        (io[0].to_bits(), io[1].to_bits())
+    }
+}
+
+/// One task's view of memory, checking its accesses against its declared regions.
+struct TaskCtx<'a> {
+    exec: &'a mut ScheduleExecutor,
+    s: &'a Schedule,
+    name: &'a str,
+    reads: &'a [Region],
+    writes: &'a [Region],
+}
+
+impl TaskCtx<'_> {
+    fn err(&self, message: impl Into<String>) -> ExecError {
+        ExecError::Task { task: self.name.to_owned(), message: message.into() }
+    }
+
+    /// Checks an access of `len` elements from element `first` of `buffer`.
+    fn check(&self, write: bool, buffer: BufferId, first: usize, len: usize) -> Result<(), ExecError> {
+        let b = buffer.index();
+        let size = self.exec.mem.get(b).map(|m| m.len()).ok_or_else(|| {
+            ExecError::Malformed(format!("task `{}` names buffer {b}, out of range", self.name))
+        })?;
+        if first.checked_add(len).is_none_or(|end| end > size) {
+            return Err(self.err(format!(
+                "elements {first}..{} of buffer `{}` are outside it ({size} elements)",
+                first.saturating_add(len),
+                self.s.buffers[b].name
+            )));
+        }
+        if self.exec.check_regions {
+            let access = Region::new(buffer, first as u64 * ELEM, len as u64 * ELEM);
+            let declared = if write { self.writes } else { self.reads };
+            if !declared.iter().any(|r| r.contains(&access)) {
+                return Err(ExecError::Undeclared {
+                    task: self.name.to_owned(),
+                    kind: if write { "writes" } else { "reads" },
+                    buffer: self.s.buffers[b].name.clone(),
+                    start: access.offset,
+                    end: access.offset + access.len,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    fn read(&self, buffer: BufferId, first: usize, len: usize) -> Result<&[f32], ExecError> {
+        self.check(false, buffer, first, len)?;
+        Ok(&self.exec.mem[buffer.index()][first..first + len])
+    }
+
+    fn write(&mut self, buffer: BufferId, first: usize, data: &[f32]) -> Result<(), ExecError> {
+        self.check(true, buffer, first, data.len())?;
+        self.exec.mem[buffer.index()][first..first + data.len()].copy_from_slice(data);
+        Ok(())
+    }
+
+    /// Token and position from the io buffer, checked as a read.
+    fn io(&self, io: BufferId) -> Result<(usize, usize), ExecError> {
+        let w = self.read(io, 0, 2)?;
+        Ok((w[0].to_bits() as usize, w[1].to_bits() as usize))
+    }
+
+    fn input(&self, input: &ProjInput) -> Result<Vec<f32>, ExecError> {
+        match *input {
+            ProjInput::Vector { buffer, len } => Ok(self.read(buffer, 0, len as usize)?.to_vec()),
+            ProjInput::RmsNormed { buffer, len, weight, eps } => {
+                let x = self.read(buffer, 0, len as usize)?;
+                let w = self.read(weight, 0, len as usize)?;
+                let mut out = vec![0.0; len as usize];
+                kernels::rms_norm(x, w, eps, &mut out);
+                Ok(out)
+            }
+        }
+    }
+
+    /// Rows `first..first+rows` of `weight @ x`.
+    fn rows(
+        &self,
+        weight: BufferId,
+        first: u32,
+        rows: u32,
+        cols: u32,
+        x: &[f32],
+        bias: Option<BufferId>,
+    ) -> Result<Vec<f32>, ExecError> {
+        if x.len() != cols as usize {
+            return Err(self.err(format!("input has {} elements, weight has {cols} columns", x.len())));
+        }
+        let (f, r, c) = (first as usize, rows as usize, cols as usize);
+        let w = self.read(weight, f * c, r * c)?;
+        let b = match bias {
+            Some(b) => Some(self.read(b, f, r)?),
+            None => None,
+        };
+        let mut out = vec![0.0; r];
+        kernels::matvec(w, x, b, &mut out);
+        Ok(out)
+    }
+
+    fn run(&mut self, op: &TaskOp) -> Result<(), ExecError> {
+        match *op {
+            TaskOp::Copy { src, dst } => {
+                if src.len != dst.len || src.offset % ELEM != 0 || dst.offset % ELEM != 0 || src.len % ELEM != 0 {
+                    return Err(self.err("copy regions differ in length or are not word aligned"));
+                }
+                let n = (src.len / ELEM) as usize;
+                let data = self.read(src.buffer, (src.offset / ELEM) as usize, n)?.to_vec();
+                self.write(dst.buffer, (dst.offset / ELEM) as usize, &data)
+            }
+            TaskOp::Embed { table, hidden, io, out } => {
+                let (token, _) = self.io(io)?;
+                if token >= self.exec.vocab_size {
+                    return Err(self.err(format!("token {token} is outside the vocabulary")));
+                }
+                let h = hidden as usize;
+                let row = self.read(table, token * h, h)?.to_vec();
+                self.write(out, 0, &row)
+            }
+            TaskOp::Projection { input, weight, bias, first_row, rows, cols, rope, io, output } => {
+                let x = self.input(&input)?;
+                let mut y = self.rows(weight, first_row, rows, cols, &x, bias)?;
+                let needs_pos = rope.is_some() || matches!(output, ProjOutput::CacheRow { .. });
+                let pos = if needs_pos { self.io(io)?.1 } else { 0 };
+                if let Some(rope) = rope {
+                    let hd = rope.head_dim as usize;
+                    if hd == 0 || hd % 2 != 0 || y.len() % hd != 0 {
+                        return Err(self.err("rope tile is not whole heads of even size"));
+                    }
+                    let inv = kernels::rope_inv_freq(hd, rope.theta);
+                    kernels::rope(&mut y, hd, &inv, pos);
+                }
+                match output {
+                    ProjOutput::Store { buffer, offset } => self.write(buffer, offset as usize, &y),
+                    ProjOutput::Accumulate { buffer, offset } => {
+                        let old = self.read(buffer, offset as usize, y.len())?;
+                        let sum: Vec<f32> = old.iter().zip(&y).map(|(a, b)| a + b).collect();
+                        self.write(buffer, offset as usize, &sum)
+                    }
+                    ProjOutput::CacheRow { cache, kv_head, head_dim, max_positions } => {
+                        if pos >= max_positions as usize {
+                            return Err(self.err(format!(
+                                "position {pos} is past the cache's {max_positions} positions"
+                            )));
+                        }
+                        if y.len() != head_dim as usize {
+                            return Err(self.err("a cache row task must compute exactly one head"));
+                        }
+                        let hd = head_dim as usize;
+                        let first = (kv_head as usize * max_positions as usize + pos) * hd;
+                        self.write(cache, first, &y)
+                    }
+                }
+            }
+            TaskOp::GatedUp { input, gate, up, first_row, rows, cols, out } => {
+                let x = self.input(&input)?;
+                let g = self.rows(gate, first_row, rows, cols, &x, None)?;
+                let u = self.rows(up, first_row, rows, cols, &x, None)?;
+                let mut y = vec![0.0; g.len()];
+                kernels::silu_mul(&g, &u, &mut y);
+                self.write(out, first_row as usize, &y)
+            }
+            TaskOp::Attention { q, head, kv_head, head_dim, max_positions, k_cache, v_cache, io, out } => {
+                let (_, pos) = self.io(io)?;
+                if pos >= max_positions as usize {
+                    return Err(self.err(format!("position {pos} is past the cache's {max_positions} positions")));
+                }
+                let hd = head_dim as usize;
+                let qh = self.read(q, head as usize * hd, hd)?;
+                let base = kv_head as usize * max_positions as usize * hd;
+                let k = self.read(k_cache, base, (pos + 1) * hd)?;
+                let v = self.read(v_cache, base, (pos + 1) * hd)?;
+                let mut o = vec![0.0; hd];
+                let shape = AttentionShape { num_heads: 1, num_kv_heads: 1, head_dim: hd };
+                kernels::attention(qh, k, v, pos + 1, shape, &mut o);
+                self.write(out, head as usize * hd, &o)
+            }
+            TaskOp::HeadArgmax { input, weight, first_row, rows, cols, logits, partials, slot } => {
+                let x = self.input(&input)?;
+                let y = self.rows(weight, first_row, rows, cols, &x, None)?;
+                let best = kernels::argmax(&y);
+                self.write(logits, first_row as usize, &y)?;
+                let partial = [y[best], f32::from_bits(first_row + best as u32)];
+                self.write(partials, slot as usize * 2, &partial)
+            }
+            TaskOp::ArgmaxReduce { partials, count, io } => {
+                let p = self.read(partials, 0, count as usize * 2)?;
+                let mut best: Option<(f32, u32)> = None;
+                for pair in p.chunks_exact(2) {
+                    let (v, i) = (pair[0], pair[1].to_bits());
+                    // Earlier slots hold lower indices: on ties the first one stays.
+                    if best.is_none_or(|(bv, _)| v > bv) {
+                        best = Some((v, i));
+                    }
+                }
+                let token = best.map_or(0, |(_, i)| i);
+                let (_, pos) = self.io(io)?;
+                self.write(io, 0, &[f32::from_bits(token), f32::from_bits(pos as u32 + 1)])
+            }
+        }
+    }
+}
+
+impl Backend for ScheduleExecutor {
+    fn name(&self) -> &'static str {
+        "cpu-schedule"
+    }
+
+    fn max_positions(&self) -> usize {
+        self.max_positions
+    }
+
+    fn reset(&mut self) {
+        // Nothing to clear: attention reads only cache rows written for the current sequence.
+    }
+
+    fn step(&mut self, token: u32, position: usize) -> Result<u32, RuntimeError> {
+        if token as usize >= self.vocab_size {
+            return Err(RuntimeError::TokenOutOfRange { token, vocab_size: self.vocab_size });
+        }
+        if position >= self.max_positions {
+            return Err(RuntimeError::Position { position, filled: position, max: self.max_positions });
+        }
+        let io = self.io.index();
+        self.mem[io][0] = f32::from_bits(token);
+        self.mem[io][1] = f32::from_bits(position as u32);
+        let policy = self.next_policy();
+        self.launch(policy)?;
+        Ok(self.io_words().0)
+    }
+
+    fn logits(&self) -> Option<&[f32]> {
+        self.logits.map(|b| self.mem[b.index()].as_slice())
+    }
+}

@@ -1,0 +1,402 @@
+//! What the verifier reports when it rejects a schedule: every error it found, each with the
+//! names and indices a person needs to find the spot in `schedule.ron`.
+
+use amk_schedule::schedule::NameKind;
+use serde::{Deserialize, Serialize};
+use std::fmt;
+
+/// An instruction position: worker index and instruction index within that worker (the
+/// `// w:i` comments of `schedule.ron`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct InstrLoc {
+    /// Worker (block) index.
+    pub worker: u32,
+    /// Instruction index within the worker.
+    pub index: u32,
+}
+
+impl fmt::Display for InstrLoc {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "worker {} instruction {}", self.worker, self.index)
+    }
+}
+
+/// Where in a task a region is declared.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum RegionPlace {
+    /// `reads[i]`.
+    Read(u32),
+    /// `writes[i]`.
+    Write(u32),
+    /// The i-th region the op reads (`TaskOp::footprint`; for Copy, 0 = src).
+    OpRead(u32),
+    /// The i-th region the op writes (`TaskOp::footprint`; for Copy, 0 = dst).
+    OpWrite(u32),
+}
+
+impl fmt::Display for RegionPlace {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RegionPlace::Read(i) => write!(f, "reads[{i}]"),
+            RegionPlace::Write(i) => write!(f, "writes[{i}]"),
+            RegionPlace::OpRead(i) => write!(f, "op read #{i}"),
+            RegionPlace::OpWrite(i) => write!(f, "op write #{i}"),
+        }
+    }
+}
+
+/// A byte range as declared: `[offset, offset + len)`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct ByteRange {
+    /// First byte.
+    pub offset: u64,
+    /// Length in bytes.
+    pub len: u64,
+}
+
+impl fmt::Display for ByteRange {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "bytes [{}, {}) (offset {}, len {})",
+            self.offset,
+            self.offset as u128 + self.len as u128,
+            self.offset,
+            self.len
+        )
+    }
+}
+
+/// One side of a race: a task's access to a byte range.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Access {
+    /// Task name.
+    pub task: String,
+    /// Where its `Run` is.
+    pub at: InstrLoc,
+    /// The declared region's byte range.
+    pub range: ByteRange,
+    /// Whether it is a write (else a read).
+    pub write: bool,
+}
+
+impl fmt::Display for Access {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "task `{}` ({}) {} {}",
+            self.task,
+            self.at,
+            if self.write { "writes" } else { "reads" },
+            self.range
+        )
+    }
+}
+
+/// A worker stuck at a wait in the deadlocked state.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StuckWorker {
+    /// The stuck `Wait` instruction.
+    pub at: InstrLoc,
+    /// Counter name.
+    pub counter: String,
+    /// The wait's threshold.
+    pub at_least: u32,
+    /// The counter's value in the stuck state (no further step is possible).
+    pub value: u64,
+    /// Signals to this counter that were never executed, because their own workers are stuck
+    /// before them (the first such signal per worker): the wait-for cycle or chain.
+    pub pending_signals: Vec<InstrLoc>,
+}
+
+/// One reason a schedule is not proven safe.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum VerifyError {
+    /// The schedule has no worker at all.
+    NoWorkers,
+    /// `Run` of a task index that does not exist.
+    TaskIdOutOfRange {
+        /// The instruction.
+        at: InstrLoc,
+        /// The bad index.
+        task: u32,
+        /// Number of tasks.
+        tasks: usize,
+    },
+    /// `Signal`/`Wait` of a counter index that does not exist.
+    CounterIdOutOfRange {
+        /// The instruction.
+        at: InstrLoc,
+        /// The bad index.
+        counter: u32,
+        /// Number of counters.
+        counters: usize,
+    },
+    /// A region names a buffer index that does not exist.
+    BufferIdOutOfRange {
+        /// Task name.
+        task: String,
+        /// Which region of the task.
+        place: RegionPlace,
+        /// The bad index.
+        buffer: u32,
+        /// Number of buffers.
+        buffers: usize,
+    },
+    /// A region of zero bytes.
+    EmptyRegion {
+        /// Task name.
+        task: String,
+        /// Which region.
+        place: RegionPlace,
+        /// Buffer name.
+        buffer: String,
+    },
+    /// A region that ends past its buffer (or whose end overflows u64).
+    RegionOutOfBounds {
+        /// Task name.
+        task: String,
+        /// Which region.
+        place: RegionPlace,
+        /// Buffer name.
+        buffer: String,
+        /// The region's range.
+        range: ByteRange,
+        /// The buffer's size.
+        buffer_bytes: u64,
+    },
+    /// A task that no worker runs.
+    TaskNotRun {
+        /// Task name.
+        task: String,
+    },
+    /// A task run more than once.
+    TaskRunMoreThanOnce {
+        /// Task name.
+        task: String,
+        /// Every `Run` of it.
+        runs: Vec<InstrLoc>,
+    },
+    /// A wait whose threshold exceeds every signal the counter can ever receive.
+    UnsatisfiableWait {
+        /// The wait.
+        at: InstrLoc,
+        /// Counter name.
+        counter: String,
+        /// Its threshold.
+        at_least: u32,
+        /// All `Signal`s to that counter in the schedule.
+        total_signals: u64,
+    },
+    /// A region the op touches (its footprint) is not inside any of the task's declared
+    /// reads (for op reads) or writes (for op writes).
+    OpRegionUndeclared {
+        /// Task name.
+        task: String,
+        /// `OpRead(i)` or `OpWrite(i)`.
+        place: RegionPlace,
+        /// Buffer name.
+        buffer: String,
+        /// The op's byte range.
+        range: ByteRange,
+    },
+    /// A Copy op whose src and dst differ in length.
+    CopyLengthMismatch {
+        /// Task name.
+        task: String,
+        /// Source length.
+        src_len: u64,
+        /// Destination length.
+        dst_len: u64,
+    },
+    /// Two objects of one kind share a name (`schedule.ron` refers by name).
+    DuplicateName {
+        /// What kind.
+        kind: NameKind,
+        /// The name.
+        name: String,
+        /// First index.
+        first: usize,
+        /// Second index.
+        second: usize,
+    },
+    /// The greedy run sticks: every interleaving deadlocks in this state.
+    Deadlock {
+        /// Every worker that has not finished, at its blocking wait.
+        stuck: Vec<StuckWorker>,
+        /// Workers that finished.
+        finished: usize,
+    },
+    /// Two accesses to overlapping bytes, at least one a write, on different workers, not
+    /// ordered by happens-before either way.
+    Race {
+        /// Buffer name.
+        buffer: String,
+        /// The access earlier in the greedy run.
+        first: Access,
+        /// The access later in the greedy run.
+        second: Access,
+    },
+    /// More workers than blocks that can be co-resident: a waiting block could starve one
+    /// that never gets an SM.
+    TooManyWorkers {
+        /// Workers in the schedule.
+        workers: usize,
+        /// SMs.
+        sm_count: u32,
+        /// Resident blocks per SM for this kernel.
+        blocks_per_sm: u32,
+        /// Their product.
+        capacity: u64,
+    },
+    /// An epoch-offset counter that does not receive exactly its declared signals per launch.
+    EpochSignalMismatch {
+        /// Counter name.
+        counter: String,
+        /// Declared per-launch signals.
+        signals_per_launch: u32,
+        /// `Signal`s to it in the schedule.
+        signals: u64,
+    },
+    /// A never-reset counter that is waited on: the next launch's waits would be satisfied by
+    /// this launch's signals.
+    NeverResetCounterWaited {
+        /// Counter name.
+        counter: String,
+        /// Every wait on it.
+        waits: Vec<InstrLoc>,
+    },
+}
+
+fn locs(v: &[InstrLoc]) -> String {
+    v.iter().map(|l| l.to_string()).collect::<Vec<_>>().join(", ")
+}
+
+impl fmt::Display for VerifyError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        use VerifyError::*;
+        match self {
+            NoWorkers => write!(f, "malformed: the schedule has no workers."),
+            TaskIdOutOfRange { at, task, tasks } => write!(
+                f,
+                "malformed: {at} runs task index {task}, but there are only {tasks} tasks."
+            ),
+            CounterIdOutOfRange { at, counter, counters } => write!(
+                f,
+                "malformed: {at} uses counter index {counter}, but there are only {counters} counters."
+            ),
+            BufferIdOutOfRange { task, place, buffer, buffers } => write!(
+                f,
+                "malformed: task `{task}` {place} names buffer index {buffer}, but there are only {buffers} buffers."
+            ),
+            EmptyRegion { task, place, buffer } => write!(
+                f,
+                "malformed: task `{task}` {place} is an empty region of buffer `{buffer}`."
+            ),
+            RegionOutOfBounds { task, place, buffer, range, buffer_bytes } => write!(
+                f,
+                "malformed: task `{task}` {place} covers {range} of buffer `{buffer}`, which has only {buffer_bytes} bytes."
+            ),
+            TaskNotRun { task } => write!(f, "malformed: task `{task}` is never run by any worker."),
+            TaskRunMoreThanOnce { task, runs } => write!(
+                f,
+                "malformed: task `{task}` is run {} times (at {}); every task runs exactly once.",
+                runs.len(),
+                locs(runs)
+            ),
+            UnsatisfiableWait { at, counter, at_least, total_signals } => write!(
+                f,
+                "malformed: {at} waits for counter `{counter}` >= {at_least}, but the whole schedule signals it only {total_signals} times: never satisfiable."
+            ),
+            OpRegionUndeclared { task, place, buffer, range } => write!(
+                f,
+                "malformed: task `{task}`'s {place} ({range} of buffer `{buffer}`) is not inside any of its declared {}.",
+                if matches!(place, RegionPlace::OpRead(_)) { "reads" } else { "writes" }
+            ),
+            CopyLengthMismatch { task, src_len, dst_len } => write!(
+                f,
+                "malformed: task `{task}` copies {src_len} bytes into a {dst_len}-byte destination."
+            ),
+            DuplicateName { kind, name, first, second } => write!(
+                f,
+                "malformed: {kind}s #{first} and #{second} are both named `{name}`; schedule.ron refers by name, so names must be unique."
+            ),
+            Deadlock { stuck, finished } => {
+                write!(
+                    f,
+                    "deadlock: every interleaving gets stuck ({finished} workers finish, {} are stuck):",
+                    stuck.len()
+                )?;
+                for s in stuck {
+                    write!(
+                        f,
+                        "\n  {} waits for counter `{}` >= {}, which stays at {}",
+                        s.at, s.counter, s.at_least, s.value
+                    )?;
+                    if s.pending_signals.is_empty() {
+                        write!(f, "; no worker has a signal to it left")?;
+                    } else {
+                        write!(f, "; its remaining signals are behind stuck waits at {}", locs(&s.pending_signals))?;
+                    }
+                }
+                write!(f, ".")
+            }
+            Race { buffer, first, second } => write!(
+                f,
+                "race on buffer `{buffer}`: {first} and {second}; the bytes overlap and neither task happens-before the other (add a Signal after one and a Wait before the other)."
+            ),
+            TooManyWorkers { workers, sm_count, blocks_per_sm, capacity } => write!(
+                f,
+                "co-residency: {workers} workers, but only {sm_count} SMs x {blocks_per_sm} blocks per SM = {capacity} blocks can be resident at once; a waiting block could starve one that never starts."
+            ),
+            EpochSignalMismatch { counter, signals_per_launch, signals } => write!(
+                f,
+                "launch-to-launch: epoch counter `{counter}` declares {signals_per_launch} signals per launch but the schedule signals it {signals} times; the next launch's offsets would be wrong."
+            ),
+            NeverResetCounterWaited { counter, waits } => write!(
+                f,
+                "launch-to-launch: counter `{counter}` is never reset but is waited on (at {}); the next launch's waits would be satisfied by this launch's signals. Make it Zeroed or Epoch.",
+                locs(waits)
+            ),
+        }
+    }
+}
+
+impl VerifyError {
+    /// Whether this is a malformed-input error (bad ids, bounds, names, run counts), as
+    /// opposed to a semantic hazard (deadlock, race, residency, launch-to-launch).
+    pub fn is_malformed(&self) -> bool {
+        !matches!(
+            self,
+            VerifyError::Deadlock { .. }
+                | VerifyError::Race { .. }
+                | VerifyError::TooManyWorkers { .. }
+                | VerifyError::EpochSignalMismatch { .. }
+                | VerifyError::NeverResetCounterWaited { .. }
+        )
+    }
+}
+
+/// The verifier's refusal: every error found (never just the first).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub struct Rejection {
+    /// All errors, grouped by check in the order the checks run.
+    pub errors: Vec<VerifyError>,
+}
+
+impl Rejection {
+    /// The rejection as pretty JSON (for tools and search loops).
+    pub fn to_json(&self) -> String {
+        serde_json::to_string_pretty(self).expect("rejection serializes")
+    }
+}
+
+impl fmt::Display for Rejection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "schedule rejected: {} error(s)", self.errors.len())?;
+        for (i, e) in self.errors.iter().enumerate() {
+            write!(f, "\n\n{}. {e}", i + 1)?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,397 @@
+//! One passing case and one failing mutation per verifier rule, asserting the error's content.
+
+use amk_schedule::schedule::*;
+use amk_schedule::TaskOp;
+use amk_verify::{
+    schedule_hash, verify, ByteRange, InstrLoc, LaunchFacts, RegionPlace, VerifyError,
+};
+
+const FACTS: LaunchFacts = LaunchFacts { sm_count: 132, blocks_per_sm: 1 };
+
+fn at(worker: u32, index: u32) -> InstrLoc {
+    InstrLoc { worker, index }
+}
+
+/// Worker 0 runs `L0.prod` (a[0..32) -> b[0..32)) and signals `L0.prod.done`; worker 1 waits
+/// for it and runs `L0.cons` (b[0..32) -> a[32..64)).
+fn base() -> Schedule {
+    let mut s = Schedule::new("rules");
+    let a = s.add_buffer("a", BufferKind::Activation, 64);
+    let b = s.add_buffer("b", BufferKind::Scratch, 64);
+    let c = s.add_counter("L0.prod.done", CounterReset::Zeroed);
+    let p = s.add_task(
+        "L0.prod",
+        TaskOp::Copy { src: Region::new(a, 0, 32), dst: Region::new(b, 0, 32) },
+        vec![Region::new(a, 0, 32)],
+        vec![Region::new(b, 0, 32)],
+    );
+    let q = s.add_task(
+        "L0.cons",
+        TaskOp::Copy { src: Region::new(b, 0, 32), dst: Region::new(a, 32, 32) },
+        vec![Region::new(b, 0, 32)],
+        vec![Region::new(a, 32, 32)],
+    );
+    s.workers = vec![
+        Worker { instrs: vec![Instr::Run(p), Instr::Signal(c)] },
+        Worker { instrs: vec![Instr::Wait { counter: c, at_least: 1 }, Instr::Run(q)] },
+    ];
+    s
+}
+
+fn errors(s: &Schedule, facts: &LaunchFacts) -> Vec<VerifyError> {
+    verify(s, facts).expect_err("must reject").errors
+}
+
+#[test]
+fn base_is_accepted_with_certificate() {
+    let s = base();
+    let v = verify(&s, &FACTS).expect("base is safe");
+    let cert = v.certificate();
+    assert_eq!(cert.workers, 2);
+    assert_eq!(cert.instructions, 4);
+    assert_eq!(cert.tasks, 2);
+    assert_eq!(cert.counters, 1);
+    assert_eq!(cert.happens_before_edges, 1);
+    assert_eq!(cert.schedule_hash, schedule_hash(&s));
+    assert!(cert.matches(&s));
+    assert_eq!(v.name, "rules"); // deref to the schedule
+    let mut edited = s.clone();
+    edited.workers[1].instrs.swap(0, 1);
+    assert!(!cert.matches(&edited));
+    let json = serde_json::to_string(cert).unwrap();
+    assert!(json.contains("schedule_hash"));
+    assert!(cert.to_string().contains("2 workers"));
+}
+
+#[test]
+fn no_workers() {
+    let mut s = base();
+    s.workers.clear();
+    assert!(errors(&s, &FACTS).contains(&VerifyError::NoWorkers));
+}
+
+#[test]
+fn task_id_out_of_range() {
+    let mut s = base();
+    s.workers[1].instrs[1] = Instr::Run(TaskId(9));
+    let e = errors(&s, &FACTS);
+    assert!(
+        e.contains(&VerifyError::TaskIdOutOfRange { at: at(1, 1), task: 9, tasks: 2 }),
+        "{e:?}"
+    );
+    // and the task it replaced is now never run
+    assert!(e.contains(&VerifyError::TaskNotRun { task: "L0.cons".into() }));
+}
+
+#[test]
+fn counter_id_out_of_range() {
+    let mut s = base();
+    s.workers[0].instrs[1] = Instr::Signal(CounterId(5));
+    let e = errors(&s, &FACTS);
+    assert!(
+        e.contains(&VerifyError::CounterIdOutOfRange { at: at(0, 1), counter: 5, counters: 1 }),
+        "{e:?}"
+    );
+}
+
+#[test]
+fn buffer_id_out_of_range() {
+    let mut s = base();
+    s.tasks[1].reads[0].buffer = BufferId(7);
+    let e = errors(&s, &FACTS);
+    assert!(e.contains(&VerifyError::BufferIdOutOfRange {
+        task: "L0.cons".into(),
+        place: RegionPlace::Read(0),
+        buffer: 7,
+        buffers: 2
+    }));
+    // the op's src is no longer inside a declared read
+    assert!(e.iter().any(|x| matches!(x, VerifyError::OpRegionUndeclared { task, place: RegionPlace::OpRead(0), .. } if task == "L0.cons")), "{e:?}");
+}
+
+#[test]
+fn empty_region() {
+    let mut s = base();
+    s.tasks[0].reads.push(Region::new(BufferId(0), 8, 0));
+    let e = errors(&s, &FACTS);
+    assert_eq!(
+        e,
+        vec![VerifyError::EmptyRegion {
+            task: "L0.prod".into(),
+            place: RegionPlace::Read(1),
+            buffer: "a".into()
+        }]
+    );
+}
+
+#[test]
+fn region_out_of_bounds_and_overflow() {
+    let mut s = base();
+    s.tasks[0].writes.push(Region::new(BufferId(1), 48, 32));
+    s.tasks[1].writes.push(Region::new(BufferId(0), u64::MAX - 3, 8));
+    let e = errors(&s, &FACTS);
+    assert!(e.contains(&VerifyError::RegionOutOfBounds {
+        task: "L0.prod".into(),
+        place: RegionPlace::Write(1),
+        buffer: "b".into(),
+        range: ByteRange { offset: 48, len: 32 },
+        buffer_bytes: 64
+    }));
+    assert!(e.iter().any(|x| matches!(x, VerifyError::RegionOutOfBounds { task, range, .. }
+        if task == "L0.cons" && range.offset == u64::MAX - 3)));
+}
+
+#[test]
+fn task_run_twice_or_never() {
+    let mut s = base();
+    s.workers[0].instrs.push(Instr::Run(TaskId(0)));
+    s.workers[1].instrs.pop();
+    let e = errors(&s, &FACTS);
+    assert!(e.contains(&VerifyError::TaskRunMoreThanOnce {
+        task: "L0.prod".into(),
+        runs: vec![at(0, 0), at(0, 2)]
+    }));
+    assert!(e.contains(&VerifyError::TaskNotRun { task: "L0.cons".into() }));
+}
+
+#[test]
+fn unsatisfiable_wait() {
+    let mut s = base();
+    s.workers[1].instrs[0] = Instr::Wait { counter: CounterId(0), at_least: 2 };
+    let e = errors(&s, &FACTS);
+    assert!(e.contains(&VerifyError::UnsatisfiableWait {
+        at: at(1, 0),
+        counter: "L0.prod.done".into(),
+        at_least: 2,
+        total_signals: 1
+    }));
+    // it is also reported as the deadlock it causes
+    assert!(e.iter().any(|x| matches!(x, VerifyError::Deadlock { .. })));
+}
+
+#[test]
+fn copy_regions() {
+    let mut s = base();
+    s.tasks[0].op =
+        TaskOp::Copy { src: Region::new(BufferId(0), 0, 16), dst: Region::new(BufferId(1), 32, 8) };
+    let e = errors(&s, &FACTS);
+    assert!(
+        e.contains(&VerifyError::OpRegionUndeclared {
+            task: "L0.prod".into(),
+            place: RegionPlace::OpWrite(0),
+            buffer: "b".into(),
+            range: ByteRange { offset: 32, len: 8 }
+        }),
+        "{e:?}"
+    );
+    assert!(e.contains(&VerifyError::CopyLengthMismatch {
+        task: "L0.prod".into(),
+        src_len: 16,
+        dst_len: 8
+    }));
+}
+
+#[test]
+fn duplicate_names() {
+    let mut s = base();
+    s.tasks[1].name = "L0.prod".into();
+    let e = errors(&s, &FACTS);
+    assert!(e.contains(&VerifyError::DuplicateName {
+        kind: NameKind::Task,
+        name: "L0.prod".into(),
+        first: 0,
+        second: 1
+    }));
+}
+
+#[test]
+fn deadlock_cycle_is_reported_with_stuck_workers() {
+    let mut s = base();
+    // worker 0 now waits for a counter only worker 1 signals after its own wait.
+    let back = s.add_counter("L0.cons.done", CounterReset::Zeroed);
+    s.workers[0].instrs.insert(0, Instr::Wait { counter: back, at_least: 1 });
+    s.workers[1].instrs.push(Instr::Signal(back));
+    let e = errors(&s, &FACTS);
+    let VerifyError::Deadlock { stuck, finished } = &e[0] else { panic!("{e:?}") };
+    assert_eq!(*finished, 0);
+    assert_eq!(stuck.len(), 2);
+    assert_eq!(stuck[0].at, at(0, 0));
+    assert_eq!(stuck[0].counter, "L0.cons.done");
+    assert_eq!((stuck[0].at_least, stuck[0].value), (1, 0));
+    assert_eq!(stuck[0].pending_signals, vec![at(1, 2)]);
+    assert_eq!(stuck[1].at, at(1, 0));
+    assert_eq!(stuck[1].counter, "L0.prod.done");
+    assert_eq!(stuck[1].pending_signals, vec![at(0, 2)]);
+    let text = verify(&s, &FACTS).unwrap_err().to_string();
+    assert!(
+        text.contains(
+            "worker 0 instruction 0 waits for counter `L0.cons.done` >= 1, which stays at 0"
+        ),
+        "{text}"
+    );
+}
+
+#[test]
+fn dropped_wait_is_a_race_naming_both_tasks() {
+    let mut s = base();
+    s.workers[1].instrs.remove(0);
+    let e = errors(&s, &FACTS);
+    assert_eq!(e.len(), 1, "{e:?}");
+    let VerifyError::Race { buffer, first, second } = &e[0] else { panic!("{e:?}") };
+    assert_eq!(buffer, "b");
+    assert_eq!((first.task.as_str(), first.at, first.write), ("L0.prod", at(0, 0), true));
+    assert_eq!((second.task.as_str(), second.at, second.write), ("L0.cons", at(1, 0), false));
+    assert_eq!(first.range, ByteRange { offset: 0, len: 32 });
+    assert_eq!(second.range, ByteRange { offset: 0, len: 32 });
+    let text = verify(&s, &FACTS).unwrap_err().to_string();
+    assert!(
+        text.contains("race on buffer `b`")
+            && text.contains("`L0.prod`")
+            && text.contains("`L0.cons`")
+    );
+}
+
+#[test]
+fn signal_before_task_is_a_race() {
+    let mut s = base();
+    s.workers[0].instrs.swap(0, 1);
+    let e = errors(&s, &FACTS);
+    assert!(
+        matches!(&e[..], [VerifyError::Race { first, second, .. }] if first.task == "L0.prod" && second.task == "L0.cons")
+    );
+}
+
+#[test]
+fn partial_threshold_orders_only_what_it_must() {
+    // Two unordered producers signal one counter; a wait for 1 orders neither (race), a wait
+    // for 2 orders both (safe); a progress counter on ONE worker orders by ordinal.
+    let mut s = base();
+    let extra = s.add_task(
+        "L0.prod2",
+        TaskOp::Copy { src: Region::new(BufferId(0), 0, 8), dst: Region::new(BufferId(1), 32, 8) },
+        vec![Region::new(BufferId(0), 0, 8)],
+        vec![Region::new(BufferId(1), 32, 8)],
+    );
+    s.workers.push(Worker { instrs: vec![Instr::Run(extra), Instr::Signal(CounterId(0))] });
+    assert!(matches!(&errors(&s, &FACTS)[..], [VerifyError::Race { .. }]));
+    s.workers[1].instrs[0] = Instr::Wait { counter: CounterId(0), at_least: 2 };
+    verify(&s, &FACTS).expect("full count orders both producers");
+    // progress counter: both producers on worker 0, the consumer waits for the first only.
+    let mut s = base();
+    let extra = s.add_task(
+        "L0.prod2",
+        TaskOp::Copy { src: Region::new(BufferId(0), 0, 8), dst: Region::new(BufferId(1), 32, 8) },
+        vec![Region::new(BufferId(0), 0, 8)],
+        vec![Region::new(BufferId(1), 32, 8)],
+    );
+    s.workers[0].instrs.extend([Instr::Run(extra), Instr::Signal(CounterId(0))]);
+    s.counters[0].reset = CounterReset::Epoch { signals_per_launch: 2 };
+    verify(&s, &FACTS)
+        .expect("the first of two program-ordered signals is ordered by a wait for 1");
+}
+
+#[test]
+fn too_many_workers() {
+    let s = base();
+    verify(&s, &LaunchFacts { sm_count: 2, blocks_per_sm: 1 }).expect("fits exactly");
+    let e = errors(&s, &LaunchFacts { sm_count: 1, blocks_per_sm: 1 });
+    assert_eq!(
+        e,
+        vec![VerifyError::TooManyWorkers {
+            workers: 2,
+            sm_count: 1,
+            blocks_per_sm: 1,
+            capacity: 1
+        }]
+    );
+    assert!(VerifyError::TooManyWorkers { workers: 2, sm_count: 1, blocks_per_sm: 1, capacity: 1 }
+        .to_string()
+        .contains("1 SMs x 1 blocks per SM = 1"));
+}
+
+#[test]
+fn epoch_counter_must_receive_its_signals() {
+    let mut s = base();
+    s.counters[0].reset = CounterReset::Epoch { signals_per_launch: 1 };
+    verify(&s, &FACTS).expect("exactly one signal per launch");
+    s.counters[0].reset = CounterReset::Epoch { signals_per_launch: 2 };
+    let e = errors(&s, &FACTS);
+    assert_eq!(
+        e,
+        vec![VerifyError::EpochSignalMismatch {
+            counter: "L0.prod.done".into(),
+            signals_per_launch: 2,
+            signals: 1
+        }]
+    );
+}
+
+#[test]
+fn never_reset_counter_must_not_be_waited_on() {
+    let mut s = base();
+    let dbg = s.add_counter("debug.progress", CounterReset::Never);
+    s.workers[0].instrs.push(Instr::Signal(dbg));
+    verify(&s, &FACTS).expect("a never-reset counter nobody waits on is fine");
+    s.counters[0].reset = CounterReset::Never;
+    let e = errors(&s, &FACTS);
+    assert_eq!(
+        e,
+        vec![VerifyError::NeverResetCounterWaited {
+            counter: "L0.prod.done".into(),
+            waits: vec![at(1, 0)]
+        }]
+    );
+}
+
+#[test]
+fn every_error_is_collected() {
+    let mut s = base();
+    s.workers[1].instrs.remove(0); // race
+    s.tasks[0].reads.push(Region::new(BufferId(0), 60, 8)); // out of bounds
+    s.workers.push(Worker { instrs: vec![Instr::Signal(CounterId(3))] }); // bad counter
+    let r = verify(&s, &LaunchFacts { sm_count: 1, blocks_per_sm: 2 }).unwrap_err();
+    let kinds: Vec<_> = r
+        .errors
+        .iter()
+        .map(|e| format!("{e:?}").split([' ', '{']).next().unwrap().to_string())
+        .collect();
+    for k in ["RegionOutOfBounds", "CounterIdOutOfRange", "Race", "TooManyWorkers"] {
+        assert!(kinds.iter().any(|x| x == k), "{k} missing from {kinds:?}");
+    }
+    let json = r.to_json();
+    let back: amk_verify::Rejection = serde_json::from_str(&json).unwrap();
+    assert_eq!(back, r);
+    let text = r.to_string();
+    assert!(text.starts_with("schedule rejected: 5 error(s)"), "{text}"); // + the oob read races too
+}
+
+#[test]
+fn layered_schedules_verify_and_mutations_are_caught() {
+    use amk_verify::testing::{layered, LayeredSpec};
+    let mut spec = LayeredSpec::smollm2().with_layers(2);
+    spec.workers = 16;
+    spec.vocab = 512;
+    let s = layered(&spec);
+    let facts = LaunchFacts { sm_count: 16, blocks_per_sm: 1 };
+    verify(&s, &facts).expect("layered schedule is safe");
+    // Drop the first wait of the worker that runs the first o-proj tile: a race on `attn`
+    // or `resid` with that worker named.
+    let o = s.task_by_name("L0.o.t0").unwrap();
+    let (w, i) = s
+        .workers
+        .iter()
+        .enumerate()
+        .find_map(|(w, wk)| wk.instrs.iter().position(|x| *x == Instr::Run(o)).map(|i| (w, i)))
+        .unwrap();
+    let mut m = s.clone();
+    assert!(matches!(m.workers[w].instrs[i - 1], Instr::Wait { .. }));
+    m.workers[w].instrs.remove(i - 1);
+    let e = errors(&m, &facts);
+    assert!(e.iter().all(|x| matches!(x, VerifyError::Race { .. })), "{e:?}");
+    assert!(
+        e.iter().any(|x| matches!(x, VerifyError::Race { first, second, .. }
+        if (first.task == "L0.o.t0" && first.at == at(w as u32, i as u32 - 1))
+            || (second.task == "L0.o.t0" && second.at == at(w as u32, i as u32 - 1)))),
+        "{e:?}"
+    );
+}

@@ -1,0 +1,64 @@
+// amk megakernel ABI: the layout of the tables the host uploads and the kernel interprets.
+// amk-codegen-cuda encodes a verified schedule into these tables; every number in them was
+// checked against the verified buffers (ids in range, footprints inside declared regions).
+//
+// Kernel parameters (in this order):
+//   const unsigned long long* buffers        device address of each schedule buffer, by BufferId
+//   const unsigned int*       program        AMK_INSTR_WORDS words per instruction, all workers
+//   const unsigned int*       worker_start   workers + 1 offsets into program, in instructions
+//   const unsigned int*       tasks          AMK_TASK_WORDS words per task, by TaskId
+//   const unsigned int*       per_launch     signals each counter receives per launch
+//   unsigned int*             counters       counter values (never reset: epoch-offset waits)
+//   unsigned int              epoch          launch index since the counters were zeroed
+//
+// Weight buffers hold AMK_WEIGHT_T elements (float or __nv_bfloat16); every other buffer holds
+// 4-byte words (f32 activations, u32 io and argmax indices).
+#pragma once
+
+#define AMK_INSTR_WORDS 2
+#define AMK_TASK_WORDS 32
+#define AMK_NONE 0xFFFFFFFFu
+
+// Instruction word 0: opcode in the top 4 bits, id (task or counter) in the low 28.
+// Word 1: the wait threshold (relative to this launch), else 0.
+#define AMK_OP_RUN 0u
+#define AMK_OP_SIGNAL 1u
+#define AMK_OP_WAIT 2u
+#define AMK_OP_SHIFT 28
+#define AMK_ID_MASK 0x0FFFFFFFu
+
+// Task kinds (word 0 of a task descriptor).
+#define AMK_TASK_COPY 1u
+#define AMK_TASK_EMBED 2u
+#define AMK_TASK_PROJECTION 3u
+#define AMK_TASK_GATED_UP 4u
+#define AMK_TASK_ATTENTION 5u
+#define AMK_TASK_HEAD_ARGMAX 6u
+#define AMK_TASK_ARGMAX_REDUCE 7u
+
+// A projection input (5 words at IN): kind (0 vector, 1 rms-normed), buffer, len, norm weight
+// buffer (or AMK_NONE), eps as f32 bits.
+#define AMK_IN_VECTOR 0u
+#define AMK_IN_RMSNORM 1u
+
+// Output kinds of a projection.
+#define AMK_OUT_STORE 0u
+#define AMK_OUT_ACCUMULATE 1u
+#define AMK_OUT_CACHE_ROW 2u
+
+// Word indices of each task kind.
+// COPY:          1 src buffer, 2 src byte offset, 3 dst buffer, 4 dst byte offset, 5 bytes
+//                (byte offsets and lengths are multiples of 4 and below 2^32)
+// EMBED:         1 table, 2 hidden, 3 io, 4 out
+// PROJECTION:    1..5 input, 6 weight, 7 bias (or AMK_NONE), 8 first_row, 9 rows, 10 cols,
+//                11 rope (0/1), 12 rope head_dim, 13 theta low word, 14 theta high word
+//                (f64 bits), 15 io, 16 out kind, 17 out buffer, 18 out offset (elements) or
+//                kv_head, 19 head_dim (cache row), 20 max_positions (cache row)
+// GATED_UP:      1..5 input, 6 gate, 7 up, 8 first_row, 9 rows, 10 cols, 11 out
+// ATTENTION:     1 q, 2 head, 3 kv_head, 4 head_dim, 5 max_positions, 6 k cache, 7 v cache,
+//                8 io, 9 out
+// HEAD_ARGMAX:   1..5 input, 6 weight, 7 first_row, 8 rows, 9 cols, 10 logits, 11 partials,
+//                12 slot
+// ARGMAX_REDUCE: 1 partials, 2 count, 3 io
+// Caches are laid out [num_kv_heads, max_positions, head_dim]; io is {token, position};
+// an argmax partial is {f32 value, u32 index}.
