@@ -7,9 +7,10 @@
 // AMK_BLOCK_THREADS, AMK_MAX_COLS, AMK_MAX_HEAD_DIM.
 //
 // Memory: weights are read with the read-only path (__ldg); activations written by other blocks
-// in this launch are read with __ldcg (L2, bypassing a possibly stale L1). Every thread fences
-// before the block barrier that precedes a signal, and the waiting thread's acquire load is
-// followed by a block barrier, so a consumer block sees everything its producers wrote.
+// in this launch are read with __ldcg (L2, bypassing a possibly stale L1). A block barrier
+// precedes each signal's release increment (cumulative, GPU scope), and the waiting thread's
+// acquire load is followed by a block barrier, so a consumer block sees everything its
+// producers wrote.
 
 #define AMK_WARPS (AMK_BLOCK_THREADS / 32)
 #define AMK_HEAD_LANES ((AMK_MAX_HEAD_DIM + 31) / 32)
@@ -91,6 +92,7 @@ __device__ __forceinline__ void amk_dot_rows(const amk_w* __restrict__ w, u64 ba
     const bool aligned = (cols % vec == 0) && (base % vec == 0);
     if (aligned) {
         const u32 nv = cols / vec;
+#pragma unroll 4
         for (u32 j = lane; j < nv; j += 32) {
             const float4* xv = reinterpret_cast<const float4*>(x) + j * (vec / 4);
 #if AMK_WEIGHT_BF16
@@ -144,8 +146,32 @@ __device__ void amk_load_input(const u32* d, const u64* buffers, float* x, float
     __syncthreads();
 }
 
+// 1 / theta^(2i/d), in double and rounded to f32 as the reference's f32 inv_freq is; exp2/log2
+// in double instead of the general pow, which is several times slower on the device.
 __device__ __forceinline__ float amk_inv_freq(u32 i, u32 head_dim, double theta) {
-    return (float)(1.0 / pow(theta, (double)(2 * i) / (double)head_dim));
+    return (float)exp2(-log2(theta) * (double)(2 * i) / (double)head_dim);
+}
+
+// Rows of a projection, R per warp at a time (R = 1 for small tiles, so every warp works),
+// with bias and the store or residual-add epilogue.
+template <int R>
+__device__ __forceinline__ void amk_projection_rows(const amk_w* w, const amk_w* bias_w, u32 first,
+                                                    u32 rows, u32 cols, const float* x,
+                                                    float* out, u32 out_kind) {
+    const u32 lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    for (u32 r0 = warp * R; r0 < rows; r0 += AMK_WARPS * R) {
+        float y[R];
+        const u32 n = min((u32)R, rows - r0);
+        amk_dot_rows<R>(w, (u64)(first + r0) * cols, cols, n, x, y);
+        if (lane < n) {
+            float v = y[0];
+#pragma unroll
+            for (int r = 1; r < R; ++r) if ((u32)r == lane) v = y[r];
+            if (bias_w) v += amk_wload(bias_w, first + r0 + lane);
+            float* o = out + r0 + lane;
+            if (out_kind == AMK_OUT_ACCUMULATE) *o = __ldcg(o) + v; else *o = v;
+        }
+    }
 }
 
 __device__ void amk_projection(const u32* d, const u64* buffers, float* x, float* scratch) {
@@ -179,21 +205,10 @@ __device__ void amk_projection(const u32* d, const u64* buffers, float* x, float
                 out[dst0 + rb] = yb * c + ya * s;
             }
         }
+    } else if (rows >= 4 * AMK_WARPS) {
+        amk_projection_rows<4>(w, bias_w, first, rows, cols, x, out + dst0, out_kind);
     } else {
-        const int R = 4;
-        for (u32 r0 = warp * R; r0 < rows; r0 += AMK_WARPS * R) {
-            float y[R];
-            const u32 n = min((u32)R, rows - r0);
-            amk_dot_rows<R>(w, (u64)(first + r0) * cols, cols, n, x, y);
-            if (lane < n) {
-                float v = y[0];
-#pragma unroll
-                for (int r = 1; r < R; ++r) if ((u32)r == lane) v = y[r];
-                if (bias_w) v += amk_wload(bias_w, first + r0 + lane);
-                float* o = out + dst0 + r0 + lane;
-                if (out_kind == AMK_OUT_ACCUMULATE) *o = __ldcg(o) + v; else *o = v;
-            }
-        }
+        amk_projection_rows<1>(w, bias_w, first, rows, cols, x, out + dst0, out_kind);
     }
 }
 
@@ -204,17 +219,11 @@ __device__ void amk_gated_up(const u32* d, const u64* buffers, float* x, float* 
     const u32 first = d[8], rows = d[9], cols = d[10];
     float* out = reinterpret_cast<float*>(buffers[d[11]]);
     const u32 lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    const int R = 2;
-    for (u32 r0 = warp * R; r0 < rows; r0 += AMK_WARPS * R) {
-        float g[R], u[R];
-        const u32 n = min((u32)R, rows - r0);
-        amk_dot_rows<R>(gate, (u64)(first + r0) * cols, cols, n, x, g);
-        amk_dot_rows<R>(up, (u64)(first + r0) * cols, cols, n, x, u);
-        if (lane < n) {
-            const float gv = lane == 0 ? g[0] : g[1];
-            const float uv = lane == 0 ? u[0] : u[1];
-            out[first + r0 + lane] = gv / (1.0f + expf(-gv)) * uv;
-        }
+    for (u32 r = warp; r < rows; r += AMK_WARPS) {
+        float g, u;
+        amk_dot_rows<1>(gate, (u64)(first + r) * cols, cols, 1, x, &g);
+        amk_dot_rows<1>(up, (u64)(first + r) * cols, cols, 1, x, &u);
+        if (lane == 0) out[first + r] = g / (1.0f + expf(-g)) * u;
     }
 }
 
@@ -238,20 +247,43 @@ __device__ void amk_attention(const u32* d, const u64* buffers, float* smem) {
 #pragma unroll
     for (u32 k = 0; k < AMK_HEAD_LANES; ++k) acc[k] = 0.f;
     float m = AMK_NEG_INF, l = 0.f;
-    for (u32 t = warp; t < npos; t += AMK_WARPS) {
-        const float* krow = kc + (u64)t * hd;
-        float s = 0.f;
-        for (u32 j = lane; j < hd; j += 32) s += qs[j] * __ldcg(krow + j);
-        s = amk_warp_sum(s) * scale;
-        const float m2 = fmaxf(m, s);
-        const float corr = expf(m - m2), p = expf(s - m2);
-        l = l * corr + p;
-        const float* vrow = vc + (u64)t * hd;
+    const int P = 4;  // positions per warp step: their key and value loads overlap
+    for (u32 t0 = warp * P; t0 < npos; t0 += AMK_WARPS * P) {
+        float s[P];
 #pragma unroll
-        for (u32 k = 0; k < AMK_HEAD_LANES; ++k) {
-            const u32 j = lane + 32 * k;
-            const float v = j < hd ? __ldcg(vrow + j) : 0.f;
-            acc[k] = acc[k] * corr + p * v;
+        for (int k = 0; k < P; ++k) {
+            const u32 t = t0 + k;
+            float a = 0.f;
+            if (t < npos) {
+                const float* krow = kc + (u64)t * hd;
+                for (u32 j = lane; j < hd; j += 32) a += qs[j] * __ldcg(krow + j);
+            }
+            s[k] = a;
+        }
+        float m2 = m;
+#pragma unroll
+        for (int k = 0; k < P; ++k) {
+            s[k] = amk_warp_sum(s[k]) * scale;
+            if (t0 + k < npos) m2 = fmaxf(m2, s[k]);
+        }
+        const float corr = expf(m - m2);
+        float p[P];
+        l *= corr;
+#pragma unroll
+        for (int k = 0; k < P; ++k) {
+            p[k] = t0 + k < npos ? expf(s[k] - m2) : 0.f;
+            l += p[k];
+        }
+#pragma unroll
+        for (u32 c = 0; c < AMK_HEAD_LANES; ++c) {
+            const u32 j = lane + 32 * c;
+            float a = acc[c] * corr;
+#pragma unroll
+            for (int k = 0; k < P; ++k) {
+                const u32 t = t0 + k;
+                if (j < hd && t < npos) a += p[k] * __ldcg(vc + (u64)t * hd + j);
+            }
+            acc[c] = a;
         }
         m = m2;
     }
@@ -341,6 +373,30 @@ __device__ void amk_copy(const u32* d, const u64* buffers) {
     for (u32 i = threadIdx.x; i < d[5] / 4; i += AMK_BLOCK_THREADS) dst[i] = __ldcg(src + i);
 }
 
+// Asks L2 for `bytes` from `p`, one 128-byte line per thread step: weights do not depend on
+// activations, so a worker streams its next task's tile while it waits for that task's inputs.
+__device__ __forceinline__ void amk_prefetch(u64 p, u64 bytes) {
+    for (u64 off = (u64)threadIdx.x * 128; off < bytes; off += (u64)AMK_BLOCK_THREADS * 128)
+        asm volatile("prefetch.global.L2 [%0];" :: "l"(p + off));
+}
+
+__device__ void amk_prefetch_task(const u32* d, const u64* buffers) {
+    const u64 es = sizeof(amk_w);
+    switch (d[0]) {
+        case AMK_TASK_PROJECTION:
+            amk_prefetch(buffers[d[6]] + (u64)d[8] * d[10] * es, (u64)d[9] * d[10] * es);
+            break;
+        case AMK_TASK_GATED_UP:
+            amk_prefetch(buffers[d[6]] + (u64)d[8] * d[10] * es, (u64)d[9] * d[10] * es);
+            amk_prefetch(buffers[d[7]] + (u64)d[8] * d[10] * es, (u64)d[9] * d[10] * es);
+            break;
+        case AMK_TASK_HEAD_ARGMAX:
+            amk_prefetch(buffers[d[6]] + (u64)d[7] * d[9] * es, (u64)d[8] * d[9] * es);
+            break;
+        default: break;
+    }
+}
+
 __device__ __forceinline__ u32 amk_load_acquire(const u32* p) {
     u32 v;
     asm volatile("ld.acquire.gpu.global.u32 %0, [%1];" : "=r"(v) : "l"(p) : "memory");
@@ -376,13 +432,24 @@ amk_megakernel(const u64* __restrict__ buffers, const u32* __restrict__ program,
             }
             __syncthreads();  // shared memory is reused by the next task
         } else if (op == AMK_OP_SIGNAL) {
-            __threadfence();
+            // The barrier orders every thread's writes before thread 0's release, which is
+            // cumulative at GPU scope: consumers that acquire the counter see them all.
             __syncthreads();
             if (threadIdx.x == 0) amk_signal(counters + id);
         } else if (op == AMK_OP_WAIT) {
+            // Prefetch the weights of the next task this worker runs before blocking on its
+            // inputs (a hint: it changes no result, only when bytes arrive).
+            for (u32 k = i + 1; k < end; ++k) {
+                const u32 nk = program[AMK_INSTR_WORDS * k];
+                if ((nk >> AMK_OP_SHIFT) == AMK_OP_RUN) {
+                    amk_prefetch_task(tasks + (u64)(nk & AMK_ID_MASK) * AMK_TASK_WORDS, buffers);
+                    break;
+                }
+            }
             if (threadIdx.x == 0) {
                 const u32 target = epoch * per_launch[id] + w1;
-                while ((int)(amk_load_acquire(counters + id) - target) < 0) __nanosleep(64);
+                while ((int)(amk_load_acquire(counters + id) - target) < 0) {
+                }
             }
             __syncthreads();
         }

@@ -30,6 +30,16 @@ enum Task {
     /// Run the whole test suite as CI does: fetch the real model, cargo fmt --check, clippy
     /// with warnings denied, and every test of the workspace.
     Test,
+    /// Fetch a known model and run the whole compiler chain on it: model.ir.ron, schedule.ron,
+    /// certificate.json, megakernel.cu and launch.ron in target/amk/NAME, then compile the
+    /// kernel with NVRTC for sm_90, sm_80 and sm_120 (installed from PyPI; no GPU needed).
+    BuildModel {
+        /// The model's short name (known: smollm2).
+        name: String,
+    },
+    /// Run the GPU checks with the release binary (needs a CUDA GPU): the synthetic exact-mode
+    /// comparison, then the golden decodes, refusals, launch count and speed on SmolLM2.
+    GpuTest,
     /// The main job: fetch SmolLM2, build amk in release mode and generate text with it.
     Run {
         /// Prompt to complete.
@@ -55,6 +65,8 @@ fn main() -> Result<()> {
             fetch::fetch_model(&name)?;
         }
         Task::Test => test()?,
+        Task::BuildModel { name } => build_model(&name)?,
+        Task::GpuTest => gpu_test()?,
         Task::Run { prompt, max_new_tokens } => run_main(&prompt, max_new_tokens)?,
     }
     Ok(())
@@ -87,6 +99,15 @@ fn test() -> Result<()> {
     let cargo = cargo();
     fetch::fetch_model("smollm2")?;
     // NVRTC lets the suite compile the generated CUDA for every target without a GPU.
+    with_nvrtc()?;
+    run(&cargo, &["fmt", "--all", "--check"])?;
+    run(&cargo, &["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"])?;
+    run(&cargo, &["test", "--workspace"])?;
+    Ok(())
+}
+
+/// Puts the pip-installed NVRTC first on `LD_LIBRARY_PATH` for the processes we start.
+fn with_nvrtc() -> Result<()> {
     let nvrtc = fetch::ensure_nvrtc()?;
     let path = match std::env::var_os("LD_LIBRARY_PATH") {
         Some(old) if !old.is_empty() => {
@@ -97,12 +118,37 @@ fn test() -> Result<()> {
         }
         _ => nvrtc.into_os_string(),
     };
-    // xtask runs no other threads here; the cargo processes below inherit the variable.
+    // xtask runs no other threads here; the processes below inherit the variable.
     std::env::set_var("LD_LIBRARY_PATH", &path);
-    run(&cargo, &["fmt", "--all", "--check"])?;
-    run(&cargo, &["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"])?;
-    run(&cargo, &["test", "--workspace"])?;
     Ok(())
+}
+
+/// Builds the release `amk` and returns its path.
+fn release_amk() -> Result<PathBuf> {
+    run(&cargo(), &["build", "--release", "-p", "amk-cli"])?;
+    Ok(root().join("target/release/amk"))
+}
+
+fn path_str(p: &Path) -> Result<&str> {
+    p.to_str().with_context(|| format!("{} is not UTF-8", p.display()))
+}
+
+fn build_model(name: &str) -> Result<()> {
+    let model = fetch::fetch_model(name)?;
+    with_nvrtc()?;
+    let amk = release_amk()?;
+    let out = root().join("target/amk").join(model.name);
+    let hf = model.hf_dir();
+    run(path_str(&amk)?, &["build", path_str(&hf)?, "-o", path_str(&out)?])
+}
+
+fn gpu_test() -> Result<()> {
+    let model = fetch::fetch_model("smollm2")?;
+    let amk = release_amk()?;
+    let amk = path_str(&amk)?;
+    run(amk, &["gpu-test", "--synthetic"])?;
+    let hf = model.hf_dir();
+    run(amk, &["gpu-test", "--model", path_str(&hf)?])
 }
 
 fn run_main(prompt: &str, max_new_tokens: usize) -> Result<()> {

@@ -39,6 +39,8 @@ pub struct GenerateArgs {
     /// Print one JSON object per prompt instead of streaming text.
     #[arg(long)]
     pub json: bool,
+    #[command(flatten)]
+    pub gpu: crate::gpu::GpuArgs,
     /// Wrap each prompt as a user message in the model's chat template (from
     /// tokenizer_config.json, chat_template.jinja or the GGUF metadata).
     #[arg(long)]
@@ -85,14 +87,20 @@ impl<'de> serde::Deserialize<'de> for PromptsJson {
             fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
                 f.write_str("a list of prompts or an object holding one")
             }
-            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<Self::Value, A::Error> {
                 let mut items = Vec::new();
                 while let Some(v) = seq.next_element()? {
                     items.push(v);
                 }
                 Ok(PromptsJson::List(items))
             }
-            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<Self::Value, A::Error> {
                 let mut first = None;
                 while let Some((_, v)) = map.next_entry::<String, serde_json::Value>()? {
                     if first.is_none() {
@@ -158,22 +166,28 @@ fn read_prompts(path: &Path) -> Result<Vec<String>> {
 }
 
 /// Builds the requested backend.
-fn make_backend(choice: BackendChoice, model: &Model, quiet: bool) -> Result<Box<dyn Backend>> {
-    match choice {
-        BackendChoice::Gpu => bail!(
-            "--backend gpu: this build of amk has no GPU megakernel backend yet; use --backend cpu \
-             (the f32 reference) or --backend auto"
-        ),
-        BackendChoice::Cpu | BackendChoice::Auto => {
-            if choice == BackendChoice::Auto && !quiet {
-                eprintln!("amk: no GPU backend in this build; running the f32 CPU reference");
-            }
-            let bar = weight_bar(model.graph.weights.len(), "loading weights");
-            let cpu = CpuReference::from_model(model, &mut |done, _| bar.set_position(done as u64))?;
-            bar.finish_and_clear();
-            Ok(Box::new(cpu))
+fn make_backend(args: &GenerateArgs, model: &Model, quiet: bool) -> Result<Box<dyn Backend>> {
+    let gpu_ok = amk_runtime::gpu::cuda_available();
+    let use_gpu = match args.backend {
+        BackendChoice::Gpu => true,
+        BackendChoice::Cpu => false,
+        BackendChoice::Auto => gpu_ok.is_ok(),
+    };
+    if use_gpu {
+        return Ok(Box::new(crate::gpu::build_backend(model, &args.gpu, quiet)?));
+    }
+    if args.gpu.precision == Some(crate::gpu::Precision::Bf16) {
+        bail!("--precision bf16 needs the GPU backend; the CPU reference computes in f32");
+    }
+    if args.backend == BackendChoice::Auto && !quiet {
+        if let Err(why) = gpu_ok {
+            eprintln!("amk: no usable GPU ({why}); running the f32 CPU reference");
         }
     }
+    let bar = weight_bar(model.graph.weights.len(), "loading weights");
+    let cpu = CpuReference::from_model(model, &mut |done, _| bar.set_position(done as u64))?;
+    bar.finish_and_clear();
+    Ok(Box::new(cpu))
 }
 
 pub fn run(args: GenerateArgs) -> Result<()> {
@@ -221,7 +235,7 @@ pub fn run(args: GenerateArgs) -> Result<()> {
         encoded.push(ids);
     }
 
-    let mut backend = make_backend(args.backend, &model, args.json)?;
+    let mut backend = make_backend(&args, &model, args.json)?;
     let options = GenerateOptions {
         max_new_tokens: args.max_new_tokens,
         stop_tokens: model.config.eos_token_ids.clone(),

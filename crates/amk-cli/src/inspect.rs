@@ -99,7 +99,11 @@ pub fn run_inspect(args: InspectArgs) -> Result<()> {
     );
     println!(
         "attention    rope theta {}, rms eps {:e}, context {}, bias {}, tied head {}",
-        c.rope.theta, c.rms_norm_eps, c.max_position_embeddings, c.attention_bias, c.tie_word_embeddings
+        c.rope.theta,
+        c.rms_norm_eps,
+        c.max_position_embeddings,
+        c.attention_bias,
+        c.tie_word_embeddings
     );
     println!("tokens       bos {:?}, eos {:?}", c.bos_token_id, c.eos_token_ids);
     println!(

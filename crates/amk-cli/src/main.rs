@@ -4,6 +4,8 @@
 //! `generate` runs one. Errors go to stderr with their cause chain and a non-zero exit.
 
 mod generate;
+mod gpu;
+mod gpu_test;
 mod inspect;
 mod progress;
 mod stages;
@@ -33,6 +35,9 @@ enum Command {
     Ir(stages::IrArgs),
     Schedule(stages::ScheduleArgs),
     Verify(stages::VerifyArgs),
+    Build(stages::BuildArgs),
+    Synth(stages::SynthArgs),
+    GpuTest(gpu_test::GpuTestArgs),
 }
 
 fn main() -> ExitCode {
@@ -48,6 +53,9 @@ fn main() -> ExitCode {
         Command::Ir(args) => stages::run_ir(args),
         Command::Schedule(args) => stages::run_schedule(args),
         Command::Verify(args) => return stages::run_verify(args),
+        Command::Build(args) => stages::run_build(args),
+        Command::Synth(args) => stages::run_synth(args),
+        Command::GpuTest(args) => gpu_test::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -41,8 +41,10 @@ impl ImportBar {
 pub fn weight_bar(total: usize, what: &str) -> ProgressBar {
     let bar = ProgressBar::new(total as u64);
     bar.set_style(
-        ProgressStyle::with_template(&format!("{what} {{bar:30.cyan/blue}} {{pos}}/{{len}} tensors"))
-            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        ProgressStyle::with_template(&format!(
+            "{what} {{bar:30.cyan/blue}} {{pos}}/{{len}} tensors"
+        ))
+        .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
     bar
 }

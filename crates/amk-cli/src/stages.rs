@@ -122,7 +122,8 @@ pub fn run_verify(args: VerifyArgs) -> ExitCode {
         Ok(s) => s,
         Err(e) => {
             // The parser's messages say `schedule.ron:LINE:COLUMN`; name the real file.
-            let msg = e.to_string().replacen("schedule.ron", &args.schedule.display().to_string(), 1);
+            let msg =
+                e.to_string().replacen("schedule.ron", &args.schedule.display().to_string(), 1);
             if args.json {
                 println!("{}", serde_json::json!({ "malformed": msg }));
             }
@@ -160,4 +161,177 @@ pub fn run_verify(args: VerifyArgs) -> ExitCode {
             }
         }
     }
+}
+
+/// Run the whole chain for a model and write every artifact into one directory: model.ir.ron,
+/// schedule.ron, certificate.json, megakernel.cu and launch.ron; then compile the kernel with
+/// NVRTC for each --arch (no GPU needed) and report registers, shared memory and spills.
+#[derive(Debug, Args)]
+pub struct BuildArgs {
+    /// Hugging Face model directory or .gguf file.
+    pub model: PathBuf,
+    /// Output directory.
+    #[arg(short, long)]
+    pub output: PathBuf,
+    /// Knobs for lowering (RON ScheduleConfig).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Weight precision on the device.
+    #[arg(long, value_enum, default_value_t = crate::gpu::Precision::Bf16)]
+    pub precision: crate::gpu::Precision,
+    /// Targets to compile for (the first one goes into launch.ron).
+    #[arg(long, value_delimiter = ',', default_value = "sm_90,sm_80,sm_120")]
+    pub arch: Vec<String>,
+    /// Threads per block.
+    #[arg(long, default_value_t = 512)]
+    pub block_threads: u32,
+    /// Skip the NVRTC compile (when libnvrtc is not installed).
+    #[arg(long)]
+    pub no_compile: bool,
+}
+
+pub fn run_build(args: BuildArgs) -> Result<()> {
+    use amk_codegen_cuda::{generate, write_artifacts, Arch, CodegenOptions, WeightDType};
+    let started = std::time::Instant::now();
+    let knobs = crate::gpu::read_knobs(args.config.as_deref())?;
+    let graph = load_graph(&args.model)?;
+    let t_import = started.elapsed();
+    std::fs::create_dir_all(&args.output)
+        .with_context(|| format!("cannot create {}", args.output.display()))?;
+    write(&args.output.join("model.ir.ron"), &graph.to_ron())?;
+    let schedule = lower(&graph, &knobs)?;
+    write(&args.output.join("schedule.ron"), &schedule.to_ron_string())?;
+    let t_schedule = started.elapsed();
+    let facts = LaunchFacts { sm_count: knobs.sm_count, blocks_per_sm: knobs.blocks_per_sm };
+    let verified = crate::gpu::verify_or_refuse(&schedule, &facts)?;
+    write(
+        &args.output.join("certificate.json"),
+        &serde_json::to_string_pretty(verified.certificate())?,
+    )?;
+    let t_verify = started.elapsed();
+    let archs: Vec<Arch> = args
+        .arch
+        .iter()
+        .map(|a| a.parse::<Arch>().map_err(|e| anyhow::anyhow!("--arch {a}: {e}")))
+        .collect::<Result<_>>()?;
+    let Some(&first) = archs.first() else { anyhow::bail!("--arch: give at least one target") };
+    let weight_dtype = match args.precision {
+        crate::gpu::Precision::F32 => WeightDType::F32,
+        crate::gpu::Precision::Bf16 => WeightDType::BF16,
+    };
+    let options = CodegenOptions { weight_dtype, arch: first, block_threads: args.block_threads };
+    let generated = generate(&verified, &options)?;
+    write_artifacts(&generated, &args.output)
+        .with_context(|| format!("writing into {}", args.output.display()))?;
+    let t_codegen = started.elapsed();
+    println!(
+        "{}: model.ir.ron, schedule.ron ({} workers, {} tasks), certificate.json, megakernel.cu, \
+         launch.ron",
+        args.output.display(),
+        schedule.workers.len(),
+        schedule.tasks.len()
+    );
+    println!(
+        "  import {:.2} s, schedule {:.2} s, verify {:.2} s, codegen {:.2} s",
+        t_import.as_secs_f64(),
+        (t_schedule - t_import).as_secs_f64(),
+        (t_verify - t_schedule).as_secs_f64(),
+        (t_codegen - t_verify).as_secs_f64()
+    );
+    if args.no_compile {
+        return Ok(());
+    }
+    amk_runtime::gpu::nvrtc_available().map_err(|why| {
+        anyhow::anyhow!("NVRTC is not available ({why}); install it or pass --no-compile")
+    })?;
+    for arch in &archs {
+        let t = std::time::Instant::now();
+        let compiled = amk_runtime::gpu::compile_cached(
+            &generated.source,
+            arch.as_str(),
+            Some(&amk_runtime::gpu::kernel_cache_dir()),
+        )?;
+        let usage = compiled.usage(&generated.launch.kernel);
+        println!(
+            "  nvrtc {}: {} in {:.2} s: {}",
+            arch.as_str(),
+            if compiled.from_cache { "cached" } else { "compiled" },
+            t.elapsed().as_secs_f64(),
+            match usage {
+                Some(u) => format!(
+                    "{} registers, {} B static smem + {} B dynamic, {} B stack, spills {} B stores / {} B loads",
+                    u.registers,
+                    u.shared_bytes,
+                    generated.launch.dynamic_smem_bytes,
+                    u.stack_bytes,
+                    u.spill_stores,
+                    u.spill_loads
+                ),
+                None => "no resource report".into(),
+            }
+        );
+    }
+    Ok(())
+}
+
+/// Shapes `amk synth` can write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum SynthPreset {
+    /// SmolLM2-135M's shape (30 layers, hidden 576, 9/3 heads, vocab 49152, tied head).
+    Smollm2_135m,
+    /// SmolLM2-360M's shape (32 layers, hidden 960, 15/5 heads, vocab 49152, tied head).
+    Smollm2_360m,
+    /// Llama-3.2-1B's shape (16 layers, hidden 2048, 32/8 heads, vocab 128256, tied head),
+    /// without its llama3 rope scaling.
+    Llama3_2_1b,
+    /// A tiny model (2 layers, hidden 64) for quick tests.
+    Tiny,
+}
+
+/// Write a Hugging Face directory with seeded random weights in a model's shape: for timing
+/// (speed does not depend on weight values) and tests, without downloading a checkpoint.
+#[derive(Debug, Args)]
+pub struct SynthArgs {
+    /// The shape.
+    #[arg(long, value_enum)]
+    pub preset: SynthPreset,
+    /// Output directory.
+    #[arg(short, long)]
+    pub output: PathBuf,
+    /// Seed of the weights.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Override the number of layers (to measure cost per layer).
+    #[arg(long)]
+    pub layers: Option<usize>,
+}
+
+pub fn run_synth(args: SynthArgs) -> Result<()> {
+    use amk_ir::synth::{write_checkpoint, SynthSpec};
+    let base = SynthSpec { seed: args.seed, ..SynthSpec::tiny() };
+    let shape = |h, m, l, nh, nkv, hd, v| SynthSpec {
+        hidden_size: h,
+        intermediate_size: m,
+        num_layers: l,
+        num_heads: nh,
+        num_kv_heads: nkv,
+        head_dim: hd,
+        vocab_size: v,
+        max_position_embeddings: 8192,
+        ..base.clone()
+    };
+    let spec = match args.preset {
+        SynthPreset::Smollm2_135m => shape(576, 1536, 30, 9, 3, 64, 49152),
+        SynthPreset::Smollm2_360m => shape(960, 2560, 32, 15, 5, 64, 49152),
+        SynthPreset::Llama3_2_1b => {
+            SynthSpec { rope_theta: 500_000.0, ..shape(2048, 8192, 16, 32, 8, 64, 128256) }
+        }
+        SynthPreset::Tiny => base.clone(),
+    };
+    let spec = SynthSpec { num_layers: args.layers.unwrap_or(spec.num_layers), ..spec };
+    let config = write_checkpoint(&spec, &args.output)?;
+    let graph = amk_ir::graph::DecodeGraph::build(&config);
+    let params: usize = graph.weights.iter().map(|w| w.numel()).sum();
+    eprintln!("wrote {}: {} parameters, {}", args.output.display(), params, graph.summary());
+    Ok(())
 }

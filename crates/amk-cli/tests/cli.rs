@@ -753,7 +753,7 @@ fn invalid_prompts_files_are_reported_with_their_path() {
 }
 
 #[test]
-fn backend_gpu_is_a_clear_error_in_this_build() {
+fn backend_gpu_without_a_gpu_is_a_clear_error() {
     let m = Synth::tiny();
     amk(&["generate", "--model", s(m.path()), "--prompt", "hi", "--backend", "gpu"]).fails_with(&[
         "--backend gpu",

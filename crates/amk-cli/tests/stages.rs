@@ -25,8 +25,14 @@ fn schedule_verify_and_a_hand_edit() {
     let (code, _, err) = amk(&["ir", model.to_str().unwrap(), "-o", &p("model.ir.ron")]);
     assert_eq!(code, 0, "{err}");
     std::fs::write(p("knobs.ron"), "(workers: 8, head_rows: 64)").unwrap();
-    let (code, _, err) =
-        amk(&["schedule", &p("model.ir.ron"), "--config", &p("knobs.ron"), "-o", &p("schedule.ron")]);
+    let (code, _, err) = amk(&[
+        "schedule",
+        &p("model.ir.ron"),
+        "--config",
+        &p("knobs.ron"),
+        "-o",
+        &p("schedule.ron"),
+    ]);
     assert_eq!(code, 0, "{err}");
     assert!(err.contains("8 workers"), "{err}");
 

@@ -1,1 +1,331 @@
-//! amk-codegen-cuda
+//! amk-codegen-cuda: a VERIFIED schedule in, the inputs of ONE persistent CUDA megakernel out.
+//!
+//! # Contract
+//!
+//! [`generate`] takes a [`VerifiedSchedule`] (only `amk_verify::verify` can make one) and
+//! [`CodegenOptions`], and returns [`Generated`]:
+//!
+//! - [`Generated::source`], `megakernel.cu`: a prologue of `#define`s holding ONLY numbers
+//!   computed from the schedule and options (`AMK_WEIGHT_BF16`, `AMK_BLOCK_THREADS`,
+//!   `AMK_MAX_COLS`, `AMK_MAX_HEAD_DIM`, `AMK_WORKERS`, `AMK_TASKS`, `AMK_COUNTERS`), then the
+//!   hand-written device code of `kernels/abi.cuh` and `kernels/megakernel.cuh`, embedded at
+//!   compile time ([`KERNEL_FILES`]). No name, string or other text of the schedule ever
+//!   reaches the source, so a schedule file cannot inject code into the kernel.
+//! - [`Generated::tables`], the [`DeviceTables`] the host uploads: the instruction program
+//!   (2 words per instruction), each worker's first instruction, one 32-word descriptor per
+//!   task, per-counter signals per launch and the device size of every buffer, laid out as
+//!   `kernels/abi.cuh` says ([`abi`] mirrors its constants; a test keeps the two equal).
+//! - [`Generated::launch`], the [`LaunchSpec`] (`launch.ron`): kernel name, grid (= workers),
+//!   block, dynamic shared memory, arch, weight dtype and the verified schedule's hash, so the
+//!   runtime can check it launches what was verified.
+//!
+//! Encoding re-checks every number it writes, as defense in depth behind the verifier: ids in
+//! range, every value fits its 32-bit word (including every element index the device
+//! computes), the ABI's rules (Copy offsets multiples of 4, rope over whole heads, a cache row
+//! of exactly head_dim rows, input length = columns), and that each op's real accesses
+//! ([`amk_schedule::TaskOp::footprint`]) lie inside the regions its task declares, which are
+//! what the verifier proved race-free. Any violation is a [`CodegenError`] naming the task,
+//! counter, buffer or instruction and the field.
+//!
+//! # Why an instruction table interpreted on the device
+//!
+//! The kernel does not contain the schedule as code; each block loops over its slice of the
+//! program and dispatches on the task descriptor. A task streams tens to hundreds of KB of
+//! weights, so decoding a 2-word instruction and a 32-word descriptor costs nothing next to
+//! it. In exchange, one kernel source serves every model and schedule (the prologue only sizes
+//! shared memory and registers), and editing a schedule (re-tiling, moving tasks between
+//! workers) needs no recompilation: only new tables.
+
+#![warn(missing_docs)]
+
+pub mod abi;
+mod encode;
+mod error;
+mod source;
+
+pub use error::{Access, CodegenError, Problem};
+pub use source::{KERNEL_FILES, PROLOGUE_DEFINES};
+
+pub use amk_verify::VerifiedSchedule;
+
+use serde::{Deserialize, Serialize};
+use std::fmt;
+use std::io;
+use std::path::Path;
+use std::str::FromStr;
+
+/// The kernel's entry point (`extern "C"` in `kernels/megakernel.cuh`).
+pub const KERNEL_NAME: &str = "amk_megakernel";
+/// File name of the generated source written by [`write_artifacts`].
+pub const SOURCE_FILE: &str = "megakernel.cu";
+/// File name of the launch spec written by [`write_artifacts`].
+pub const LAUNCH_FILE: &str = "launch.ron";
+
+/// How the device holds weight buffers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+pub enum WeightDType {
+    /// 4-byte floats, as the schedule describes them.
+    F32,
+    /// bfloat16: every weight buffer and region is half its described size.
+    #[default]
+    BF16,
+}
+
+impl WeightDType {
+    /// `"f32"` or `"bf16"`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WeightDType::F32 => "f32",
+            WeightDType::BF16 => "bf16",
+        }
+    }
+
+    /// Bytes of one weight element on the device.
+    pub fn bytes(self) -> u64 {
+        match self {
+            WeightDType::F32 => 4,
+            WeightDType::BF16 => 2,
+        }
+    }
+}
+
+impl fmt::Display for WeightDType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for WeightDType {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.to_ascii_lowercase().as_str() {
+            "f32" | "fp32" | "float32" => Ok(WeightDType::F32),
+            "bf16" | "bfloat16" => Ok(WeightDType::BF16),
+            _ => Err(format!("unknown weight dtype `{s}`: expected `f32` or `bf16`")),
+        }
+    }
+}
+
+/// The GPU architecture the source is compiled for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+pub enum Arch {
+    /// Ampere (A100): `sm_80`.
+    Sm80,
+    /// Hopper (H100, H200): `sm_90`.
+    #[default]
+    Sm90,
+    /// Blackwell (consumer, RTX 50xx): `sm_120`.
+    Sm120,
+}
+
+impl Arch {
+    /// The compiler's name: `"sm_80"`, `"sm_90"` or `"sm_120"`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Arch::Sm80 => "sm_80",
+            Arch::Sm90 => "sm_90",
+            Arch::Sm120 => "sm_120",
+        }
+    }
+
+    /// The most dynamic shared memory one block may opt into on this architecture.
+    pub fn max_dynamic_smem_bytes(self) -> u32 {
+        match self {
+            Arch::Sm80 => 163 * 1024,
+            Arch::Sm90 => 227 * 1024,
+            Arch::Sm120 => 99 * 1024,
+        }
+    }
+}
+
+impl fmt::Display for Arch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Arch {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.to_ascii_lowercase().replace('_', "").as_str() {
+            "sm80" | "80" => Ok(Arch::Sm80),
+            "sm90" | "90" => Ok(Arch::Sm90),
+            "sm120" | "120" => Ok(Arch::Sm120),
+            _ => Err(format!("unknown arch `{s}`: expected `sm_80`, `sm_90` or `sm_120`")),
+        }
+    }
+}
+
+/// What to generate for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct CodegenOptions {
+    /// How the device holds weights (default bf16).
+    pub weight_dtype: WeightDType,
+    /// Target architecture (default sm_90).
+    pub arch: Arch,
+    /// Threads per block: a multiple of 32 in 64..=1024 (default 512).
+    pub block_threads: u32,
+}
+
+impl Default for CodegenOptions {
+    fn default() -> Self {
+        CodegenOptions { weight_dtype: WeightDType::BF16, arch: Arch::Sm90, block_threads: 512 }
+    }
+}
+
+impl CodegenOptions {
+    /// Checks the options on their own.
+    pub fn check(&self) -> Result<(), CodegenError> {
+        let t = self.block_threads;
+        if t % 32 != 0 || !(64..=1024).contains(&t) {
+            return Err(CodegenError::Option {
+                field: "block_threads",
+                value: t.into(),
+                message: "must be a multiple of 32 (whole warps) between 64 and 1024".into(),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// How the runtime launches the generated kernel (`launch.ron`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LaunchSpec {
+    /// The kernel's entry point, [`KERNEL_NAME`].
+    pub kernel: String,
+    /// Blocks: one per worker (all co-resident, as the verifier checked).
+    pub grid: u32,
+    /// Threads per block.
+    pub block: u32,
+    /// Dynamic shared memory per block, in bytes (above 48 KiB the runtime must opt in with
+    /// `CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES`).
+    pub dynamic_smem_bytes: u32,
+    /// The architecture to compile for (`sm_90`, ...).
+    pub arch: String,
+    /// How weight buffers are held.
+    pub weight_dtype: WeightDType,
+    /// sha256 of the verified schedule's canonical `schedule.ron`.
+    pub schedule_hash: String,
+}
+
+impl LaunchSpec {
+    /// Pretty RON text (what `launch.ron` holds), ending in a newline.
+    pub fn to_ron(&self) -> String {
+        let cfg = ron::ser::PrettyConfig::new().struct_names(true);
+        let mut text = ron::ser::to_string_pretty(self, cfg)
+            .expect("a LaunchSpec (numbers, plain strings and a unit enum) always serializes");
+        text.push('\n');
+        text
+    }
+
+    /// Reads `launch.ron` text.
+    pub fn from_ron(text: &str) -> Result<LaunchSpec, ron::error::SpannedError> {
+        ron::de::from_str(text)
+    }
+}
+
+/// The tables the host uploads, laid out as `kernels/abi.cuh` says.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct DeviceTables {
+    /// [`abi::INSTR_WORDS`] words per instruction, all workers in order: `op << 28 | id`, then
+    /// the wait threshold (relative to the launch) or 0.
+    pub program: Vec<u32>,
+    /// workers + 1 offsets into `program`, in instructions: worker `w` runs
+    /// `worker_start[w]..worker_start[w + 1]`.
+    pub worker_start: Vec<u32>,
+    /// [`abi::TASK_WORDS`] words per task, by task id.
+    pub tasks: Vec<u32>,
+    /// Per counter: signals per launch for epoch-offset counters, 0 for zeroed and
+    /// never-reset ones.
+    pub per_launch: Vec<u32>,
+    /// Bytes of each buffer as the device holds it: weight buffers scaled to the weight dtype
+    /// (f32: as declared; bf16: half), others as declared.
+    pub buffer_bytes: Vec<u64>,
+}
+
+impl DeviceTables {
+    /// Instructions over all workers.
+    pub fn instructions(&self) -> usize {
+        self.program.len() / abi::INSTR_WORDS
+    }
+
+    /// The descriptor of task `id`, if any.
+    pub fn task(&self, id: usize) -> Option<&[u32]> {
+        self.tasks.get(id * abi::TASK_WORDS..(id + 1) * abi::TASK_WORDS)
+    }
+}
+
+/// Everything [`generate`] produces.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Generated {
+    /// `megakernel.cu`: the numeric prologue, then the embedded device code.
+    pub source: String,
+    /// How to launch it (`launch.ron`).
+    pub launch: LaunchSpec,
+    /// What to upload.
+    pub tables: DeviceTables,
+}
+
+/// Encodes a verified schedule for the megakernel: see the crate docs for what is checked.
+pub fn generate(
+    schedule: &VerifiedSchedule,
+    options: &CodegenOptions,
+) -> Result<Generated, CodegenError> {
+    let _span = tracing::info_span!(
+        "codegen",
+        arch = options.arch.as_str(),
+        weights = options.weight_dtype.as_str()
+    )
+    .entered();
+    options.check()?;
+    let s = schedule.schedule();
+    let encoded = encode::encode(s, options.weight_dtype)?;
+    // Counts were checked by the encoder (workers fit u32, tasks and counters fit 28 bits).
+    let prologue = source::Prologue {
+        weight_bf16: options.weight_dtype == WeightDType::BF16,
+        block_threads: options.block_threads,
+        max_cols: encoded.max_cols.max(1),
+        max_head_dim: encoded.max_head_dim.max(1),
+        workers: s.workers.len() as u32,
+        tasks: s.tasks.len() as u32,
+        counters: s.counters.len() as u32,
+    };
+    let smem = prologue.dynamic_smem_bytes();
+    let limit = options.arch.max_dynamic_smem_bytes();
+    if smem > u64::from(limit) {
+        return Err(CodegenError::Schedule {
+            field: "max_cols",
+            problem: Problem::Rule(format!(
+                "the kernel needs {smem} bytes of shared memory per block (largest input \
+                 {} columns, head_dim {}), more than {} allows ({limit})",
+                prologue.max_cols, prologue.max_head_dim, options.arch
+            )),
+        });
+    }
+    let source = source::render(&prologue);
+    let launch = LaunchSpec {
+        kernel: KERNEL_NAME.to_string(),
+        grid: prologue.workers,
+        block: options.block_threads,
+        dynamic_smem_bytes: smem as u32,
+        arch: options.arch.as_str().to_string(),
+        weight_dtype: options.weight_dtype,
+        schedule_hash: schedule.certificate().schedule_hash.clone(),
+    };
+    tracing::debug!(
+        workers = prologue.workers,
+        tasks = prologue.tasks,
+        instructions = encoded.tables.instructions(),
+        smem,
+        "generated megakernel inputs"
+    );
+    Ok(Generated { source, launch, tables: encoded.tables })
+}
+
+/// Writes [`SOURCE_FILE`] and [`LAUNCH_FILE`] into `dir` (created if missing).
+pub fn write_artifacts(generated: &Generated, dir: &Path) -> io::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    std::fs::write(dir.join(SOURCE_FILE), &generated.source)?;
+    std::fs::write(dir.join(LAUNCH_FILE), generated.launch.to_ron())?;
+    Ok(())
+}

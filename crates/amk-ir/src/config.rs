@@ -184,7 +184,9 @@ impl ModelConfig {
 
         let rms_norm_eps = raw.rms_norm_eps.unwrap_or(1e-6);
         if !(rms_norm_eps.is_finite() && rms_norm_eps > 0.0 && rms_norm_eps < 1.0) {
-            return Err(ctx.invalid("rms_norm_eps", format!("{rms_norm_eps}; expected 0 < eps < 1")));
+            return Err(
+                ctx.invalid("rms_norm_eps", format!("{rms_norm_eps}; expected 0 < eps < 1"))
+            );
         }
 
         let rope = ctx.rope(raw)?;
@@ -304,7 +306,9 @@ impl Ctx<'_> {
                 }
                 match archs[0].as_str() {
                     "LlamaForCausalLM" => Ok(Architecture::Llama),
-                    other => Err(self.unsupported("architectures", format!("{other:?}"), SUPPORTED)),
+                    other => {
+                        Err(self.unsupported("architectures", format!("{other:?}"), SUPPORTED))
+                    }
                 }
             }
             (_, Some(model_type)) => match model_type.as_str() {
@@ -329,10 +333,8 @@ impl Ctx<'_> {
                     None | Some(serde_json::Value::Null) => None,
                     Some(serde_json::Value::String(s)) => Some(s.clone()),
                     Some(v) => {
-                        return Err(self.invalid(
-                            "rope_parameters.rope_type",
-                            format!("{v} is not a string"),
-                        ))
+                        return Err(self
+                            .invalid("rope_parameters.rope_type", format!("{v} is not a string")))
                     }
                 };
                 (theta, rope_type, "rope_parameters.rope_type")
@@ -422,7 +424,9 @@ mod tests {
         let cases: Vec<(String, &str)> = vec![
             (edit(|m| drop(m.remove("hidden_size"))), "`hidden_size` is missing"),
             (
-                edit(|m| drop(m.insert("architectures".into(), serde_json::json!(["GPT2LMHeadModel"])))),
+                edit(|m| {
+                    drop(m.insert("architectures".into(), serde_json::json!(["GPT2LMHeadModel"])))
+                }),
                 "`architectures` = \"GPT2LMHeadModel\" is not supported",
             ),
             (
@@ -452,7 +456,10 @@ mod tests {
                 edit(|m| drop(m.insert("num_hidden_layers".into(), (1u64 << 40).into()))),
                 "`num_hidden_layers` is invalid",
             ),
-            (edit(|m| drop(m.insert("eos_token_id".into(), 49152.into()))), "outside the vocabulary"),
+            (
+                edit(|m| drop(m.insert("eos_token_id".into(), 49152.into()))),
+                "outside the vocabulary",
+            ),
             (edit(|m| drop(m.insert("head_dim".into(), 63.into()))), "`head_dim` is invalid"),
             (edit(|m| drop(m.insert("hidden_size".into(), "wide".into()))), "not valid JSON"),
             ("{\"hidden_size\": 5,".to_owned(), "line 1, column 18"),

@@ -200,7 +200,8 @@ impl Builder {
         x: NodeId,
     ) -> NodeId {
         let weight = self.weight(layer_weight(layer, &format!("{prefix}.weight")), vec![out, inp]);
-        let bias = bias.then(|| self.weight(layer_weight(layer, &format!("{prefix}.bias")), vec![out]));
+        let bias =
+            bias.then(|| self.weight(layer_weight(layer, &format!("{prefix}.bias")), vec![out]));
         self.node(name, Some(layer), Op::Linear { weight, bias }, ValueType::f32([out]), &[x])
     }
 }
@@ -233,7 +234,8 @@ impl DecodeGraph {
             let q = b.linear(p("attn.q"), l, "self_attn.q_proj", [c.q_dim(), h], ab, x);
             let k = b.linear(p("attn.k"), l, "self_attn.k_proj", [c.kv_dim(), h], ab, x);
             let v = b.linear(p("attn.v"), l, "self_attn.v_proj", [c.kv_dim(), h], ab, x);
-            let rope = |heads| Op::Rope { num_heads: heads, head_dim: c.head_dim, theta: c.rope.theta };
+            let rope =
+                |heads| Op::Rope { num_heads: heads, head_dim: c.head_dim, theta: c.rope.theta };
             let q = b.node(
                 p("attn.q_rope"),
                 Some(l),
@@ -380,14 +382,14 @@ impl DecodeGraph {
                     ops.len()
                 )));
             }
-            let mut positions: Vec<u8> = self
-                .graph
-                .edges_directed(id, Direction::Incoming)
-                .map(|e| *e.weight())
-                .collect();
+            let mut positions: Vec<u8> =
+                self.graph.edges_directed(id, Direction::Incoming).map(|e| *e.weight()).collect();
             positions.sort_unstable();
             if positions.iter().enumerate().any(|(i, &p)| p as usize != i) {
-                return Err(err(format!("operand positions {positions:?} are not 0..{}", ops.len())));
+                return Err(err(format!(
+                    "operand positions {positions:?} are not 0..{}",
+                    ops.len()
+                )));
             }
             let ty = |i: usize| &self.graph[ops[i]].ty;
             let wshape = |w: WeightId| -> Result<&[usize], GraphError> {
@@ -396,7 +398,8 @@ impl DecodeGraph {
                     .map(|s| s.shape.as_slice())
                     .ok_or_else(|| err(format!("weight id {} is out of range", w.0)))
             };
-            let expect = |cond: bool, what: &str| if cond { Ok(()) } else { Err(err(what.to_owned())) };
+            let expect =
+                |cond: bool, what: &str| if cond { Ok(()) } else { Err(err(what.to_owned())) };
             match &node.op {
                 Op::Embedding { weight } => {
                     let s = wshape(*weight)?;

@@ -140,17 +140,16 @@ pub fn write_checkpoint(spec: &SynthSpec, dir: &Path) -> Result<ModelConfig, Syn
     safetensors::serialize_to_file(views, &None, &st_path).map_err(|e| werr(&st_path, &e))?;
 
     let tok_path = dir.join("tokenizer.json");
-    let tok_text = serde_json::to_string(&byte_level_tokenizer(spec.vocab_size)).unwrap_or_default();
+    let tok_text =
+        serde_json::to_string(&byte_level_tokenizer(spec.vocab_size)).unwrap_or_default();
     std::fs::write(&tok_path, tok_text).map_err(|e| werr(&tok_path, &e))?;
     Ok(config)
 }
 
 /// GPT-2's reversible map from bytes to printable characters, as byte-level BPE uses.
 pub fn bytes_to_unicode() -> Vec<char> {
-    let mut printable: Vec<u32> = (b'!' as u32..=b'~' as u32)
-        .chain(0xA1..=0xAC)
-        .chain(0xAE..=0xFF)
-        .collect();
+    let mut printable: Vec<u32> =
+        (b'!' as u32..=b'~' as u32).chain(0xA1..=0xAC).chain(0xAE..=0xFF).collect();
     let mut chars: Vec<u32> = printable.clone();
     let mut n = 0;
     for b in 0..256u32 {

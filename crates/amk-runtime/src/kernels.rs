@@ -92,9 +92,7 @@ pub fn rms_norm(x: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) {
 /// The inverse frequencies of rotary embeddings, `1 / theta^(2i/d)` rounded to f32 as
 /// PyTorch's float32 `inv_freq` is.
 pub fn rope_inv_freq(head_dim: usize, theta: f64) -> Vec<f32> {
-    (0..head_dim / 2)
-        .map(|i| (1.0 / theta.powf((2 * i) as f64 / head_dim as f64)) as f32)
-        .collect()
+    (0..head_dim / 2).map(|i| (1.0 / theta.powf((2 * i) as f64 / head_dim as f64)) as f32).collect()
 }
 
 /// Rotates each head of `x` in place by position `pos` (rotate-half layout: dimension `i`
@@ -214,7 +212,7 @@ mod tests {
         let w = [1.0, 2.0, 3.0, 4.0, 5.0, 6.0];
         let mut out = [0.0; 2];
         matvec(&w, &[1.0, 0.0, -1.0], Some(&[0.5, -0.5]), &mut out);
-        assert_eq!(out, [-1.5, -1.5]);
+        assert_eq!(out, [-1.5, -2.5]);
     }
 
     #[test]

@@ -325,7 +325,8 @@ impl ScheduleExecutor {
             .tasks
             .get(id.index())
             .ok_or_else(|| ExecError::Malformed(format!("task {} out of range", id.0)))?;
-        let mut ctx = TaskCtx { exec: self, s, name: &task.name, reads: &task.reads, writes: &task.writes };
+        let mut ctx =
+            TaskCtx { exec: self, s, name: &task.name, reads: &task.reads, writes: &task.writes };
         ctx.run(&task.op)
     }
 
@@ -351,7 +352,13 @@ impl TaskCtx<'_> {
     }
 
     /// Checks an access of `len` elements from element `first` of `buffer`.
-    fn check(&self, write: bool, buffer: BufferId, first: usize, len: usize) -> Result<(), ExecError> {
+    fn check(
+        &self,
+        write: bool,
+        buffer: BufferId,
+        first: usize,
+        len: usize,
+    ) -> Result<(), ExecError> {
         let b = buffer.index();
         let size = self.exec.mem.get(b).map(|m| m.len()).ok_or_else(|| {
             ExecError::Malformed(format!("task `{}` names buffer {b}, out of range", self.name))
@@ -420,7 +427,9 @@ impl TaskCtx<'_> {
         bias: Option<BufferId>,
     ) -> Result<Vec<f32>, ExecError> {
         if x.len() != cols as usize {
-            return Err(self.err(format!("input has {} elements, weight has {cols} columns", x.len())));
+            return Err(
+                self.err(format!("input has {} elements, weight has {cols} columns", x.len()))
+            );
         }
         let (f, r, c) = (first as usize, rows as usize, cols as usize);
         let w = self.read(weight, f * c, r * c)?;
@@ -436,7 +445,11 @@ impl TaskCtx<'_> {
     fn run(&mut self, op: &TaskOp) -> Result<(), ExecError> {
         match *op {
             TaskOp::Copy { src, dst } => {
-                if src.len != dst.len || src.offset % ELEM != 0 || dst.offset % ELEM != 0 || src.len % ELEM != 0 {
+                if src.len != dst.len
+                    || src.offset % ELEM != 0
+                    || dst.offset % ELEM != 0
+                    || src.len % ELEM != 0
+                {
                     return Err(self.err("copy regions differ in length or are not word aligned"));
                 }
                 let n = (src.len / ELEM) as usize;
@@ -495,10 +508,22 @@ impl TaskCtx<'_> {
                 kernels::silu_mul(&g, &u, &mut y);
                 self.write(out, first_row as usize, &y)
             }
-            TaskOp::Attention { q, head, kv_head, head_dim, max_positions, k_cache, v_cache, io, out } => {
+            TaskOp::Attention {
+                q,
+                head,
+                kv_head,
+                head_dim,
+                max_positions,
+                k_cache,
+                v_cache,
+                io,
+                out,
+            } => {
                 let (_, pos) = self.io(io)?;
                 if pos >= max_positions as usize {
-                    return Err(self.err(format!("position {pos} is past the cache's {max_positions} positions")));
+                    return Err(self.err(format!(
+                        "position {pos} is past the cache's {max_positions} positions"
+                    )));
                 }
                 let hd = head_dim as usize;
                 let qh = self.read(q, head as usize * hd, hd)?;
@@ -554,7 +579,11 @@ impl Backend for ScheduleExecutor {
             return Err(RuntimeError::TokenOutOfRange { token, vocab_size: self.vocab_size });
         }
         if position >= self.max_positions {
-            return Err(RuntimeError::Position { position, filled: position, max: self.max_positions });
+            return Err(RuntimeError::Position {
+                position,
+                filled: position,
+                max: self.max_positions,
+            });
         }
         let io = self.io.index();
         self.mem[io][0] = f32::from_bits(token);

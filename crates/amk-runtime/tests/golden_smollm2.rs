@@ -30,12 +30,14 @@ struct Step {
 fn cpu_reference_reproduces_hf_fp32_cpu_token_for_token() {
     let gguf = SMOLLM2.gguf_path();
     assert!(gguf.is_file(), "{}", missing_model_hint(&SMOLLM2));
-    let golden: Golden = serde_json::from_str(include_str!("../../../fixtures/smollm2_golden.json"))
-        .expect("golden fixture parses");
+    let golden: Golden =
+        serde_json::from_str(include_str!("../../../fixtures/smollm2_golden.json"))
+            .expect("golden fixture parses");
     let model = Model::open(&gguf, &mut |_| {}).expect("model opens");
     let tokenizer = model.tokenizer().expect("tokenizer loads");
     let mut cpu = CpuReference::from_model(&model, &mut |_, _| {}).expect("weights load");
-    let options = GenerateOptions { max_new_tokens: 64, stop_tokens: model.config.eos_token_ids.clone() };
+    let options =
+        GenerateOptions { max_new_tokens: 64, stop_tokens: model.config.eos_token_ids.clone() };
 
     let mut failures = Vec::new();
     for case in &golden.fp32_cpu {

@@ -19,14 +19,30 @@ fn tiny(spec: SynthSpec) -> (tempfile::TempDir, Model) {
 }
 
 fn config(workers: u32) -> ScheduleConfig {
-    ScheduleConfig { workers, o_rows: 24, mlp_rows: 40, down_rows: 32, head_rows: 64, ..Default::default() }
+    ScheduleConfig {
+        workers,
+        o_rows: 24,
+        mlp_rows: 40,
+        down_rows: 32,
+        head_rows: 64,
+        ..Default::default()
+    }
 }
 
 #[test]
 fn every_interleaving_matches_the_reference() {
     let shapes = [
         SynthSpec::tiny(),
-        SynthSpec { num_heads: 6, num_kv_heads: 2, head_dim: 16, hidden_size: 96, tie_word_embeddings: false, attention_bias: true, seed: 7, ..SynthSpec::tiny() },
+        SynthSpec {
+            num_heads: 6,
+            num_kv_heads: 2,
+            head_dim: 16,
+            hidden_size: 96,
+            tie_word_embeddings: false,
+            attention_bias: true,
+            seed: 7,
+            ..SynthSpec::tiny()
+        },
         SynthSpec { num_heads: 4, num_kv_heads: 4, num_layers: 3, seed: 9, ..SynthSpec::tiny() },
     ];
     for spec in shapes {
@@ -41,7 +57,8 @@ fn every_interleaving_matches_the_reference() {
                 exec.seed = seed;
                 cpu.reset();
                 exec.reset();
-                let tokens: Vec<u32> = (0..12).map(|i| (i * 37 + seed as u32 * 11) % 250 + 3).collect();
+                let tokens: Vec<u32> =
+                    (0..12).map(|i| (i * 37 + seed as u32 * 11) % 250 + 3).collect();
                 for (pos, &t) in tokens.iter().enumerate() {
                     let a = cpu.step(t, pos).unwrap();
                     let b = exec.step(t, pos).unwrap();
@@ -58,8 +75,10 @@ fn explicit_policies_agree() {
     let (_dir, model) = tiny(SynthSpec::tiny());
     let schedule = Arc::new(lower(&model.graph, &config(5)).unwrap());
     let mut results = Vec::new();
-    for policy in [Policy::LowestFirst, Policy::HighestFirst, Policy::Random(1), Policy::Random(2)] {
-        let mut exec = ScheduleExecutor::from_model(&model, schedule.clone(), &mut |_, _| {}).unwrap();
+    for policy in [Policy::LowestFirst, Policy::HighestFirst, Policy::Random(1), Policy::Random(2)]
+    {
+        let mut exec =
+            ScheduleExecutor::from_model(&model, schedule.clone(), &mut |_, _| {}).unwrap();
         exec.policy = Some(policy);
         let mut logits = Vec::new();
         for (pos, t) in [5u32, 80, 200, 17].into_iter().enumerate() {
@@ -80,7 +99,9 @@ fn lost_signal_is_a_reported_deadlock() {
         .workers
         .iter()
         .enumerate()
-        .find_map(|(w, wk)| wk.instrs.iter().position(|x| matches!(x, Instr::Signal(_))).map(|i| (w, i)))
+        .find_map(|(w, wk)| {
+            wk.instrs.iter().position(|x| matches!(x, Instr::Signal(_))).map(|i| (w, i))
+        })
         .unwrap();
     s.workers[w].instrs.remove(i);
     let mut exec = ScheduleExecutor::from_model(&model, Arc::new(s), &mut |_, _| {}).unwrap();
@@ -126,7 +147,8 @@ fn smollm2_default_schedule_reproduces_golden_tokens() {
     let schedule = Arc::new(lower(&model.graph, &ScheduleConfig::default()).unwrap());
     let mut exec = ScheduleExecutor::from_model(&model, schedule, &mut |_, _| {}).unwrap();
     exec.check_regions = true;
-    let options = GenerateOptions { max_new_tokens: 64, stop_tokens: model.config.eos_token_ids.clone() };
+    let options =
+        GenerateOptions { max_new_tokens: 64, stop_tokens: model.config.eos_token_ids.clone() };
     for (i, case) in golden.fp32_cpu.iter().enumerate() {
         exec.seed = 1000 + i as u64;
         let out = generate(&mut exec, &case.ids, &options, &mut |_| {}).unwrap();

@@ -8,8 +8,9 @@ use serde::{Deserialize, Serialize};
 pub enum Assignment {
     /// Task k of the whole step goes to worker k mod W.
     RoundRobin,
-    /// Each task, in order, goes to the worker with the fewest weight bytes so far (lowest index
-    /// on ties), balancing the weight stream across workers.
+    /// Each task, in order, goes to a worker with the fewest tasks in its phase (so a phase's
+    /// tasks run in parallel), among those the one with the fewest weight bytes so far (lowest
+    /// index on ties), balancing the weight stream across workers.
     BalancedBytes,
 }
 
@@ -41,16 +42,18 @@ pub struct ScheduleConfig {
 }
 
 impl Default for ScheduleConfig {
-    /// Sensible for an H100: one worker per SM (132), 64-row tiles, 512-row LM-head tiles.
+    /// Sensible for an H100: one worker per SM (132); 16-row projection tiles, so each phase
+    /// of a small model spreads over many workers; 384-row LM-head tiles (128 of them for a
+    /// 49152-token vocabulary, one per worker).
     fn default() -> Self {
         ScheduleConfig {
             workers: 132,
             blocks_per_sm: 1,
             sm_count: 132,
-            o_rows: 64,
-            mlp_rows: 64,
-            down_rows: 64,
-            head_rows: 512,
+            o_rows: 16,
+            mlp_rows: 16,
+            down_rows: 16,
+            head_rows: 384,
             assignment: Assignment::BalancedBytes,
             max_positions: 0,
             prefetch_depth: 1,

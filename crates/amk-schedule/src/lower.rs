@@ -19,7 +19,9 @@
 
 use crate::config::{Assignment, ScheduleConfig};
 use crate::ops::{ProjInput, ProjOutput, RopeSpec, TaskOp, ELEM, IO_BYTES, PARTIAL_BYTES};
-use crate::schedule::{BufferId, BufferKind, CounterId, CounterReset, Instr, Schedule, TaskId, Worker};
+use crate::schedule::{
+    BufferId, BufferKind, CounterId, CounterReset, Instr, Schedule, TaskId, Worker,
+};
 use amk_ir::graph::DecodeGraph;
 
 /// Why a graph cannot be lowered.
@@ -80,8 +82,7 @@ pub fn lower(graph: &DecodeGraph, config: &ScheduleConfig) -> Result<Schedule, L
     let _span = tracing::info_span!("schedule").entered();
     // The lowering knows the llama pattern; make sure the graph is exactly that.
     let expected = DecodeGraph::build(&graph.config);
-    if expected.graph.node_count() != graph.graph.node_count()
-        || expected.weights != graph.weights
+    if expected.graph.node_count() != graph.graph.node_count() || expected.weights != graph.weights
     {
         return Err(LowerError::Pattern { node: 0, name: "<graph size or weights>".into() });
     }
@@ -105,7 +106,10 @@ pub fn lower(graph: &DecodeGraph, config: &ScheduleConfig) -> Result<Schedule, L
     let eps = c.rms_norm_eps;
     let rope = RopeSpec { head_dim: hd, theta: c.rope.theta };
 
-    let mut l = Lowerer { s: Schedule::new(format!("{} x{}", c.architecture.hf_name(), c.num_layers)), phases: Vec::new() };
+    let mut l = Lowerer {
+        s: Schedule::new(format!("{} x{}", c.architecture.hf_name(), c.num_layers)),
+        phases: Vec::new(),
+    };
     let mut weight_ids = Vec::with_capacity(graph.weights.len());
     for w in &graph.weights {
         let id = l.buffer(&w.name, BufferKind::Weight, w.numel() as u64 * ELEM);
@@ -122,7 +126,8 @@ pub fn lower(graph: &DecodeGraph, config: &ScheduleConfig) -> Result<Schedule, L
     let act = l.buffer("act", BufferKind::Activation, m as u64 * ELEM);
     let logits = l.buffer("logits", BufferKind::Logits, vocab as u64 * ELEM);
     let head_tiles = vocab.div_ceil(config.head_rows);
-    let partials = l.buffer("argmax_partials", BufferKind::Scratch, head_tiles as u64 * PARTIAL_BYTES);
+    let partials =
+        l.buffer("argmax_partials", BufferKind::Scratch, head_tiles as u64 * PARTIAL_BYTES);
     let cache_bytes = nkv as u64 * max_pos as u64 * hd as u64 * ELEM;
 
     l.phase("embed.done");
@@ -166,7 +171,12 @@ pub fn lower(graph: &DecodeGraph, config: &ScheduleConfig) -> Result<Schedule, L
                     cols: h,
                     rope,
                     io,
-                    output: ProjOutput::CacheRow { cache, kv_head, head_dim: hd, max_positions: max_pos },
+                    output: ProjOutput::CacheRow {
+                        cache,
+                        kv_head,
+                        head_dim: hd,
+                        max_positions: max_pos,
+                    },
                 };
                 l.task(format!("L{layer}.{tag}.h{kv_head}"), op, head_bytes);
             }
@@ -238,7 +248,8 @@ pub fn lower(graph: &DecodeGraph, config: &ScheduleConfig) -> Result<Schedule, L
 
     l.phase("head.done");
     let head_w = if c.tie_word_embeddings { "model.embed_tokens.weight" } else { "lm_head.weight" };
-    let head_in = ProjInput::RmsNormed { buffer: resid, len: h, weight: wbuf("model.norm.weight"), eps };
+    let head_in =
+        ProjInput::RmsNormed { buffer: resid, len: h, weight: wbuf("model.norm.weight"), eps };
     for (slot, (first, rows)) in tiles(vocab, config.head_rows).enumerate() {
         let op = TaskOp::HeadArgmax {
             input: head_in,
@@ -268,6 +279,9 @@ fn place(mut l: Lowerer, config: &ScheduleConfig) -> Schedule {
     let mut prev: Option<(CounterId, u32)> = None;
     for phase in &l.phases {
         let mut waited = vec![false; w];
+        // Tasks of one phase run in parallel only on distinct workers, so a phase is spread
+        // first; bytes are balanced among the workers with the fewest tasks in the phase.
+        let mut in_phase = vec![0u32; w];
         for &(task, bytes) in &phase.tasks {
             let wi = match config.assignment {
                 Assignment::RoundRobin => {
@@ -275,10 +289,10 @@ fn place(mut l: Lowerer, config: &ScheduleConfig) -> Schedule {
                     (next_rr + w - 1) % w
                 }
                 Assignment::BalancedBytes => {
-                    // Fewest bytes so far; among equals, the lowest index.
-                    (0..w).min_by_key(|&i| (load[i], i)).unwrap_or(0)
+                    (0..w).min_by_key(|&i| (in_phase[i], load[i], i)).unwrap_or(0)
                 }
             };
+            in_phase[wi] += 1;
             load[wi] += bytes.max(1);
             if let (Some((counter, count)), false) = (prev, waited[wi]) {
                 workers[wi].instrs.push(Instr::Wait { counter, at_least: count });
@@ -288,7 +302,8 @@ fn place(mut l: Lowerer, config: &ScheduleConfig) -> Schedule {
             workers[wi].instrs.push(Instr::Signal(phase.counter));
         }
         let count = phase.tasks.len() as u32;
-        l.s.counters[phase.counter.index()].reset = CounterReset::Epoch { signals_per_launch: count };
+        l.s.counters[phase.counter.index()].reset =
+            CounterReset::Epoch { signals_per_launch: count };
         prev = Some((phase.counter, count));
     }
     l.s.workers = workers;

@@ -196,7 +196,11 @@ impl TaskOp {
                     }
                     ProjOutput::CacheRow { cache, kv_head, head_dim, max_positions } => {
                         let per_head = row_bytes(max_positions, head_dim);
-                        w.push(Region::new(cache, (kv_head as u64).saturating_mul(per_head), per_head));
+                        w.push(Region::new(
+                            cache,
+                            (kv_head as u64).saturating_mul(per_head),
+                            per_head,
+                        ));
                     }
                 }
             }
@@ -231,7 +235,11 @@ impl TaskOp {
                 input.footprint(&mut r);
                 r.push(Region::new(weight, row_bytes(first_row, cols), row_bytes(rows, cols)));
                 w.push(elems(logits, first_row, rows));
-                w.push(Region::new(partials, (slot as u64).saturating_mul(PARTIAL_BYTES), PARTIAL_BYTES));
+                w.push(Region::new(
+                    partials,
+                    (slot as u64).saturating_mul(PARTIAL_BYTES),
+                    PARTIAL_BYTES,
+                ));
             }
             TaskOp::ArgmaxReduce { partials, count, io } => {
                 r.push(Region::new(partials, 0, (count as u64).saturating_mul(PARTIAL_BYTES)));

@@ -1,0 +1,118 @@
+//! Choosing and building the GPU backend for `amk generate` and `amk gpu-test`: the schedule
+//! (lowered with knobs, or a hand-edited `schedule.ron`) is verified before anything is
+//! launched, and the backend re-verifies it with the compiled kernel's real occupancy.
+
+use crate::progress::weight_bar;
+use amk_ir::Model;
+use amk_runtime::gpu::{GpuBackend, GpuOptions, WeightDType};
+use amk_schedule::{lower, Schedule, ScheduleConfig};
+use amk_verify::{verify, LaunchFacts, VerifiedSchedule};
+use anyhow::{bail, Context, Result};
+use clap::{Args, ValueEnum};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Weight precision of the GPU backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Precision {
+    /// f32 weights and activations: the exact mode, checked token for token against Hugging
+    /// Face's fp32 decodes.
+    F32,
+    /// bf16 weights, f32 activations and accumulation: half the bytes per token.
+    Bf16,
+}
+
+/// GPU options shared by the commands that launch the megakernel.
+#[derive(Debug, Clone, Args)]
+pub struct GpuArgs {
+    /// Weight precision on the GPU (default bf16; the CPU reference is always f32).
+    #[arg(long, value_enum)]
+    pub precision: Option<Precision>,
+    /// Run this schedule.ron instead of lowering one (it is verified before any launch).
+    #[arg(long)]
+    pub schedule: Option<PathBuf>,
+    /// Knobs for lowering (RON ScheduleConfig), when no --schedule is given.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Seconds a launch may take before the run stops with the counters' values.
+    #[arg(long, default_value_t = 10.0)]
+    pub watchdog: f64,
+    /// Threads per block of the megakernel.
+    #[arg(long, default_value_t = 512)]
+    pub block_threads: u32,
+}
+
+impl GpuArgs {
+    pub fn weight_dtype(&self) -> WeightDType {
+        match self.precision.unwrap_or(Precision::Bf16) {
+            Precision::F32 => WeightDType::F32,
+            Precision::Bf16 => WeightDType::BF16,
+        }
+    }
+}
+
+/// Reads knobs from a file, or the defaults.
+pub fn read_knobs(path: Option<&Path>) -> Result<ScheduleConfig> {
+    match path {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read {}", path.display()))?;
+            Ok(ScheduleConfig::from_ron(&text).with_context(|| format!("in {}", path.display()))?)
+        }
+        None => Ok(ScheduleConfig::default()),
+    }
+}
+
+/// The schedule to run: a file, or the lowering of the model with the knobs.
+pub fn schedule_for(model: &Model, args: &GpuArgs) -> Result<(Schedule, LaunchFacts)> {
+    let knobs = read_knobs(args.config.as_deref())?;
+    let facts = LaunchFacts { sm_count: knobs.sm_count, blocks_per_sm: knobs.blocks_per_sm };
+    let schedule = match &args.schedule {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read {}", path.display()))?;
+            Schedule::from_ron_str(&text).map_err(|e| {
+                anyhow::anyhow!(e.to_string().replacen(
+                    "schedule.ron",
+                    &path.display().to_string(),
+                    1
+                ))
+            })?
+        }
+        None => lower(&model.graph, &knobs)?,
+    };
+    Ok((schedule, facts))
+}
+
+/// Verifies before launch: an unsafe schedule never reaches the GPU.
+pub fn verify_or_refuse(schedule: &Schedule, facts: &LaunchFacts) -> Result<VerifiedSchedule> {
+    match verify(schedule, facts) {
+        Ok(v) => Ok(v),
+        Err(rejection) => bail!("refusing to launch an unverified schedule: {rejection}"),
+    }
+}
+
+/// Builds the GPU backend for `model`.
+pub fn build_backend(model: &Model, args: &GpuArgs, quiet: bool) -> Result<GpuBackend> {
+    amk_runtime::gpu::cuda_available().map_err(|why| {
+        anyhow::anyhow!(
+            "--backend gpu: no GPU is usable here ({why}); use --backend cpu (the f32 reference) \
+             or --backend auto"
+        )
+    })?;
+    let (schedule, facts) = schedule_for(model, args)?;
+    let verified = verify_or_refuse(&schedule, &facts)?;
+    let options = GpuOptions {
+        weight_dtype: args.weight_dtype(),
+        watchdog: Duration::from_secs_f64(args.watchdog.max(1e-6)),
+        block_threads: args.block_threads,
+        ..GpuOptions::default()
+    };
+    let bar = weight_bar(model.graph.weights.len(), "compiling and uploading");
+    let backend = GpuBackend::new(model, &verified, options)?;
+    bar.finish_and_clear();
+    if !quiet {
+        eprintln!("amk: gpu: {}", backend.fit());
+    }
+    Ok(backend)
+}

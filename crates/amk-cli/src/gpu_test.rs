@@ -1,0 +1,363 @@
+//! `amk gpu-test`: the GPU checks, runnable from the prebuilt binary on a machine with a GPU and
+//! no Rust toolchain (`cargo xtask gpu-test` wraps it where both exist).
+//!
+//! 1. Exact mode (f32 weights): every `fp32_cpu` golden decode, token for token, to the end.
+//! 2. bf16 mode: per prompt, how long it agrees with `fp32_cpu`, beside Hugging Face's own bf16
+//!    run; the sum must be at least HF's.
+//! 3. Safety: a schedule with one wait removed is refused before launch; a schedule that claims
+//!    more co-resident blocks than the compiled kernel gets is refused with the occupancy
+//!    numbers.
+//! 4. Launch count: exactly one launch per decoded token, by the backend's own counter.
+//! 5. Speed: bf16 ms per token at contexts 16, 256 and 1024 (median of many steps after warm-up,
+//!    host wall clock around each synchronous launch) and the weight bandwidth it implies.
+
+use crate::gpu::{build_backend, verify_or_refuse, GpuArgs, Precision};
+use amk_ir::Model;
+use amk_runtime::gpu::{GpuBackend, GpuOptions};
+use amk_runtime::{generate, Backend, GenerateOptions};
+use amk_schedule::schedule::Instr;
+use amk_schedule::{lower, ScheduleConfig};
+use amk_verify::LaunchFacts;
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use std::path::PathBuf;
+use std::time::Instant;
+
+/// Run the GPU checks (exact and bf16 golden decodes, unsafe and non-fitting schedules refused,
+/// one launch per token, speed at three contexts) and print a table; exit non-zero if any
+/// check fails.
+#[derive(Debug, Args)]
+pub struct GpuTestArgs {
+    /// Hugging Face model directory or .gguf file (SmolLM2-135M-Instruct for the golden checks).
+    #[arg(long, short, required_unless_present = "synthetic")]
+    pub model: Option<PathBuf>,
+    /// Only compare the GPU's exact mode with the CPU reference on synthetic models of several
+    /// shapes (seeded random weights; no checkpoint needed).
+    #[arg(long)]
+    pub synthetic: bool,
+    /// The golden decodes (fixtures/smollm2_golden.json).
+    #[arg(long, default_value = "fixtures/smollm2_golden.json")]
+    pub golden: PathBuf,
+    /// Tokens timed per context.
+    #[arg(long, default_value_t = 200)]
+    pub timed_tokens: usize,
+    /// Skip the golden decodes and refusal checks: only time bf16 at contexts 16, 256, 1024.
+    #[arg(long)]
+    pub speed_only: bool,
+    /// Write the results as JSON here too.
+    #[arg(long)]
+    pub json_out: Option<PathBuf>,
+    #[command(flatten)]
+    pub gpu: GpuArgs,
+}
+
+#[derive(serde::Deserialize)]
+struct Golden {
+    fp32_cpu: Vec<Case>,
+    bf16_gpu: Vec<Case>,
+}
+
+#[derive(serde::Deserialize)]
+struct Case {
+    prompt: String,
+    ids: Vec<u32>,
+    gen: Vec<u32>,
+    agrees_with_fp32_cpu_for: usize,
+}
+
+fn agree(a: &[u32], b: &[u32]) -> usize {
+    a.iter().zip(b).take_while(|(x, y)| x == y).count()
+}
+
+/// Decodes every golden prompt; returns per prompt (generated, agreement with fp32_cpu,
+/// launches during it).
+fn decode_all(
+    backend: &mut GpuBackend,
+    golden: &Golden,
+    stop: &[u32],
+) -> Result<Vec<(Vec<u32>, usize, u64)>> {
+    let options = GenerateOptions { max_new_tokens: 64, stop_tokens: stop.to_vec() };
+    let mut out = Vec::new();
+    for case in &golden.fp32_cpu {
+        let before = backend.launch_count();
+        let g = generate(backend, &case.ids, &options, &mut |_| {})?;
+        let launches = backend.launch_count() - before;
+        let a = agree(&g.generated, &case.gen);
+        out.push((g.generated, a, launches));
+    }
+    Ok(out)
+}
+
+/// GPU exact mode against the CPU reference on synthetic models: same tokens, logits within
+/// 1e-4 of the largest logit, at every step.
+fn synthetic(args: &GpuTestArgs) -> Result<()> {
+    use amk_ir::synth::{write_checkpoint, SynthSpec};
+    use amk_runtime::cpu::CpuReference;
+    let smollm2_shaped = SynthSpec {
+        hidden_size: 576,
+        intermediate_size: 1536,
+        num_layers: 4,
+        num_heads: 9,
+        num_kv_heads: 3,
+        head_dim: 64,
+        vocab_size: 49152,
+        max_position_embeddings: 2048,
+        ..SynthSpec::tiny()
+    };
+    let specs = [
+        ("tiny (GQA 2, head_dim 16)", SynthSpec::tiny()),
+        (
+            "bias, untied, GQA 3, head_dim 64",
+            SynthSpec {
+                hidden_size: 96,
+                num_heads: 6,
+                num_kv_heads: 2,
+                head_dim: 64,
+                tie_word_embeddings: false,
+                attention_bias: true,
+                seed: 7,
+                ..SynthSpec::tiny()
+            },
+        ),
+        ("SmolLM2-shaped, 4 layers", smollm2_shaped),
+    ];
+    let mut failed = 0;
+    for (name, spec) in specs {
+        let dir = tempfile_dir()?;
+        write_checkpoint(&spec, &dir)?;
+        let model = Model::open(&dir, &mut |_| {})?;
+        let mut cpu = CpuReference::from_model(&model, &mut |_, _| {})?;
+        let mut gargs = args.gpu.clone();
+        gargs.precision = Some(Precision::F32);
+        let mut gpu = build_backend(&model, &gargs, true)?;
+        let mut worst = 0f32;
+        let mut mismatch = None;
+        let mut tok_c = 5u32;
+        let mut tok_g = 5u32;
+        for pos in 0..24 {
+            tok_c = cpu.step(tok_c, pos)?;
+            tok_g = gpu.step(tok_g, pos)?;
+            let (lc, lg) = (cpu.logits().unwrap_or(&[]), gpu.logits().unwrap_or(&[]));
+            let scale = lc.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-6);
+            let diff = lc.iter().zip(lg).fold(0f32, |m, (a, b)| m.max((a - b).abs())) / scale;
+            worst = worst.max(if lc.len() == lg.len() { diff } else { f32::INFINITY });
+            if tok_c != tok_g && mismatch.is_none() {
+                mismatch = Some(pos);
+            }
+            if mismatch.is_some() {
+                break;
+            }
+        }
+        let ok = mismatch.is_none() && worst < 1e-4;
+        if !ok {
+            failed += 1;
+        }
+        println!(
+            "{:<36} {:<5} max logit error {worst:.2e} of the largest; {}; {}",
+            name,
+            if ok { "ok" } else { "FAIL" },
+            match mismatch {
+                Some(p) => format!("tokens differ at step {p}"),
+                None => "24 tokens agree".into(),
+            },
+            gpu.fit()
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    println!("{} passed, {failed} failed", 3 - failed);
+    if failed > 0 {
+        bail!("{failed} synthetic GPU check(s) failed");
+    }
+    Ok(())
+}
+
+/// A fresh temporary directory for a synthetic checkpoint.
+fn tempfile_dir() -> Result<PathBuf> {
+    let dir = std::env::temp_dir().join(format!(
+        "amk-gpu-test-{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos())
+    ));
+    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    Ok(dir)
+}
+
+pub fn run(args: GpuTestArgs) -> Result<()> {
+    if args.synthetic {
+        return synthetic(&args);
+    }
+    let model_path = args.model.clone().context("--model is required")?;
+    let text = std::fs::read_to_string(&args.golden)
+        .with_context(|| format!("cannot read {}", args.golden.display()))?;
+    let golden: Golden = serde_json::from_str(&text)
+        .with_context(|| format!("{} is not a golden-decode file", args.golden.display()))?;
+    let model = Model::open(&model_path, &mut |_| {})
+        .with_context(|| format!("opening {}", model_path.display()))?;
+    let stop = model.config.eos_token_ids.clone();
+    let mut rows: Vec<(String, String, bool)> = Vec::new();
+    let mut report = serde_json::Map::new();
+
+    let mut bf16_args = args.gpu.clone();
+    bf16_args.precision = Some(Precision::Bf16);
+    let mut bf16 = build_backend(&model, &bf16_args, false)?;
+    let fit = bf16.fit().clone();
+    let mut launches_ok = true;
+    if !args.speed_only {
+        // 1. Exact mode.
+        let mut exact_args = args.gpu.clone();
+        exact_args.precision = Some(Precision::F32);
+        let mut exact = build_backend(&model, &exact_args, false)?;
+        let results = decode_all(&mut exact, &golden, &stop)?;
+        for (case, (gen, a, launches)) in golden.fp32_cpu.iter().zip(&results) {
+            let ok = gen == &case.gen;
+            // Every prompt token is one launch, and each generated token after the first.
+            let expected = (case.ids.len() + gen.len() - 1) as u64;
+            launches_ok &= *launches == expected;
+            rows.push((
+                format!("exact f32: {:.40}", format!("{:?}", case.prompt)),
+                format!(
+                    "{a}/{} tokens; {launches} launches for {} tokens",
+                    case.gen.len(),
+                    expected
+                ),
+                ok,
+            ));
+        }
+        report.insert("exact_agree".into(), results.iter().map(|r| r.1).collect::<Vec<_>>().into());
+        drop(exact);
+
+        // 2. bf16 mode against HF's own bf16 run.
+        let results = decode_all(&mut bf16, &golden, &stop)?;
+        let ours: usize = results.iter().map(|r| r.1).sum();
+        let hf: usize = golden.bf16_gpu.iter().map(|c| c.agrees_with_fp32_cpu_for).sum();
+        for (case, (_, a, _)) in golden.bf16_gpu.iter().zip(&results) {
+            rows.push((
+                format!("bf16: {:.40}", format!("{:?}", case.prompt)),
+                format!("agrees {a} (HF bf16: {})", case.agrees_with_fp32_cpu_for),
+                true,
+            ));
+        }
+        rows.push(("bf16: total agreement".into(), format!("{ours} (HF bf16: {hf})"), ours >= hf));
+        report.insert("bf16_agree".into(), results.iter().map(|r| r.1).collect::<Vec<_>>().into());
+        report.insert("hf_bf16_agree".into(), hf.into());
+
+        // 4. Launch count.
+        rows.push((
+            "one launch per token".into(),
+            "launch counter = tokens fed".into(),
+            launches_ok,
+        ));
+    }
+
+    // 5. Speed, bf16.
+    let mut speeds = Vec::new();
+    for ctx in [16usize, 256, 1024] {
+        bf16.reset();
+        let mut tok = 504u32;
+        for pos in 0..ctx {
+            tok = bf16.step(tok.min(49000), pos)?;
+        }
+        let mut times = Vec::with_capacity(args.timed_tokens);
+        for i in 0..args.timed_tokens {
+            let t = Instant::now();
+            tok = bf16.step(tok.min(49000), ctx + i)?;
+            times.push(t.elapsed().as_secs_f64() * 1e3);
+        }
+        times.sort_by(f64::total_cmp);
+        let median = times[times.len() / 2];
+        let bytes = weight_bytes(&model, 2) + kv_bytes(&model, ctx + args.timed_tokens / 2);
+        let gbps = bytes as f64 / (median * 1e-3) / 1e9;
+        rows.push((
+            format!("bf16 speed, context {ctx}"),
+            format!("{median:.3} ms/token, {:.0} tokens/s, {gbps:.0} GB/s", 1e3 / median),
+            true,
+        ));
+        speeds.push(serde_json::json!({"context": ctx, "ms_per_token": median, "gb_per_s": gbps}));
+    }
+    report.insert("speed_bf16".into(), speeds.into());
+    drop(bf16);
+
+    if !args.speed_only {
+        // 3a. An unsafe schedule (one wait removed) is refused before launch.
+        let knobs = crate::gpu::read_knobs(args.gpu.config.as_deref())?;
+        let mut unsafe_schedule = lower(&model.graph, &knobs)?;
+        let removed = unsafe_schedule.workers.iter_mut().enumerate().find_map(|(w, worker)| {
+            let i = worker.instrs.iter().position(|x| matches!(x, Instr::Wait { .. }))?;
+            worker.instrs.remove(i);
+            Some((w, i))
+        });
+        let facts = LaunchFacts { sm_count: knobs.sm_count, blocks_per_sm: knobs.blocks_per_sm };
+        let refused = verify_or_refuse(&unsafe_schedule, &facts);
+        let (w, i) = removed.unwrap_or((0, 0));
+        rows.push((
+            format!("unsafe schedule (wait {i} of worker {w} removed)"),
+            match &refused {
+                Ok(_) => "ACCEPTED".into(),
+                Err(e) => {
+                    format!("refused before launch: {:.90}", e.to_string().replace('\n', " "))
+                }
+            },
+            refused.is_err(),
+        ));
+
+        // 3b. A schedule that claims two blocks per SM where the kernel fits one.
+        let greedy = ScheduleConfig {
+            workers: fit.sm_count * (fit.blocks_per_sm + 1),
+            blocks_per_sm: fit.blocks_per_sm + 1,
+            sm_count: fit.sm_count,
+            ..knobs.clone()
+        };
+        let big = lower(&model.graph, &greedy)?;
+        let claimed = verify_or_refuse(
+            &big,
+            &LaunchFacts { sm_count: greedy.sm_count, blocks_per_sm: greedy.blocks_per_sm },
+        )?;
+        let options = GpuOptions {
+            weight_dtype: args.gpu.weight_dtype(),
+            block_threads: args.gpu.block_threads,
+            ..GpuOptions::default()
+        };
+        let outcome = GpuBackend::new(&model, &claimed, options);
+        rows.push((
+            format!("{} workers, {} blocks/SM claimed", greedy.workers, greedy.blocks_per_sm),
+            match &outcome {
+                Ok(_) => "ACCEPTED".into(),
+                Err(e) => format!("refused: {:.110}", e.to_string().replace('\n', " ")),
+            },
+            outcome.is_err(),
+        ));
+        drop(outcome);
+    }
+
+    println!("\namk gpu-test on {}", fit);
+    println!("{:<52} {:<6} result", "check", "status");
+    let mut failed = 0;
+    for (name, result, ok) in &rows {
+        if !ok {
+            failed += 1;
+        }
+        println!("{name:<52} {:<6} {result}", if *ok { "ok" } else { "FAIL" });
+    }
+    println!("{} passed, {failed} failed", rows.len() - failed);
+    if let Some(path) = &args.json_out {
+        report.insert("fit".into(), serde_json::to_value(&fit)?);
+        std::fs::write(path, serde_json::to_string_pretty(&report)?)?;
+    }
+    if failed > 0 {
+        bail!("{failed} GPU check(s) failed");
+    }
+    Ok(())
+}
+
+/// Bytes of weights one token streams, at `elem` bytes per weight element.
+fn weight_bytes(model: &Model, elem: u64) -> u64 {
+    model.graph.weights.iter().map(|w| w.numel() as u64 * elem).sum()
+}
+
+/// Bytes of KV cache one token reads at this context (f32 keys and values, every layer).
+fn kv_bytes(model: &Model, ctx: usize) -> u64 {
+    let c = &model.config;
+    (2 * c.num_layers * ctx * c.kv_dim() * 4) as u64
+}

@@ -1,0 +1,289 @@
+//! The Rust mirror of `kernels/abi.cuh`: every number the encoder writes into the device
+//! tables, in one place. A unit test parses `abi.cuh` and checks each mirrored `#define`
+//! against the constant here (and that abi.cuh defines no number this file lacks), so the
+//! encoder and the device code cannot drift apart.
+
+/// Words per instruction (`op << 28 | id`, then the wait threshold).
+pub const INSTR_WORDS: usize = 2;
+/// Words per task descriptor.
+pub const TASK_WORDS: usize = 32;
+/// "No buffer" (e.g. a projection without bias, a vector input without norm weight).
+pub const NONE: u32 = 0xFFFF_FFFF;
+
+/// Opcode of `Run(task)`.
+pub const OP_RUN: u32 = 0;
+/// Opcode of `Signal(counter)`.
+pub const OP_SIGNAL: u32 = 1;
+/// Opcode of `Wait(counter, at_least)`.
+pub const OP_WAIT: u32 = 2;
+/// Bit position of the opcode in instruction word 0.
+pub const OP_SHIFT: u32 = 28;
+/// The id bits of instruction word 0 (ids must be below `1 << OP_SHIFT`).
+pub const ID_MASK: u32 = 0x0FFF_FFFF;
+
+/// Task kind (descriptor word 0) of [`amk_schedule::TaskOp::Copy`].
+pub const TASK_COPY: u32 = 1;
+/// Task kind of [`amk_schedule::TaskOp::Embed`].
+pub const TASK_EMBED: u32 = 2;
+/// Task kind of [`amk_schedule::TaskOp::Projection`].
+pub const TASK_PROJECTION: u32 = 3;
+/// Task kind of [`amk_schedule::TaskOp::GatedUp`].
+pub const TASK_GATED_UP: u32 = 4;
+/// Task kind of [`amk_schedule::TaskOp::Attention`].
+pub const TASK_ATTENTION: u32 = 5;
+/// Task kind of [`amk_schedule::TaskOp::HeadArgmax`].
+pub const TASK_HEAD_ARGMAX: u32 = 6;
+/// Task kind of [`amk_schedule::TaskOp::ArgmaxReduce`].
+pub const TASK_ARGMAX_REDUCE: u32 = 7;
+
+/// Projection input kind: the vector as it is.
+pub const IN_VECTOR: u32 = 0;
+/// Projection input kind: RMS-normed vector.
+pub const IN_RMSNORM: u32 = 1;
+
+/// Projection output kind: store.
+pub const OUT_STORE: u32 = 0;
+/// Projection output kind: accumulate (residual add).
+pub const OUT_ACCUMULATE: u32 = 1;
+/// Projection output kind: append one cache row.
+pub const OUT_CACHE_ROW: u32 = 2;
+
+// The id bits and the opcode bits tile the word.
+const _: () = assert!(ID_MASK == (1 << OP_SHIFT) - 1);
+const _: () = assert!(OP_WAIT < (1 << (32 - OP_SHIFT)));
+
+/// Every `#define` of abi.cuh this file mirrors, by its C name.
+pub const MIRRORED: &[(&str, u64)] = &[
+    ("AMK_INSTR_WORDS", INSTR_WORDS as u64),
+    ("AMK_TASK_WORDS", TASK_WORDS as u64),
+    ("AMK_NONE", NONE as u64),
+    ("AMK_OP_RUN", OP_RUN as u64),
+    ("AMK_OP_SIGNAL", OP_SIGNAL as u64),
+    ("AMK_OP_WAIT", OP_WAIT as u64),
+    ("AMK_OP_SHIFT", OP_SHIFT as u64),
+    ("AMK_ID_MASK", ID_MASK as u64),
+    ("AMK_TASK_COPY", TASK_COPY as u64),
+    ("AMK_TASK_EMBED", TASK_EMBED as u64),
+    ("AMK_TASK_PROJECTION", TASK_PROJECTION as u64),
+    ("AMK_TASK_GATED_UP", TASK_GATED_UP as u64),
+    ("AMK_TASK_ATTENTION", TASK_ATTENTION as u64),
+    ("AMK_TASK_HEAD_ARGMAX", TASK_HEAD_ARGMAX as u64),
+    ("AMK_TASK_ARGMAX_REDUCE", TASK_ARGMAX_REDUCE as u64),
+    ("AMK_IN_VECTOR", IN_VECTOR as u64),
+    ("AMK_IN_RMSNORM", IN_RMSNORM as u64),
+    ("AMK_OUT_STORE", OUT_STORE as u64),
+    ("AMK_OUT_ACCUMULATE", OUT_ACCUMULATE as u64),
+    ("AMK_OUT_CACHE_ROW", OUT_CACHE_ROW as u64),
+];
+
+/// Word indices of each task kind's descriptor (abi.cuh's "Word indices" table). Word 0 is
+/// always the kind; unused words are 0.
+pub mod word {
+    /// Word 0: the task kind.
+    pub const KIND: usize = 0;
+
+    /// A projection input's five words start here (kind, buffer, len, norm weight, eps bits).
+    pub mod input {
+        /// Input kind ([`super::super::IN_VECTOR`] / [`super::super::IN_RMSNORM`]).
+        pub const KIND: usize = 1;
+        /// Input buffer.
+        pub const BUFFER: usize = 2;
+        /// Input length (elements).
+        pub const LEN: usize = 3;
+        /// Norm weight buffer or `AMK_NONE`.
+        pub const NORM_WEIGHT: usize = 4;
+        /// RMSNorm eps as f32 bits (0 for a plain vector).
+        pub const EPS: usize = 5;
+    }
+
+    /// `COPY` words.
+    pub mod copy {
+        /// Source buffer.
+        pub const SRC: usize = 1;
+        /// Source byte offset.
+        pub const SRC_OFFSET: usize = 2;
+        /// Destination buffer.
+        pub const DST: usize = 3;
+        /// Destination byte offset.
+        pub const DST_OFFSET: usize = 4;
+        /// Bytes.
+        pub const BYTES: usize = 5;
+    }
+
+    /// `EMBED` words.
+    pub mod embed {
+        /// Embedding table (weight).
+        pub const TABLE: usize = 1;
+        /// Hidden size (elements per row).
+        pub const HIDDEN: usize = 2;
+        /// io buffer.
+        pub const IO: usize = 3;
+        /// Output buffer.
+        pub const OUT: usize = 4;
+    }
+
+    /// `PROJECTION` words (input at 1..=5).
+    pub mod projection {
+        /// Weight buffer.
+        pub const WEIGHT: usize = 6;
+        /// Bias buffer or `AMK_NONE`.
+        pub const BIAS: usize = 7;
+        /// First row.
+        pub const FIRST_ROW: usize = 8;
+        /// Rows.
+        pub const ROWS: usize = 9;
+        /// Columns (= input length).
+        pub const COLS: usize = 10;
+        /// 1 if rotary embedding is applied, else 0.
+        pub const ROPE: usize = 11;
+        /// Rope head_dim (0 without rope).
+        pub const ROPE_HEAD_DIM: usize = 12;
+        /// Low word of the f64 bits of theta.
+        pub const THETA_LO: usize = 13;
+        /// High word of the f64 bits of theta.
+        pub const THETA_HI: usize = 14;
+        /// io buffer.
+        pub const IO: usize = 15;
+        /// Output kind.
+        pub const OUT_KIND: usize = 16;
+        /// Output buffer (or cache).
+        pub const OUT_BUFFER: usize = 17;
+        /// Output offset in elements, or kv_head for a cache row.
+        pub const OUT_OFFSET: usize = 18;
+        /// Cache head_dim (cache row only).
+        pub const OUT_HEAD_DIM: usize = 19;
+        /// Cache max_positions (cache row only).
+        pub const OUT_MAX_POSITIONS: usize = 20;
+    }
+
+    /// `GATED_UP` words (input at 1..=5).
+    pub mod gated_up {
+        /// Gate weight.
+        pub const GATE: usize = 6;
+        /// Up weight.
+        pub const UP: usize = 7;
+        /// First row.
+        pub const FIRST_ROW: usize = 8;
+        /// Rows.
+        pub const ROWS: usize = 9;
+        /// Columns.
+        pub const COLS: usize = 10;
+        /// Output buffer.
+        pub const OUT: usize = 11;
+    }
+
+    /// `ATTENTION` words.
+    pub mod attention {
+        /// Query buffer.
+        pub const Q: usize = 1;
+        /// Query head.
+        pub const HEAD: usize = 2;
+        /// Key/value head.
+        pub const KV_HEAD: usize = 3;
+        /// Head dimension.
+        pub const HEAD_DIM: usize = 4;
+        /// Positions each cache holds.
+        pub const MAX_POSITIONS: usize = 5;
+        /// Key cache.
+        pub const K_CACHE: usize = 6;
+        /// Value cache.
+        pub const V_CACHE: usize = 7;
+        /// io buffer.
+        pub const IO: usize = 8;
+        /// Output buffer.
+        pub const OUT: usize = 9;
+    }
+
+    /// `HEAD_ARGMAX` words (input at 1..=5).
+    pub mod head_argmax {
+        /// LM-head weight.
+        pub const WEIGHT: usize = 6;
+        /// First row.
+        pub const FIRST_ROW: usize = 7;
+        /// Rows.
+        pub const ROWS: usize = 8;
+        /// Columns.
+        pub const COLS: usize = 9;
+        /// Logits buffer.
+        pub const LOGITS: usize = 10;
+        /// Argmax partials buffer.
+        pub const PARTIALS: usize = 11;
+        /// Slot in the partials.
+        pub const SLOT: usize = 12;
+    }
+
+    /// `ARGMAX_REDUCE` words.
+    pub mod argmax_reduce {
+        /// Argmax partials buffer.
+        pub const PARTIALS: usize = 1;
+        /// Number of partials.
+        pub const COUNT: usize = 2;
+        /// io buffer.
+        pub const IO: usize = 3;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+
+    const ABI_CUH: &str = include_str!("../../../kernels/abi.cuh");
+
+    /// `#define NAME VALUE` lines whose value is a plain decimal or hex number (optionally
+    /// with a `u` suffix and a trailing `//` comment). Other defines (macros) are ignored.
+    fn numeric_defines(text: &str) -> BTreeMap<String, u64> {
+        let mut out = BTreeMap::new();
+        for line in text.lines() {
+            let line = line.trim();
+            let Some(rest) = line.strip_prefix("#define") else { continue };
+            let rest = rest.split("//").next().unwrap_or("").trim();
+            let mut parts = rest.split_whitespace();
+            let (Some(name), Some(value), None) = (parts.next(), parts.next(), parts.next()) else {
+                continue;
+            };
+            let v = value.trim_end_matches(['u', 'U', 'l', 'L']);
+            let parsed = match v.strip_prefix("0x").or_else(|| v.strip_prefix("0X")) {
+                Some(hex) => u64::from_str_radix(hex, 16).ok(),
+                None => v.parse::<u64>().ok(),
+            };
+            if let Some(p) = parsed {
+                out.insert(name.to_string(), p);
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn every_mirrored_define_matches_abi_cuh() {
+        let defs = numeric_defines(ABI_CUH);
+        for &(name, value) in MIRRORED {
+            match defs.get(name) {
+                Some(&v) => assert_eq!(v, value, "{name}: abi.cuh says {v}, abi.rs says {value}"),
+                None => panic!("{name} is mirrored in abi.rs but not #defined in kernels/abi.cuh"),
+            }
+        }
+    }
+
+    #[test]
+    fn abi_cuh_defines_no_number_abi_rs_lacks() {
+        let mirrored: Vec<&str> = MIRRORED.iter().map(|&(n, _)| n).collect();
+        for (name, value) in numeric_defines(ABI_CUH) {
+            assert!(
+                mirrored.contains(&name.as_str()),
+                "kernels/abi.cuh defines {name} = {value}, which crates/amk-codegen-cuda/src/abi.rs \
+                 does not mirror: add it there (and encode it) so host and device agree"
+            );
+        }
+    }
+
+    #[test]
+    fn parser_reads_the_forms_abi_cuh_uses() {
+        let d =
+            numeric_defines("#define A 3u\n#define B 0xFFu // c\n#define C(x) x\n#define D 28\n");
+        assert_eq!(d.get("A"), Some(&3));
+        assert_eq!(d.get("B"), Some(&255));
+        assert_eq!(d.get("D"), Some(&28));
+        assert!(!d.contains_key("C(x)"));
+    }
+}

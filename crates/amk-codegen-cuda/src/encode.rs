@@ -1,0 +1,1048 @@
+//! The encoder: a schedule to the device tables of `kernels/abi.cuh`, checking every number.
+//!
+//! It works on a plain `&Schedule` so unit tests can feed it broken schedules (the public
+//! entry point, [`crate::generate`], only accepts verified ones). Checks, in order: the
+//! schedule's sizes (ids fit their words), buffers (device sizes), counters (per-launch
+//! signals), instructions (ids in range), then each task: its op's fields (ids in range,
+//! ABI rules, every index the device computes fits 32 bits), then its op's footprint
+//! ([`TaskOp::footprint`]) against its declared regions.
+
+use crate::abi::{self, word};
+use crate::error::{Access, CodegenError, Problem};
+use crate::{DeviceTables, WeightDType};
+use amk_schedule::ops::{ProjInput, ProjOutput, TaskOp, ELEM};
+use amk_schedule::schedule::{BufferId, BufferKind, CounterReset, Instr, Region, Schedule};
+
+/// The tables plus the numbers the source prologue needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Encoded {
+    pub tables: DeviceTables,
+    /// Largest projection input length (elements).
+    pub max_cols: u32,
+    /// Largest head dimension of any rope, cache row or attention task.
+    pub max_head_dim: u32,
+}
+
+const U32_MAX: u64 = u32::MAX as u64;
+/// How many ids an instruction word can carry.
+const ID_LIMIT: u64 = abi::ID_MASK as u64 + 1;
+
+/// Instruction word 0, or `None` if `id` does not fit the id bits.
+pub(crate) fn instr_word(op: u32, id: u32) -> Option<u32> {
+    (id <= abi::ID_MASK && op < (1 << (32 - abi::OP_SHIFT))).then_some(op << abi::OP_SHIFT | id)
+}
+
+/// Encodes `s` for weights held as `dtype`.
+pub(crate) fn encode(s: &Schedule, dtype: WeightDType) -> Result<Encoded, CodegenError> {
+    schedule_limits(s)?;
+    let buffer_bytes = buffers(s, dtype)?;
+    let per_launch = counters(s)?;
+    let (program, worker_start) = program(s)?;
+    let mut tasks = Vec::with_capacity(s.tasks.len() * abi::TASK_WORDS);
+    let mut stats = Stats::default();
+    for (i, task) in s.tasks.iter().enumerate() {
+        let ctx = TaskCtx { s, id: i as u32, name: &task.name, dtype };
+        let words = ctx.encode(&task.op, &mut stats)?;
+        ctx.check_footprint(&task.op, &task.reads, &task.writes)?;
+        tasks.extend_from_slice(&words);
+    }
+    Ok(Encoded {
+        tables: DeviceTables { program, worker_start, tasks, per_launch, buffer_bytes },
+        max_cols: stats.max_cols,
+        max_head_dim: stats.max_head_dim,
+    })
+}
+
+#[derive(Default)]
+struct Stats {
+    max_cols: u32,
+    max_head_dim: u32,
+}
+
+fn schedule_err(field: &'static str, problem: Problem) -> CodegenError {
+    CodegenError::Schedule { field, problem }
+}
+
+fn schedule_limits(s: &Schedule) -> Result<(), CodegenError> {
+    if s.workers.is_empty() {
+        return Err(schedule_err(
+            "workers",
+            Problem::Rule("a launch needs at least one worker (block)".into()),
+        ));
+    }
+    if s.workers.len() as u64 > U32_MAX {
+        let value = s.workers.len() as u128;
+        return Err(schedule_err(
+            "workers",
+            Problem::TooLarge { what: "workers", value, max: U32_MAX },
+        ));
+    }
+    for (field, count) in [("tasks", s.tasks.len()), ("counters", s.counters.len())] {
+        if count as u64 > ID_LIMIT {
+            return Err(schedule_err(
+                field,
+                Problem::IdTooWide { id: count as u64 - 1, max: ID_LIMIT - 1 },
+            ));
+        }
+    }
+    // Buffer ids must stay below AMK_NONE, which means "no buffer".
+    if s.buffers.len() as u64 > abi::NONE as u64 {
+        return Err(schedule_err(
+            "buffers",
+            Problem::TooLarge {
+                what: "buffer count",
+                value: s.buffers.len() as u128,
+                max: abi::NONE as u64,
+            },
+        ));
+    }
+    Ok(())
+}
+
+/// Bytes of each buffer as the device holds it (weights scaled to the weight dtype).
+fn buffers(s: &Schedule, dtype: WeightDType) -> Result<Vec<u64>, CodegenError> {
+    s.buffers
+        .iter()
+        .enumerate()
+        .map(|(i, b)| {
+            if b.kind != BufferKind::Weight {
+                return Ok(b.bytes);
+            }
+            match dtype {
+                WeightDType::F32 => Ok(b.bytes),
+                WeightDType::BF16 if b.bytes % ELEM == 0 => Ok(b.bytes / 2),
+                WeightDType::BF16 => Err(CodegenError::Buffer {
+                    buffer: b.name.clone(),
+                    id: i as u32,
+                    field: "bytes",
+                    problem: Problem::NotMultiple {
+                        what: "bytes of a weight buffer (described as f32 elements)",
+                        value: b.bytes,
+                        multiple: ELEM,
+                    },
+                }),
+            }
+        })
+        .collect()
+}
+
+/// Signals per launch of each counter, checked against the program (defense in depth: an
+/// epoch counter that receives a different number of signals breaks every later launch).
+fn counters(s: &Schedule) -> Result<Vec<u32>, CodegenError> {
+    let signals = s.signal_counts();
+    s.counters
+        .iter()
+        .enumerate()
+        .map(|(i, c)| match c.reset {
+            CounterReset::Zeroed | CounterReset::Never => Ok(0),
+            CounterReset::Epoch { signals_per_launch } => {
+                let actual = signals.get(i).copied().unwrap_or(0);
+                if actual == u64::from(signals_per_launch) {
+                    Ok(signals_per_launch)
+                } else {
+                    Err(CodegenError::Counter {
+                        counter: c.name.clone(),
+                        id: i as u32,
+                        field: "reset.signals_per_launch",
+                        problem: Problem::Rule(format!(
+                            "declares {signals_per_launch} signals per launch, but the workers \
+                             signal it {actual} times per launch"
+                        )),
+                    })
+                }
+            }
+        })
+        .collect()
+}
+
+/// The instruction table and each worker's first instruction (plus the end).
+fn program(s: &Schedule) -> Result<(Vec<u32>, Vec<u32>), CodegenError> {
+    let total: u64 = s.workers.iter().map(|w| w.instrs.len() as u64).sum();
+    if total > U32_MAX {
+        return Err(schedule_err(
+            "workers",
+            Problem::TooLarge { what: "instructions", value: total as u128, max: U32_MAX },
+        ));
+    }
+    let mut program = Vec::with_capacity(total as usize * abi::INSTR_WORDS);
+    let mut worker_start = Vec::with_capacity(s.workers.len() + 1);
+    for (w, worker) in s.workers.iter().enumerate() {
+        worker_start.push((program.len() / abi::INSTR_WORDS) as u32);
+        for (index, instr) in worker.instrs.iter().enumerate() {
+            let err = |field, problem| CodegenError::Instr { worker: w, index, field, problem };
+            let (op, field, kind, id, count, threshold) = match *instr {
+                Instr::Run(t) => (abi::OP_RUN, "task", "task", t.0, s.tasks.len(), 0),
+                Instr::Signal(c) => {
+                    (abi::OP_SIGNAL, "counter", "counter", c.0, s.counters.len(), 0)
+                }
+                Instr::Wait { counter, at_least } => {
+                    (abi::OP_WAIT, "counter", "counter", counter.0, s.counters.len(), at_least)
+                }
+            };
+            if id as usize >= count {
+                let problem = Problem::OutOfRange { kind, id: id.into(), count: count as u64 };
+                return Err(err(field, problem));
+            }
+            let word0 = instr_word(op, id).ok_or_else(|| {
+                err(field, Problem::IdTooWide { id: id.into(), max: ID_LIMIT - 1 })
+            })?;
+            program.push(word0);
+            program.push(threshold);
+        }
+    }
+    worker_start.push((program.len() / abi::INSTR_WORDS) as u32);
+    Ok((program, worker_start))
+}
+
+/// One task being encoded: names it in every error.
+struct TaskCtx<'a> {
+    s: &'a Schedule,
+    id: u32,
+    name: &'a str,
+    dtype: WeightDType,
+}
+
+type Words = [u32; abi::TASK_WORDS];
+
+impl TaskCtx<'_> {
+    fn err(&self, field: &'static str, problem: Problem) -> CodegenError {
+        CodegenError::Task { task: self.name.to_string(), id: self.id, field, problem }
+    }
+
+    fn rule(&self, field: &'static str, message: String) -> CodegenError {
+        self.err(field, Problem::Rule(message))
+    }
+
+    /// The buffer id, if it names a buffer.
+    fn buf(&self, field: &'static str, b: BufferId) -> Result<u32, CodegenError> {
+        if b.index() < self.s.buffers.len() {
+            Ok(b.0)
+        } else {
+            let count = self.s.buffers.len() as u64;
+            Err(self.err(field, Problem::OutOfRange { kind: "buffer", id: b.0.into(), count }))
+        }
+    }
+
+    /// `value`, if it fits a 32-bit word.
+    fn fit(
+        &self,
+        field: &'static str,
+        what: &'static str,
+        value: u128,
+    ) -> Result<u32, CodegenError> {
+        u32::try_from(value)
+            .map_err(|_| self.err(field, Problem::TooLarge { what, value, max: U32_MAX }))
+    }
+
+    fn multiple(
+        &self,
+        field: &'static str,
+        what: &'static str,
+        value: u64,
+        of: u64,
+    ) -> Result<(), CodegenError> {
+        if value % of == 0 {
+            Ok(())
+        } else {
+            Err(self.err(field, Problem::NotMultiple { what, value, multiple: of }))
+        }
+    }
+
+    fn positive(&self, field: &'static str, value: u32) -> Result<(), CodegenError> {
+        if value == 0 {
+            Err(self.rule(field, "must be at least 1".into()))
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Words 1..=5: a projection input, whose length must equal the op's columns.
+    fn input(
+        &self,
+        input: &ProjInput,
+        cols: u32,
+        w: &mut Words,
+        stats: &mut Stats,
+    ) -> Result<(), CodegenError> {
+        let len = match *input {
+            ProjInput::Vector { buffer, len } => {
+                w[word::input::KIND] = abi::IN_VECTOR;
+                w[word::input::BUFFER] = self.buf("input.buffer", buffer)?;
+                w[word::input::NORM_WEIGHT] = abi::NONE;
+                w[word::input::EPS] = 0;
+                len
+            }
+            ProjInput::RmsNormed { buffer, len, weight, eps } => {
+                w[word::input::KIND] = abi::IN_RMSNORM;
+                w[word::input::BUFFER] = self.buf("input.buffer", buffer)?;
+                w[word::input::NORM_WEIGHT] = self.buf("input.weight", weight)?;
+                w[word::input::EPS] = eps.to_bits();
+                len
+            }
+        };
+        w[word::input::LEN] = len;
+        self.positive("input.len", len)?;
+        if len != cols {
+            return Err(self.rule(
+                "input.len",
+                format!("the input has {len} elements but the op has {cols} columns; they must be equal"),
+            ));
+        }
+        stats.max_cols = stats.max_cols.max(len);
+        Ok(())
+    }
+
+    /// Checks that rows `first_row..first_row + rows` of a `[*, cols]` matrix are addressable
+    /// with 32-bit element indices.
+    fn rows(&self, first_row: u32, rows: u32, cols: u32) -> Result<(), CodegenError> {
+        let end = u128::from(first_row) + u128::from(rows);
+        self.fit("rows", "first_row + rows", end)?;
+        self.fit("rows", "(first_row + rows) * cols elements", end * u128::from(cols))?;
+        Ok(())
+    }
+
+    fn encode(&self, op: &TaskOp, stats: &mut Stats) -> Result<Words, CodegenError> {
+        let mut w: Words = [0; abi::TASK_WORDS];
+        match *op {
+            TaskOp::Copy { src, dst } => {
+                use word::copy::*;
+                w[word::KIND] = abi::TASK_COPY;
+                w[SRC] = self.buf("src.buffer", src.buffer)?;
+                w[DST] = self.buf("dst.buffer", dst.buffer)?;
+                for (side, region) in [("src", src), ("dst", dst)] {
+                    let (offset_field, len_field, buffer_field) = match side {
+                        "src" => ("src.offset", "src.len", "src.buffer"),
+                        _ => ("dst.offset", "dst.len", "dst.buffer"),
+                    };
+                    self.multiple(offset_field, "byte offset", region.offset, ELEM)?;
+                    self.multiple(len_field, "byte length", region.len, ELEM)?;
+                    let end = u128::from(region.offset) + u128::from(region.len);
+                    self.fit(len_field, "offset + len bytes", end)?;
+                    let kind = self.s.buffers[region.buffer.index()].kind;
+                    if kind == BufferKind::Weight && self.dtype == WeightDType::BF16 {
+                        return Err(self.rule(
+                            buffer_field,
+                            "a copy of a weight buffer counts f32 bytes, but the device holds \
+                             the weights as bf16; copies may not touch weight buffers in a bf16 \
+                             build"
+                                .into(),
+                        ));
+                    }
+                }
+                if src.len != dst.len {
+                    return Err(self.rule(
+                        "dst.len",
+                        format!(
+                            "copies {} source bytes into {} destination bytes",
+                            src.len, dst.len
+                        ),
+                    ));
+                }
+                w[SRC_OFFSET] = src.offset as u32;
+                w[DST_OFFSET] = dst.offset as u32;
+                w[BYTES] = src.len as u32;
+            }
+            TaskOp::Embed { table, hidden, io, out } => {
+                use word::embed::*;
+                w[word::KIND] = abi::TASK_EMBED;
+                w[TABLE] = self.buf("table", table)?;
+                w[HIDDEN] = hidden;
+                w[IO] = self.buf("io", io)?;
+                w[OUT] = self.buf("out", out)?;
+                self.positive("hidden", hidden)?;
+            }
+            TaskOp::Projection { input, weight, bias, first_row, rows, cols, rope, io, output } => {
+                use word::projection::*;
+                w[word::KIND] = abi::TASK_PROJECTION;
+                self.input(&input, cols, &mut w, stats)?;
+                w[WEIGHT] = self.buf("weight", weight)?;
+                w[BIAS] = match bias {
+                    Some(b) => self.buf("bias", b)?,
+                    None => abi::NONE,
+                };
+                w[FIRST_ROW] = first_row;
+                w[ROWS] = rows;
+                w[COLS] = cols;
+                self.rows(first_row, rows, cols)?;
+                if let Some(r) = rope {
+                    if r.head_dim == 0 || r.head_dim % 2 != 0 {
+                        return Err(self.rule(
+                            "rope.head_dim",
+                            format!(
+                                "is {}; rotary embedding rotates pairs within a head, so it must \
+                                 be even and at least 2",
+                                r.head_dim
+                            ),
+                        ));
+                    }
+                    let hd = u64::from(r.head_dim);
+                    self.multiple(
+                        "rows",
+                        "rows of a rotated projection (whole heads)",
+                        rows.into(),
+                        hd,
+                    )?;
+                    self.multiple(
+                        "first_row",
+                        "first row of a rotated projection (whole heads)",
+                        first_row.into(),
+                        hd,
+                    )?;
+                    if !(r.theta.is_finite() && r.theta > 0.0) {
+                        return Err(self.rule(
+                            "rope.theta",
+                            format!("is {}; it must be finite and positive", r.theta),
+                        ));
+                    }
+                    let bits = r.theta.to_bits();
+                    w[ROPE] = 1;
+                    w[ROPE_HEAD_DIM] = r.head_dim;
+                    w[THETA_LO] = bits as u32;
+                    w[THETA_HI] = (bits >> 32) as u32;
+                    stats.max_head_dim = stats.max_head_dim.max(r.head_dim);
+                }
+                w[IO] = self.buf("io", io)?;
+                match output {
+                    ProjOutput::Store { buffer, offset }
+                    | ProjOutput::Accumulate { buffer, offset } => {
+                        w[OUT_KIND] = match output {
+                            ProjOutput::Store { .. } => abi::OUT_STORE,
+                            _ => abi::OUT_ACCUMULATE,
+                        };
+                        w[OUT_BUFFER] = self.buf("output.buffer", buffer)?;
+                        w[OUT_OFFSET] = offset;
+                        let end = u128::from(offset) + u128::from(rows);
+                        self.fit("output.offset", "offset + rows", end)?;
+                    }
+                    ProjOutput::CacheRow { cache, kv_head, head_dim, max_positions } => {
+                        w[OUT_KIND] = abi::OUT_CACHE_ROW;
+                        w[OUT_BUFFER] = self.buf("output.cache", cache)?;
+                        w[OUT_OFFSET] = kv_head;
+                        w[OUT_HEAD_DIM] = head_dim;
+                        w[OUT_MAX_POSITIONS] = max_positions;
+                        self.positive("output.head_dim", head_dim)?;
+                        self.positive("output.max_positions", max_positions)?;
+                        if rows != head_dim {
+                            return Err(self.rule(
+                                "rows",
+                                format!(
+                                    "is {rows}, but a cache row has head_dim = {head_dim} \
+                                     elements; they must be equal"
+                                ),
+                            ));
+                        }
+                        let end = (u128::from(kv_head) + 1)
+                            * u128::from(max_positions)
+                            * u128::from(head_dim);
+                        self.fit(
+                            "output.kv_head",
+                            "(kv_head + 1) * max_positions * head_dim elements",
+                            end,
+                        )?;
+                        stats.max_head_dim = stats.max_head_dim.max(head_dim);
+                    }
+                }
+            }
+            TaskOp::GatedUp { input, gate, up, first_row, rows, cols, out } => {
+                use word::gated_up::*;
+                w[word::KIND] = abi::TASK_GATED_UP;
+                self.input(&input, cols, &mut w, stats)?;
+                w[GATE] = self.buf("gate", gate)?;
+                w[UP] = self.buf("up", up)?;
+                w[FIRST_ROW] = first_row;
+                w[ROWS] = rows;
+                w[COLS] = cols;
+                w[OUT] = self.buf("out", out)?;
+                self.rows(first_row, rows, cols)?;
+            }
+            TaskOp::Attention {
+                q,
+                head,
+                kv_head,
+                head_dim,
+                max_positions,
+                k_cache,
+                v_cache,
+                io,
+                out,
+            } => {
+                use word::attention::*;
+                w[word::KIND] = abi::TASK_ATTENTION;
+                w[Q] = self.buf("q", q)?;
+                w[HEAD] = head;
+                w[KV_HEAD] = kv_head;
+                w[HEAD_DIM] = head_dim;
+                w[MAX_POSITIONS] = max_positions;
+                w[K_CACHE] = self.buf("k_cache", k_cache)?;
+                w[V_CACHE] = self.buf("v_cache", v_cache)?;
+                w[IO] = self.buf("io", io)?;
+                w[OUT] = self.buf("out", out)?;
+                self.positive("head_dim", head_dim)?;
+                self.positive("max_positions", max_positions)?;
+                let q_end = (u128::from(head) + 1) * u128::from(head_dim);
+                self.fit("head", "(head + 1) * head_dim elements", q_end)?;
+                let cache_end =
+                    (u128::from(kv_head) + 1) * u128::from(max_positions) * u128::from(head_dim);
+                self.fit(
+                    "kv_head",
+                    "(kv_head + 1) * max_positions * head_dim elements",
+                    cache_end,
+                )?;
+                stats.max_head_dim = stats.max_head_dim.max(head_dim);
+            }
+            TaskOp::HeadArgmax { input, weight, first_row, rows, cols, logits, partials, slot } => {
+                use word::head_argmax::*;
+                w[word::KIND] = abi::TASK_HEAD_ARGMAX;
+                self.input(&input, cols, &mut w, stats)?;
+                w[WEIGHT] = self.buf("weight", weight)?;
+                w[FIRST_ROW] = first_row;
+                w[ROWS] = rows;
+                w[COLS] = cols;
+                w[LOGITS] = self.buf("logits", logits)?;
+                w[PARTIALS] = self.buf("partials", partials)?;
+                w[SLOT] = slot;
+                self.rows(first_row, rows, cols)?;
+                let words = (u128::from(slot) + 1) * u128::from(abi_partial_words());
+                self.fit("slot", "(slot + 1) * 2 words of argmax partials", words)?;
+            }
+            TaskOp::ArgmaxReduce { partials, count, io } => {
+                use word::argmax_reduce::*;
+                w[word::KIND] = abi::TASK_ARGMAX_REDUCE;
+                w[PARTIALS] = self.buf("partials", partials)?;
+                w[COUNT] = count;
+                w[IO] = self.buf("io", io)?;
+                self.positive("count", count)?;
+                let words = u128::from(count) * u128::from(abi_partial_words());
+                self.fit("count", "count * 2 words of argmax partials", words)?;
+            }
+        }
+        Ok(w)
+    }
+
+    /// Every byte the op touches lies inside one declared region of the same direction, and
+    /// is addressable with 32-bit element indices.
+    fn check_footprint(
+        &self,
+        op: &TaskOp,
+        reads: &[Region],
+        writes: &[Region],
+    ) -> Result<(), CodegenError> {
+        let (r, wr) = op.footprint(|b| self.s.buffers.get(b.index()).map_or(0, |b| b.bytes));
+        for (access, regions, declared) in [(Access::Read, r, reads), (Access::Write, wr, writes)] {
+            for region in regions {
+                if region.len == 0 {
+                    continue; // touches nothing
+                }
+                let field = field_of(op, region.buffer, access);
+                let end = u128::from(region.offset) + u128::from(region.len);
+                self.fit(
+                    field,
+                    "end of the accessed range in 4-byte elements",
+                    end.div_ceil(ELEM.into()),
+                )?;
+                if !declared.iter().any(|d| d.contains(&region)) {
+                    let buffer = self.s.buffers[region.buffer.index()].name.clone();
+                    return Err(self.err(
+                        field,
+                        Problem::OutsideDeclared {
+                            access,
+                            buffer,
+                            offset: region.offset,
+                            end: end as u64,
+                        },
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Words of one argmax partial ({f32 value, u32 index}).
+const fn abi_partial_words() -> u32 {
+    (amk_schedule::ops::PARTIAL_BYTES / ELEM) as u32
+}
+
+/// The op field a footprint region of `buffer` comes from (first match in field order).
+fn field_of(op: &TaskOp, buffer: BufferId, access: Access) -> &'static str {
+    let input = |i: &ProjInput| -> Vec<(BufferId, &'static str)> {
+        match *i {
+            ProjInput::Vector { buffer, .. } => vec![(buffer, "input.buffer")],
+            ProjInput::RmsNormed { buffer, weight, .. } => {
+                vec![(buffer, "input.buffer"), (weight, "input.weight")]
+            }
+        }
+    };
+    let read = access == Access::Read;
+    let candidates: Vec<(BufferId, &'static str)> = match *op {
+        TaskOp::Copy { src, dst } => {
+            if read {
+                vec![(src.buffer, "src")]
+            } else {
+                vec![(dst.buffer, "dst")]
+            }
+        }
+        TaskOp::Embed { table, io, out, .. } => {
+            if read {
+                vec![(io, "io"), (table, "table")]
+            } else {
+                vec![(out, "out")]
+            }
+        }
+        TaskOp::Projection { input: inp, weight, bias, io, output, .. } => {
+            let out = match output {
+                ProjOutput::Store { buffer, .. } | ProjOutput::Accumulate { buffer, .. } => {
+                    (buffer, "output.buffer")
+                }
+                ProjOutput::CacheRow { cache, .. } => (cache, "output.cache"),
+            };
+            if read {
+                let mut v = input(&inp);
+                v.push((weight, "weight"));
+                if let Some(b) = bias {
+                    v.push((b, "bias"));
+                }
+                v.push((io, "io"));
+                v.push(out);
+                v
+            } else {
+                vec![out]
+            }
+        }
+        TaskOp::GatedUp { input: inp, gate, up, out, .. } => {
+            if read {
+                let mut v = input(&inp);
+                v.extend([(gate, "gate"), (up, "up")]);
+                v
+            } else {
+                vec![(out, "out")]
+            }
+        }
+        TaskOp::Attention { q, k_cache, v_cache, io, out, .. } => {
+            if read {
+                vec![(q, "q"), (k_cache, "k_cache"), (v_cache, "v_cache"), (io, "io")]
+            } else {
+                vec![(out, "out")]
+            }
+        }
+        TaskOp::HeadArgmax { input: inp, weight, logits, partials, .. } => {
+            if read {
+                let mut v = input(&inp);
+                v.push((weight, "weight"));
+                v
+            } else {
+                vec![(logits, "logits"), (partials, "partials")]
+            }
+        }
+        TaskOp::ArgmaxReduce { partials, io, .. } => {
+            if read {
+                vec![(partials, "partials"), (io, "io")]
+            } else {
+                vec![(io, "io")]
+            }
+        }
+    };
+    candidates.into_iter().find(|&(b, _)| b == buffer).map_or("op", |(_, f)| f)
+}
+
+#[cfg(test)]
+mod tests {
+    //! Mutation tests: a verified schedule with one field broken must be refused, naming the
+    //! task (or counter, buffer, instruction) and the field. A broken schedule cannot be
+    //! verified, so these drive the encoder directly.
+    use super::*;
+    use amk_schedule::ops::RopeSpec;
+    use amk_schedule::schedule::{CounterId, TaskId, Worker};
+    use amk_schedule::ScheduleConfig;
+    use amk_verify::LaunchFacts;
+
+    fn tiny() -> Schedule {
+        let dir = tempfile::tempdir().expect("tempdir");
+        amk_ir::synth::write_checkpoint(&amk_ir::synth::SynthSpec::tiny(), dir.path())
+            .expect("synthetic checkpoint");
+        let model = amk_ir::Model::open(dir.path(), &mut |_| {}).expect("open model");
+        let config = ScheduleConfig { workers: 4, ..Default::default() };
+        let s = amk_schedule::lower(&model.graph, &config).expect("lower");
+        amk_verify::verify(&s, &LaunchFacts { sm_count: 132, blocks_per_sm: 1 })
+            .expect("the lowered schedule verifies")
+            .into_schedule()
+    }
+
+    fn op_mut<'a>(s: &'a mut Schedule, task: &str) -> &'a mut TaskOp {
+        let id = s.task_by_name(task).unwrap_or_else(|| panic!("no task {task}"));
+        &mut s.tasks[id.index()].op
+    }
+
+    /// Asserts `encode` refuses with a task error on `task` / `field`, returns the problem.
+    fn task_error(s: &Schedule, dtype: WeightDType, task: &str, field: &str) -> Problem {
+        match encode(s, dtype) {
+            Err(CodegenError::Task { task: t, field: f, problem, .. }) => {
+                assert_eq!((t.as_str(), f), (task, field), "{problem}");
+                problem
+            }
+            other => panic!("expected a task error on {task}.{field}, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn the_lowered_schedule_encodes() {
+        let s = tiny();
+        for dtype in [WeightDType::F32, WeightDType::BF16] {
+            let e = encode(&s, dtype).expect("encodes");
+            assert_eq!(e.max_cols, 160);
+            assert_eq!(e.max_head_dim, 16);
+            assert_eq!(e.tables.worker_start.len(), 5);
+            assert_eq!(e.tables.tasks.len(), s.tasks.len() * abi::TASK_WORDS);
+        }
+    }
+
+    #[test]
+    fn instr_word_packs_op_and_id() {
+        assert_eq!(instr_word(abi::OP_WAIT, 5), Some(2 << 28 | 5));
+        assert_eq!(instr_word(abi::OP_RUN, abi::ID_MASK), Some(abi::ID_MASK));
+        assert_eq!(instr_word(abi::OP_SIGNAL, abi::ID_MASK + 1), None);
+        assert_eq!(instr_word(16, 0), None);
+    }
+
+    #[test]
+    fn bumped_first_row_leaves_the_declared_weight_region() {
+        let mut s = tiny();
+        if let TaskOp::Projection { first_row, .. } = op_mut(&mut s, "L0.v.h0") {
+            *first_row += 1;
+        }
+        let p = task_error(&s, WeightDType::BF16, "L0.v.h0", "weight");
+        let buffer = "model.layers.0.self_attn.v_proj.weight".to_string();
+        assert!(
+            matches!(&p, Problem::OutsideDeclared { access: Access::Read, buffer: b, .. } if *b == buffer),
+            "{p:?}"
+        );
+    }
+
+    #[test]
+    fn bumped_first_row_of_the_lm_head_leaves_its_region() {
+        let mut s = tiny();
+        if let TaskOp::HeadArgmax { first_row, .. } = op_mut(&mut s, "head.r0") {
+            *first_row += 1;
+        }
+        // The logits write moves first (writes are checked after reads; the weight read moved
+        // too): either way the task and a field are named.
+        let p = task_error(&s, WeightDType::F32, "head.r0", "weight");
+        assert!(matches!(p, Problem::OutsideDeclared { access: Access::Read, .. }), "{p:?}");
+    }
+
+    #[test]
+    fn bumped_accumulate_offset_leaves_the_declared_residual() {
+        let mut s = tiny();
+        if let TaskOp::Projection { output: ProjOutput::Accumulate { offset, .. }, .. } =
+            op_mut(&mut s, "L1.down.r0")
+        {
+            *offset += 1;
+        }
+        // The accumulate reads the residual first: the read is caught.
+        let p = task_error(&s, WeightDType::BF16, "L1.down.r0", "output.buffer");
+        assert!(matches!(p, Problem::OutsideDeclared { access: Access::Read, .. }), "{p:?}");
+    }
+
+    #[test]
+    fn bumped_store_offset_leaves_the_declared_write() {
+        let mut s = tiny();
+        if let TaskOp::Projection { output: ProjOutput::Store { offset, .. }, .. } =
+            op_mut(&mut s, "L0.q.h1")
+        {
+            *offset += 16;
+        }
+        let p = task_error(&s, WeightDType::BF16, "L0.q.h1", "output.buffer");
+        assert!(matches!(p, Problem::OutsideDeclared { access: Access::Write, .. }), "{p:?}");
+    }
+
+    #[test]
+    fn attention_on_another_head_leaves_its_regions() {
+        let mut s = tiny();
+        if let TaskOp::Attention { head, .. } = op_mut(&mut s, "L0.attn.h0") {
+            *head = 1;
+        }
+        let p = task_error(&s, WeightDType::BF16, "L0.attn.h0", "q");
+        assert!(matches!(p, Problem::OutsideDeclared { access: Access::Read, .. }), "{p:?}");
+    }
+
+    #[test]
+    fn a_dropped_declared_region_is_caught() {
+        let mut s = tiny();
+        let id = s.task_by_name("L0.up.r0").expect("task");
+        let up = s.buffer_by_name("model.layers.0.mlp.up_proj.weight").expect("buffer");
+        s.tasks[id.index()].reads.retain(|r| r.buffer != up);
+        let p = task_error(&s, WeightDType::BF16, "L0.up.r0", "up");
+        assert!(matches!(p, Problem::OutsideDeclared { access: Access::Read, .. }), "{p:?}");
+        // The error message names the task, the field and the buffer.
+        let msg = encode(&s, WeightDType::BF16).expect_err("refused").to_string();
+        assert!(msg.contains("`L0.up.r0`") && msg.contains("`up`"), "{msg}");
+        assert!(msg.contains("model.layers.0.mlp.up_proj.weight"), "{msg}");
+    }
+
+    #[test]
+    fn buffer_ids_out_of_range_are_named() {
+        let mut s = tiny();
+        if let TaskOp::Projection { weight, .. } = op_mut(&mut s, "L0.k.h1") {
+            *weight = BufferId(9999);
+        }
+        let p = task_error(&s, WeightDType::BF16, "L0.k.h1", "weight");
+        assert!(matches!(p, Problem::OutOfRange { kind: "buffer", id: 9999, .. }), "{p:?}");
+
+        let mut s = tiny();
+        if let TaskOp::ArgmaxReduce { io, .. } = op_mut(&mut s, "argmax") {
+            *io = BufferId(u32::MAX);
+        }
+        task_error(&s, WeightDType::BF16, "argmax", "io");
+
+        let mut s = tiny();
+        if let TaskOp::GatedUp { input: ProjInput::RmsNormed { weight, .. }, .. } =
+            op_mut(&mut s, "L1.up.r64")
+        {
+            *weight = BufferId(500);
+        }
+        task_error(&s, WeightDType::BF16, "L1.up.r64", "input.weight");
+    }
+
+    #[test]
+    fn input_length_must_equal_columns() {
+        let mut s = tiny();
+        if let TaskOp::Projection { input: ProjInput::Vector { len, .. }, .. } =
+            op_mut(&mut s, "L0.o.r0")
+        {
+            *len -= 4;
+        }
+        let p = task_error(&s, WeightDType::BF16, "L0.o.r0", "input.len");
+        assert!(matches!(p, Problem::Rule(_)), "{p:?}");
+    }
+
+    #[test]
+    fn rope_needs_whole_heads() {
+        let mut s = tiny();
+        if let TaskOp::Projection { rows, .. } = op_mut(&mut s, "L0.q.h0") {
+            *rows = 8;
+        }
+        let p = task_error(&s, WeightDType::BF16, "L0.q.h0", "rows");
+        assert!(matches!(p, Problem::NotMultiple { value: 8, multiple: 16, .. }), "{p:?}");
+
+        let mut s = tiny();
+        if let TaskOp::Projection { first_row, .. } = op_mut(&mut s, "L0.q.h1") {
+            *first_row += 2;
+        }
+        task_error(&s, WeightDType::BF16, "L0.q.h1", "first_row");
+
+        for bad in [0, 7] {
+            let mut s = tiny();
+            if let TaskOp::Projection { rope: Some(RopeSpec { head_dim, .. }), .. } =
+                op_mut(&mut s, "L0.q.h2")
+            {
+                *head_dim = bad;
+            }
+            task_error(&s, WeightDType::BF16, "L0.q.h2", "rope.head_dim");
+        }
+
+        let mut s = tiny();
+        if let TaskOp::Projection { rope: Some(RopeSpec { theta, .. }), .. } =
+            op_mut(&mut s, "L0.k.h0")
+        {
+            *theta = f64::NAN;
+        }
+        task_error(&s, WeightDType::BF16, "L0.k.h0", "rope.theta");
+    }
+
+    #[test]
+    fn a_cache_row_has_head_dim_rows() {
+        let mut s = tiny();
+        if let TaskOp::Projection { rows, .. } = op_mut(&mut s, "L0.v.h1") {
+            *rows = 8;
+        }
+        let p = task_error(&s, WeightDType::BF16, "L0.v.h1", "rows");
+        assert!(matches!(p, Problem::Rule(_)), "{p:?}");
+    }
+
+    #[test]
+    fn overflowing_indices_are_refused_without_panicking() {
+        let mut s = tiny();
+        if let TaskOp::Attention { head, .. } = op_mut(&mut s, "L0.attn.h3") {
+            *head = u32::MAX;
+        }
+        let p = task_error(&s, WeightDType::BF16, "L0.attn.h3", "head");
+        assert!(matches!(p, Problem::TooLarge { .. }), "{p:?}");
+
+        let mut s = tiny();
+        if let TaskOp::Attention { max_positions, .. } = op_mut(&mut s, "L0.attn.h3") {
+            *max_positions = u32::MAX;
+        }
+        task_error(&s, WeightDType::BF16, "L0.attn.h3", "kv_head");
+
+        let mut s = tiny();
+        if let TaskOp::Projection { input, cols, .. } = op_mut(&mut s, "L0.o.r0") {
+            *cols = u32::MAX;
+            if let ProjInput::Vector { len, .. } = input {
+                *len = u32::MAX;
+            }
+        }
+        let p = task_error(&s, WeightDType::BF16, "L0.o.r0", "rows");
+        assert!(matches!(p, Problem::TooLarge { .. }), "{p:?}");
+
+        let mut s = tiny();
+        if let TaskOp::Projection {
+            output: ProjOutput::CacheRow { kv_head, max_positions, .. },
+            ..
+        } = op_mut(&mut s, "L0.k.h0")
+        {
+            *kv_head = u32::MAX;
+            *max_positions = u32::MAX;
+        }
+        task_error(&s, WeightDType::BF16, "L0.k.h0", "output.kv_head");
+
+        let mut s = tiny();
+        if let TaskOp::HeadArgmax { slot, .. } = op_mut(&mut s, "head.r0") {
+            *slot = u32::MAX;
+        }
+        task_error(&s, WeightDType::BF16, "head.r0", "slot");
+    }
+
+    #[test]
+    fn instruction_ids_out_of_range_are_named() {
+        let mut s = tiny();
+        s.workers[2].instrs.insert(1, Instr::Run(TaskId(10_000)));
+        match encode(&s, WeightDType::BF16) {
+            Err(CodegenError::Instr { worker: 2, index: 1, field: "task", problem }) => {
+                assert!(matches!(problem, Problem::OutOfRange { kind: "task", .. }));
+            }
+            other => panic!("{other:?}"),
+        }
+        let mut s = tiny();
+        s.workers[0].instrs.push(Instr::Wait { counter: CounterId(77), at_least: 1 });
+        let n = s.workers[0].instrs.len() - 1;
+        match encode(&s, WeightDType::BF16) {
+            Err(CodegenError::Instr { worker: 0, index, field: "counter", .. }) => {
+                assert_eq!(index, n)
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn epoch_counters_must_receive_their_declared_signals() {
+        let mut s = tiny();
+        let c = s.counter_by_name("L0.o.done").expect("counter");
+        s.counters[c.index()].reset = CounterReset::Epoch { signals_per_launch: 2 };
+        match encode(&s, WeightDType::BF16) {
+            Err(CodegenError::Counter { counter, field: "reset.signals_per_launch", .. }) => {
+                assert_eq!(counter, "L0.o.done")
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn per_launch_follows_the_reset_mode() {
+        let mut s = tiny();
+        let c = s.counter_by_name("L1.up.done").expect("counter");
+        s.counters[c.index()].reset = CounterReset::Zeroed;
+        let d = s.counter_by_name("argmax.done").expect("counter");
+        s.counters[d.index()].reset = CounterReset::Never;
+        let t = encode(&s, WeightDType::BF16).expect("encodes").tables;
+        assert_eq!(t.per_launch[c.index()], 0);
+        assert_eq!(t.per_launch[d.index()], 0);
+        let o = s.counter_by_name("L1.o.done").expect("counter");
+        // Hidden 64 in the default 16-row tiles: four o-projection tasks signal it.
+        assert_eq!(t.per_launch[o.index()], 4);
+    }
+
+    #[test]
+    fn no_workers_is_refused() {
+        let mut s = tiny();
+        s.workers.clear();
+        assert!(matches!(
+            encode(&s, WeightDType::BF16),
+            Err(CodegenError::Schedule { field: "workers", .. })
+        ));
+    }
+
+    #[test]
+    fn bf16_weight_buffers_must_hold_whole_f32_elements() {
+        let mut s = tiny();
+        s.buffers[0].bytes += 2;
+        match encode(&s, WeightDType::BF16) {
+            Err(CodegenError::Buffer { id: 0, field: "bytes", .. }) => {}
+            other => panic!("{other:?}"),
+        }
+    }
+
+    /// A hand-made schedule of Copy tasks (the lowering makes none).
+    fn copies() -> Schedule {
+        let mut s = Schedule::new("copies");
+        let w = s.add_buffer("w", BufferKind::Weight, 64);
+        let a = s.add_buffer("a", BufferKind::Activation, 64);
+        let b = s.add_buffer("b", BufferKind::Scratch, 64);
+        let t0 = s.add_task(
+            "act",
+            TaskOp::Copy { src: Region::new(a, 8, 16), dst: Region::new(b, 32, 16) },
+            vec![Region::new(a, 0, 64)],
+            vec![Region::new(b, 32, 32)],
+        );
+        let t1 = s.add_task(
+            "weight",
+            TaskOp::Copy { src: Region::new(w, 0, 16), dst: Region::new(b, 0, 16) },
+            vec![Region::new(w, 0, 16)],
+            vec![Region::new(b, 0, 16)],
+        );
+        s.workers = vec![Worker { instrs: vec![Instr::Run(t0), Instr::Run(t1)] }];
+        s
+    }
+
+    fn copy_mut<'a>(s: &'a mut Schedule, task: &str) -> (&'a mut Region, &'a mut Region) {
+        match op_mut(s, task) {
+            TaskOp::Copy { src, dst } => (src, dst),
+            _ => unreachable!(),
+        }
+    }
+
+    #[test]
+    fn copies_encode_in_f32() {
+        let e = encode(&copies(), WeightDType::F32).expect("encodes");
+        let d = &e.tables.tasks[..abi::TASK_WORDS];
+        assert_eq!(&d[..6], &[abi::TASK_COPY, 1, 8, 2, 32, 16]);
+        assert!(d[6..].iter().all(|&x| x == 0));
+        assert_eq!(e.tables.buffer_bytes, vec![64, 64, 64]);
+        assert_eq!(e.tables.program, vec![0, 0, 1, 0]);
+        assert_eq!(e.tables.worker_start, vec![0, 2]);
+    }
+
+    #[test]
+    fn copies_of_weights_are_refused_in_bf16() {
+        task_error(&copies(), WeightDType::BF16, "weight", "src.buffer");
+    }
+
+    #[test]
+    fn copy_offsets_and_lengths_are_whole_words() {
+        let mut s = copies();
+        copy_mut(&mut s, "act").0.offset = 9;
+        let p = task_error(&s, WeightDType::F32, "act", "src.offset");
+        assert!(matches!(p, Problem::NotMultiple { value: 9, multiple: 4, .. }), "{p:?}");
+
+        let mut s = copies();
+        let (src, dst) = copy_mut(&mut s, "act");
+        src.len = 6;
+        dst.len = 6;
+        task_error(&s, WeightDType::F32, "act", "src.len");
+
+        let mut s = copies();
+        copy_mut(&mut s, "act").1.len = 12;
+        task_error(&s, WeightDType::F32, "act", "dst.len");
+
+        let mut s = copies();
+        copy_mut(&mut s, "act").1.offset = 36; // 36..52 stays inside the declared 32..64
+        assert!(encode(&s, WeightDType::F32).is_ok());
+        copy_mut(&mut s, "act").1.offset = 52; // 52..68 leaves it
+        let p = task_error(&s, WeightDType::F32, "act", "dst");
+        assert!(matches!(p, Problem::OutsideDeclared { access: Access::Write, .. }), "{p:?}");
+
+        let mut s = copies();
+        copy_mut(&mut s, "act").0.offset = 1 << 40;
+        let p = task_error(&s, WeightDType::F32, "act", "src.len");
+        assert!(matches!(p, Problem::TooLarge { .. }), "{p:?}");
+    }
+}

@@ -1,0 +1,201 @@
+//! Shared by the integration tests: schedules lowered from synthetic models, and a decoder of
+//! the device tables written from `kernels/abi.cuh` independently of the encoder.
+#![allow(dead_code)]
+
+use amk_ir::synth::{write_checkpoint, SynthSpec};
+use amk_schedule::ops::{ProjInput, ProjOutput, RopeSpec, TaskOp};
+use amk_schedule::schedule::{BufferId, CounterId, Instr, Region, Schedule, TaskId};
+use amk_schedule::ScheduleConfig;
+use amk_verify::{LaunchFacts, VerifiedSchedule};
+
+/// The launch facts of an H100 SXM, one block per SM.
+pub const FACTS: LaunchFacts = LaunchFacts { sm_count: 132, blocks_per_sm: 1 };
+
+/// The schedule of `spec` lowered onto `workers` workers (not yet verified).
+pub fn lowered(spec: &SynthSpec, workers: u32) -> Schedule {
+    let dir = tempfile::tempdir().expect("tempdir");
+    write_checkpoint(spec, dir.path()).expect("synthetic checkpoint");
+    let model = amk_ir::Model::open(dir.path(), &mut |_| {}).expect("open the synthetic model");
+    let config = ScheduleConfig { workers, ..Default::default() };
+    amk_schedule::lower(&model.graph, &config).expect("lower")
+}
+
+/// `s`, verified.
+pub fn verified(s: &Schedule) -> VerifiedSchedule {
+    amk_verify::verify(s, &FACTS).unwrap_or_else(|e| panic!("the schedule verifies: {e:?}"))
+}
+
+/// The tiny synthetic model on 4 workers, verified.
+pub fn tiny() -> VerifiedSchedule {
+    verified(&lowered(&SynthSpec::tiny(), 4))
+}
+
+// ---- an independent decoder of abi.cuh's tables ----
+
+const NONE: u32 = 0xFFFF_FFFF;
+
+/// Worker programs, decoded from `program` and `worker_start`.
+pub fn decode_program(program: &[u32], worker_start: &[u32]) -> Vec<Vec<Instr>> {
+    assert_eq!(program.len() % 2, 0, "2 words per instruction");
+    let n = program.len() / 2;
+    assert_eq!(worker_start.first(), Some(&0));
+    assert_eq!(worker_start.last().map(|&x| x as usize), Some(n));
+    worker_start
+        .windows(2)
+        .map(|w| {
+            assert!(w[0] <= w[1], "worker_start is sorted");
+            (w[0] as usize..w[1] as usize)
+                .map(|i| {
+                    let (w0, w1) = (program[2 * i], program[2 * i + 1]);
+                    let (op, id) = (w0 >> 28, w0 & 0x0FFF_FFFF);
+                    match op {
+                        0 => {
+                            assert_eq!(w1, 0, "Run has no threshold");
+                            Instr::Run(TaskId(id))
+                        }
+                        1 => {
+                            assert_eq!(w1, 0, "Signal has no threshold");
+                            Instr::Signal(CounterId(id))
+                        }
+                        2 => Instr::Wait { counter: CounterId(id), at_least: w1 },
+                        _ => panic!("unknown opcode {op} at instruction {i}"),
+                    }
+                })
+                .collect()
+        })
+        .collect()
+}
+
+fn opt(word: u32) -> Option<BufferId> {
+    (word != NONE).then_some(BufferId(word))
+}
+
+fn input(d: &[u32]) -> ProjInput {
+    match d[1] {
+        0 => {
+            assert_eq!((d[4], d[5]), (NONE, 0), "a vector input has no norm");
+            ProjInput::Vector { buffer: BufferId(d[2]), len: d[3] }
+        }
+        1 => ProjInput::RmsNormed {
+            buffer: BufferId(d[2]),
+            len: d[3],
+            weight: BufferId(d[4]),
+            eps: f32::from_bits(d[5]),
+        },
+        k => panic!("unknown input kind {k}"),
+    }
+}
+
+/// One task descriptor (32 words), decoded back to the op it encodes; also checks that every
+/// word the kind does not use is 0.
+pub fn decode_task(d: &[u32]) -> TaskOp {
+    assert_eq!(d.len(), 32);
+    let (op, used) = match d[0] {
+        1 => (
+            TaskOp::Copy {
+                src: Region::new(BufferId(d[1]), d[2].into(), d[5].into()),
+                dst: Region::new(BufferId(d[3]), d[4].into(), d[5].into()),
+            },
+            6,
+        ),
+        2 => (
+            TaskOp::Embed {
+                table: BufferId(d[1]),
+                hidden: d[2],
+                io: BufferId(d[3]),
+                out: BufferId(d[4]),
+            },
+            5,
+        ),
+        3 => {
+            let rope = match d[11] {
+                0 => {
+                    assert_eq!(&d[12..15], &[0, 0, 0], "no rope, no rope words");
+                    None
+                }
+                1 => Some(RopeSpec {
+                    head_dim: d[12],
+                    theta: f64::from_bits(u64::from(d[13]) | u64::from(d[14]) << 32),
+                }),
+                r => panic!("rope flag {r}"),
+            };
+            let output = match d[16] {
+                0 | 1 => {
+                    assert_eq!(&d[19..21], &[0, 0], "cache words only for a cache row");
+                    let (buffer, offset) = (BufferId(d[17]), d[18]);
+                    if d[16] == 0 {
+                        ProjOutput::Store { buffer, offset }
+                    } else {
+                        ProjOutput::Accumulate { buffer, offset }
+                    }
+                }
+                2 => ProjOutput::CacheRow {
+                    cache: BufferId(d[17]),
+                    kv_head: d[18],
+                    head_dim: d[19],
+                    max_positions: d[20],
+                },
+                k => panic!("output kind {k}"),
+            };
+            (
+                TaskOp::Projection {
+                    input: input(d),
+                    weight: BufferId(d[6]),
+                    bias: opt(d[7]),
+                    first_row: d[8],
+                    rows: d[9],
+                    cols: d[10],
+                    rope,
+                    io: BufferId(d[15]),
+                    output,
+                },
+                21,
+            )
+        }
+        4 => (
+            TaskOp::GatedUp {
+                input: input(d),
+                gate: BufferId(d[6]),
+                up: BufferId(d[7]),
+                first_row: d[8],
+                rows: d[9],
+                cols: d[10],
+                out: BufferId(d[11]),
+            },
+            12,
+        ),
+        5 => (
+            TaskOp::Attention {
+                q: BufferId(d[1]),
+                head: d[2],
+                kv_head: d[3],
+                head_dim: d[4],
+                max_positions: d[5],
+                k_cache: BufferId(d[6]),
+                v_cache: BufferId(d[7]),
+                io: BufferId(d[8]),
+                out: BufferId(d[9]),
+            },
+            10,
+        ),
+        6 => (
+            TaskOp::HeadArgmax {
+                input: input(d),
+                weight: BufferId(d[6]),
+                first_row: d[7],
+                rows: d[8],
+                cols: d[9],
+                logits: BufferId(d[10]),
+                partials: BufferId(d[11]),
+                slot: d[12],
+            },
+            13,
+        ),
+        7 => {
+            (TaskOp::ArgmaxReduce { partials: BufferId(d[1]), count: d[2], io: BufferId(d[3]) }, 4)
+        }
+        k => panic!("unknown task kind {k}"),
+    };
+    assert!(d[used..].iter().all(|&w| w == 0), "unused words are 0: {d:?}");
+    op
+}

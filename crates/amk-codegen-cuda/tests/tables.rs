@@ -1,0 +1,147 @@
+//! The device tables decode back to the schedule, instruction by instruction and task by task,
+//! for bf16 and f32 weights (the decoder in `common` is written from `kernels/abi.cuh`, not
+//! from the encoder).
+
+mod common;
+
+use amk_codegen_cuda::{generate, Arch, CodegenOptions, WeightDType};
+use amk_ir::synth::SynthSpec;
+use amk_schedule::schedule::{BufferKind, CounterReset};
+use amk_verify::VerifiedSchedule;
+
+fn check_tables(v: &VerifiedSchedule, dtype: WeightDType) {
+    let options = CodegenOptions { weight_dtype: dtype, ..Default::default() };
+    let g = generate(v, &options).expect("generates");
+    let t = &g.tables;
+
+    // Program: worker by worker, instruction by instruction.
+    let programs = common::decode_program(&t.program, &t.worker_start);
+    assert_eq!(programs.len(), v.workers.len());
+    for (w, (decoded, worker)) in programs.iter().zip(&v.workers).enumerate() {
+        assert_eq!(decoded.len(), worker.instrs.len(), "worker {w}");
+        for (i, (a, b)) in decoded.iter().zip(&worker.instrs).enumerate() {
+            assert_eq!(a, b, "worker {w}, instruction {i}");
+        }
+    }
+
+    // Tasks: each descriptor decodes to the task's op.
+    assert_eq!(t.tasks.len(), v.tasks.len() * 32);
+    for (i, (d, task)) in t.tasks.chunks(32).zip(&v.tasks).enumerate() {
+        assert_eq!(common::decode_task(d), task.op, "task {i} `{}`", task.name);
+        assert_eq!(t.task(i), Some(d));
+    }
+
+    // Counters: epoch counters carry their signals per launch.
+    assert_eq!(t.per_launch.len(), v.counters.len());
+    let signals = v.signal_counts();
+    for (i, c) in v.counters.iter().enumerate() {
+        let expected = match c.reset {
+            CounterReset::Epoch { signals_per_launch } => {
+                assert_eq!(u64::from(signals_per_launch), signals[i]);
+                signals_per_launch
+            }
+            CounterReset::Zeroed | CounterReset::Never => 0,
+        };
+        assert_eq!(t.per_launch[i], expected, "counter `{}`", c.name);
+    }
+
+    // Buffers: weights at the device dtype, the rest as declared.
+    assert_eq!(t.buffer_bytes.len(), v.buffers.len());
+    for (b, &bytes) in v.buffers.iter().zip(&t.buffer_bytes) {
+        let expected = match (b.kind, dtype) {
+            (BufferKind::Weight, WeightDType::BF16) => b.bytes / 2,
+            _ => b.bytes,
+        };
+        assert_eq!(bytes, expected, "buffer `{}`", b.name);
+    }
+
+    // Launch: one block per worker.
+    assert_eq!(g.launch.grid as usize, v.workers.len());
+    assert_eq!(g.launch.block, 512);
+    assert_eq!(g.launch.kernel, "amk_megakernel");
+    assert_eq!(g.launch.weight_dtype, dtype);
+    assert_eq!(g.launch.schedule_hash, v.certificate().schedule_hash);
+    assert!(g.launch.dynamic_smem_bytes % 16 == 0);
+}
+
+#[test]
+fn tiny_tables_decode_to_the_schedule_bf16() {
+    check_tables(&common::tiny(), WeightDType::BF16);
+}
+
+#[test]
+fn tiny_tables_decode_to_the_schedule_f32() {
+    check_tables(&common::tiny(), WeightDType::F32);
+}
+
+#[test]
+fn biased_untied_model_decodes_on_many_workers() {
+    let spec = SynthSpec {
+        attention_bias: true,
+        tie_word_embeddings: false,
+        num_layers: 3,
+        ..SynthSpec::tiny()
+    };
+    let v = common::verified(&common::lowered(&spec, 7));
+    // The biases reach the descriptors (not AMK_NONE).
+    let g = generate(&v, &CodegenOptions::default()).expect("generates");
+    let biased = g.tables.tasks.chunks(32).filter(|d| d[0] == 3 && d[7] != u32::MAX).count();
+    assert!(biased > 0);
+    for dtype in [WeightDType::BF16, WeightDType::F32] {
+        check_tables(&v, dtype);
+    }
+}
+
+#[test]
+fn tables_do_not_depend_on_arch_or_block_size() {
+    let v = common::tiny();
+    let a = generate(&v, &CodegenOptions::default()).expect("generates");
+    let b = generate(
+        &v,
+        &CodegenOptions { arch: Arch::Sm80, block_threads: 256, ..Default::default() },
+    )
+    .expect("generates");
+    assert_eq!(a.tables, b.tables);
+    assert_eq!(b.launch.arch, "sm_80");
+    assert_eq!(b.launch.block, 256);
+    assert!(b.source.contains("\n#define AMK_BLOCK_THREADS 256\n"));
+}
+
+#[test]
+fn shared_memory_covers_inputs_and_attention() {
+    let v = common::tiny();
+    let g = generate(&v, &CodegenOptions::default()).expect("generates");
+    // 512 threads = 16 warps; attention: 16 + 16 * (16 + 2) = 304 floats > 160 columns;
+    // then 64 words of scratch.
+    assert_eq!(g.launch.dynamic_smem_bytes, 4 * (304 + 64));
+    let g = generate(&v, &CodegenOptions { block_threads: 64, ..Default::default() })
+        .expect("generates");
+    // 2 warps: attention 16 + 2 * 18 = 52 floats < 160 columns.
+    assert_eq!(g.launch.dynamic_smem_bytes, 4 * (160 + 64));
+}
+
+#[test]
+fn block_threads_must_be_whole_warps_in_range() {
+    let v = common::tiny();
+    for bad in [0, 32, 48, 100, 1056, 2048] {
+        let options = CodegenOptions { block_threads: bad, ..Default::default() };
+        let err = generate(&v, &options).expect_err("refused");
+        assert!(err.to_string().contains("block_threads"), "{err}");
+    }
+    for good in [64, 96, 1024] {
+        let options = CodegenOptions { block_threads: good, ..Default::default() };
+        generate(&v, &options).expect("accepted");
+    }
+}
+
+#[test]
+fn options_parse_and_print() {
+    assert_eq!("sm_90".parse::<Arch>(), Ok(Arch::Sm90));
+    assert_eq!("SM120".parse::<Arch>(), Ok(Arch::Sm120));
+    assert_eq!(Arch::Sm80.as_str(), "sm_80");
+    assert!("sm_75".parse::<Arch>().is_err());
+    assert_eq!("bf16".parse::<WeightDType>(), Ok(WeightDType::BF16));
+    assert_eq!("f32".parse::<WeightDType>(), Ok(WeightDType::F32));
+    assert!("int8".parse::<WeightDType>().is_err());
+    assert_eq!(CodegenOptions::default().block_threads, 512);
+}

@@ -1,0 +1,928 @@
+//! [`GpuBackend`]: device memory, the co-residency check, and one watched launch per token.
+
+use super::codegen_bridge::{self, CodePlan, WeightDType};
+use super::driver::{self, check, code_name, DeviceInfo};
+use super::{guarded, nvrtc, GpuError};
+use crate::{Backend, RuntimeError};
+use amk_schedule::ops::{TaskOp, ELEM};
+use amk_schedule::schedule::{BufferKind, CounterReset, Schedule};
+use amk_verify::{LaunchFacts, VerifiedSchedule};
+use cudarc::driver::sys;
+use std::ffi::{c_int, c_uint, c_void, CString};
+use std::fmt;
+use std::time::{Duration, Instant};
+
+/// Where the kernel's counters live.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum CounterMemory {
+    /// Pinned host memory mapped into the device: the host reads the counters while the kernel
+    /// spins (and after a device fault), at the price of every counter access crossing the bus.
+    HostMapped,
+    /// Device memory (fast atomics); the watchdog reads them with a copy on a second stream.
+    #[default]
+    Device,
+}
+
+/// How to run the megakernel.
+#[derive(Debug, Clone)]
+pub struct GpuOptions {
+    /// How weights are stored on the device.
+    pub weight_dtype: WeightDType,
+    /// A launch not finished after this long is reported as a hang.
+    pub watchdog: Duration,
+    /// Threads per block asked of code generation.
+    pub block_threads: u32,
+    /// Copy the logits back after every step (for [`Backend::logits`]).
+    pub read_logits: bool,
+    /// Where the counters live.
+    pub counters: CounterMemory,
+    /// CUDA device ordinal.
+    pub device: usize,
+}
+
+impl Default for GpuOptions {
+    fn default() -> Self {
+        GpuOptions {
+            weight_dtype: WeightDType::F32,
+            watchdog: Duration::from_secs(10),
+            block_threads: 512,
+            read_logits: true,
+            counters: CounterMemory::Device,
+            device: 0,
+        }
+    }
+}
+
+/// How the compiled kernel fits the device: what the occupancy API was asked and answered.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct KernelFit {
+    pub device: String,
+    pub arch: String,
+    pub registers: u32,
+    pub static_smem_bytes: u32,
+    pub dynamic_smem_bytes: u32,
+    pub local_bytes: u32,
+    pub spill_stores: u32,
+    pub spill_loads: u32,
+    pub block_threads: u32,
+    pub blocks_per_sm: u32,
+    pub sm_count: u32,
+    pub workers: usize,
+}
+
+impl fmt::Display for KernelFit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} ({}): {} registers/thread, {} B static + {} B dynamic smem/block, {} B local, \
+             spills {} B stores / {} B loads, {} threads/block -> {} blocks/SM x {} SMs = {} \
+             co-resident blocks for {} workers",
+            self.device,
+            self.arch,
+            self.registers,
+            self.static_smem_bytes,
+            self.dynamic_smem_bytes,
+            self.local_bytes,
+            self.spill_stores,
+            self.spill_loads,
+            self.block_threads,
+            self.blocks_per_sm,
+            self.sm_count,
+            u64::from(self.blocks_per_sm) * u64::from(self.sm_count),
+            self.workers
+        )
+    }
+}
+
+/// One counter as a failed launch left it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct CounterState {
+    pub name: String,
+    /// The raw device value.
+    pub value: u32,
+    /// `value` minus this launch's epoch offset: the signals this launch delivered.
+    pub relative: i64,
+    /// Signals the counter receives in one whole launch.
+    pub per_launch: u32,
+}
+
+/// A one-line summary of counters: those short of their per-launch total first, then all.
+pub(crate) fn describe_counters(counters: Option<&[CounterState]>) -> String {
+    let Some(counters) = counters else {
+        return "the counters could not be read".into();
+    };
+    let short: Vec<&CounterState> =
+        counters.iter().filter(|c| c.relative < i64::from(c.per_launch)).collect();
+    let list = |cs: &mut dyn Iterator<Item = &CounterState>| {
+        cs.map(|c| format!("{} = {}/{} (raw {})", c.name, c.relative, c.per_launch, c.value))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    format!(
+        "{} of {} counters short of their per-launch signals [{}]; all counters (this launch / \
+         per launch): [{}]",
+        short.len(),
+        counters.len(),
+        list(&mut short.iter().copied()),
+        list(&mut counters.iter())
+    )
+}
+
+/// Every driver resource of one backend, released in order on drop (or leaked, when a launch
+/// may still be running: freeing would block on it).
+struct Gpu {
+    device: sys::CUdevice,
+    ctx: sys::CUcontext,
+    streams: Vec<sys::CUstream>,
+    events: Vec<sys::CUevent>,
+    modules: Vec<sys::CUmodule>,
+    device_allocs: Vec<sys::CUdeviceptr>,
+    host_allocs: Vec<*mut c_void>,
+    /// Set when a launch hung or faulted: nothing is freed then.
+    leak: bool,
+}
+
+impl Gpu {
+    /// Retains device `ordinal`'s primary context and makes it current.
+    fn open(ordinal: usize) -> Result<Gpu, GpuError> {
+        let device = driver::get_device(ordinal)?;
+        let mut ctx: sys::CUcontext = std::ptr::null_mut();
+        // SAFETY: valid out-pointer and device.
+        check("cuDevicePrimaryCtxRetain", unsafe {
+            sys::cuDevicePrimaryCtxRetain(&mut ctx, device)
+        })?;
+        let gpu = Gpu {
+            device,
+            ctx,
+            streams: Vec::new(),
+            events: Vec::new(),
+            modules: Vec::new(),
+            device_allocs: Vec::new(),
+            host_allocs: Vec::new(),
+            leak: false,
+        };
+        gpu.bind()?;
+        Ok(gpu)
+    }
+
+    /// Makes the context current on the calling thread.
+    fn bind(&self) -> Result<(), GpuError> {
+        // SAFETY: the context is retained for as long as `self` lives.
+        check("cuCtxSetCurrent", unsafe { sys::cuCtxSetCurrent(self.ctx) })
+    }
+
+    fn stream(&mut self) -> Result<sys::CUstream, GpuError> {
+        let mut s: sys::CUstream = std::ptr::null_mut();
+        let flags = sys::CUstream_flags::CU_STREAM_NON_BLOCKING as c_uint;
+        // SAFETY: valid out-pointer, current context.
+        check("cuStreamCreate", unsafe { sys::cuStreamCreate(&mut s, flags) })?;
+        self.streams.push(s);
+        Ok(s)
+    }
+
+    fn event(&mut self) -> Result<sys::CUevent, GpuError> {
+        let mut e: sys::CUevent = std::ptr::null_mut();
+        let flags = sys::CUevent_flags::CU_EVENT_DISABLE_TIMING as c_uint;
+        // SAFETY: valid out-pointer, current context.
+        check("cuEventCreate", unsafe { sys::cuEventCreate(&mut e, flags) })?;
+        self.events.push(e);
+        Ok(e)
+    }
+
+    /// `bytes` of zeroed device memory (at least 4, so empty tables still get an address).
+    fn alloc_zeroed(&mut self, bytes: u64) -> Result<sys::CUdeviceptr, GpuError> {
+        let bytes = usize::try_from(bytes.max(4))
+            .map_err(|_| GpuError::Layout(format!("a buffer of {bytes} bytes")))?;
+        let mut p: sys::CUdeviceptr = 0;
+        // SAFETY: valid out-pointer, current context.
+        check("cuMemAlloc", unsafe { sys::cuMemAlloc_v2(&mut p, bytes) })?;
+        self.device_allocs.push(p);
+        // SAFETY: `p` holds `bytes` bytes.
+        check("cuMemsetD8", unsafe { sys::cuMemsetD8_v2(p, 0, bytes) })?;
+        Ok(p)
+    }
+
+    /// Device memory holding a copy of `data`.
+    fn upload<T: Copy>(&mut self, data: &[T]) -> Result<sys::CUdeviceptr, GpuError> {
+        let bytes = std::mem::size_of_val(data);
+        let p = self.alloc_zeroed(bytes as u64)?;
+        self.copy_to(p, data)?;
+        Ok(p)
+    }
+
+    /// Synchronous host-to-device copy of `data` to `dst`.
+    fn copy_to<T: Copy>(&self, dst: sys::CUdeviceptr, data: &[T]) -> Result<(), GpuError> {
+        let bytes = std::mem::size_of_val(data);
+        if bytes == 0 {
+            return Ok(());
+        }
+        // SAFETY: `data` holds `bytes` bytes; `dst` was allocated with at least as many.
+        check("cuMemcpyHtoD", unsafe {
+            sys::cuMemcpyHtoD_v2(dst, data.as_ptr() as *const c_void, bytes)
+        })
+    }
+
+    /// `bytes` of zeroed pinned host memory; with `mapped`, also its device address.
+    fn host_alloc(
+        &mut self,
+        bytes: usize,
+        mapped: bool,
+    ) -> Result<(*mut c_void, sys::CUdeviceptr), GpuError> {
+        let bytes = bytes.max(4);
+        let flags = if mapped { sys::CU_MEMHOSTALLOC_DEVICEMAP } else { 0 };
+        let mut p: *mut c_void = std::ptr::null_mut();
+        // SAFETY: valid out-pointer, current context.
+        check("cuMemHostAlloc", unsafe { sys::cuMemHostAlloc(&mut p, bytes, flags) })?;
+        self.host_allocs.push(p);
+        // SAFETY: `p` points to `bytes` writable bytes.
+        unsafe { std::ptr::write_bytes(p as *mut u8, 0, bytes) };
+        let mut d: sys::CUdeviceptr = 0;
+        if mapped {
+            // SAFETY: `p` was allocated with DEVICEMAP.
+            check("cuMemHostGetDevicePointer", unsafe {
+                sys::cuMemHostGetDevicePointer_v2(&mut d, p, 0)
+            })?;
+        }
+        Ok((p, d))
+    }
+
+    fn load_module(&mut self, cubin: &[u8], kernel: &str) -> Result<sys::CUfunction, GpuError> {
+        let mut module: sys::CUmodule = std::ptr::null_mut();
+        // SAFETY: `cubin` is a complete CUBIN image, alive for the call.
+        check("cuModuleLoadData", unsafe {
+            sys::cuModuleLoadData(&mut module, cubin.as_ptr() as *const c_void)
+        })?;
+        self.modules.push(module);
+        let name = CString::new(kernel)
+            .map_err(|_| GpuError::Codegen(format!("kernel name `{kernel}` contains a NUL")))?;
+        let mut f: sys::CUfunction = std::ptr::null_mut();
+        // SAFETY: valid module, NUL-terminated name, out-pointer.
+        check("cuModuleGetFunction", unsafe {
+            sys::cuModuleGetFunction(&mut f, module, name.as_ptr())
+        })?;
+        Ok(f)
+    }
+}
+
+impl Drop for Gpu {
+    fn drop(&mut self) {
+        if self.leak {
+            return;
+        }
+        // SAFETY: every handle was created by this struct in this context and is released once;
+        // no work is in flight (each step waits for its launch).
+        unsafe {
+            sys::cuCtxSetCurrent(self.ctx);
+            for &p in &self.device_allocs {
+                sys::cuMemFree_v2(p);
+            }
+            for &p in &self.host_allocs {
+                sys::cuMemFreeHost(p);
+            }
+            for &e in &self.events {
+                sys::cuEventDestroy_v2(e);
+            }
+            for &s in &self.streams {
+                sys::cuStreamDestroy_v2(s);
+            }
+            for &m in &self.modules {
+                sys::cuModuleUnload(m);
+            }
+            sys::cuDevicePrimaryCtxRelease_v2(self.device);
+        }
+    }
+}
+
+/// Polls `event` until it completes (`Ok(true)`), `timeout` passes (`Ok(false)`) or the device
+/// reports an error: spinning first, then yielding, then sleeping, so a fast launch is seen
+/// at once and a slow one does not burn a core.
+fn wait_event(event: sys::CUevent, timeout: Duration) -> Result<bool, sys::CUresult> {
+    let start = Instant::now();
+    loop {
+        // SAFETY: a live event.
+        match unsafe { sys::cuEventQuery(event) } {
+            sys::CUresult::CUDA_SUCCESS => return Ok(true),
+            sys::CUresult::CUDA_ERROR_NOT_READY => {}
+            e => return Err(e),
+        }
+        let waited = start.elapsed();
+        if waited >= timeout {
+            return Ok(false);
+        }
+        if waited < Duration::from_millis(2) {
+            std::hint::spin_loop();
+        } else if waited < Duration::from_millis(50) {
+            std::thread::yield_now();
+        } else {
+            std::thread::sleep(Duration::from_micros(500));
+        }
+    }
+}
+
+/// The counters and how to read them.
+struct Counters {
+    dev: sys::CUdeviceptr,
+    /// Pinned host memory: the counters themselves (host-mapped) or the watchdog's snapshot.
+    host: *mut u32,
+    memory: CounterMemory,
+    /// The second stream and event the watchdog copies device counters with.
+    diag: Option<(sys::CUstream, sys::CUevent)>,
+    names: Vec<String>,
+    resets: Vec<CounterReset>,
+    /// Signal instructions per counter in one launch (the schedule's, for every reset kind).
+    signals: Vec<u32>,
+}
+
+/// Runs a verified schedule's megakernel, one launch per token.
+pub struct GpuBackend {
+    gpu: Gpu,
+    function: sys::CUfunction,
+    stream: sys::CUstream,
+    done: sys::CUevent,
+    plan: CodePlan,
+    verified: VerifiedSchedule,
+    fit: KernelFit,
+    options: GpuOptions,
+    /// Device addresses of the first five kernel parameters: the buffer address table,
+    /// program, worker_start, tasks, per_launch (counters and epoch follow at launch).
+    tables: [sys::CUdeviceptr; 5],
+    counters: Counters,
+    io_dev: sys::CUdeviceptr,
+    /// Pinned {token, position}: written before a launch, read back after it.
+    io_host: *mut u32,
+    logits_dev: Option<(sys::CUdeviceptr, usize)>,
+    logits_host: *mut f32,
+    logits: Vec<f32>,
+    has_logits: bool,
+    launches: u64,
+    max_positions: usize,
+    vocab_size: usize,
+    /// Why the backend refuses work, after a hang or fault.
+    wedged: Option<String>,
+}
+
+// SAFETY: the raw handles belong to this backend alone; the driver API is thread-safe and every
+// entry point makes the context current on the calling thread first.
+unsafe impl Send for GpuBackend {}
+
+impl GpuBackend {
+    /// Generates, compiles and loads the megakernel for `verified` on this machine's GPU,
+    /// checks it is co-resident (re-verifying with the real occupancy), and uploads weights.
+    pub fn new(
+        model: &amk_ir::Model,
+        verified: &VerifiedSchedule,
+        options: GpuOptions,
+    ) -> Result<GpuBackend, GpuError> {
+        let schedule = verified.schedule();
+        let certificate = verified.certificate();
+        if !certificate.matches(schedule) {
+            return Err(GpuError::CertificateMismatch {
+                certificate: certificate.schedule_hash.clone(),
+                schedule: amk_verify::schedule_hash(schedule),
+            });
+        }
+        let count = driver::init()?;
+        if options.device >= count {
+            return Err(GpuError::Unavailable(format!(
+                "device {} requested, the driver reports {count} device(s)",
+                options.device
+            )));
+        }
+        guarded("setting up the GPU backend", || Self::build(model, verified, options))
+    }
+
+    fn build(
+        model: &amk_ir::Model,
+        verified: &VerifiedSchedule,
+        options: GpuOptions,
+    ) -> Result<GpuBackend, GpuError> {
+        let schedule = verified.schedule();
+        let mut gpu = Gpu::open(options.device)?;
+        let info = DeviceInfo::query(gpu.device)?;
+        let arch = info.arch();
+
+        let plan =
+            codegen_bridge::generate(verified, options.weight_dtype, options.block_threads, &arch)?;
+        check_plan(&plan, schedule, options.weight_dtype)?;
+        let compiled = nvrtc::compile(&plan.source, &arch)?;
+        let function = gpu.load_module(&compiled.cubin, &plan.kernel)?;
+        let fit = fit_kernel(function, &info, &plan, &compiled, schedule.workers.len())?;
+        let verified = amk_verify::verify(
+            schedule,
+            &LaunchFacts { sm_count: fit.sm_count, blocks_per_sm: fit.blocks_per_sm },
+        )
+        .map_err(|r| GpuError::Rejected { fit: fit.clone(), rejection: r.to_string() })?;
+        tracing::info!("gpu: {fit}");
+
+        let stream = gpu.stream()?;
+        let done = gpu.event()?;
+
+        // Buffers: weights uploaded once, everything else zeroed.
+        let mut addresses = Vec::with_capacity(schedule.buffers.len());
+        for (i, b) in schedule.buffers.iter().enumerate() {
+            let p = gpu.alloc_zeroed(plan.buffer_bytes[i])?;
+            if b.kind == BufferKind::Weight {
+                upload_weight(&gpu, p, model, &b.name, b.bytes / ELEM, plan.weight_dtype)?;
+            }
+            addresses.push(p);
+        }
+        let find = |kind: BufferKind, name: &str| {
+            schedule.buffers.iter().position(|b| b.kind == kind && b.name == name)
+        };
+        let io = find(BufferKind::Io, "io")
+            .ok_or_else(|| GpuError::Layout("the schedule has no Io buffer named `io`".into()))?;
+        if plan.buffer_bytes[io] < 8 {
+            return Err(GpuError::Layout(
+                "the `io` buffer is smaller than {token, position}".into(),
+            ));
+        }
+        let (io_host, _) = gpu.host_alloc(8, false)?;
+        let logits_dev = match find(BufferKind::Logits, "logits") {
+            Some(i) if options.read_logits => {
+                Some((addresses[i], (plan.buffer_bytes[i] / 4) as usize))
+            }
+            _ => None,
+        };
+        let (logits_host, _) = gpu.host_alloc(logits_dev.map_or(0, |(_, n)| n * 4), false)?;
+
+        let tables = [
+            gpu.upload(&addresses)?,
+            gpu.upload(&plan.program)?,
+            gpu.upload(&plan.worker_start)?,
+            gpu.upload(&plan.tasks)?,
+            gpu.upload(&plan.per_launch)?,
+        ];
+
+        // Counters, zeroed once: epoch offsets keep launches apart.
+        let n = schedule.counters.len();
+        let (dev, host, diag) = match options.counters {
+            CounterMemory::HostMapped => {
+                if !info.can_map_host_memory {
+                    return Err(GpuError::Unavailable(format!(
+                        "{} cannot map host memory; use CounterMemory::Device",
+                        info.name
+                    )));
+                }
+                let (host, dev) = gpu.host_alloc(n * 4, true)?;
+                (dev, host, None)
+            }
+            CounterMemory::Device => {
+                let dev = gpu.alloc_zeroed(n as u64 * 4)?;
+                let (host, _) = gpu.host_alloc(n * 4, false)?;
+                (dev, host, Some((gpu.stream()?, gpu.event()?)))
+            }
+        };
+        let counters = Counters {
+            dev,
+            host: host as *mut u32,
+            memory: options.counters,
+            diag,
+            names: schedule.counters.iter().map(|c| c.name.clone()).collect(),
+            resets: schedule.counters.iter().map(|c| c.reset).collect(),
+            signals: schedule
+                .signal_counts()
+                .into_iter()
+                .map(|n| u32::try_from(n).unwrap_or(u32::MAX))
+                .collect(),
+        };
+
+        let io_dev = addresses[io];
+        // The caches bound the positions as much as the model does.
+        let cache_positions = schedule
+            .tasks
+            .iter()
+            .filter_map(|t| match t.op {
+                TaskOp::Attention { max_positions, .. } => Some(max_positions as usize),
+                _ => None,
+            })
+            .min()
+            .unwrap_or(usize::MAX);
+        let logits_len = logits_dev.map_or(0, |(_, n)| n);
+        Ok(GpuBackend {
+            gpu,
+            function,
+            stream,
+            done,
+            plan,
+            verified,
+            fit,
+            options,
+            tables,
+            counters,
+            io_dev,
+            io_host: io_host as *mut u32,
+            logits_dev,
+            logits_host: logits_host as *mut f32,
+            logits: vec![0.0; logits_len],
+            has_logits: false,
+            launches: 0,
+            max_positions: model.config.max_position_embeddings.min(cache_positions),
+            vocab_size: model.config.vocab_size,
+            wedged: None,
+        })
+    }
+
+    /// Launches issued by this backend so far (the next launch's epoch).
+    pub fn launch_count(&self) -> u64 {
+        self.launches
+    }
+
+    /// How the kernel fits the device (registers, shared memory, blocks per SM, SMs, workers).
+    pub fn fit(&self) -> &KernelFit {
+        &self.fit
+    }
+
+    /// The schedule as re-verified with this device's launch facts.
+    pub fn verified(&self) -> &VerifiedSchedule {
+        &self.verified
+    }
+
+    /// The generated CUDA source the kernel was compiled from.
+    pub fn source(&self) -> &str {
+        &self.plan.source
+    }
+
+    /// Runs one decode step: writes io {token, position}, launches the kernel once, waits for
+    /// it under the watchdog and returns the token it wrote back.
+    pub fn launch(&mut self, token: u32, position: u32) -> Result<u32, GpuError> {
+        if let Some(why) = &self.wedged {
+            return Err(GpuError::Wedged(why.clone()));
+        }
+        guarded("launching the megakernel", || self.launch_inner(token, position))
+    }
+
+    fn launch_inner(&mut self, token: u32, position: u32) -> Result<u32, GpuError> {
+        self.gpu.bind()?;
+        self.has_logits = false;
+        let launch = self.launches;
+        let epoch = launch as u32;
+        let stream = self.stream;
+        self.zero_reset_counters()?;
+        // SAFETY: `io_host` is pinned memory of 8 bytes; no copy is in flight.
+        unsafe {
+            self.io_host.write(token);
+            self.io_host.add(1).write(position);
+        }
+        // SAFETY: pinned source of 8 bytes; the io buffer holds at least 8.
+        check("cuMemcpyHtoDAsync (io)", unsafe {
+            sys::cuMemcpyHtoDAsync_v2(self.io_dev, self.io_host as *const c_void, 8, stream)
+        })?;
+        let mut args: [sys::CUdeviceptr; 6] = [
+            self.tables[0],
+            self.tables[1],
+            self.tables[2],
+            self.tables[3],
+            self.tables[4],
+            self.counters.dev,
+        ];
+        let mut epoch_arg: c_uint = epoch;
+        let mut params: [*mut c_void; 7] = [
+            &mut args[0] as *mut _ as *mut c_void,
+            &mut args[1] as *mut _ as *mut c_void,
+            &mut args[2] as *mut _ as *mut c_void,
+            &mut args[3] as *mut _ as *mut c_void,
+            &mut args[4] as *mut _ as *mut c_void,
+            &mut args[5] as *mut _ as *mut c_void,
+            &mut epoch_arg as *mut _ as *mut c_void,
+        ];
+        let (g, b) = (self.plan.grid, self.plan.block);
+        // SAFETY: the parameters match kernels/abi.cuh (six device addresses, then a u32) and
+        // point to locals alive for the call; every address is a live allocation.
+        check("cuLaunchKernel", unsafe {
+            sys::cuLaunchKernel(
+                self.function,
+                g.0,
+                g.1,
+                g.2,
+                b.0,
+                b.1,
+                b.2,
+                self.plan.dynamic_smem_bytes,
+                stream,
+                params.as_mut_ptr(),
+                std::ptr::null_mut(),
+            )
+        })?;
+        self.launches += 1;
+        // SAFETY: pinned destinations of the sizes copied; the sources are live allocations.
+        unsafe {
+            check(
+                "cuMemcpyDtoHAsync (io)",
+                sys::cuMemcpyDtoHAsync_v2(self.io_host as *mut c_void, self.io_dev, 8, stream),
+            )?;
+            if let Some((dev, n)) = self.logits_dev {
+                check(
+                    "cuMemcpyDtoHAsync (logits)",
+                    sys::cuMemcpyDtoHAsync_v2(self.logits_host as *mut c_void, dev, n * 4, stream),
+                )?;
+            }
+            check("cuEventRecord", sys::cuEventRecord(self.done, stream))?;
+        }
+        match wait_event(self.done, self.options.watchdog) {
+            Ok(true) => {}
+            Ok(false) => {
+                self.wedge(format!("launch {launch} hung"));
+                return Err(GpuError::Hang {
+                    launch,
+                    epoch,
+                    watchdog: self.options.watchdog,
+                    counters: self.read_counters(epoch),
+                });
+            }
+            Err(code) => {
+                self.wedge(format!("launch {launch} failed: {}", code_name(code)));
+                return Err(GpuError::Fault {
+                    launch,
+                    epoch,
+                    call: "cuEventQuery",
+                    code: code_name(code),
+                    counters: self.read_counters(epoch),
+                });
+            }
+        }
+        // SAFETY: the copies completed; the pinned buffers hold what was copied.
+        let next = unsafe { self.io_host.read() };
+        if let Some((_, n)) = self.logits_dev {
+            // SAFETY: `logits_host` holds `n` floats, copied back by this launch.
+            let src = unsafe { std::slice::from_raw_parts(self.logits_host, n) };
+            self.logits.copy_from_slice(src);
+            self.has_logits = true;
+        }
+        if next as usize >= self.vocab_size {
+            return Err(GpuError::BadToken { token: next, vocab_size: self.vocab_size });
+        }
+        Ok(next)
+    }
+
+    /// Marks the backend unusable and keeps its memory alive (a launch may still use it).
+    fn wedge(&mut self, why: String) {
+        self.gpu.leak = true;
+        self.wedged = Some(why);
+    }
+
+    /// Zeroes the counters the schedule wants reset before each launch.
+    fn zero_reset_counters(&mut self) -> Result<(), GpuError> {
+        let c = &self.counters;
+        let mut i = 0;
+        while i < c.resets.len() {
+            if c.resets[i] != CounterReset::Zeroed {
+                i += 1;
+                continue;
+            }
+            let start = i;
+            while i < c.resets.len() && c.resets[i] == CounterReset::Zeroed {
+                i += 1;
+            }
+            match c.memory {
+                CounterMemory::HostMapped => {
+                    // SAFETY: host-mapped pinned memory of `resets.len()` counters; no launch
+                    // is running.
+                    unsafe { std::ptr::write_bytes(c.host.add(start), 0, i - start) };
+                }
+                CounterMemory::Device => {
+                    // SAFETY: the counters allocation holds `resets.len()` u32s.
+                    check("cuMemsetD32Async (counters)", unsafe {
+                        sys::cuMemsetD32Async(c.dev + start as u64 * 4, 0, i - start, self.stream)
+                    })?;
+                }
+            }
+        }
+        std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
+        Ok(())
+    }
+
+    /// Every counter's value as the failed launch left it, relative to `epoch`.
+    fn read_counters(&self, epoch: u32) -> Option<Vec<CounterState>> {
+        let c = &self.counters;
+        let n = c.names.len();
+        if let (CounterMemory::Device, Some((stream, event))) = (c.memory, c.diag) {
+            // A copy on a second non-blocking stream runs beside the spinning kernel.
+            // SAFETY: pinned destination of `n` u32s; the counters allocation holds as many.
+            let queued = unsafe {
+                sys::cuMemcpyDtoHAsync_v2(c.host as *mut c_void, c.dev, n * 4, stream)
+                    == sys::CUresult::CUDA_SUCCESS
+                    && sys::cuEventRecord(event, stream) == sys::CUresult::CUDA_SUCCESS
+            };
+            if !queued || wait_event(event, Duration::from_secs(2)) != Ok(true) {
+                return None;
+            }
+        }
+        let states = (0..n)
+            .map(|i| {
+                // SAFETY: `host` holds `n` u32s; the device may still write them (volatile).
+                let value = unsafe { c.host.add(i).read_volatile() };
+                let per_launch = c.signals.get(i).copied().unwrap_or(0);
+                // The value the counter had when this launch began.
+                let base = match c.resets[i] {
+                    CounterReset::Zeroed => 0,
+                    CounterReset::Epoch { signals_per_launch } => {
+                        epoch.wrapping_mul(signals_per_launch)
+                    }
+                    CounterReset::Never => epoch.wrapping_mul(per_launch),
+                };
+                CounterState {
+                    name: c.names[i].clone(),
+                    value,
+                    relative: i64::from(value.wrapping_sub(base) as i32),
+                    per_launch,
+                }
+            })
+            .collect();
+        Some(states)
+    }
+}
+
+/// Checks the generated launch against the schedule before anything is allocated.
+fn check_plan(plan: &CodePlan, s: &Schedule, dtype: WeightDType) -> Result<(), GpuError> {
+    let hash = amk_verify::schedule_hash(s);
+    let problems = [
+        (plan.schedule_hash != hash)
+            .then(|| format!("code was generated for schedule {}, not {hash}", plan.schedule_hash)),
+        (plan.weight_dtype != dtype)
+            .then(|| format!("weights are {:?}, {:?} was asked for", plan.weight_dtype, dtype)),
+        (plan.buffer_bytes.len() != s.buffers.len()).then(|| {
+            format!("{} buffer sizes for {} buffers", plan.buffer_bytes.len(), s.buffers.len())
+        }),
+        (plan.per_launch.len() != s.counters.len()).then(|| {
+            format!("{} per-launch counts for {} counters", plan.per_launch.len(), s.counters.len())
+        }),
+        (plan.worker_start.len() != s.workers.len() + 1).then(|| {
+            format!("{} worker offsets for {} workers", plan.worker_start.len(), s.workers.len())
+        }),
+        (u64::from(plan.grid.0) * u64::from(plan.grid.1) * u64::from(plan.grid.2)
+            != s.workers.len() as u64)
+            .then(|| format!("grid {:?} for {} workers", plan.grid, s.workers.len())),
+    ];
+    let mut problems: Vec<String> = problems.into_iter().flatten().collect();
+    for (b, &device_bytes) in s.buffers.iter().zip(&plan.buffer_bytes) {
+        let needed = match b.kind {
+            BufferKind::Weight => b.bytes / ELEM * plan.weight_dtype.bytes(),
+            _ => b.bytes,
+        };
+        let ok = match b.kind {
+            BufferKind::Weight => device_bytes == needed && b.bytes % ELEM == 0,
+            _ => device_bytes >= needed,
+        };
+        if !ok {
+            problems.push(format!(
+                "buffer `{}` ({:?}, {} B in the schedule) gets {device_bytes} B on the device, \
+                 {needed} B needed",
+                b.name, b.kind, b.bytes
+            ));
+        }
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(GpuError::Layout(problems.join("; ")))
+    }
+}
+
+/// Reads the loaded kernel's resources and asks the occupancy API how many blocks fit per SM;
+/// refuses a kernel whose workers cannot all be resident at once.
+fn fit_kernel(
+    f: sys::CUfunction,
+    info: &DeviceInfo,
+    plan: &CodePlan,
+    compiled: &nvrtc::Compiled,
+    workers: usize,
+) -> Result<KernelFit, GpuError> {
+    use sys::CUfunction_attribute as A;
+    let attr = |a: A| -> Result<u32, GpuError> {
+        let mut v: c_int = 0;
+        // SAFETY: valid out-pointer and function.
+        check("cuFuncGetAttribute", unsafe { sys::cuFuncGetAttribute(&mut v, a, f) })?;
+        Ok(v.max(0) as u32)
+    };
+    let (b, dynamic) = (plan.block, plan.dynamic_smem_bytes);
+    let usage = compiled.usage(&plan.kernel).unwrap_or_default();
+    let mut fit = KernelFit {
+        device: info.name.clone(),
+        arch: info.arch(),
+        registers: attr(A::CU_FUNC_ATTRIBUTE_NUM_REGS)?,
+        static_smem_bytes: attr(A::CU_FUNC_ATTRIBUTE_SHARED_SIZE_BYTES)?,
+        dynamic_smem_bytes: dynamic,
+        local_bytes: attr(A::CU_FUNC_ATTRIBUTE_LOCAL_SIZE_BYTES)?,
+        spill_stores: usage.spill_stores,
+        spill_loads: usage.spill_loads,
+        block_threads: b.0.saturating_mul(b.1).saturating_mul(b.2),
+        blocks_per_sm: 0,
+        sm_count: info.sm_count,
+        workers,
+    };
+    let refuse =
+        |reason: String, fit: &KernelFit| GpuError::NotCoResident { reason, fit: fit.clone() };
+    let max_threads = attr(A::CU_FUNC_ATTRIBUTE_MAX_THREADS_PER_BLOCK)?;
+    if fit.block_threads == 0 || fit.block_threads > max_threads {
+        return Err(refuse(
+            format!(
+                "{} threads per block, the kernel allows at most {max_threads}",
+                fit.block_threads
+            ),
+            &fit,
+        ));
+    }
+    if dynamic > 48 * 1024 {
+        let available = info.max_smem_optin.saturating_sub(fit.static_smem_bytes);
+        if dynamic > available {
+            return Err(refuse(
+                format!("{dynamic} B of dynamic shared memory, the device allows {available} B"),
+                &fit,
+            ));
+        }
+        // SAFETY: valid function; the value is within the device's opt-in limit.
+        check("cuFuncSetAttribute (MAX_DYNAMIC_SHARED_SIZE_BYTES)", unsafe {
+            sys::cuFuncSetAttribute(
+                f,
+                A::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                dynamic as c_int,
+            )
+        })?;
+    }
+    let mut blocks: c_int = 0;
+    // SAFETY: valid out-pointer and function.
+    check("cuOccupancyMaxActiveBlocksPerMultiprocessor", unsafe {
+        sys::cuOccupancyMaxActiveBlocksPerMultiprocessor(
+            &mut blocks,
+            f,
+            fit.block_threads as c_int,
+            dynamic as usize,
+        )
+    })?;
+    fit.blocks_per_sm = blocks.max(0) as u32;
+    let capacity = u64::from(fit.blocks_per_sm) * u64::from(fit.sm_count);
+    if fit.blocks_per_sm == 0 || workers as u64 > capacity {
+        return Err(refuse(
+            format!("{workers} workers need to be resident at once, the device holds {capacity}"),
+            &fit,
+        ));
+    }
+    Ok(fit)
+}
+
+/// Loads weight `name` (`elements` f32 values) from the checkpoint and copies it to `dst` as
+/// `dtype`.
+fn upload_weight(
+    gpu: &Gpu,
+    dst: sys::CUdeviceptr,
+    model: &amk_ir::Model,
+    name: &str,
+    elements: u64,
+    dtype: WeightDType,
+) -> Result<(), GpuError> {
+    let err = |message: String| GpuError::Weight { name: name.to_owned(), message };
+    let spec =
+        model.graph.weights.iter().find(|w| w.name == name).ok_or_else(|| {
+            err("the schedule names a weight the model's graph does not read".into())
+        })?;
+    if spec.numel() as u64 != elements {
+        return Err(err(format!(
+            "the schedule's buffer holds {elements} elements, the checkpoint tensor {}",
+            spec.numel()
+        )));
+    }
+    let data = model.checkpoint.load_f32(spec).map_err(|e| err(e.to_string()))?;
+    if data.len() as u64 != elements {
+        return Err(err(format!("loaded {} elements, expected {elements}", data.len())));
+    }
+    match dtype {
+        WeightDType::F32 => gpu.copy_to(dst, &data),
+        WeightDType::BF16 => {
+            let bits: Vec<u16> = data.iter().map(|&x| half::bf16::from_f32(x).to_bits()).collect();
+            gpu.copy_to(dst, &bits)
+        }
+    }
+}
+
+impl Backend for GpuBackend {
+    fn name(&self) -> &'static str {
+        "gpu"
+    }
+
+    fn max_positions(&self) -> usize {
+        self.max_positions
+    }
+
+    fn reset(&mut self) {
+        // Nothing to clear: attention reads only cache rows written for the current sequence.
+        self.has_logits = false;
+    }
+
+    fn step(&mut self, token: u32, position: usize) -> Result<u32, RuntimeError> {
+        if token as usize >= self.vocab_size {
+            return Err(RuntimeError::TokenOutOfRange { token, vocab_size: self.vocab_size });
+        }
+        if position >= self.max_positions {
+            return Err(RuntimeError::Position {
+                position,
+                filled: position,
+                max: self.max_positions,
+            });
+        }
+        Ok(self.launch(token, position as u32)?)
+    }
+
+    fn logits(&self) -> Option<&[f32]> {
+        self.has_logits.then_some(self.logits.as_slice())
+    }
+}

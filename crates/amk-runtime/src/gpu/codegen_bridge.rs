@@ -1,0 +1,62 @@
+//! The one place the GPU backend calls `amk-codegen-cuda`: a verified schedule in, a
+//! [`CodePlan`] (kernel source, launch shape, device tables) out.
+//!
+//! Nothing else in the backend names `amk_codegen_cuda`: a change of its API lands here.
+
+use super::GpuError;
+use amk_codegen_cuda as cg;
+use amk_verify::VerifiedSchedule;
+
+pub use amk_codegen_cuda::WeightDType;
+
+/// Everything the backend needs from code generation.
+#[derive(Debug, Clone)]
+pub(crate) struct CodePlan {
+    /// CUDA C++ source of the whole module.
+    pub source: String,
+    /// The kernel's name in the module.
+    pub kernel: String,
+    pub grid: (u32, u32, u32),
+    pub block: (u32, u32, u32),
+    pub dynamic_smem_bytes: u32,
+    pub weight_dtype: WeightDType,
+    /// sha256 of the schedule the code was generated for.
+    pub schedule_hash: String,
+    pub program: Vec<u32>,
+    pub worker_start: Vec<u32>,
+    pub tasks: Vec<u32>,
+    pub per_launch: Vec<u32>,
+    /// Device bytes of each buffer, by BufferId.
+    pub buffer_bytes: Vec<u64>,
+}
+
+/// Generates the kernel for `verified`, to be compiled for `arch` (the device's `sm_XX`), with
+/// `block_threads` threads per block and weights stored as `weight_dtype`.
+pub(crate) fn generate(
+    verified: &VerifiedSchedule,
+    weight_dtype: WeightDType,
+    block_threads: u32,
+    arch: &str,
+) -> Result<CodePlan, GpuError> {
+    let arch: cg::Arch = arch.parse().map_err(|e| {
+        GpuError::Codegen(format!("this device's architecture is not supported: {e}"))
+    })?;
+    let options = cg::CodegenOptions { weight_dtype, arch, block_threads };
+    let generated =
+        cg::generate(verified, &options).map_err(|e| GpuError::Codegen(e.to_string()))?;
+    let (launch, tables) = (generated.launch, generated.tables);
+    Ok(CodePlan {
+        source: generated.source,
+        kernel: launch.kernel,
+        grid: (launch.grid, 1, 1),
+        block: (launch.block, 1, 1),
+        dynamic_smem_bytes: launch.dynamic_smem_bytes,
+        weight_dtype: launch.weight_dtype,
+        schedule_hash: launch.schedule_hash,
+        program: tables.program,
+        worker_start: tables.worker_start,
+        tasks: tables.tasks,
+        per_launch: tables.per_launch,
+        buffer_bytes: tables.buffer_bytes,
+    })
+}
