@@ -83,11 +83,14 @@ pub enum SynthError {
     Config(#[from] crate::config::ConfigError),
 }
 
-/// SplitMix64: a tiny, well-distributed generator, so seeded weights need no extra crate.
-struct SplitMix(u64);
+/// SplitMix64: a tiny, well-distributed seeded generator (synthetic weights here, seeded
+/// interleavings in the schedule executor), so neither needs an extra crate.
+#[derive(Debug, Clone)]
+pub struct SplitMix(pub u64);
 
 impl SplitMix {
-    fn next(&mut self) -> u64 {
+    /// The next 64 random bits.
+    pub fn next_u64(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
         let mut z = self.0;
         z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
@@ -97,7 +100,7 @@ impl SplitMix {
 
     /// Uniform in [-1, 1).
     fn unit(&mut self) -> f32 {
-        (self.next() >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+        (self.next_u64() >> 40) as f32 / (1u64 << 23) as f32 - 1.0
     }
 }
 

@@ -58,6 +58,23 @@ pub trait Backend {
     fn logits(&self) -> Option<&[f32]>;
 }
 
+/// Checks a step's token and position against the vocabulary and the positions a backend
+/// holds (for backends whose caches are preallocated).
+pub(crate) fn check_step(
+    token: u32,
+    position: usize,
+    vocab_size: usize,
+    max_positions: usize,
+) -> Result<(), RuntimeError> {
+    if token as usize >= vocab_size {
+        return Err(RuntimeError::TokenOutOfRange { token, vocab_size });
+    }
+    if position >= max_positions {
+        return Err(RuntimeError::Position { position, filled: position, max: max_positions });
+    }
+    Ok(())
+}
+
 /// How to generate.
 #[derive(Debug, Clone)]
 pub struct GenerateOptions {

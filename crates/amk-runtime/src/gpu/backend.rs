@@ -909,16 +909,7 @@ impl Backend for GpuBackend {
     }
 
     fn step(&mut self, token: u32, position: usize) -> Result<u32, RuntimeError> {
-        if token as usize >= self.vocab_size {
-            return Err(RuntimeError::TokenOutOfRange { token, vocab_size: self.vocab_size });
-        }
-        if position >= self.max_positions {
-            return Err(RuntimeError::Position {
-                position,
-                filled: position,
-                max: self.max_positions,
-            });
-        }
+        crate::check_step(token, position, self.vocab_size, self.max_positions)?;
         Ok(self.launch(token, position as u32)?)
     }
 
