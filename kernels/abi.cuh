@@ -35,6 +35,7 @@
 #define AMK_TASK_ATTENTION 5u
 #define AMK_TASK_HEAD_ARGMAX 6u
 #define AMK_TASK_ARGMAX_REDUCE 7u
+#define AMK_TASK_RMSNORM 8u
 
 // A projection input (5 words at IN): kind (0 vector, 1 rms-normed), buffer, len, norm weight
 // buffer (or AMK_NONE), eps as f32 bits.
@@ -60,5 +61,6 @@
 // HEAD_ARGMAX:   1..5 input, 6 weight, 7 first_row, 8 rows, 9 cols, 10 logits, 11 partials,
 //                12 slot
 // ARGMAX_REDUCE: 1 partials, 2 count, 3 io
+// RMSNORM:       1..5 input (always the rms-normed kind), 6 out
 // Caches are laid out [num_kv_heads, max_positions, head_dim]; io is {token, position};
 // an argmax partial is {f32 value, u32 index}.

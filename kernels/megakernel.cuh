@@ -358,6 +358,13 @@ __device__ void amk_argmax_reduce(const u32* d, const u64* buffers, float* scrat
     }
 }
 
+// RMSNorm as a task of its own (unfused schedules): out = rms_norm(input) * weight.
+__device__ void amk_rms_norm(const u32* d, const u64* buffers, float* x, float* scratch) {
+    amk_load_input(d, buffers, x, scratch);
+    float* out = reinterpret_cast<float*>(buffers[d[6]]);
+    for (u32 i = threadIdx.x; i < d[3]; i += AMK_BLOCK_THREADS) out[i] = x[i];
+}
+
 __device__ void amk_embed(const u32* d, const u64* buffers) {
     const amk_w* table = reinterpret_cast<const amk_w*>(buffers[d[1]]);
     const u32 hidden = d[2];
@@ -428,6 +435,7 @@ amk_megakernel(const u64* __restrict__ buffers, const u32* __restrict__ program,
                 case AMK_TASK_ARGMAX_REDUCE: amk_argmax_reduce(d, buffers, scratch); break;
                 case AMK_TASK_EMBED: amk_embed(d, buffers); break;
                 case AMK_TASK_COPY: amk_copy(d, buffers); break;
+                case AMK_TASK_RMSNORM: amk_rms_norm(d, buffers, smem, scratch); break;
                 default: break;
             }
             __syncthreads();  // shared memory is reused by the next task

@@ -35,6 +35,8 @@ pub const TASK_ATTENTION: u32 = 5;
 pub const TASK_HEAD_ARGMAX: u32 = 6;
 /// Task kind of [`amk_schedule::TaskOp::ArgmaxReduce`].
 pub const TASK_ARGMAX_REDUCE: u32 = 7;
+/// Task kind of [`amk_schedule::TaskOp::RmsNorm`].
+pub const TASK_RMSNORM: u32 = 8;
 
 /// Projection input kind: the vector as it is.
 pub const IN_VECTOR: u32 = 0;
@@ -69,6 +71,7 @@ pub const MIRRORED: &[(&str, u64)] = &[
     ("AMK_TASK_ATTENTION", TASK_ATTENTION as u64),
     ("AMK_TASK_HEAD_ARGMAX", TASK_HEAD_ARGMAX as u64),
     ("AMK_TASK_ARGMAX_REDUCE", TASK_ARGMAX_REDUCE as u64),
+    ("AMK_TASK_RMSNORM", TASK_RMSNORM as u64),
     ("AMK_IN_VECTOR", IN_VECTOR as u64),
     ("AMK_IN_RMSNORM", IN_RMSNORM as u64),
     ("AMK_OUT_STORE", OUT_STORE as u64),
@@ -220,6 +223,12 @@ pub mod word {
         pub const COUNT: usize = 2;
         /// io buffer.
         pub const IO: usize = 3;
+    }
+
+    /// `RMSNORM` words (input at 1..=5, always the rms-normed kind).
+    pub mod rms_norm {
+        /// Output buffer.
+        pub const OUT: usize = 6;
     }
 }
 

@@ -515,6 +515,12 @@ impl TaskCtx<'_> {
                 let words = u128::from(count) * u128::from(abi_partial_words());
                 self.fit("count", "count * 2 words of argmax partials", words)?;
             }
+            TaskOp::RmsNorm { input, len, weight, eps, out } => {
+                w[word::KIND] = abi::TASK_RMSNORM;
+                let normed = ProjInput::RmsNormed { buffer: input, len, weight, eps };
+                self.input(&normed, len, &mut w, stats)?;
+                w[word::rms_norm::OUT] = self.buf("out", out)?;
+            }
         }
         Ok(w)
     }
@@ -639,6 +645,13 @@ fn field_of(op: &TaskOp, buffer: BufferId, access: Access) -> &'static str {
                 vec![(partials, "partials"), (io, "io")]
             } else {
                 vec![(io, "io")]
+            }
+        }
+        TaskOp::RmsNorm { input, weight, out, .. } => {
+            if read {
+                vec![(input, "input"), (weight, "weight")]
+            } else {
+                vec![(out, "out")]
             }
         }
     };

@@ -145,3 +145,24 @@ fn options_parse_and_print() {
     assert!("int8".parse::<WeightDType>().is_err());
     assert_eq!(CodegenOptions::default().block_threads, 512);
 }
+
+#[test]
+fn unfused_norms_decode_to_rms_norm_tasks() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    amk_ir::synth::write_checkpoint(&SynthSpec::tiny(), dir.path()).expect("checkpoint");
+    let model = amk_ir::Model::open(dir.path(), &mut |_| {}).expect("model");
+    let knobs = amk_schedule::ScheduleConfig {
+        workers: 5,
+        fuse_norm: false,
+        task_order: amk_schedule::config::TaskOrder::LargestFirst,
+        ..Default::default()
+    };
+    let v = common::verified(&amk_schedule::lower(&model.graph, &knobs).expect("lower"));
+    let g = generate(&v, &CodegenOptions::default()).expect("generates");
+    // Two norms per layer plus the final one.
+    let norms = g.tables.tasks.chunks(32).filter(|d| d[0] == 8).count();
+    assert_eq!(norms, 2 * 2 + 1);
+    for dtype in [WeightDType::BF16, WeightDType::F32] {
+        check_tables(&v, dtype);
+    }
+}

@@ -10,6 +10,7 @@
 
 use crate::kernels::{self, AttentionShape};
 use crate::{Backend, RuntimeError};
+use amk_ir::synth::SplitMix;
 use amk_schedule::ops::{ProjInput, ProjOutput, TaskOp, ELEM};
 use amk_schedule::schedule::{BufferId, BufferKind, CounterReset, Instr, Region, Schedule, TaskId};
 use std::sync::Arc;
@@ -67,19 +68,6 @@ impl std::fmt::Display for StuckWorker {
 impl From<ExecError> for RuntimeError {
     fn from(e: ExecError) -> Self {
         RuntimeError::Schedule(e.to_string())
-    }
-}
-
-/// SplitMix64, for seeded interleavings.
-struct SplitMix(u64);
-
-impl SplitMix {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
     }
 }
 
@@ -288,7 +276,7 @@ impl ScheduleExecutor {
             let w = match policy {
                 Policy::LowestFirst => ready[0],
                 Policy::HighestFirst => ready[ready.len() - 1],
-                Policy::Random(_) => ready[(rng.next() % ready.len() as u64) as usize],
+                Policy::Random(_) => ready[(rng.next_u64() % ready.len() as u64) as usize],
             };
             match s.workers[w].instrs[pc[w]] {
                 Instr::Run(task) => self.run_task(&s, task)?,
@@ -557,6 +545,10 @@ impl TaskCtx<'_> {
                 let (_, pos) = self.io(io)?;
                 self.write(io, 0, &[f32::from_bits(token), f32::from_bits(pos as u32 + 1)])
             }
+            TaskOp::RmsNorm { input, len, weight, eps, out } => {
+                let y = self.input(&ProjInput::RmsNormed { buffer: input, len, weight, eps })?;
+                self.write(out, 0, &y)
+            }
         }
     }
 }
@@ -575,16 +567,7 @@ impl Backend for ScheduleExecutor {
     }
 
     fn step(&mut self, token: u32, position: usize) -> Result<u32, RuntimeError> {
-        if token as usize >= self.vocab_size {
-            return Err(RuntimeError::TokenOutOfRange { token, vocab_size: self.vocab_size });
-        }
-        if position >= self.max_positions {
-            return Err(RuntimeError::Position {
-                position,
-                filled: position,
-                max: self.max_positions,
-            });
-        }
+        crate::check_step(token, position, self.vocab_size, self.max_positions)?;
         let io = self.io.index();
         self.mem[io][0] = f32::from_bits(token);
         self.mem[io][1] = f32::from_bits(position as u32);

@@ -14,6 +14,16 @@ pub enum Assignment {
     BalancedBytes,
 }
 
+/// The order in which each phase's tasks are placed on workers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TaskOrder {
+    /// As lowered (heads, then row tiles in order).
+    AsLowered,
+    /// Largest weight tile first (longest-processing-time placement): balances a phase that
+    /// has more tasks than workers.
+    LargestFirst,
+}
+
 /// Tiling, placement and launch knobs.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
@@ -34,6 +44,11 @@ pub struct ScheduleConfig {
     pub head_rows: u32,
     /// How tasks are spread over workers.
     pub assignment: Assignment,
+    /// The order each phase's tasks are placed in.
+    pub task_order: TaskOrder,
+    /// Fuse RMSNorm into every projection that reads the residual stream (each task
+    /// recomputes it: no sync point), or run it as a task of its own with a phase after it.
+    pub fuse_norm: bool,
     /// Positions the key/value caches hold; 0 means the model's max_position_embeddings.
     pub max_positions: u32,
     /// How many upcoming tasks' weight tiles a worker may prefetch before waiting on their
@@ -55,6 +70,8 @@ impl Default for ScheduleConfig {
             down_rows: 16,
             head_rows: 384,
             assignment: Assignment::BalancedBytes,
+            task_order: TaskOrder::AsLowered,
+            fuse_norm: true,
             max_positions: 0,
             prefetch_depth: 1,
         }

@@ -17,7 +17,7 @@
 //! after every task of the phase before. Counters are epoch-offset, so no reset is needed
 //! between launches.
 
-use crate::config::{Assignment, ScheduleConfig};
+use crate::config::{Assignment, ScheduleConfig, TaskOrder};
 use crate::ops::{ProjInput, ProjOutput, RopeSpec, TaskOp, ELEM, IO_BYTES, PARTIAL_BYTES};
 use crate::schedule::{
     BufferId, BufferKind, CounterId, CounterReset, Instr, Schedule, TaskId, Worker,
@@ -129,6 +129,19 @@ pub fn lower(graph: &DecodeGraph, config: &ScheduleConfig) -> Result<Schedule, L
     let partials =
         l.buffer("argmax_partials", BufferKind::Scratch, head_tiles as u64 * PARTIAL_BYTES);
     let cache_bytes = nkv as u64 * max_pos as u64 * hd as u64 * ELEM;
+    // With unfused norms, each norm is one task writing `xn`, which the projections then read.
+    let xn = (!config.fuse_norm).then(|| l.buffer("xn", BufferKind::Activation, h as u64 * ELEM));
+    let norm_input = |l: &mut Lowerer, phase: &str, task: String, weight: BufferId| -> ProjInput {
+        match xn {
+            None => ProjInput::RmsNormed { buffer: resid, len: h, weight, eps },
+            Some(xn) => {
+                l.phase(phase);
+                let op = TaskOp::RmsNorm { input: resid, len: h, weight, eps, out: xn };
+                l.task(task, op, h as u64 * ELEM);
+                ProjInput::Vector { buffer: xn, len: h }
+            }
+        }
+    };
 
     l.phase("embed.done");
     let table = wbuf("model.embed_tokens.weight");
@@ -138,11 +151,15 @@ pub fn lower(graph: &DecodeGraph, config: &ScheduleConfig) -> Result<Schedule, L
         let lw = |s: &str| wbuf(&format!("model.layers.{layer}.{s}"));
         let k_cache = l.buffer(&format!("L{layer}.k_cache"), BufferKind::KvCache, cache_bytes);
         let v_cache = l.buffer(&format!("L{layer}.v_cache"), BufferKind::KvCache, cache_bytes);
-        let normed = |weight| ProjInput::RmsNormed { buffer: resid, len: h, weight, eps };
         let bias = |s: &str| c.attention_bias.then(|| lw(s));
 
+        let attn_in = norm_input(
+            &mut l,
+            &format!("L{layer}.attn_norm.done"),
+            format!("L{layer}.attn_norm"),
+            lw("input_layernorm.weight"),
+        );
         l.phase(&format!("L{layer}.qkv.done"));
-        let attn_in = normed(lw("input_layernorm.weight"));
         let head_bytes = (hd * h) as u64 * ELEM;
         for head in 0..nh {
             let op = TaskOp::Projection {
@@ -214,8 +231,13 @@ pub fn lower(graph: &DecodeGraph, config: &ScheduleConfig) -> Result<Schedule, L
             l.task(format!("L{layer}.o.r{first}"), op, (rows * nh * hd) as u64 * ELEM);
         }
 
+        let mlp_in = norm_input(
+            &mut l,
+            &format!("L{layer}.mlp_norm.done"),
+            format!("L{layer}.mlp_norm"),
+            lw("post_attention_layernorm.weight"),
+        );
         l.phase(&format!("L{layer}.up.done"));
-        let mlp_in = normed(lw("post_attention_layernorm.weight"));
         for (first, rows) in tiles(m, config.mlp_rows) {
             let op = TaskOp::GatedUp {
                 input: mlp_in,
@@ -246,10 +268,10 @@ pub fn lower(graph: &DecodeGraph, config: &ScheduleConfig) -> Result<Schedule, L
         }
     }
 
-    l.phase("head.done");
     let head_w = if c.tie_word_embeddings { "model.embed_tokens.weight" } else { "lm_head.weight" };
     let head_in =
-        ProjInput::RmsNormed { buffer: resid, len: h, weight: wbuf("model.norm.weight"), eps };
+        norm_input(&mut l, "final_norm.done", "final_norm".into(), wbuf("model.norm.weight"));
+    l.phase("head.done");
     for (slot, (first, rows)) in tiles(vocab, config.head_rows).enumerate() {
         let op = TaskOp::HeadArgmax {
             input: head_in,
@@ -282,7 +304,12 @@ fn place(mut l: Lowerer, config: &ScheduleConfig) -> Schedule {
         // Tasks of one phase run in parallel only on distinct workers, so a phase is spread
         // first; bytes are balanced among the workers with the fewest tasks in the phase.
         let mut in_phase = vec![0u32; w];
-        for &(task, bytes) in &phase.tasks {
+        let mut order = phase.tasks.clone();
+        if config.task_order == TaskOrder::LargestFirst {
+            // Stable: equal tiles keep their lowered order.
+            order.sort_by_key(|&(_, bytes)| std::cmp::Reverse(bytes));
+        }
+        for &(task, bytes) in &order {
             let wi = match config.assignment {
                 Assignment::RoundRobin => {
                     next_rr = (next_rr + 1) % w;

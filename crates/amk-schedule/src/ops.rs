@@ -132,6 +132,9 @@ pub enum TaskOp {
     },
     /// Reduces `count` partials to the next token; writes it and position + 1 into `io`.
     ArgmaxReduce { partials: BufferId, count: u32, io: BufferId },
+    /// `out[..len] = rms_norm(input[..len]) * weight`: RMSNorm as a task of its own, for
+    /// schedules that do not fuse it into every projection (`ScheduleConfig::fuse_norm`).
+    RmsNorm { input: BufferId, len: u32, weight: BufferId, eps: f32, out: BufferId },
 }
 
 /// A region of `len` elements from element `first`.
@@ -160,6 +163,7 @@ impl TaskOp {
             TaskOp::Attention { .. } => "attention",
             TaskOp::HeadArgmax { .. } => "head_argmax",
             TaskOp::ArgmaxReduce { .. } => "argmax_reduce",
+            TaskOp::RmsNorm { .. } => "rms_norm",
         }
     }
 
@@ -245,6 +249,11 @@ impl TaskOp {
                 r.push(Region::new(partials, 0, (count as u64).saturating_mul(PARTIAL_BYTES)));
                 r.push(io_region(io));
                 w.push(io_region(io));
+            }
+            TaskOp::RmsNorm { input, len, weight, eps: _, out } => {
+                r.push(elems(input, 0, len));
+                r.push(elems(weight, 0, len));
+                w.push(elems(out, 0, len));
             }
         }
         (r, w)

@@ -194,6 +194,12 @@ pub fn decode_task(d: &[u32]) -> TaskOp {
         7 => {
             (TaskOp::ArgmaxReduce { partials: BufferId(d[1]), count: d[2], io: BufferId(d[3]) }, 4)
         }
+        8 => {
+            let ProjInput::RmsNormed { buffer, len, weight, eps } = input(d) else {
+                panic!("an RMSNORM task's input is always the rms-normed kind: {d:?}")
+            };
+            (TaskOp::RmsNorm { input: buffer, len, weight, eps, out: BufferId(d[6]) }, 7)
+        }
         k => panic!("unknown task kind {k}"),
     };
     assert!(d[used..].iter().all(|&w| w == 0), "unused words are 0: {d:?}");

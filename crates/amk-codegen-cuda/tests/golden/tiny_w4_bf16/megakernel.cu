@@ -48,6 +48,7 @@
 #define AMK_TASK_ATTENTION 5u
 #define AMK_TASK_HEAD_ARGMAX 6u
 #define AMK_TASK_ARGMAX_REDUCE 7u
+#define AMK_TASK_RMSNORM 8u
 
 // A projection input (5 words at IN): kind (0 vector, 1 rms-normed), buffer, len, norm weight
 // buffer (or AMK_NONE), eps as f32 bits.
@@ -73,6 +74,7 @@
 // HEAD_ARGMAX:   1..5 input, 6 weight, 7 first_row, 8 rows, 9 cols, 10 logits, 11 partials,
 //                12 slot
 // ARGMAX_REDUCE: 1 partials, 2 count, 3 io
+// RMSNORM:       1..5 input (always the rms-normed kind), 6 out
 // Caches are laid out [num_kv_heads, max_positions, head_dim]; io is {token, position};
 // an argmax partial is {f32 value, u32 index}.
 
@@ -437,6 +439,13 @@ __device__ void amk_argmax_reduce(const u32* d, const u64* buffers, float* scrat
     }
 }
 
+// RMSNorm as a task of its own (unfused schedules): out = rms_norm(input) * weight.
+__device__ void amk_rms_norm(const u32* d, const u64* buffers, float* x, float* scratch) {
+    amk_load_input(d, buffers, x, scratch);
+    float* out = reinterpret_cast<float*>(buffers[d[6]]);
+    for (u32 i = threadIdx.x; i < d[3]; i += AMK_BLOCK_THREADS) out[i] = x[i];
+}
+
 __device__ void amk_embed(const u32* d, const u64* buffers) {
     const amk_w* table = reinterpret_cast<const amk_w*>(buffers[d[1]]);
     const u32 hidden = d[2];
@@ -507,6 +516,7 @@ amk_megakernel(const u64* __restrict__ buffers, const u32* __restrict__ program,
                 case AMK_TASK_ARGMAX_REDUCE: amk_argmax_reduce(d, buffers, scratch); break;
                 case AMK_TASK_EMBED: amk_embed(d, buffers); break;
                 case AMK_TASK_COPY: amk_copy(d, buffers); break;
+                case AMK_TASK_RMSNORM: amk_rms_norm(d, buffers, smem, scratch); break;
                 default: break;
             }
             __syncthreads();  // shared memory is reused by the next task
