@@ -63,6 +63,13 @@ pub fn read_knobs(path: Option<&Path>) -> Result<ScheduleConfig> {
     }
 }
 
+/// Parses `schedule.ron` text read from `path`; a parse error names the real file (the
+/// parser's messages say `schedule.ron:LINE:COLUMN`).
+pub fn parse_schedule(text: &str, path: &Path) -> Result<Schedule, String> {
+    Schedule::from_ron_str(text)
+        .map_err(|e| e.to_string().replacen("schedule.ron", &path.display().to_string(), 1))
+}
+
 /// The schedule to run: a file, or the lowering of the model with the knobs.
 pub fn schedule_for(model: &Model, args: &GpuArgs) -> Result<(Schedule, LaunchFacts)> {
     let knobs = read_knobs(args.config.as_deref())?;
@@ -71,13 +78,7 @@ pub fn schedule_for(model: &Model, args: &GpuArgs) -> Result<(Schedule, LaunchFa
         Some(path) => {
             let text = std::fs::read_to_string(path)
                 .with_context(|| format!("cannot read {}", path.display()))?;
-            Schedule::from_ron_str(&text).map_err(|e| {
-                anyhow::anyhow!(e.to_string().replacen(
-                    "schedule.ron",
-                    &path.display().to_string(),
-                    1
-                ))
-            })?
+            parse_schedule(&text, path).map_err(anyhow::Error::msg)?
         }
         None => lower(&model.graph, &knobs)?,
     };

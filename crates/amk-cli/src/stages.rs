@@ -5,7 +5,7 @@
 use crate::progress::ImportBar;
 use amk_ir::graph::DecodeGraph;
 use amk_ir::Model;
-use amk_schedule::{lower, Schedule, ScheduleConfig};
+use amk_schedule::lower;
 use amk_verify::{verify, LaunchFacts};
 use anyhow::{Context, Result};
 use clap::Args;
@@ -86,14 +86,7 @@ pub fn run_ir(args: IrArgs) -> Result<()> {
 }
 
 pub fn run_schedule(args: ScheduleArgs) -> Result<()> {
-    let config = match &args.config {
-        Some(path) => {
-            let text = std::fs::read_to_string(path)
-                .with_context(|| format!("cannot read {}", path.display()))?;
-            ScheduleConfig::from_ron(&text).with_context(|| format!("in {}", path.display()))?
-        }
-        None => ScheduleConfig::default(),
-    };
+    let config = crate::gpu::read_knobs(args.config.as_deref())?;
     let graph = load_graph(&args.model)?;
     let schedule = lower(&graph, &config)?;
     write(&args.output, &schedule.to_ron_string())?;
@@ -119,12 +112,9 @@ pub fn run_verify(args: VerifyArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let schedule = match Schedule::from_ron_str(&text) {
+    let schedule = match crate::gpu::parse_schedule(&text, &args.schedule) {
         Ok(s) => s,
-        Err(e) => {
-            // The parser's messages say `schedule.ron:LINE:COLUMN`; name the real file.
-            let msg =
-                e.to_string().replacen("schedule.ron", &args.schedule.display().to_string(), 1);
+        Err(msg) => {
             if args.json {
                 println!("{}", serde_json::json!({ "malformed": msg }));
             }
