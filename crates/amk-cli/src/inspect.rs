@@ -97,12 +97,23 @@ pub fn run_inspect(args: InspectArgs) -> Result<()> {
         c.head_dim,
         c.vocab_size
     );
+    let scaling = match &c.rope.llama3 {
+        Some(s) => format!(
+            " (llama3: factor {}, low/high freq factor {}/{}, original context {})",
+            s.factor, s.low_freq_factor, s.high_freq_factor, s.original_max_position_embeddings
+        ),
+        None => String::new(),
+    };
+    let window = c.sliding_window.map_or("none".to_string(), |w| w.to_string());
     println!(
-        "attention    rope theta {}, rms eps {:e}, context {}, bias {}, tied head {}",
+        "attention    rope theta {}{scaling}, rms eps {:e}, context {}, bias q/k/v {} o {}, \
+         qk-norm {}, sliding window {window}, tied head {}",
         c.rope.theta,
         c.rms_norm_eps,
         c.max_position_embeddings,
-        c.attention_bias,
+        c.qkv_bias,
+        c.o_bias,
+        c.qk_norm,
         c.tie_word_embeddings
     );
     println!("tokens       bos {:?}, eos {:?}", c.bos_token_id, c.eos_token_ids);

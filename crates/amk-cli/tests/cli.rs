@@ -530,23 +530,29 @@ fn unsupported_architecture_names_the_field() {
 }
 
 #[test]
-fn llama3_rope_scaling_is_not_supported_yet() {
+fn llama3_rope_scaling_runs_and_its_parameters_are_named() {
     let m = Synth::tiny();
     m.edit_config(|v| {
         v["rope_parameters"] = json!({"rope_theta": 500000.0, "rope_type": "llama3", "factor": 8.0,
             "low_freq_factor": 1.0, "high_freq_factor": 4.0,
             "original_max_position_embeddings": 8192});
     });
-    let cfg = m.file("config.json");
-    amk(&m.args(&["--prompt", "hi"])).fails_with(&[s(&cfg), "rope_parameters.rope_type", "llama3"]);
+    amk(&m.args(&["--prompt", "hi", "--max-new-tokens", "2"])).ok();
 
-    // The older spelling, rope_scaling, names its own field.
+    // The older spelling, rope_scaling, names its own fields.
     m.edit_config(|v| {
         v.as_object_mut().unwrap().remove("rope_parameters");
         v["rope_theta"] = json!(500000.0);
         v["rope_scaling"] = json!({"rope_type": "llama3", "factor": 8.0});
     });
-    amk(&m.args(&["--prompt", "hi"])).fails_with(&["rope_scaling.rope_type", "llama3"]);
+    let cfg = m.file("config.json");
+    amk(&m.args(&["--prompt", "hi"])).fails_with(&[
+        s(&cfg),
+        "rope_scaling.low_freq_factor",
+        "missing",
+    ]);
+    m.edit_config(|v| v["rope_scaling"] = json!({"rope_type": "yarn", "factor": 4.0}));
+    amk(&m.args(&["--prompt", "hi"])).fails_with(&["rope_scaling.rope_type", "yarn", "llama3"]);
 }
 
 #[test]
@@ -801,7 +807,7 @@ fn inspect_prints_architecture_parameters_bytes_and_graph() {
         format!("parameters   {params} in the checkpoint"),
         format!("F32: {}", params * 4),
         "graph".to_string(),
-        "bias true, tied head false".to_string(),
+        "bias q/k/v true o true, qk-norm false, sliding window none, tied head false".to_string(),
         "tokenizer    259 tokens".to_string(),
         "no template".to_string(),
     ] {
@@ -812,7 +818,8 @@ fn inspect_prints_architecture_parameters_bytes_and_graph() {
     let v: Value = serde_json::from_str(&r.stdout).expect("inspect --json is one JSON value");
     assert_eq!(v["config"]["architecture"], "Llama");
     assert_eq!(v["config"]["hidden_size"], 64);
-    assert_eq!(v["config"]["attention_bias"], true);
+    assert_eq!(v["config"]["qkv_bias"], true);
+    assert_eq!(v["config"]["o_bias"], true);
     assert_eq!(v["parameters"].as_u64(), Some(params as u64));
     assert_eq!(v["graph_parameters"].as_u64(), Some(params as u64), "untied: all read per token");
     assert_eq!(v["bytes_by_dtype"]["F32"].as_u64(), Some(params as u64 * 4));

@@ -351,8 +351,32 @@ impl TaskCtx<'_> {
                 w[OUT] = self.buf("out", out)?;
                 self.positive("hidden", hidden)?;
             }
-            TaskOp::Projection { input, weight, bias, first_row, rows, cols, rope, io, output } => {
+            TaskOp::Projection {
+                input,
+                weight,
+                bias,
+                first_row,
+                rows,
+                cols,
+                head_norm,
+                rope,
+                io,
+                output,
+            } => {
                 use word::projection::*;
+                // Issue 7: the CPU executors run these; the device code does not yet.
+                if head_norm.is_some() {
+                    return Err(self.rule(
+                        "head_norm",
+                        "per-head q/k RMSNorm (Qwen3) is not supported on the GPU yet".into(),
+                    ));
+                }
+                if rope.is_some_and(|r| r.llama3.is_some()) {
+                    return Err(self.rule(
+                        "rope.llama3",
+                        "llama3 rope scaling is not supported on the GPU yet".into(),
+                    ));
+                }
                 w[word::KIND] = abi::TASK_PROJECTION;
                 self.input(&input, cols, &mut w, stats)?;
                 w[WEIGHT] = self.buf("weight", weight)?;
@@ -461,12 +485,19 @@ impl TaskCtx<'_> {
                 kv_head,
                 head_dim,
                 max_positions,
+                window,
                 k_cache,
                 v_cache,
                 io,
                 out,
             } => {
                 use word::attention::*;
+                if window.is_some() {
+                    return Err(self.rule(
+                        "window",
+                        "sliding-window attention (Mistral) is not supported on the GPU yet".into(),
+                    ));
+                }
                 w[word::KIND] = abi::TASK_ATTENTION;
                 w[Q] = self.buf("q", q)?;
                 w[HEAD] = head;

@@ -7,7 +7,7 @@
 //! logits and their argmax. The scheduler tiles these nodes into tasks; the CPU reference
 //! interprets them directly.
 
-use crate::config::ModelConfig;
+use crate::config::{ModelConfig, RopeConfig};
 use crate::tensor::{fmt_shape, DType, WeightSpec};
 use petgraph::graph::{DiGraph, NodeIndex};
 use petgraph::visit::EdgeRef;
@@ -44,14 +44,24 @@ pub enum Op {
     RmsNorm { weight: WeightId, eps: f32 },
     /// `weight @ x (+ bias)`, weight `[out, in]`. Operands: x.
     Linear { weight: WeightId, bias: Option<WeightId> },
-    /// Rotary embedding of each head (Hugging Face's rotate-half layout). Operands: x, position.
-    Rope { num_heads: usize, head_dim: usize, theta: f64 },
+    /// RMSNorm of each head of `x` on its own: `x[h] / sqrt(mean(x[h]^2) + eps) * weight`,
+    /// weight `[head_dim]` (Qwen3's q_norm and k_norm). Operands: x.
+    HeadRmsNorm { num_heads: usize, head_dim: usize, weight: WeightId, eps: f32 },
+    /// Rotary embedding of each head (Hugging Face's rotate-half layout), frequencies from
+    /// [`RopeConfig::inv_freq`]. Operands: x, position.
+    Rope { num_heads: usize, head_dim: usize, rope: RopeConfig },
     /// Writes the row at `position` of a cache; yields the updated cache.
     /// Operands: cache, new row, position.
     KvAppend { layer: usize, kind: KvKind },
-    /// Grouped-query causal attention of one query over cache rows `0..=position`, softmax
-    /// scaled by `1/sqrt(head_dim)`. Operands: q, key cache, value cache, position.
-    Attention { num_heads: usize, num_kv_heads: usize, head_dim: usize },
+    /// Grouped-query causal attention of one query over cache rows `0..=position`, or with a
+    /// sliding window `W` over rows `max(0, position + 1 - W)..=position`, softmax scaled by
+    /// `1/sqrt(head_dim)`. Operands: q, key cache, value cache, position.
+    Attention {
+        num_heads: usize,
+        num_kv_heads: usize,
+        head_dim: usize,
+        sliding_window: Option<usize>,
+    },
     /// `silu(gate) * up`. Operands: gate, up.
     SiluMul,
     /// Elementwise sum. Operands: a, b.
@@ -69,6 +79,7 @@ impl Op {
             Op::KvCache { .. } => "kv_cache",
             Op::Embedding { .. } => "embedding",
             Op::RmsNorm { .. } => "rms_norm",
+            Op::HeadRmsNorm { .. } => "head_rms_norm",
             Op::Linear { .. } => "linear",
             Op::Rope { .. } => "rope",
             Op::KvAppend { .. } => "kv_append",
@@ -83,7 +94,11 @@ impl Op {
     pub fn arity(&self) -> usize {
         match self {
             Op::TokenInput | Op::PositionInput | Op::KvCache { .. } => 0,
-            Op::Embedding { .. } | Op::RmsNorm { .. } | Op::Linear { .. } | Op::Argmax => 1,
+            Op::Embedding { .. }
+            | Op::RmsNorm { .. }
+            | Op::HeadRmsNorm { .. }
+            | Op::Linear { .. }
+            | Op::Argmax => 1,
             Op::Rope { .. } | Op::SiluMul | Op::Add => 2,
             Op::KvAppend { .. } => 3,
             Op::Attention { .. } => 4,
@@ -230,12 +245,27 @@ impl DecodeGraph {
                 ValueType::f32([h]),
                 &[resid],
             );
-            let ab = c.attention_bias;
-            let q = b.linear(p("attn.q"), l, "self_attn.q_proj", [c.q_dim(), h], ab, x);
-            let k = b.linear(p("attn.k"), l, "self_attn.k_proj", [c.kv_dim(), h], ab, x);
-            let v = b.linear(p("attn.v"), l, "self_attn.v_proj", [c.kv_dim(), h], ab, x);
-            let rope =
-                |heads| Op::Rope { num_heads: heads, head_dim: c.head_dim, theta: c.rope.theta };
+            let qkv_b = c.qkv_bias;
+            let mut q = b.linear(p("attn.q"), l, "self_attn.q_proj", [c.q_dim(), h], qkv_b, x);
+            let mut k = b.linear(p("attn.k"), l, "self_attn.k_proj", [c.kv_dim(), h], qkv_b, x);
+            let v = b.linear(p("attn.v"), l, "self_attn.v_proj", [c.kv_dim(), h], qkv_b, x);
+            if c.qk_norm {
+                // Qwen3: each head of q and k normalised on its own, before RoPE.
+                for (tag, heads, x) in [("q", c.num_heads, &mut q), ("k", c.num_kv_heads, &mut k)] {
+                    let weight = b.weight(
+                        layer_weight(l, &format!("self_attn.{tag}_norm.weight")),
+                        vec![c.head_dim],
+                    );
+                    *x = b.node(
+                        p(&format!("attn.{tag}_norm")),
+                        Some(l),
+                        Op::HeadRmsNorm { num_heads: heads, head_dim: c.head_dim, weight, eps },
+                        ValueType::f32([heads * c.head_dim]),
+                        &[*x],
+                    );
+                }
+            }
+            let rope = |heads| Op::Rope { num_heads: heads, head_dim: c.head_dim, rope: c.rope };
             let q = b.node(
                 p("attn.q_rope"),
                 Some(l),
@@ -277,11 +307,12 @@ impl DecodeGraph {
                     num_heads: c.num_heads,
                     num_kv_heads: c.num_kv_heads,
                     head_dim: c.head_dim,
+                    sliding_window: c.sliding_window,
                 },
                 ValueType::f32([c.q_dim()]),
                 &[q, caches[0], caches[1], position],
             );
-            let o = b.linear(p("attn.o"), l, "self_attn.o_proj", [h, c.q_dim()], ab, attn);
+            let o = b.linear(p("attn.o"), l, "self_attn.o_proj", [h, c.q_dim()], c.o_bias, attn);
             resid = b.node(p("attn.residual"), Some(l), Op::Add, ValueType::f32([h]), &[resid, o]);
 
             let norm_w = b.weight(layer_weight(l, "post_attention_layernorm.weight"), vec![h]);
@@ -419,22 +450,35 @@ impl DecodeGraph {
                         expect(wshape(*b)? == [s[0]], "bias length differs from rows")?;
                     }
                 }
-                Op::Rope { num_heads, head_dim, .. } => expect(
-                    ty(0).shape == [num_heads * head_dim] && head_dim % 2 == 0,
-                    "input is not num_heads * head_dim wide",
+                Op::HeadRmsNorm { num_heads, head_dim, weight, .. } => {
+                    let s = wshape(*weight)?;
+                    expect(
+                        s == [*head_dim]
+                            && ty(0).shape == [num_heads * head_dim]
+                            && node.ty.shape == ty(0).shape,
+                        "input is not num_heads * head_dim wide, or the weight is not [head_dim]",
+                    )?
+                }
+                Op::Rope { num_heads, head_dim, rope } => expect(
+                    ty(0).shape == [num_heads * head_dim]
+                        && head_dim % 2 == 0
+                        && rope.theta.is_finite()
+                        && rope.theta > 0.0,
+                    "input is not num_heads * head_dim wide, or theta is not positive",
                 )?,
                 Op::KvAppend { .. } => expect(
                     ty(0).shape.len() == 2 && ty(1).shape == [ty(0).shape[1]],
                     "row width differs from the cache's",
                 )?,
-                Op::Attention { num_heads, num_kv_heads, head_dim } => expect(
+                Op::Attention { num_heads, num_kv_heads, head_dim, sliding_window } => expect(
                     *num_kv_heads > 0
+                        && *sliding_window != Some(0)
                         && num_heads % num_kv_heads == 0
                         && ty(0).shape == [num_heads * head_dim]
                         && ty(1).shape.len() == 2
                         && ty(1).shape[1] == num_kv_heads * head_dim
                         && ty(2).shape == ty(1).shape,
-                    "q, cache and head counts disagree",
+                    "q, cache and head counts disagree (or the sliding window is 0)",
                 )?,
                 Op::SiluMul | Op::Add => {
                     expect(ty(0) == ty(1) && *ty(0) == node.ty, "operand types differ")?
@@ -520,6 +564,103 @@ mod tests {
         assert_eq!(back.to_ron(), text);
         assert_eq!(back.weights, g.weights);
         assert_eq!(back.config, g.config);
+    }
+
+    fn tiny(name: &str) -> ModelConfig {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../fixtures/tiny")
+            .join(name)
+            .join("config.json");
+        ModelConfig::from_file(&path).unwrap()
+    }
+
+    fn find<'a>(g: &'a DecodeGraph, name: &str) -> Option<&'a Node> {
+        g.graph.node_weights().find(|n| n.name == name)
+    }
+
+    fn has_weight(g: &DecodeGraph, name: &str) -> bool {
+        g.weights.iter().any(|w| w.name == name)
+    }
+
+    #[test]
+    fn each_architecture_builds_its_pattern() {
+        for name in [
+            "llama2",
+            "llama3",
+            "tinyllama",
+            "smollm2_360m",
+            "smollm2_1_7b",
+            "mistral",
+            "qwen2",
+            "qwen3",
+        ] {
+            let c = tiny(name);
+            let g = DecodeGraph::build(&c);
+            g.validate().unwrap();
+            // The graph round-trips through model.ir.ron, config included.
+            let back = DecodeGraph::from_ron(&g.to_ron()).unwrap();
+            assert_eq!(back.config, c, "{name}");
+            assert_eq!(back.to_ron(), g.to_ron(), "{name}");
+
+            let l = |s: &str| format!("model.layers.1.{s}");
+            let biased = |p: &str| has_weight(&g, &l(&format!("self_attn.{p}.bias")));
+            let qkv = ["q_proj", "k_proj", "v_proj"].map(biased);
+            match name {
+                "qwen2" => assert_eq!((qkv, biased("o_proj")), ([true; 3], false), "{name}"),
+                _ => assert_eq!((qkv, biased("o_proj")), ([false; 3], false), "{name}"),
+            }
+            assert_eq!(has_weight(&g, "lm_head.weight"), !c.tie_word_embeddings, "{name}");
+            let qk_norm = name == "qwen3";
+            assert_eq!(has_weight(&g, &l("self_attn.q_norm.weight")), qk_norm, "{name}");
+            assert_eq!(has_weight(&g, &l("self_attn.k_norm.weight")), qk_norm, "{name}");
+            let layer_nodes = if qk_norm { 21 } else { 19 };
+            assert_eq!(g.graph.node_count(), c.num_layers * layer_nodes + 6, "{name}");
+
+            let window = match &find(&g, "layers.1.attn.sdpa").unwrap().op {
+                Op::Attention { sliding_window, .. } => *sliding_window,
+                op => panic!("{op:?}"),
+            };
+            assert_eq!(window, if name == "mistral" { Some(8) } else { None }, "{name}");
+            match &find(&g, "layers.0.attn.k_rope").unwrap().op {
+                Op::Rope { rope, num_heads, .. } => {
+                    assert_eq!(*rope, c.rope, "{name}");
+                    assert_eq!(*num_heads, c.num_kv_heads, "{name}");
+                    assert_eq!(rope.llama3.is_some(), name == "llama3", "{name}");
+                }
+                op => panic!("{op:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn qwen3_norms_sit_between_projection_and_rope() {
+        let g = DecodeGraph::build(&tiny("qwen3"));
+        for (tag, heads) in [("q", 2), ("k", 1)] {
+            let id = g
+                .graph
+                .node_indices()
+                .find(|&n| g.graph[n].name == format!("layers.0.attn.{tag}_norm"))
+                .unwrap();
+            let Op::HeadRmsNorm { num_heads, head_dim, weight, eps } = g.node(id).op else {
+                panic!("{:?}", g.node(id).op)
+            };
+            assert_eq!((num_heads, head_dim, eps), (heads, 128, 1e-6));
+            assert_eq!(
+                g.weight(weight).name,
+                format!("model.layers.0.self_attn.{tag}_norm.weight")
+            );
+            assert_eq!(g.weight(weight).shape, vec![128]);
+            let input = g.operands(id)[0];
+            assert_eq!(g.node(input).name, format!("layers.0.attn.{tag}"));
+            let user = g.graph.neighbors_directed(id, Direction::Outgoing).next().unwrap();
+            assert_eq!(g.node(user).name, format!("layers.0.attn.{tag}_rope"));
+        }
+        // A hand-edited norm weight of the wrong shape is refused.
+        let mut g = g;
+        let w = g.weights.iter().position(|w| w.name.ends_with("0.self_attn.q_norm.weight"));
+        g.weights[w.unwrap()].shape = vec![64];
+        let err = g.validate().unwrap_err().to_string();
+        assert!(err.contains("layers.0.attn.q_norm"), "{err}");
     }
 
     #[test]

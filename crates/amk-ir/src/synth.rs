@@ -1,12 +1,12 @@
 //! Synthetic checkpoints: a Hugging Face directory with seeded random weights for any
-//! llama-family shape.
+//! llama-family shape (Llama, Mistral, Qwen2, Qwen3).
 //!
 //! Tests use tiny ones to exercise every stage without the real model; benchmarks use
 //! full-size ones (e.g. Llama-3.2-1B-shaped) since timing does not depend on weight values.
 //! The tokenizer is byte-level (one token per byte plus the ChatML specials), so any text
 //! round-trips.
 
-use crate::config::ModelConfig;
+use crate::config::{Architecture, Llama3RopeScaling, ModelConfig};
 use crate::graph::DecodeGraph;
 use safetensors::tensor::TensorView;
 use serde_json::json;
@@ -24,9 +24,16 @@ pub struct SynthSpec {
     pub vocab_size: usize,
     pub max_position_embeddings: usize,
     pub tie_word_embeddings: bool,
+    /// `attention_bias` in `config.json` (what it implies depends on the architecture).
     pub attention_bias: bool,
     pub rope_theta: f64,
     pub seed: u64,
+    /// The family written into `architectures` and `model_type`.
+    pub architecture: Architecture,
+    /// `rope_type: "llama3"` with these parameters, or plain RoPE.
+    pub rope_llama3: Option<Llama3RopeScaling>,
+    /// `sliding_window` (only Mistral honours it).
+    pub sliding_window: Option<usize>,
 }
 
 impl SynthSpec {
@@ -45,14 +52,28 @@ impl SynthSpec {
             attention_bias: false,
             rope_theta: 10_000.0,
             seed: 1,
+            architecture: Architecture::Llama,
+            rope_llama3: None,
+            sliding_window: None,
         }
     }
 
     /// The `config.json` of this shape.
     pub fn config_json(&self) -> serde_json::Value {
-        json!({
-            "architectures": ["LlamaForCausalLM"],
-            "model_type": "llama",
+        let mut rope = json!({ "rope_theta": self.rope_theta, "rope_type": "default" });
+        if let Some(s) = &self.rope_llama3 {
+            rope = json!({
+                "rope_theta": self.rope_theta,
+                "rope_type": "llama3",
+                "factor": s.factor,
+                "low_freq_factor": s.low_freq_factor,
+                "high_freq_factor": s.high_freq_factor,
+                "original_max_position_embeddings": s.original_max_position_embeddings,
+            });
+        }
+        let mut config = json!({
+            "architectures": [self.architecture.hf_name()],
+            "model_type": self.architecture.model_type(),
             "hidden_size": self.hidden_size,
             "intermediate_size": self.intermediate_size,
             "num_hidden_layers": self.num_layers,
@@ -60,7 +81,7 @@ impl SynthSpec {
             "num_key_value_heads": self.num_kv_heads,
             "head_dim": self.head_dim,
             "rms_norm_eps": 1e-5,
-            "rope_parameters": { "rope_theta": self.rope_theta, "rope_type": "default" },
+            "rope_parameters": rope,
             "tie_word_embeddings": self.tie_word_embeddings,
             "vocab_size": self.vocab_size,
             "max_position_embeddings": self.max_position_embeddings,
@@ -70,7 +91,12 @@ impl SynthSpec {
             "bos_token_id": 1,
             "eos_token_id": 2,
             "torch_dtype": "float32",
-        })
+            "sliding_window": self.sliding_window,
+        });
+        if matches!(self.architecture, Architecture::Qwen2 | Architecture::Qwen3) {
+            config["use_sliding_window"] = json!(false);
+        }
+        config
     }
 }
 

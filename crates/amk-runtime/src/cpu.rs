@@ -27,6 +27,8 @@ struct Step {
     op: Op,
     operands: Vec<Slot>,
     out: Slot,
+    /// A rope node's inverse frequencies, from its own [`amk_ir::config::RopeConfig`].
+    inv_freq: Vec<f32>,
 }
 
 /// The CPU reference backend for one model.
@@ -40,7 +42,6 @@ pub struct CpuReference {
     /// Caches: `[positions filled, kv_dim]` row-major, grown as positions are appended.
     caches: Vec<Vec<f32>>,
     cache_rows: usize,
-    inv_freq: Vec<f32>,
     token_slot: usize,
     position_slot: usize,
     logits_slot: usize,
@@ -131,7 +132,11 @@ impl CpuReference {
                 }
             };
             slot_of[id.index()] = Some(out);
-            steps.push(Step { op: node.op.clone(), operands, out });
+            let inv_freq = match &node.op {
+                Op::Rope { head_dim, rope, .. } => rope.inv_freq(*head_dim),
+                _ => Vec::new(),
+            };
+            steps.push(Step { op: node.op.clone(), operands, out, inv_freq });
         }
         let scalar = |id: NodeId| match slot_of[id.index()] {
             Some(Slot::Scalar(i)) => i,
@@ -141,9 +146,7 @@ impl CpuReference {
             Some(Slot::Vector(i)) => i,
             _ => return Err(RuntimeError::Graph("the logits node is not a vector".into())),
         };
-        let c = &graph.config;
         Ok(CpuReference {
-            inv_freq: kernels::rope_inv_freq(c.head_dim, c.rope.theta),
             token_slot: scalar(graph.token),
             position_slot: scalar(graph.position),
             next_slot: scalar(graph.next_token),
@@ -227,20 +230,29 @@ impl CpuReference {
                 bias.map(|b| self.weight(b)),
                 &mut out,
             ),
+            Op::HeadRmsNorm { head_dim, weight, eps, .. } => kernels::head_rms_norm(
+                self.vector(ops[0]),
+                *head_dim,
+                self.weight(*weight),
+                *eps,
+                &mut out,
+            ),
             Op::Rope { head_dim, .. } => {
                 out.copy_from_slice(self.vector(ops[0]));
-                kernels::rope(&mut out, *head_dim, &self.inv_freq, self.scalar(ops[1]));
+                kernels::rope(&mut out, *head_dim, &step.inv_freq, self.scalar(ops[1]));
             }
-            Op::Attention { num_heads, num_kv_heads, head_dim } => {
+            Op::Attention { num_heads, num_kv_heads, head_dim, sliding_window } => {
                 let (Slot::Cache(k), Slot::Cache(v)) = (ops[1], ops[2]) else {
                     unreachable!("validated graph: cache operands")
                 };
-                let positions = self.scalar(ops[3]) + 1;
+                let position = self.scalar(ops[3]);
+                let first = kernels::window_start(position, *sliding_window);
+                let row = num_kv_heads * head_dim;
                 kernels::attention(
                     self.vector(ops[0]),
-                    &self.caches[k],
-                    &self.caches[v],
-                    positions,
+                    &self.caches[k][first * row..],
+                    &self.caches[v][first * row..],
+                    position + 1 - first,
                     kernels::AttentionShape {
                         num_heads: *num_heads,
                         num_kv_heads: *num_kv_heads,

@@ -89,14 +89,17 @@ pub fn rms_norm(x: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) {
     }
 }
 
-/// The inverse frequencies of rotary embeddings, `1 / theta^(2i/d)` rounded to f32 as
-/// PyTorch's float32 `inv_freq` is.
-pub fn rope_inv_freq(head_dim: usize, theta: f64) -> Vec<f32> {
-    (0..head_dim / 2).map(|i| (1.0 / theta.powf((2 * i) as f64 / head_dim as f64)) as f32).collect()
+/// [`rms_norm`] of each `head_dim`-wide head of `x` with the same `[head_dim]` weight (Qwen3's
+/// q_norm and k_norm, applied before rope).
+pub fn head_rms_norm(x: &[f32], head_dim: usize, weight: &[f32], eps: f32, out: &mut [f32]) {
+    for (xh, oh) in x.chunks_exact(head_dim).zip(out.chunks_exact_mut(head_dim)) {
+        rms_norm(xh, weight, eps, oh);
+    }
 }
 
 /// Rotates each head of `x` in place by position `pos` (rotate-half layout: dimension `i`
-/// pairs with `i + head_dim/2`).
+/// pairs with `i + head_dim/2`), with the frequencies of
+/// [`amk_ir::config::RopeConfig::inv_freq`].
 pub fn rope(x: &mut [f32], head_dim: usize, inv_freq: &[f32], pos: usize) {
     let half = head_dim / 2;
     let p = pos as f32;
@@ -125,7 +128,14 @@ pub struct AttentionShape {
     pub head_dim: usize,
 }
 
-/// Grouped-query attention of one query over `positions` cached rows.
+/// The first cache row a query at `position` attends to: 0, or with a sliding window `W`,
+/// `max(0, position + 1 - W)` (transformers' mask `kv_idx > q_idx - W`).
+pub fn window_start(position: usize, window: Option<usize>) -> usize {
+    window.map_or(0, |w| (position + 1).saturating_sub(w))
+}
+
+/// Grouped-query attention of one query over `positions` cached rows (a sliding window passes
+/// the caches from its first row, [`window_start`]).
 ///
 /// `q` is `[num_heads * head_dim]`; the caches are `[positions, num_kv_heads * head_dim]`
 /// row-major; query head `h` reads key/value head `h / (num_heads / num_kv_heads)`.
@@ -217,7 +227,7 @@ mod tests {
 
     #[test]
     fn rope_rotates_pairs_at_position_zero_identity() {
-        let inv = rope_inv_freq(4, 10000.0);
+        let inv = amk_ir::config::RopeConfig { theta: 10000.0, llama3: None }.inv_freq(4);
         let mut x = [1.0, 2.0, 3.0, 4.0];
         rope(&mut x, 4, &inv, 0);
         assert_eq!(x, [1.0, 2.0, 3.0, 4.0]);
@@ -236,6 +246,26 @@ mod tests {
         let shape = AttentionShape { num_heads: 2, num_kv_heads: 1, head_dim: 2 };
         attention(&q, &k, &v, 1, shape, &mut out);
         assert_eq!(out, [7.0, 8.0, 7.0, 8.0]);
+    }
+
+    #[test]
+    fn head_norm_normalises_each_head_alone() {
+        let x = [3.0, 4.0, 0.5, 0.5];
+        let mut out = [0.0; 4];
+        head_rms_norm(&x, 2, &[1.0, 2.0], 0.0, &mut out);
+        // Head 0: rms = sqrt(12.5); head 1: rms = 0.5.
+        let r = 12.5f32.sqrt();
+        assert_eq!(out, [3.0 / r, 2.0 * (4.0 / r), 1.0, 2.0]);
+    }
+
+    #[test]
+    fn window_start_keeps_the_last_w_positions() {
+        assert_eq!(window_start(5, None), 0);
+        assert_eq!(window_start(5, Some(8)), 0);
+        assert_eq!(window_start(7, Some(8)), 0);
+        assert_eq!(window_start(8, Some(8)), 1);
+        assert_eq!(window_start(29, Some(8)), 22);
+        assert_eq!(window_start(3, Some(1)), 3);
     }
 
     #[test]

@@ -453,18 +453,38 @@ impl TaskCtx<'_> {
                 let row = self.read(table, token * h, h)?.to_vec();
                 self.write(out, 0, &row)
             }
-            TaskOp::Projection { input, weight, bias, first_row, rows, cols, rope, io, output } => {
+            TaskOp::Projection {
+                input,
+                weight,
+                bias,
+                first_row,
+                rows,
+                cols,
+                head_norm,
+                rope,
+                io,
+                output,
+            } => {
                 let x = self.input(&input)?;
                 let mut y = self.rows(weight, first_row, rows, cols, &x, bias)?;
                 let needs_pos = rope.is_some() || matches!(output, ProjOutput::CacheRow { .. });
                 let pos = if needs_pos { self.io(io)?.1 } else { 0 };
+                if let Some(norm) = head_norm {
+                    let hd = norm.head_dim as usize;
+                    if hd == 0 || y.len() % hd != 0 {
+                        return Err(self.err("head norm tile is not whole heads"));
+                    }
+                    let w = self.read(norm.weight, 0, hd)?;
+                    let mut normed = vec![0.0; y.len()];
+                    kernels::head_rms_norm(&y, hd, w, norm.eps, &mut normed);
+                    y = normed;
+                }
                 if let Some(rope) = rope {
                     let hd = rope.head_dim as usize;
                     if hd == 0 || hd % 2 != 0 || y.len() % hd != 0 {
                         return Err(self.err("rope tile is not whole heads of even size"));
                     }
-                    let inv = kernels::rope_inv_freq(hd, rope.theta);
-                    kernels::rope(&mut y, hd, &inv, pos);
+                    kernels::rope(&mut y, hd, &rope.inv_freq(), pos);
                 }
                 match output {
                     ProjOutput::Store { buffer, offset } => self.write(buffer, offset as usize, &y),
@@ -502,6 +522,7 @@ impl TaskCtx<'_> {
                 kv_head,
                 head_dim,
                 max_positions,
+                window,
                 k_cache,
                 v_cache,
                 io,
@@ -513,14 +534,20 @@ impl TaskCtx<'_> {
                         "position {pos} is past the cache's {max_positions} positions"
                     )));
                 }
+                if window == Some(0) {
+                    return Err(self.err("a sliding window of 0 positions attends to nothing"));
+                }
                 let hd = head_dim as usize;
                 let qh = self.read(q, head as usize * hd, hd)?;
-                let base = kv_head as usize * max_positions as usize * hd;
-                let k = self.read(k_cache, base, (pos + 1) * hd)?;
-                let v = self.read(v_cache, base, (pos + 1) * hd)?;
+                // Only the window's rows are read: `first..=pos` of the head's cache.
+                let first = kernels::window_start(pos, window.map(|w| w as usize));
+                let base = (kv_head as usize * max_positions as usize + first) * hd;
+                let n = pos + 1 - first;
+                let k = self.read(k_cache, base, n * hd)?;
+                let v = self.read(v_cache, base, n * hd)?;
                 let mut o = vec![0.0; hd];
                 let shape = AttentionShape { num_heads: 1, num_kv_heads: 1, head_dim: hd };
-                kernels::attention(qh, k, v, pos + 1, shape, &mut o);
+                kernels::attention(qh, k, v, n, shape, &mut o);
                 self.write(out, head as usize * hd, &o)
             }
             TaskOp::HeadArgmax { input, weight, first_row, rows, cols, logits, partials, slot } => {

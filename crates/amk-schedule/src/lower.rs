@@ -2,9 +2,10 @@
 //!
 //! Each layer becomes five phases of tasks, with the fusions that keep sync points few:
 //! 1. `qkv`: one task per query, key and value head: RMSNorm of the residual recomputed by the
-//!    task, the head's projection rows, RoPE and (for keys and values) the cache append in the
-//!    epilogue;
-//! 2. `attn`: one task per query head over its key/value head's cache;
+//!    task, the head's projection rows (and bias), Qwen3's per-head q/k RMSNorm, RoPE and (for
+//!    keys and values) the cache append in the epilogue;
+//! 2. `attn`: one task per query head over its key/value head's cache (within the sliding
+//!    window, for Mistral);
 //! 3. `o`: row tiles of the output projection, the residual add in the epilogue;
 //! 4. `up`: row tiles of gate and up projections with SiLU(gate) * up fused (RMSNorm again
 //!    recomputed from the residual);
@@ -18,7 +19,9 @@
 //! between launches.
 
 use crate::config::{Assignment, ScheduleConfig, TaskOrder};
-use crate::ops::{ProjInput, ProjOutput, RopeSpec, TaskOp, ELEM, IO_BYTES, PARTIAL_BYTES};
+use crate::ops::{
+    HeadNorm, ProjInput, ProjOutput, RopeSpec, TaskOp, ELEM, IO_BYTES, PARTIAL_BYTES,
+};
 use crate::schedule::{
     BufferId, BufferKind, CounterId, CounterReset, Instr, Schedule, TaskId, Worker,
 };
@@ -37,6 +40,8 @@ pub enum LowerError {
     Config(#[from] crate::config::ConfigError),
     #[error("a tile does not fit: {0}")]
     Tiling(String),
+    #[error("the lowering does not support {0}")]
+    Unsupported(String),
 }
 
 /// One phase under construction: its tasks (in order) and their weight bytes.
@@ -93,6 +98,12 @@ pub fn lower(graph: &DecodeGraph, config: &ScheduleConfig) -> Result<Schedule, L
     }
 
     let c = &graph.config;
+    if c.mlp_bias {
+        // GatedUp tasks have no bias operand; refusing beats silently dropping gate/up biases.
+        return Err(LowerError::Unsupported(
+            "MLP biases (config.json `mlp_bias: true`); the CPU reference runs such models".into(),
+        ));
+    }
     let u = |v: usize| -> Result<u32, LowerError> {
         u32::try_from(v).map_err(|_| LowerError::Tiling(format!("{v} does not fit in 32 bits")))
     };
@@ -104,7 +115,11 @@ pub fn lower(graph: &DecodeGraph, config: &ScheduleConfig) -> Result<Schedule, L
         config.max_positions.min(u(c.max_position_embeddings)?)
     };
     let eps = c.rms_norm_eps;
-    let rope = RopeSpec { head_dim: hd, theta: c.rope.theta };
+    let rope = RopeSpec { head_dim: hd, theta: c.rope.theta, llama3: c.rope.llama3 };
+    let window = match c.sliding_window {
+        Some(w) => Some(u(w)?),
+        None => None,
+    };
 
     let mut l = Lowerer {
         s: Schedule::new(format!("{} x{}", c.architecture.hf_name(), c.num_layers)),
@@ -151,7 +166,16 @@ pub fn lower(graph: &DecodeGraph, config: &ScheduleConfig) -> Result<Schedule, L
         let lw = |s: &str| wbuf(&format!("model.layers.{layer}.{s}"));
         let k_cache = l.buffer(&format!("L{layer}.k_cache"), BufferKind::KvCache, cache_bytes);
         let v_cache = l.buffer(&format!("L{layer}.v_cache"), BufferKind::KvCache, cache_bytes);
-        let bias = |s: &str| c.attention_bias.then(|| lw(s));
+        let qkv_bias = |s: &str| c.qkv_bias.then(|| lw(s));
+        // Qwen3: each q and k head normalised (after the bias, before rope) by its layer's
+        // q_norm / k_norm weight.
+        let head_norm = |tag: &str| {
+            c.qk_norm.then(|| HeadNorm {
+                weight: lw(&format!("self_attn.{tag}_norm.weight")),
+                head_dim: hd,
+                eps,
+            })
+        };
 
         let attn_in = norm_input(
             &mut l,
@@ -165,27 +189,30 @@ pub fn lower(graph: &DecodeGraph, config: &ScheduleConfig) -> Result<Schedule, L
             let op = TaskOp::Projection {
                 input: attn_in,
                 weight: lw("self_attn.q_proj.weight"),
-                bias: bias("self_attn.q_proj.bias"),
+                bias: qkv_bias("self_attn.q_proj.bias"),
                 first_row: head * hd,
                 rows: hd,
                 cols: h,
+                head_norm: head_norm("q"),
                 rope: Some(rope),
                 io,
                 output: ProjOutput::Store { buffer: q, offset: head * hd },
             };
             l.task(format!("L{layer}.q.h{head}"), op, head_bytes);
         }
-        for (tag, proj, cache, rope) in
-            [("k", "k_proj", k_cache, Some(rope)), ("v", "v_proj", v_cache, None)]
-        {
+        for (tag, proj, cache, norm, rope) in [
+            ("k", "k_proj", k_cache, head_norm("k"), Some(rope)),
+            ("v", "v_proj", v_cache, None, None),
+        ] {
             for kv_head in 0..nkv {
                 let op = TaskOp::Projection {
                     input: attn_in,
                     weight: lw(&format!("self_attn.{proj}.weight")),
-                    bias: bias(&format!("self_attn.{proj}.bias")),
+                    bias: qkv_bias(&format!("self_attn.{proj}.bias")),
                     first_row: kv_head * hd,
                     rows: hd,
                     cols: h,
+                    head_norm: norm,
                     rope,
                     io,
                     output: ProjOutput::CacheRow {
@@ -207,6 +234,7 @@ pub fn lower(graph: &DecodeGraph, config: &ScheduleConfig) -> Result<Schedule, L
                 kv_head: head / (nh / nkv),
                 head_dim: hd,
                 max_positions: max_pos,
+                window,
                 k_cache,
                 v_cache,
                 io,
@@ -220,10 +248,11 @@ pub fn lower(graph: &DecodeGraph, config: &ScheduleConfig) -> Result<Schedule, L
             let op = TaskOp::Projection {
                 input: ProjInput::Vector { buffer: attn, len: nh * hd },
                 weight: lw("self_attn.o_proj.weight"),
-                bias: bias("self_attn.o_proj.bias"),
+                bias: c.o_bias.then(|| lw("self_attn.o_proj.bias")),
                 first_row: first,
                 rows,
                 cols: nh * hd,
+                head_norm: None,
                 rope: None,
                 io,
                 output: ProjOutput::Accumulate { buffer: resid, offset: first },
@@ -256,10 +285,11 @@ pub fn lower(graph: &DecodeGraph, config: &ScheduleConfig) -> Result<Schedule, L
             let op = TaskOp::Projection {
                 input: ProjInput::Vector { buffer: act, len: m },
                 weight: lw("mlp.down_proj.weight"),
-                bias: if c.mlp_bias { Some(lw("mlp.down_proj.bias")) } else { None },
+                bias: None,
                 first_row: first,
                 rows,
                 cols: m,
+                head_norm: None,
                 rope: None,
                 io,
                 output: ProjOutput::Accumulate { buffer: resid, offset: first },

@@ -12,6 +12,7 @@
 //! launch reads its input from device memory.
 
 use crate::schedule::{BufferId, Region};
+use amk_ir::config::{Llama3RopeScaling, RopeConfig};
 use serde::{Deserialize, Serialize};
 
 /// Bytes of one element of every buffer (f32 activations, f32-described weights, u32 io).
@@ -68,10 +69,36 @@ pub enum ProjOutput {
 }
 
 /// Rotary embedding applied to a projection's rows (whole heads), at the current position.
+/// The frequencies are [`RopeSpec::inv_freq`] (one table for every executor).
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct RopeSpec {
     pub head_dim: u32,
     pub theta: f64,
+    /// Llama 3.x frequency scaling; absent from `schedule.ron` when `None`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub llama3: Option<Llama3RopeScaling>,
+}
+
+impl RopeSpec {
+    /// The model-level rope parameters this spec carries.
+    pub fn config(&self) -> RopeConfig {
+        RopeConfig { theta: self.theta, llama3: self.llama3 }
+    }
+
+    /// The `head_dim / 2` inverse frequencies ([`RopeConfig::inv_freq`]).
+    pub fn inv_freq(&self) -> Vec<f32> {
+        self.config().inv_freq(self.head_dim as usize)
+    }
+}
+
+/// Per-head RMSNorm of a projection's rows (whole heads), applied after the bias and before
+/// rope: each head `y[h] = y[h] / sqrt(mean(y[h]^2) + eps) * weight[..head_dim]` (Qwen3's
+/// q_norm / k_norm).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct HeadNorm {
+    pub weight: BufferId,
+    pub head_dim: u32,
+    pub eps: f32,
 }
 
 /// The computation of one task.
@@ -82,7 +109,8 @@ pub enum TaskOp {
     /// `out[..hidden] = table[token]`, the token read from `io`.
     Embed { table: BufferId, hidden: u32, io: BufferId, out: BufferId },
     /// Rows `first_row..first_row + rows` of `weight @ input (+ bias)` (weight `[*, cols]`),
-    /// optionally rotated (rope), then stored, accumulated or appended to a cache.
+    /// optionally normalised per head (`head_norm`, rows are whole heads), optionally rotated
+    /// (rope), then stored, accumulated or appended to a cache.
     Projection {
         input: ProjInput,
         weight: BufferId,
@@ -90,6 +118,9 @@ pub enum TaskOp {
         first_row: u32,
         rows: u32,
         cols: u32,
+        /// Absent from `schedule.ron` when `None`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        head_norm: Option<HeadNorm>,
         rope: Option<RopeSpec>,
         io: BufferId,
         output: ProjOutput,
@@ -105,7 +136,8 @@ pub enum TaskOp {
         cols: u32,
         out: BufferId,
     },
-    /// One query head attending over cache rows `0..=position` of its key/value head:
+    /// One query head attending over cache rows `0..=position` of its key/value head, or with
+    /// a sliding `window` W over rows `max(0, position + 1 - W)..=position`:
     /// `out[head] = softmax(q[head] . K / sqrt(head_dim)) @ V`.
     Attention {
         q: BufferId,
@@ -113,6 +145,9 @@ pub enum TaskOp {
         kv_head: u32,
         head_dim: u32,
         max_positions: u32,
+        /// Absent from `schedule.ron` when `None` (full causal attention).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        window: Option<u32>,
         k_cache: BufferId,
         v_cache: BufferId,
         io: BufferId,
@@ -183,11 +218,25 @@ impl TaskOp {
                 r.push(Region::new(table, 0, buffer_bytes(table)));
                 w.push(elems(out, 0, hidden));
             }
-            TaskOp::Projection { input, weight, bias, first_row, rows, cols, rope, io, output } => {
+            TaskOp::Projection {
+                input,
+                weight,
+                bias,
+                first_row,
+                rows,
+                cols,
+                head_norm,
+                rope,
+                io,
+                output,
+            } => {
                 input.footprint(&mut r);
                 r.push(Region::new(weight, row_bytes(first_row, cols), row_bytes(rows, cols)));
                 if let Some(b) = bias {
                     r.push(elems(b, first_row, rows));
+                }
+                if let Some(n) = head_norm {
+                    r.push(elems(n.weight, 0, n.head_dim));
                 }
                 if rope.is_some() || matches!(output, ProjOutput::CacheRow { .. }) {
                     r.push(io_region(io));
@@ -222,11 +271,13 @@ impl TaskOp {
                 kv_head,
                 head_dim,
                 max_positions,
+                window: _,
                 k_cache,
                 v_cache,
                 io,
                 out,
             } => {
+                // A window only narrows the rows read; the whole head's range covers them.
                 r.push(Region::new(q, row_bytes(head, head_dim), head_dim as u64 * ELEM));
                 let per_head = row_bytes(max_positions, head_dim);
                 let at = (kv_head as u64).saturating_mul(per_head);

@@ -116,6 +116,7 @@ pub fn decode_task(d: &[u32]) -> TaskOp {
                 1 => Some(RopeSpec {
                     head_dim: d[12],
                     theta: f64::from_bits(u64::from(d[13]) | u64::from(d[14]) << 32),
+                    llama3: None,
                 }),
                 r => panic!("rope flag {r}"),
             };
@@ -145,6 +146,7 @@ pub fn decode_task(d: &[u32]) -> TaskOp {
                     first_row: d[8],
                     rows: d[9],
                     cols: d[10],
+                    head_norm: None,
                     rope,
                     io: BufferId(d[15]),
                     output,
@@ -171,6 +173,7 @@ pub fn decode_task(d: &[u32]) -> TaskOp {
                 kv_head: d[3],
                 head_dim: d[4],
                 max_positions: d[5],
+                window: None,
                 k_cache: BufferId(d[6]),
                 v_cache: BufferId(d[7]),
                 io: BufferId(d[8]),
