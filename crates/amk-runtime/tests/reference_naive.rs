@@ -4,10 +4,13 @@
 //! the `safetensors` crate and `config.json` with `serde_json` (nothing of amk's loader, graph
 //! or kernels), and spells out Hugging Face's `LlamaForCausalLM` arithmetic with plain loops in
 //! f64: RMSNorm, rotate-half RoPE, grouped-query attention, SiLU-gated MLP, residuals, final
-//! norm and a tied or untied head, with q/k/v/o biases when `attention_bias` is set. Every step
-//! of a 20-token sequence must agree with `CpuReference`'s logits to 1e-4 of the largest logit,
-//! over shapes that cover head_dim 16/64/128, GQA ratios 1 to 4, hidden sizes that are not
-//! multiples of 128, tied and untied heads, and biases.
+//! norm and a tied or untied head, with q/k/v/o biases when `attention_bias` is set. It also
+//! spells out what the other families change, reading `model_type`: Mistral's sliding window
+//! (mask `kv_idx > q_idx - sliding_window`), Qwen2's q/k/v-only biases, Qwen3's per-head q/k
+//! RMSNorm before RoPE, and Llama 3's `rope_type: "llama3"` frequencies (Meta's formula, in
+//! f64). Every step of a 20-token sequence must agree with `CpuReference`'s logits to 1e-4 of
+//! the largest logit, over shapes that cover head_dim 16/32/64/128, GQA ratios 1 to 4, hidden
+//! sizes that are not multiples of 128, tied and untied heads, biases, and those features.
 //!
 //! The second half checks `generate`'s contract: stop tokens, the token budget, the end of the
 //! context, bad prompts and tokens, and determinism across `reset`.
@@ -15,6 +18,7 @@
 // The naive model indexes with plain loops on purpose: it should read like the maths.
 #![allow(clippy::needless_range_loop)]
 
+use amk_ir::config::{Architecture, Llama3RopeScaling};
 use amk_ir::synth::{write_checkpoint, SynthSpec};
 use amk_ir::Model;
 use amk_runtime::cpu::CpuReference;
@@ -39,7 +43,15 @@ struct NaiveConfig {
     eps: f64,
     theta: f64,
     tied: bool,
-    attention_bias: bool,
+    /// Biases on q, k and v; on o.
+    qkv_bias: bool,
+    o_bias: bool,
+    /// Per-head RMSNorm of q and k before RoPE (Qwen3).
+    qk_norm: bool,
+    /// Mistral's sliding window.
+    window: Option<usize>,
+    /// `rope_type: "llama3"`: (factor, low_freq_factor, high_freq_factor, original context).
+    llama3: Option<(f64, f64, f64, f64)>,
 }
 
 impl NaiveConfig {
@@ -51,6 +63,31 @@ impl NaiveConfig {
             .as_f64()
             .or_else(|| v["rope_theta"].as_f64())
             .unwrap_or(10_000.0);
+        let rp = &v["rope_parameters"];
+        let llama3 = (rp["rope_type"] == "llama3").then(|| {
+            let f = |k: &str| rp[k].as_f64().unwrap_or_else(|| panic!("rope_parameters.{k}"));
+            (
+                f("factor"),
+                f("low_freq_factor"),
+                f("high_freq_factor"),
+                f("original_max_position_embeddings"),
+            )
+        });
+        let model_type = v["model_type"].as_str().expect("model_type");
+        let attention_bias = v["attention_bias"].as_bool().unwrap_or(false);
+        // What each transformers class builds: LlamaAttention and Qwen3Attention biases follow
+        // attention_bias (all four), Qwen2Attention has q/k/v biases and none on o,
+        // MistralAttention none at all.
+        let (qkv_bias, o_bias) = match model_type {
+            "llama" | "qwen3" => (attention_bias, attention_bias),
+            "qwen2" => (true, false),
+            "mistral" => (false, false),
+            other => panic!("model_type {other}"),
+        };
+        let window = match model_type {
+            "mistral" => v["sliding_window"].as_u64().map(|w| w as usize),
+            _ => None,
+        };
         NaiveConfig {
             hidden: n("hidden_size"),
             inter: n("intermediate_size"),
@@ -62,7 +99,11 @@ impl NaiveConfig {
             eps: v["rms_norm_eps"].as_f64().expect("rms_norm_eps"),
             theta,
             tied: v["tie_word_embeddings"].as_bool().unwrap_or(false),
-            attention_bias: v["attention_bias"].as_bool().unwrap_or(false),
+            qkv_bias,
+            o_bias,
+            qk_norm: model_type == "qwen3",
+            window,
+            llama3,
         }
     }
 }
@@ -135,6 +176,11 @@ impl Naive {
         out
     }
 
+    /// [`Naive::rms_norm`] of each head of `x` on its own (Qwen3's q_norm / k_norm).
+    fn head_norm(&self, weight: &str, x: &[f64]) -> Vec<f64> {
+        x.chunks(self.c.head_dim).flat_map(|head| self.rms_norm(weight, head)).collect()
+    }
+
     /// `w * x / sqrt(mean(x^2) + eps)`.
     fn rms_norm(&self, weight: &str, x: &[f64]) -> Vec<f64> {
         let w = self.t(weight);
@@ -148,14 +194,30 @@ impl Naive {
     }
 
     /// Hugging Face's `apply_rotary_pos_emb` on each head: `x * cos + rotate_half(x) * sin`
-    /// with `cos`/`sin` of `cat(freqs, freqs)`, `freqs[i] = pos / theta^(2i/d)`.
+    /// with `cos`/`sin` of `cat(freqs, freqs)`, `freqs[i] = pos * inv_freq[i]`,
+    /// `inv_freq[i] = 1 / theta^(2i/d)`, rescaled for Llama 3 as in Meta's reference: kept
+    /// where the wavelength `2 pi / inv_freq` is under `original / high_freq_factor`, divided
+    /// by `factor` where it is over `original / low_freq_factor`, and in between
+    /// `(1 - s) * inv_freq / factor + s * inv_freq` with `s = (original / wavelength - low) /
+    /// (high - low)`.
     fn rope(&self, x: &[f64], pos: usize) -> Vec<f64> {
         let d = self.c.head_dim;
         let half = d / 2;
         let mut cos = vec![0.0; d];
         let mut sin = vec![0.0; d];
         for i in 0..half {
-            let inv_freq = 1.0 / self.c.theta.powf((2 * i) as f64 / d as f64);
+            let mut inv_freq = 1.0 / self.c.theta.powf((2 * i) as f64 / d as f64);
+            if let Some((factor, low, high, original)) = self.c.llama3 {
+                let wavelen = 2.0 * std::f64::consts::PI / inv_freq;
+                if wavelen < original / high {
+                    // High frequency: unchanged.
+                } else if wavelen > original / low {
+                    inv_freq /= factor;
+                } else {
+                    let s = (original / wavelen - low) / (high - low);
+                    inv_freq = (1.0 - s) * inv_freq / factor + s * inv_freq;
+                }
+            }
             let angle = pos as f64 * inv_freq;
             cos[i] = angle.cos();
             cos[i + half] = angle.cos();
@@ -189,14 +251,14 @@ impl Naive {
         let scale = 1.0 / (hd as f64).sqrt();
         for l in 0..c.layers {
             let p = |s: &str| format!("model.layers.{l}.{s}");
-            let bias = |s: &str| c.attention_bias.then(|| p(s));
+            let bias = |s: &str| c.qkv_bias.then(|| p(s));
             let h = self.rms_norm(&p("input_layernorm.weight"), &x);
-            let q = self.linear(
+            let mut q = self.linear(
                 &p("self_attn.q_proj.weight"),
                 bias("self_attn.q_proj.bias").as_deref(),
                 &h,
             );
-            let k = self.linear(
+            let mut k = self.linear(
                 &p("self_attn.k_proj.weight"),
                 bias("self_attn.k_proj.bias").as_deref(),
                 &h,
@@ -206,6 +268,10 @@ impl Naive {
                 bias("self_attn.v_proj.bias").as_deref(),
                 &h,
             );
+            if c.qk_norm {
+                q = self.head_norm(&p("self_attn.q_norm.weight"), &q);
+                k = self.head_norm(&p("self_attn.k_norm.weight"), &k);
+            }
             let q = self.rope(&q, pos);
             let k = self.rope(&k, pos);
             self.k_cache[l].push(k);
@@ -214,8 +280,15 @@ impl Naive {
             for head in 0..c.heads {
                 let kvh = head / group;
                 let qh = &q[head * hd..(head + 1) * hd];
+                // transformers' masks: causal `kv_idx <= q_idx`, and with a sliding window
+                // `kv_idx > q_idx - sliding_window`; masked scores get weight 0.
+                let visible = |t: usize| c.window.is_none_or(|w| t as i64 > pos as i64 - w as i64);
                 let mut scores = Vec::with_capacity(pos + 1);
                 for t in 0..=pos {
+                    if !visible(t) {
+                        scores.push(f64::NEG_INFINITY);
+                        continue;
+                    }
                     let kt = &self.k_cache[l][t][kvh * hd..(kvh + 1) * hd];
                     let mut s = 0.0;
                     for i in 0..hd {
@@ -238,7 +311,7 @@ impl Naive {
             }
             let o = self.linear(
                 &p("self_attn.o_proj.weight"),
-                bias("self_attn.o_proj.bias").as_deref(),
+                c.o_bias.then(|| p("self_attn.o_proj.bias")).as_deref(),
                 &attn,
             );
             for i in 0..hidden {
@@ -288,6 +361,9 @@ fn spec(
         attention_bias: bias,
         rope_theta: 10_000.0,
         seed: (hidden * 131 + heads * 17 + kv_heads * 5 + head_dim) as u64,
+        architecture: Architecture::Llama,
+        rope_llama3: None,
+        sliding_window: None,
     }
 }
 
@@ -310,28 +386,42 @@ fn check_against_naive(spec: &SynthSpec) {
     let mut naive = Naive::load(dir.path());
     let c = &naive.c;
     assert_eq!(
-        (c.hidden, c.heads, c.kv_heads, c.head_dim, c.tied, c.attention_bias),
+        (c.hidden, c.heads, c.kv_heads, c.head_dim, c.tied),
         (
             spec.hidden_size,
             spec.num_heads,
             spec.num_kv_heads,
             spec.head_dim,
-            spec.tie_word_embeddings,
-            spec.attention_bias
+            spec.tie_word_embeddings
         ),
         "config.json describes the spec"
     );
+    assert_eq!(
+        c.window,
+        spec.sliding_window.filter(|_| spec.architecture == Architecture::Mistral)
+    );
+    assert_eq!(c.llama3.is_some(), spec.rope_llama3.is_some());
     // The shape features this case is meant to exercise are really in the checkpoint.
-    for proj in ["q_proj", "k_proj", "v_proj", "o_proj"] {
+    for (proj, biased) in [
+        ("q_proj", c.qkv_bias),
+        ("k_proj", c.qkv_bias),
+        ("v_proj", c.qkv_bias),
+        ("o_proj", c.o_bias),
+    ] {
         let name = format!("model.layers.0.self_attn.{proj}.bias");
-        assert_eq!(naive.has(&name), spec.attention_bias, "{name} present iff attention_bias");
-        if spec.attention_bias {
+        assert_eq!(naive.has(&name), biased, "{name} present iff the architecture biases it");
+        if biased {
             assert!(naive.t(&name).iter().any(|&b| b != 0.0), "{name} is not all zeros");
         }
     }
+    for norm in ["q_norm", "k_norm"] {
+        let name = format!("model.layers.1.self_attn.{norm}.weight");
+        assert_eq!(naive.has(&name), c.qk_norm, "{name} present iff Qwen3");
+    }
     assert_eq!(naive.has("lm_head.weight"), !spec.tie_word_embeddings, "lm_head iff untied");
     assert_eq!(model.config.tie_word_embeddings, spec.tie_word_embeddings);
-    assert_eq!(model.config.attention_bias, spec.attention_bias);
+    assert_eq!((model.config.qkv_bias, model.config.o_bias), (c.qkv_bias, c.o_bias));
+    assert_eq!(model.config.qk_norm, c.qk_norm);
 
     let tokens = sequence(20, spec.vocab_size);
     cpu.reset();
@@ -371,13 +461,19 @@ fn check_against_naive(spec: &SynthSpec) {
         }
     }
     eprintln!(
-        "hidden {} heads {}/{} head_dim {} tied {} bias {}: worst relative error {worst:e}",
+        "{:?} hidden {} heads {}/{} head_dim {} tied {} bias {}/{} qk-norm {} window {:?} \
+         llama3 {}: worst relative error {worst:e}",
+        spec.architecture,
         spec.hidden_size,
         spec.num_heads,
         spec.num_kv_heads,
         spec.head_dim,
         spec.tie_word_embeddings,
-        spec.attention_bias
+        naive.c.qkv_bias,
+        naive.c.o_bias,
+        naive.c.qk_norm,
+        naive.c.window,
+        naive.c.llama3.is_some()
     );
 }
 
@@ -421,6 +517,54 @@ fn naive_matches_odd_sizes_single_kv_head() {
     s.intermediate_size = 131;
     s.rope_theta = 500_000.0;
     s.num_layers = 3;
+    check_against_naive(&s);
+}
+
+#[test]
+fn naive_matches_mistral_sliding_window() {
+    // A window of 5 over a 20-token sequence: from position 5 on, the oldest rows drop out.
+    let mut s = spec(64, 4, 2, 16, false, false);
+    s.architecture = Architecture::Mistral;
+    s.sliding_window = Some(5);
+    check_against_naive(&s);
+    // A window of 1: each query sees only its own key.
+    s.sliding_window = Some(1);
+    s.seed += 1;
+    check_against_naive(&s);
+}
+
+#[test]
+fn naive_matches_qwen2_qkv_bias() {
+    // Qwen2 biases q, k and v (not o) even with attention_bias false.
+    let mut s = spec(96, 6, 2, 32, true, false);
+    s.architecture = Architecture::Qwen2;
+    check_against_naive(&s);
+}
+
+#[test]
+fn naive_matches_qwen3_qk_norm() {
+    // Per-head q/k RMSNorm; head_dim 32 with q_dim 128 != hidden 72.
+    let mut s = spec(72, 4, 2, 32, true, false);
+    s.architecture = Architecture::Qwen3;
+    check_against_naive(&s);
+    // With attention_bias, Qwen3 biases all four projections.
+    let mut s = spec(64, 4, 1, 16, false, true);
+    s.architecture = Architecture::Qwen3;
+    check_against_naive(&s);
+}
+
+#[test]
+fn naive_matches_llama3_rope() {
+    // theta 500000, head_dim 32, original context 256: the 16 frequencies fall in all three
+    // bands (kept, smoothed, divided by the factor).
+    let mut s = spec(64, 2, 1, 32, false, false);
+    s.rope_theta = 500_000.0;
+    s.rope_llama3 = Some(Llama3RopeScaling {
+        factor: 8.0,
+        low_freq_factor: 1.0,
+        high_freq_factor: 4.0,
+        original_max_position_embeddings: 256.0,
+    });
     check_against_naive(&s);
 }
 

@@ -2,6 +2,7 @@
 //! interleaving gives the reference's logits and tokens; a schedule that under-declares its
 //! accesses or loses a signal is caught.
 
+use amk_ir::config::{Architecture, Llama3RopeScaling};
 use amk_ir::synth::{write_checkpoint, SynthSpec};
 use amk_ir::Model;
 use amk_runtime::cpu::CpuReference;
@@ -44,6 +45,32 @@ fn every_interleaving_matches_the_reference() {
             ..SynthSpec::tiny()
         },
         SynthSpec { num_heads: 4, num_kv_heads: 4, num_layers: 3, seed: 9, ..SynthSpec::tiny() },
+        // Issue 7's features: a sliding window that binds within the 12 steps, q/k/v-only
+        // biases, per-head q/k norms (with all four biases), llama3 rope.
+        SynthSpec {
+            architecture: Architecture::Mistral,
+            sliding_window: Some(3),
+            seed: 11,
+            ..SynthSpec::tiny()
+        },
+        SynthSpec { architecture: Architecture::Qwen2, seed: 12, ..SynthSpec::tiny() },
+        SynthSpec {
+            architecture: Architecture::Qwen3,
+            attention_bias: true,
+            seed: 13,
+            ..SynthSpec::tiny()
+        },
+        SynthSpec {
+            rope_theta: 500_000.0,
+            rope_llama3: Some(Llama3RopeScaling {
+                factor: 8.0,
+                low_freq_factor: 1.0,
+                high_freq_factor: 4.0,
+                original_max_position_embeddings: 128.0,
+            }),
+            seed: 14,
+            ..SynthSpec::tiny()
+        },
     ];
     for spec in shapes {
         let (_dir, model) = tiny(spec.clone());

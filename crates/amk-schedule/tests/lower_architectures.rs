@@ -1,0 +1,148 @@
+//! Lowering each supported architecture (the configs of `fixtures/tiny/`): the per-head q/k
+//! norms, sliding windows, q/k/v-only biases and llama3 rope reach the tasks, their weights
+//! are declared as reads, and `schedule.ron` round-trips the new fields (and leaves them out
+//! where unused, so llama schedules are written exactly as before).
+
+use amk_ir::config::ModelConfig;
+use amk_ir::graph::DecodeGraph;
+use amk_schedule::ops::{ProjOutput, RopeSpec, TaskOp};
+use amk_schedule::schedule::Schedule;
+use amk_schedule::{lower, LowerError, ScheduleConfig};
+use std::path::Path;
+
+fn graph(name: &str) -> DecodeGraph {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../fixtures/tiny")
+        .join(name)
+        .join("config.json");
+    DecodeGraph::build(&ModelConfig::from_file(&path).unwrap())
+}
+
+fn lowered(name: &str) -> Schedule {
+    let config = ScheduleConfig { workers: 5, max_positions: 64, ..Default::default() };
+    lower(&graph(name), &config).unwrap()
+}
+
+fn op<'a>(s: &'a Schedule, task: &str) -> &'a TaskOp {
+    &s.tasks.iter().find(|t| t.name == task).unwrap_or_else(|| panic!("no task {task}")).op
+}
+
+fn buffer(s: &Schedule, name: &str) -> u32 {
+    s.buffers.iter().position(|b| b.name == name).unwrap_or_else(|| panic!("no buffer {name}"))
+        as u32
+}
+
+#[test]
+fn every_fixture_lowers_and_round_trips() {
+    for name in [
+        "llama2",
+        "llama3",
+        "tinyllama",
+        "smollm2_360m",
+        "smollm2_1_7b",
+        "mistral",
+        "qwen2",
+        "qwen3",
+    ] {
+        let s = lowered(name);
+        let text = s.to_ron_string();
+        let back = Schedule::from_ron_str(&text).unwrap();
+        assert_eq!(back, s, "{name}");
+        assert_eq!(back.to_ron_string(), text, "{name}");
+        // Only what a model uses is written.
+        assert_eq!(text.contains("head_norm"), name == "qwen3", "{name}");
+        assert_eq!(text.contains("window"), name == "mistral", "{name}");
+        assert_eq!(text.contains("llama3"), name == "llama3", "{name}");
+        // Every task's declared regions cover its op's footprint (the lowering declares the
+        // footprint itself).
+        for t in &s.tasks {
+            let (r, w) = t.op.footprint(|b| s.buffers[b.index()].bytes);
+            assert_eq!((&r, &w), (&t.reads, &t.writes), "{name}: {}", t.name);
+        }
+    }
+}
+
+#[test]
+fn qwen3_q_and_k_heads_carry_their_norms() {
+    let s = lowered("qwen3");
+    for (task, norm) in [
+        ("L1.q.h1", "model.layers.1.self_attn.q_norm.weight"),
+        ("L1.k.h0", "model.layers.1.self_attn.k_norm.weight"),
+    ] {
+        let TaskOp::Projection { head_norm: Some(n), rope: Some(rope), bias, rows, .. } =
+            op(&s, task)
+        else {
+            panic!("{task}: {:?}", op(&s, task))
+        };
+        assert_eq!(n.weight.0, buffer(&s, norm), "{task}");
+        assert_eq!((n.head_dim, n.eps, *rows), (128, 1e-6, 128), "{task}");
+        assert_eq!(*rope, RopeSpec { head_dim: 128, theta: 1e6, llama3: None });
+        assert_eq!(*bias, None, "{task}");
+        // The norm weight is declared as read.
+        let t = s.tasks.iter().find(|t| t.name == task).unwrap();
+        assert!(t.reads.iter().any(|r| r.buffer == n.weight && r.offset == 0 && r.len == 512));
+    }
+    let TaskOp::Projection { head_norm: None, rope: None, .. } = op(&s, "L0.v.h0") else {
+        panic!("values are neither normalised nor rotated")
+    };
+}
+
+#[test]
+fn mistral_attention_has_its_window() {
+    let s = lowered("mistral");
+    for h in 0..3 {
+        let TaskOp::Attention { window, kv_head, .. } = op(&s, &format!("L1.attn.h{h}")) else {
+            panic!()
+        };
+        assert_eq!((*window, *kv_head), (Some(8), 0));
+    }
+    let TaskOp::Attention { window: None, .. } = op(&lowered("llama2"), "L0.attn.h0") else {
+        panic!("llama attends to every position")
+    };
+}
+
+#[test]
+fn qwen2_biases_q_k_v_but_not_o() {
+    let s = lowered("qwen2");
+    for (task, bias) in [
+        ("L0.q.h2", "model.layers.0.self_attn.q_proj.bias"),
+        ("L0.k.h0", "model.layers.0.self_attn.k_proj.bias"),
+        ("L0.v.h0", "model.layers.0.self_attn.v_proj.bias"),
+    ] {
+        let TaskOp::Projection { bias: Some(b), .. } = op(&s, task) else { panic!("{task}") };
+        assert_eq!(b.0, buffer(&s, bias), "{task}");
+    }
+    let TaskOp::Projection { bias: None, output: ProjOutput::Accumulate { .. }, .. } =
+        op(&s, "L0.o.r0")
+    else {
+        panic!("o has no bias")
+    };
+}
+
+#[test]
+fn llama3_rope_reaches_the_tasks() {
+    let s = lowered("llama3");
+    let TaskOp::Projection { rope: Some(rope), .. } = op(&s, "L0.k.h0") else { panic!() };
+    let scaling = rope.llama3.expect("llama3 scaling");
+    assert_eq!(scaling.factor, 8.0);
+    assert_eq!(scaling.original_max_position_embeddings, 64.0);
+    assert_eq!(rope.inv_freq(), graph("llama3").config.rope.inv_freq(128));
+}
+
+#[test]
+fn mlp_bias_is_refused_not_dropped() {
+    let mut g = graph("llama2");
+    g.config.mlp_bias = true;
+    let g = DecodeGraph::build(&g.config);
+    let err = lower(&g, &ScheduleConfig::default()).unwrap_err();
+    assert!(matches!(err, LowerError::Unsupported(_)), "{err:?}");
+    assert!(err.to_string().contains("mlp_bias"), "{err}");
+}
+
+#[test]
+fn a_graph_of_another_architecture_is_not_the_pattern() {
+    // A Qwen3 graph whose config claims Llama: the norms are not where the lowering expects.
+    let mut g = graph("qwen3");
+    g.config.qk_norm = false;
+    assert!(matches!(lower(&g, &ScheduleConfig::default()), Err(LowerError::Pattern { .. })));
+}
