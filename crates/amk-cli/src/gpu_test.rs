@@ -21,7 +21,6 @@ use amk_verify::LaunchFacts;
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use std::path::PathBuf;
-use std::time::Instant;
 
 /// Run the GPU checks (exact and bf16 golden decodes, unsafe and non-fitting schedules refused,
 /// one launch per token, speed at three contexts) and print a table; exit non-zero if any
@@ -259,12 +258,12 @@ pub fn run(args: GpuTestArgs) -> Result<()> {
         for pos in 0..ctx {
             tok = bf16.step(tok.min(49000), pos)?;
         }
-        let mut times = Vec::with_capacity(args.timed_tokens);
-        for i in 0..args.timed_tokens {
-            let t = Instant::now();
-            tok = bf16.step(tok.min(49000), ctx + i)?;
-            times.push(t.elapsed().as_secs_f64() * 1e3);
-        }
+        // Launches queued back to back, each timed by CUDA events around it.
+        let mut times: Vec<f64> = bf16
+            .time_decode(tok.min(49000), ctx as u32, args.timed_tokens)?
+            .into_iter()
+            .map(f64::from)
+            .collect();
         times.sort_by(f64::total_cmp);
         let median = times[times.len() / 2];
         let bytes = weight_bytes(&model, 2) + kv_bytes(&model, ctx + args.timed_tokens / 2);

@@ -180,6 +180,19 @@ impl Gpu {
         Ok(s)
     }
 
+    /// An event that records time (for [`GpuBackend::time_decode`]); destroy it after use.
+    fn timing_event(&mut self) -> Result<sys::CUevent, GpuError> {
+        let mut e: sys::CUevent = std::ptr::null_mut();
+        // SAFETY: valid out-pointer, current context.
+        check("cuEventCreate", unsafe { sys::cuEventCreate(&mut e, 0) })?;
+        Ok(e)
+    }
+
+    fn destroy_event(&mut self, e: sys::CUevent) {
+        // SAFETY: an event created by `timing_event` and no longer recorded.
+        unsafe { sys::cuEventDestroy_v2(e) };
+    }
+
     fn event(&mut self) -> Result<sys::CUevent, GpuError> {
         let mut e: sys::CUevent = std::ptr::null_mut();
         let flags = sys::CUevent_flags::CU_EVENT_DISABLE_TIMING as c_uint;
@@ -567,43 +580,7 @@ impl GpuBackend {
         check("cuMemcpyHtoDAsync (io)", unsafe {
             sys::cuMemcpyHtoDAsync_v2(self.io_dev, self.io_host as *const c_void, 8, stream)
         })?;
-        let mut args: [sys::CUdeviceptr; 6] = [
-            self.tables[0],
-            self.tables[1],
-            self.tables[2],
-            self.tables[3],
-            self.tables[4],
-            self.counters.dev,
-        ];
-        let mut epoch_arg: c_uint = epoch;
-        let mut params: [*mut c_void; 7] = [
-            &mut args[0] as *mut _ as *mut c_void,
-            &mut args[1] as *mut _ as *mut c_void,
-            &mut args[2] as *mut _ as *mut c_void,
-            &mut args[3] as *mut _ as *mut c_void,
-            &mut args[4] as *mut _ as *mut c_void,
-            &mut args[5] as *mut _ as *mut c_void,
-            &mut epoch_arg as *mut _ as *mut c_void,
-        ];
-        let (g, b) = (self.plan.grid, self.plan.block);
-        // SAFETY: the parameters match kernels/abi.cuh (six device addresses, then a u32) and
-        // point to locals alive for the call; every address is a live allocation.
-        check("cuLaunchKernel", unsafe {
-            sys::cuLaunchKernel(
-                self.function,
-                g.0,
-                g.1,
-                g.2,
-                b.0,
-                b.1,
-                b.2,
-                self.plan.dynamic_smem_bytes,
-                stream,
-                params.as_mut_ptr(),
-                std::ptr::null_mut(),
-            )
-        })?;
-        self.launches += 1;
+        self.enqueue_kernel(epoch)?;
         // SAFETY: pinned destinations of the sizes copied; the sources are live allocations.
         unsafe {
             check(
@@ -652,6 +629,155 @@ impl GpuBackend {
             return Err(GpuError::BadToken { token: next, vocab_size: self.vocab_size });
         }
         Ok(next)
+    }
+
+    /// Queues one launch of the kernel for `epoch` on the backend's stream.
+    fn enqueue_kernel(&mut self, epoch: u32) -> Result<(), GpuError> {
+        let stream = self.stream;
+        let mut args: [sys::CUdeviceptr; 6] = [
+            self.tables[0],
+            self.tables[1],
+            self.tables[2],
+            self.tables[3],
+            self.tables[4],
+            self.counters.dev,
+        ];
+        let mut epoch_arg: c_uint = epoch;
+        let mut params: [*mut c_void; 7] = [
+            &mut args[0] as *mut _ as *mut c_void,
+            &mut args[1] as *mut _ as *mut c_void,
+            &mut args[2] as *mut _ as *mut c_void,
+            &mut args[3] as *mut _ as *mut c_void,
+            &mut args[4] as *mut _ as *mut c_void,
+            &mut args[5] as *mut _ as *mut c_void,
+            &mut epoch_arg as *mut _ as *mut c_void,
+        ];
+        let (g, b) = (self.plan.grid, self.plan.block);
+        // SAFETY: the parameters match kernels/abi.cuh (six device addresses, then a u32) and
+        // point to locals alive for the call; every address is a live allocation.
+        check("cuLaunchKernel", unsafe {
+            sys::cuLaunchKernel(
+                self.function,
+                g.0,
+                g.1,
+                g.2,
+                b.0,
+                b.1,
+                b.2,
+                self.plan.dynamic_smem_bytes,
+                stream,
+                params.as_mut_ptr(),
+                std::ptr::null_mut(),
+            )
+        })?;
+        self.launches += 1;
+        Ok(())
+    }
+
+    /// Decodes `tokens` tokens from `token` at `position` with the launches queued back to back
+    /// (each reads the token and position the previous one wrote on the device, so the host
+    /// never stalls the GPU), and returns each launch's GPU time in milliseconds from CUDA
+    /// events recorded around it. Logits are not copied back. The watchdog covers the batch.
+    pub fn time_decode(
+        &mut self,
+        token: u32,
+        position: u32,
+        tokens: usize,
+    ) -> Result<Vec<f32>, GpuError> {
+        if let Some(why) = &self.wedged {
+            return Err(GpuError::Wedged(why.clone()));
+        }
+        guarded("timing the megakernel", || self.time_decode_inner(token, position, tokens))
+    }
+
+    fn time_decode_inner(
+        &mut self,
+        token: u32,
+        position: u32,
+        tokens: usize,
+    ) -> Result<Vec<f32>, GpuError> {
+        if tokens == 0 {
+            return Ok(Vec::new());
+        }
+        let end = position as usize + tokens;
+        if end > self.max_positions {
+            return Err(GpuError::Layout(format!(
+                "timing {tokens} tokens from position {position} needs {end} positions; the \
+                 caches hold {}",
+                self.max_positions
+            )));
+        }
+        if self.counters.memory == CounterMemory::HostMapped
+            && self.counters.resets.contains(&CounterReset::Zeroed)
+        {
+            return Err(GpuError::Unavailable(
+                "queued launches need device counters when a counter is zeroed per launch".into(),
+            ));
+        }
+        self.gpu.bind()?;
+        self.has_logits = false;
+        let stream = self.stream;
+        let events: Vec<sys::CUevent> =
+            (0..=tokens).map(|_| self.gpu.timing_event()).collect::<Result<_, _>>()?;
+        // SAFETY: `io_host` is pinned memory of 8 bytes; no copy is in flight.
+        unsafe {
+            self.io_host.write(token);
+            self.io_host.add(1).write(position);
+        }
+        // SAFETY: pinned source of 8 bytes; the io buffer holds at least 8.
+        check("cuMemcpyHtoDAsync (io)", unsafe {
+            sys::cuMemcpyHtoDAsync_v2(self.io_dev, self.io_host as *const c_void, 8, stream)
+        })?;
+        let first = self.launches;
+        // SAFETY: live events on the backend's stream.
+        check("cuEventRecord", unsafe { sys::cuEventRecord(events[0], stream) })?;
+        for e in &events[1..] {
+            let epoch = self.launches as u32;
+            self.zero_reset_counters()?;
+            self.enqueue_kernel(epoch)?;
+            // SAFETY: as above.
+            check("cuEventRecord", unsafe { sys::cuEventRecord(*e, stream) })?;
+        }
+        // SAFETY: as above.
+        check("cuEventRecord", unsafe { sys::cuEventRecord(self.done, stream) })?;
+        let watchdog = self.options.watchdog.saturating_mul(tokens as u32);
+        match wait_event(self.done, watchdog) {
+            Ok(true) => {}
+            Ok(false) => {
+                let epoch = (self.launches - 1) as u32;
+                self.wedge(format!("launches {first}..{} hung", self.launches));
+                return Err(GpuError::Hang {
+                    launch: self.launches - 1,
+                    epoch,
+                    watchdog,
+                    counters: self.read_counters(epoch),
+                });
+            }
+            Err(code) => {
+                let epoch = (self.launches - 1) as u32;
+                self.wedge(format!("launches {first}..{} failed: {}", self.launches, code_name(code)));
+                return Err(GpuError::Fault {
+                    launch: self.launches - 1,
+                    epoch,
+                    call: "cuEventQuery",
+                    code: code_name(code),
+                    counters: self.read_counters(epoch),
+                });
+            }
+        }
+        let mut times = Vec::with_capacity(tokens);
+        for pair in events.windows(2) {
+            let mut ms = 0f32;
+            // SAFETY: both events completed on this stream.
+            check("cuEventElapsedTime", unsafe {
+                sys::cuEventElapsedTime_v2(&mut ms, pair[0], pair[1])
+            })?;
+            times.push(ms);
+        }
+        for e in events {
+            self.gpu.destroy_event(e);
+        }
+        Ok(times)
     }
 
     /// Marks the backend unusable and keeps its memory alive (a launch may still use it).
