@@ -54,10 +54,13 @@
 // PROJECTION:    1..5 input, 6 weight, 7 bias (or AMK_NONE), 8 first_row, 9 rows, 10 cols,
 //                11 rope (0/1), 12 rope head_dim, 13 theta low word, 14 theta high word
 //                (f64 bits), 15 io, 16 out kind, 17 out buffer, 18 out offset (elements) or
-//                kv_head, 19 head_dim (cache row), 20 max_positions (cache row)
+//                kv_head, 19 head_dim (cache row), 20 max_positions (cache row), 21 per-head
+//                RMSNorm weight (or AMK_NONE; 12 is then its head_dim), 22 its eps (f32 bits),
+//                23 llama3 rope (0/1), 24 factor, 25 low_freq_factor, 26 high_freq_factor,
+//                27 original_max_position_embeddings (f32 bits)
 // GATED_UP:      1..5 input, 6 gate, 7 up, 8 first_row, 9 rows, 10 cols, 11 out
 // ATTENTION:     1 q, 2 head, 3 kv_head, 4 head_dim, 5 max_positions, 6 k cache, 7 v cache,
-//                8 io, 9 out
+//                8 io, 9 out, 10 sliding window in positions (0 = none)
 // HEAD_ARGMAX:   1..5 input, 6 weight, 7 first_row, 8 rows, 9 cols, 10 logits, 11 partials,
 //                12 slot
 // ARGMAX_REDUCE: 1 partials, 2 count, 3 io

@@ -4,7 +4,14 @@
 // epoch offset plus k. Task bodies are the fused ops of amk-schedule (see abi.cuh for layouts).
 //
 // Expects (defined by the generated prologue, numbers only): AMK_WEIGHT_BF16 (0 or 1),
-// AMK_BLOCK_THREADS, AMK_MAX_COLS, AMK_MAX_HEAD_DIM.
+// AMK_BLOCK_THREADS, AMK_MAX_COLS, AMK_MAX_HEAD_DIM, AMK_STAGE_BYTES (a multiple of 16; 0 turns
+// weight staging off).
+//
+// Weight staging: weights do not depend on activations, so each worker copies the weight tiles
+// of its next two stageable tasks (projection, gated-up and LM-head tiles of at most
+// AMK_STAGE_BYTES) into shared memory with cp.async as soon as a slot is free, i.e. before it
+// waits for those tasks' inputs. The weight stream then runs under the sync latency, and a
+// task's dot products read shared memory. Tasks whose tile does not fit read global memory.
 //
 // Memory: weights are read with the read-only path (__ldg); activations written by other blocks
 // in this launch are read with __ldcg (L2, bypassing a possibly stale L1). A block barrier
@@ -17,12 +24,15 @@
 #define AMK_NEG_INF __int_as_float(0xff800000)
 
 // Shared memory: a main area (a projection's input vector, or attention's query and per-warp
-// partial results), then 64 words of scratch for block reductions. The host sizes the dynamic
-// shared memory as 4 * AMK_SMEM_FLOATS bytes.
+// partial results), 64 words of scratch for block reductions, one head of projected rows (for
+// per-head norm and rope), then two weight-staging slots. The host sizes the dynamic shared
+// memory as 4 * AMK_SMEM_FLOATS bytes.
 #define AMK_ATTN_FLOATS (AMK_MAX_HEAD_DIM + AMK_WARPS * (AMK_MAX_HEAD_DIM + 2))
 #define AMK_SMEM_MAIN ((((AMK_MAX_COLS > AMK_ATTN_FLOATS) ? AMK_MAX_COLS : AMK_ATTN_FLOATS) + 3) / 4 * 4)
 #define AMK_SMEM_SCRATCH_OFFSET AMK_SMEM_MAIN
-#define AMK_SMEM_FLOATS (AMK_SMEM_MAIN + 64)
+#define AMK_SMEM_HEAD_OFFSET (AMK_SMEM_MAIN + 64)
+#define AMK_SMEM_STAGE_OFFSET (AMK_SMEM_HEAD_OFFSET + (AMK_MAX_HEAD_DIM + 3) / 4 * 4)
+#define AMK_SMEM_FLOATS (AMK_SMEM_STAGE_OFFSET + 2 * (AMK_STAGE_BYTES / 4))
 
 typedef unsigned int u32;
 typedef unsigned long long u64;
@@ -32,10 +42,26 @@ typedef unsigned short amk_w;
 __device__ __forceinline__ float amk_wload(const amk_w* p, u64 i) {
     return __uint_as_float(((u32)__ldg(p + i)) << 16);
 }
+__device__ __forceinline__ float amk_wload_any(const amk_w* p, u64 i) {
+    return __uint_as_float(((u32)p[i]) << 16);
+}
 #else
 typedef float amk_w;
 __device__ __forceinline__ float amk_wload(const amk_w* p, u64 i) { return __ldg(p + i); }
+__device__ __forceinline__ float amk_wload_any(const amk_w* p, u64 i) { return p[i]; }
 #endif
+
+// Weight loads: S = false reads global memory through the read-only path; S = true reads a
+// staged tile in shared memory (a generic address, so no __ldg).
+template <bool S>
+__device__ __forceinline__ uint4 amk_w16(const amk_w* p) {
+    if (S) return *reinterpret_cast<const uint4*>(p);
+    return __ldg(reinterpret_cast<const uint4*>(p));
+}
+template <bool S>
+__device__ __forceinline__ float amk_w1(const amk_w* p, u64 i) {
+    return S ? amk_wload_any(p, i) : amk_wload(p, i);
+}
 
 __device__ __forceinline__ float amk_warp_sum(float v) {
 #pragma unroll
@@ -77,7 +103,7 @@ __device__ void amk_block_argmax(float& bv, u32& bi, float* scratch) {
 
 // Dot products of R consecutive weight rows (row length `cols`, starting at element `base`)
 // with the shared-memory vector x, by one warp; every lane gets the sums.
-template <int R>
+template <int R, bool S>
 __device__ __forceinline__ void amk_dot_rows(const amk_w* __restrict__ w, u64 base, u32 cols,
                                              u32 nrows, const float* x, float* out) {
     const u32 lane = threadIdx.x & 31;
@@ -103,7 +129,7 @@ __device__ __forceinline__ void amk_dot_rows(const amk_w* __restrict__ w, u64 ba
 #pragma unroll
             for (int r = 0; r < R; ++r) {
                 if ((u32)r < nrows) {
-                    const uint4 q = __ldg(reinterpret_cast<const uint4*>(w + base + (u64)r * cols) + j);
+                    const uint4 q = amk_w16<S>(w + base + (u64)r * cols + (u64)j * vec);
 #if AMK_WEIGHT_BF16
                     acc[r] += __uint_as_float(q.x << 16) * x0.x + __uint_as_float(q.x & 0xFFFF0000u) * x0.y
                             + __uint_as_float(q.y << 16) * x0.z + __uint_as_float(q.y & 0xFFFF0000u) * x0.w
@@ -120,7 +146,7 @@ __device__ __forceinline__ void amk_dot_rows(const amk_w* __restrict__ w, u64 ba
         for (u32 j = lane; j < cols; j += 32) {
 #pragma unroll
             for (int r = 0; r < R; ++r)
-                if ((u32)r < nrows) acc[r] += amk_wload(w, base + (u64)r * cols + j) * x[j];
+                if ((u32)r < nrows) acc[r] += amk_w1<S>(w, base + (u64)r * cols + j) * x[j];
         }
     }
 #pragma unroll
@@ -147,14 +173,33 @@ __device__ void amk_load_input(const u32* d, const u64* buffers, float* x, float
 }
 
 // 1 / theta^(2i/d), in double and rounded to f32 as the reference's f32 inv_freq is; exp2/log2
-// in double instead of the general pow, which is several times slower on the device.
-__device__ __forceinline__ float amk_inv_freq(u32 i, u32 head_dim, double theta) {
-    return (float)exp2(-log2(theta) * (double)(2 * i) / (double)head_dim);
+// in double instead of the general pow, which is several times slower on the device. With
+// llama3 scaling (words 23..27 of a projection), the bands of Hugging Face's
+// `_compute_llama3_parameters` follow, in f32 as it computes them.
+__device__ __forceinline__ float amk_rope_inv_freq(const u32* d, u32 i, u32 head_dim, double theta) {
+    float inv = (float)exp2(-log2(theta) * (double)(2 * i) / (double)head_dim);
+    if (d[23]) {
+        const float factor = __uint_as_float(d[24]), low = __uint_as_float(d[25]);
+        const float high = __uint_as_float(d[26]), orig = __uint_as_float(d[27]);
+        const float low_wavelen = orig / low, high_wavelen = orig / high;
+        const float wavelen = 6.28318530717958647692f / inv;
+        const float scaled = wavelen > low_wavelen ? inv / factor : inv;
+        const float smooth = (orig / wavelen - low) / (high - low);
+        const float smoothed = (1.0f - smooth) * scaled / factor + smooth * scaled;
+        const bool medium = !(wavelen < high_wavelen) && !(wavelen > low_wavelen);
+        inv = medium ? smoothed : scaled;
+    }
+    return inv;
+}
+
+// The epilogue of one projection output element: store, or add to the residual stream.
+__device__ __forceinline__ void amk_put(float* o, float v, u32 out_kind) {
+    if (out_kind == AMK_OUT_ACCUMULATE) *o = __ldcg(o) + v; else *o = v;
 }
 
 // Rows of a projection, R per warp at a time (R = 1 for small tiles, so every warp works),
 // with bias and the store or residual-add epilogue.
-template <int R>
+template <int R, bool S>
 __device__ __forceinline__ void amk_projection_rows(const amk_w* w, const amk_w* bias_w, u32 first,
                                                     u32 rows, u32 cols, const float* x,
                                                     float* out, u32 out_kind) {
@@ -162,81 +207,133 @@ __device__ __forceinline__ void amk_projection_rows(const amk_w* w, const amk_w*
     for (u32 r0 = warp * R; r0 < rows; r0 += AMK_WARPS * R) {
         float y[R];
         const u32 n = min((u32)R, rows - r0);
-        amk_dot_rows<R>(w, (u64)(first + r0) * cols, cols, n, x, y);
+        amk_dot_rows<R, S>(w, (u64)(first + r0) * cols, cols, n, x, y);
         if (lane < n) {
             float v = y[0];
 #pragma unroll
             for (int r = 1; r < R; ++r) if ((u32)r == lane) v = y[r];
             if (bias_w) v += amk_wload(bias_w, first + r0 + lane);
-            float* o = out + r0 + lane;
-            if (out_kind == AMK_OUT_ACCUMULATE) *o = __ldcg(o) + v; else *o = v;
+            amk_put(out + r0 + lane, v, out_kind);
         }
     }
 }
 
-__device__ void amk_projection(const u32* d, const u64* buffers, float* x, float* scratch) {
-    amk_load_input(d, buffers, x, scratch);
-    const amk_w* w = reinterpret_cast<const amk_w*>(buffers[d[6]]);
-    const amk_w* bias_w = d[7] == AMK_NONE ? nullptr : reinterpret_cast<const amk_w*>(buffers[d[7]]);
-    const u32 first = d[8], rows = d[9], cols = d[10], rope = d[11], hd = d[12];
+// Whole heads of a projection: each head's rows go to shared memory, then (in Hugging Face's
+// order) bias, per-head RMSNorm (Qwen3's q/k norm), rope, and the epilogue.
+template <bool S>
+__device__ void amk_projection_heads(const u32* d, const amk_w* w, const amk_w* bias_w,
+                                     const float* x, float* ys, float* scratch, float* out,
+                                     u32 out_kind, u32 pos, const u64* buffers) {
+    const u32 first = d[8], rows = d[9], cols = d[10], rope = d[11];
+    const u32 hd = d[12];
     const double theta = __hiloint2double((int)d[14], (int)d[13]);
+    const amk_w* nw = d[21] == AMK_NONE ? nullptr : reinterpret_cast<const amk_w*>(buffers[d[21]]);
+    const u32 lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    for (u32 h0 = 0; h0 < rows; h0 += hd) {
+        for (u32 r0 = warp * 4; r0 < hd; r0 += AMK_WARPS * 4) {
+            float y[4];
+            const u32 n = min(4u, hd - r0);
+            amk_dot_rows<4, S>(w, (u64)(first + h0 + r0) * cols, cols, n, x, y);
+            if (lane < n) {
+                float v = y[0];
+#pragma unroll
+                for (int r = 1; r < 4; ++r) if ((u32)r == lane) v = y[r];
+                if (bias_w) v += amk_wload(bias_w, first + h0 + r0 + lane);
+                ys[r0 + lane] = v;
+            }
+        }
+        __syncthreads();
+        if (nw) {
+            float ss = 0.f;
+            for (u32 i = threadIdx.x; i < hd; i += AMK_BLOCK_THREADS) ss += ys[i] * ys[i];
+            const float total = amk_block_sum(ss, scratch);
+            const float inv = 1.0f / sqrtf(total / (float)hd + __uint_as_float(d[22]));
+            __syncthreads();
+            for (u32 i = threadIdx.x; i < hd; i += AMK_BLOCK_THREADS) ys[i] = amk_wload(nw, i) * (ys[i] * inv);
+            __syncthreads();
+        }
+        if (rope) {
+            const u32 half = hd / 2;
+            for (u32 i = threadIdx.x; i < half; i += AMK_BLOCK_THREADS) {
+                const float ang = (float)pos * amk_rope_inv_freq(d, i, hd, theta);
+                const float c = cosf(ang), s = sinf(ang);
+                const float a = ys[i], b = ys[i + half];
+                amk_put(out + h0 + i, a * c - b * s, out_kind);
+                amk_put(out + h0 + i + half, b * c + a * s, out_kind);
+            }
+        } else {
+            for (u32 i = threadIdx.x; i < hd; i += AMK_BLOCK_THREADS) amk_put(out + h0 + i, ys[i], out_kind);
+        }
+        __syncthreads();
+    }
+}
+
+// `staged`: the task's weight tile in shared memory, or null to read global memory.
+__device__ void amk_projection(const u32* d, const u64* buffers, float* x, float* scratch,
+                               float* ys, const amk_w* staged) {
+    amk_load_input(d, buffers, x, scratch);
+    const u32 first = d[8], rows = d[9], cols = d[10], rope = d[11];
+    const amk_w* w = staged ? staged - (u64)first * cols : reinterpret_cast<const amk_w*>(buffers[d[6]]);
+    const amk_w* bias_w = d[7] == AMK_NONE ? nullptr : reinterpret_cast<const amk_w*>(buffers[d[7]]);
     const u32* io = reinterpret_cast<const u32*>(buffers[d[15]]);
     const u32 out_kind = d[16];
     float* out = reinterpret_cast<float*>(buffers[d[17]]);
     const u32 off = d[18];
     const u32 pos = (rope || out_kind == AMK_OUT_CACHE_ROW) ? __ldcg(io + 1) : 0u;
-    const u32 lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     u64 dst0 = off;  // element index of output row 0
     if (out_kind == AMK_OUT_CACHE_ROW) dst0 = ((u64)off * d[20] + pos) * d[19];
-    if (rope) {
-        // Warp-per-pair: row a = head*hd + i and b = a + hd/2 rotate together.
-        const u32 half = hd / 2, pairs = rows / 2;
-        for (u32 p = warp; p < pairs; p += AMK_WARPS) {
-            const u32 head = p / half, i = p % half;
-            const u32 ra = head * hd + i, rb = ra + half;
-            float ya, yb;
-            amk_dot_rows<1>(w, (u64)(first + ra) * cols, cols, 1, x, &ya);
-            amk_dot_rows<1>(w, (u64)(first + rb) * cols, cols, 1, x, &yb);
-            if (lane == 0) {
-                if (bias_w) { ya += amk_wload(bias_w, first + ra); yb += amk_wload(bias_w, first + rb); }
-                const float ang = (float)pos * amk_inv_freq(i, hd, theta);
-                const float c = cosf(ang), s = sinf(ang);
-                out[dst0 + ra] = ya * c - yb * s;
-                out[dst0 + rb] = yb * c + ya * s;
-            }
-        }
+    if (rope || d[21] != AMK_NONE) {
+        if (staged) amk_projection_heads<true>(d, w, bias_w, x, ys, scratch, out + dst0, out_kind, pos, buffers);
+        else amk_projection_heads<false>(d, w, bias_w, x, ys, scratch, out + dst0, out_kind, pos, buffers);
     } else if (rows >= 4 * AMK_WARPS) {
-        amk_projection_rows<4>(w, bias_w, first, rows, cols, x, out + dst0, out_kind);
+        if (staged) amk_projection_rows<4, true>(w, bias_w, first, rows, cols, x, out + dst0, out_kind);
+        else amk_projection_rows<4, false>(w, bias_w, first, rows, cols, x, out + dst0, out_kind);
     } else {
-        amk_projection_rows<1>(w, bias_w, first, rows, cols, x, out + dst0, out_kind);
+        if (staged) amk_projection_rows<1, true>(w, bias_w, first, rows, cols, x, out + dst0, out_kind);
+        else amk_projection_rows<1, false>(w, bias_w, first, rows, cols, x, out + dst0, out_kind);
     }
 }
 
-__device__ void amk_gated_up(const u32* d, const u64* buffers, float* x, float* scratch) {
-    amk_load_input(d, buffers, x, scratch);
-    const amk_w* gate = reinterpret_cast<const amk_w*>(buffers[d[6]]);
-    const amk_w* up = reinterpret_cast<const amk_w*>(buffers[d[7]]);
-    const u32 first = d[8], rows = d[9], cols = d[10];
-    float* out = reinterpret_cast<float*>(buffers[d[11]]);
+template <bool S>
+__device__ __forceinline__ void amk_gated_rows(const amk_w* gate, const amk_w* up, u32 first,
+                                               u32 rows, u32 cols, const float* x, float* out) {
     const u32 lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     for (u32 r = warp; r < rows; r += AMK_WARPS) {
         float g, u;
-        amk_dot_rows<1>(gate, (u64)(first + r) * cols, cols, 1, x, &g);
-        amk_dot_rows<1>(up, (u64)(first + r) * cols, cols, 1, x, &u);
+        amk_dot_rows<1, S>(gate, (u64)(first + r) * cols, cols, 1, x, &g);
+        amk_dot_rows<1, S>(up, (u64)(first + r) * cols, cols, 1, x, &u);
         if (lane == 0) out[first + r] = g / (1.0f + expf(-g)) * u;
     }
 }
 
-// One query head over its key/value head's cache rows 0..=pos. Each warp runs an online
-// softmax over a strided subset of positions; warps then merge through shared memory.
+// `staged`: the gate tile then the up tile in shared memory, or null.
+__device__ void amk_gated_up(const u32* d, const u64* buffers, float* x, float* scratch,
+                             const amk_w* staged) {
+    amk_load_input(d, buffers, x, scratch);
+    const u32 first = d[8], rows = d[9], cols = d[10];
+    float* out = reinterpret_cast<float*>(buffers[d[11]]);
+    if (staged) {
+        const u64 tile = (u64)rows * cols;
+        amk_gated_rows<true>(staged - (u64)first * cols, staged + tile - (u64)first * cols, first, rows, cols, x, out);
+    } else {
+        amk_gated_rows<false>(reinterpret_cast<const amk_w*>(buffers[d[6]]),
+                              reinterpret_cast<const amk_w*>(buffers[d[7]]), first, rows, cols, x, out);
+    }
+}
+
+// One query head over its key/value head's cache rows start..=pos (start = 0, or pos + 1 - W
+// under a sliding window of W, word 10). Each warp runs an online softmax over a strided
+// subset of positions, P at a time with their key and value loads in flight together; warps
+// then merge through shared memory.
 __device__ void amk_attention(const u32* d, const u64* buffers, float* smem) {
     const float* q = reinterpret_cast<const float*>(buffers[d[1]]);
-    const u32 head = d[2], kvh = d[3], hd = d[4], maxpos = d[5];
+    const u32 head = d[2], kvh = d[3], hd = d[4], maxpos = d[5], window = d[10];
     const float* kc = reinterpret_cast<const float*>(buffers[d[6]]) + (u64)kvh * maxpos * hd;
     const float* vc = reinterpret_cast<const float*>(buffers[d[7]]) + (u64)kvh * maxpos * hd;
     const u32* io = reinterpret_cast<const u32*>(buffers[d[8]]);
     float* out = reinterpret_cast<float*>(buffers[d[9]]);
     const u32 npos = __ldcg(io + 1) + 1;
+    const u32 start = (window != 0 && npos > window) ? npos - window : 0u;
     const u32 lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     float* qs = smem;                         // hd floats
     float* part = smem + AMK_MAX_HEAD_DIM;    // per warp: m, l, acc[hd]
@@ -248,15 +345,27 @@ __device__ void amk_attention(const u32* d, const u64* buffers, float* smem) {
     for (u32 k = 0; k < AMK_HEAD_LANES; ++k) acc[k] = 0.f;
     float m = AMK_NEG_INF, l = 0.f;
     const int P = 4;  // positions per warp step: their key and value loads overlap
-    for (u32 t0 = warp * P; t0 < npos; t0 += AMK_WARPS * P) {
-        float s[P];
+    for (u32 t0 = start + warp * P; t0 < npos; t0 += AMK_WARPS * P) {
+        float kv[P][AMK_HEAD_LANES], vv[P][AMK_HEAD_LANES];
 #pragma unroll
         for (int k = 0; k < P; ++k) {
             const u32 t = t0 + k;
+#pragma unroll
+            for (u32 c = 0; c < AMK_HEAD_LANES; ++c) {
+                const u32 j = lane + 32 * c;
+                const bool ok = t < npos && j < hd;
+                kv[k][c] = ok ? __ldcg(kc + (u64)t * hd + j) : 0.f;
+                vv[k][c] = ok ? __ldcg(vc + (u64)t * hd + j) : 0.f;
+            }
+        }
+        float s[P];
+#pragma unroll
+        for (int k = 0; k < P; ++k) {
             float a = 0.f;
-            if (t < npos) {
-                const float* krow = kc + (u64)t * hd;
-                for (u32 j = lane; j < hd; j += 32) a += qs[j] * __ldcg(krow + j);
+#pragma unroll
+            for (u32 c = 0; c < AMK_HEAD_LANES; ++c) {
+                const u32 j = lane + 32 * c;
+                if (j < hd) a += qs[j] * kv[k][c];
             }
             s[k] = a;
         }
@@ -276,13 +385,9 @@ __device__ void amk_attention(const u32* d, const u64* buffers, float* smem) {
         }
 #pragma unroll
         for (u32 c = 0; c < AMK_HEAD_LANES; ++c) {
-            const u32 j = lane + 32 * c;
             float a = acc[c] * corr;
 #pragma unroll
-            for (int k = 0; k < P; ++k) {
-                const u32 t = t0 + k;
-                if (j < hd && t < npos) a += p[k] * __ldcg(vc + (u64)t * hd + j);
-            }
+            for (int k = 0; k < P; ++k) a += p[k] * vv[k][c];
             acc[c] = a;
         }
         m = m2;
@@ -312,21 +417,15 @@ __device__ void amk_attention(const u32* d, const u64* buffers, float* smem) {
     }
 }
 
-__device__ void amk_head_argmax(const u32* d, const u64* buffers, float* x, float* scratch) {
-    amk_load_input(d, buffers, x, scratch);
-    const amk_w* w = reinterpret_cast<const amk_w*>(buffers[d[6]]);
-    const u32 first = d[7], rows = d[8], cols = d[9];
-    float* logits = reinterpret_cast<float*>(buffers[d[10]]);
-    u32* partials = reinterpret_cast<u32*>(buffers[d[11]]);
-    const u32 slot = d[12];
+template <bool S>
+__device__ __forceinline__ void amk_head_rows(const amk_w* w, u32 first, u32 rows, u32 cols,
+                                              const float* x, float* logits, float& bv, u32& bi) {
     const u32 lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    float bv = AMK_NEG_INF;
-    u32 bi = 0xFFFFFFFFu;
     const int R = 4;
     for (u32 r0 = warp * R; r0 < rows; r0 += AMK_WARPS * R) {
         float y[R];
         const u32 n = min((u32)R, rows - r0);
-        amk_dot_rows<R>(w, (u64)(first + r0) * cols, cols, n, x, y);
+        amk_dot_rows<R, S>(w, (u64)(first + r0) * cols, cols, n, x, y);
 #pragma unroll
         for (int r = 0; r < R; ++r) {
             if ((u32)r < n) {
@@ -335,6 +434,19 @@ __device__ void amk_head_argmax(const u32* d, const u64* buffers, float* x, floa
             }
         }
     }
+}
+
+__device__ void amk_head_argmax(const u32* d, const u64* buffers, float* x, float* scratch,
+                                const amk_w* staged) {
+    amk_load_input(d, buffers, x, scratch);
+    const u32 first = d[7], rows = d[8], cols = d[9];
+    float* logits = reinterpret_cast<float*>(buffers[d[10]]);
+    u32* partials = reinterpret_cast<u32*>(buffers[d[11]]);
+    const u32 slot = d[12];
+    float bv = AMK_NEG_INF;
+    u32 bi = 0xFFFFFFFFu;
+    if (staged) amk_head_rows<true>(staged - (u64)first * cols, first, rows, cols, x, logits, bv, bi);
+    else amk_head_rows<false>(reinterpret_cast<const amk_w*>(buffers[d[6]]), first, rows, cols, x, logits, bv, bi);
     amk_block_argmax(bv, bi, scratch);
     if (threadIdx.x == 0) {
         partials[2 * slot] = __float_as_uint(bv);
@@ -387,22 +499,76 @@ __device__ __forceinline__ void amk_prefetch(u64 p, u64 bytes) {
         asm volatile("prefetch.global.L2 [%0];" :: "l"(p + off));
 }
 
-__device__ void amk_prefetch_task(const u32* d, const u64* buffers) {
+// The weight tile of a task: (global address, bytes), bytes = 0 for tasks without one.
+__device__ __forceinline__ void amk_weight_tile(const u32* d, const u64* buffers, u64& addr, u64& bytes) {
     const u64 es = sizeof(amk_w);
+    addr = 0; bytes = 0;
     switch (d[0]) {
         case AMK_TASK_PROJECTION:
-            amk_prefetch(buffers[d[6]] + (u64)d[8] * d[10] * es, (u64)d[9] * d[10] * es);
-            break;
-        case AMK_TASK_GATED_UP:
-            amk_prefetch(buffers[d[6]] + (u64)d[8] * d[10] * es, (u64)d[9] * d[10] * es);
-            amk_prefetch(buffers[d[7]] + (u64)d[8] * d[10] * es, (u64)d[9] * d[10] * es);
-            break;
+            addr = buffers[d[6]] + (u64)d[8] * d[10] * es; bytes = (u64)d[9] * d[10] * es; break;
+        case AMK_TASK_GATED_UP:  // gate and up tiles: staged one after the other
+            addr = buffers[d[6]] + (u64)d[8] * d[10] * es; bytes = 2 * (u64)d[9] * d[10] * es; break;
         case AMK_TASK_HEAD_ARGMAX:
-            amk_prefetch(buffers[d[6]] + (u64)d[7] * d[9] * es, (u64)d[8] * d[9] * es);
-            break;
+            addr = buffers[d[6]] + (u64)d[7] * d[9] * es; bytes = (u64)d[8] * d[9] * es; break;
         default: break;
     }
 }
+
+__device__ void amk_prefetch_task(const u32* d, const u64* buffers) {
+    u64 addr, bytes;
+    amk_weight_tile(d, buffers, addr, bytes);
+    if (d[0] == AMK_TASK_GATED_UP) {
+        const u64 half = bytes / 2;
+        amk_prefetch(addr, half);
+        amk_prefetch(buffers[d[7]] + (addr - buffers[d[6]]), half);
+    } else if (bytes) {
+        amk_prefetch(addr, bytes);
+    } else if (d[0] == AMK_TASK_ATTENTION) {
+        // The cache rows before this step's position are already written: ask L2 for them.
+        const u32 hd = d[4], maxpos = d[5];
+        const u32 pos = __ldcg(reinterpret_cast<const u32*>(buffers[d[8]]) + 1);
+        const u32 start = (d[10] != 0 && pos + 1 > d[10]) ? pos + 1 - d[10] : 0u;
+        const u64 row0 = ((u64)d[3] * maxpos + start) * hd * 4;
+        const u64 bytes = (u64)(pos - min(pos, start)) * hd * 4;
+        amk_prefetch(buffers[d[6]] + row0, bytes);
+        amk_prefetch(buffers[d[7]] + row0, bytes);
+    }
+}
+
+#if AMK_STAGE_BYTES > 0
+// Whether task d's weight tile is staged: it fits a slot and is 16-byte aligned for cp.async.
+// Gated-up tiles come from two buffers; each half must be aligned as well.
+__device__ __forceinline__ bool amk_stageable(const u32* d, const u64* buffers) {
+    u64 addr, bytes;
+    amk_weight_tile(d, buffers, addr, bytes);
+    if (bytes == 0 || bytes > AMK_STAGE_BYTES || (addr | bytes) % 16 != 0) return false;
+    if (d[0] == AMK_TASK_GATED_UP) return (bytes / 2) % 16 == 0 && (buffers[d[7]] + (addr - buffers[d[6]])) % 16 == 0;
+    return true;
+}
+
+__device__ __forceinline__ void amk_cp_async16(void* smem_dst, u64 src) {
+    const u32 dst = (u32)__cvta_generic_to_shared(smem_dst);
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" :: "r"(dst), "l"(src) : "memory");
+}
+
+// Issues the copy of task d's tile into `slot` and commits it as one group (every thread
+// commits, so group counts agree across the block).
+__device__ void amk_stage(const u32* d, const u64* buffers, char* slot) {
+    u64 addr, bytes;
+    amk_weight_tile(d, buffers, addr, bytes);
+    if (d[0] == AMK_TASK_GATED_UP) {
+        const u64 half = bytes / 2, up = buffers[d[7]] + (addr - buffers[d[6]]);
+        for (u64 o = (u64)threadIdx.x * 16; o < half; o += (u64)AMK_BLOCK_THREADS * 16) {
+            amk_cp_async16(slot + o, addr + o);
+            amk_cp_async16(slot + half + o, up + o);
+        }
+    } else {
+        for (u64 o = (u64)threadIdx.x * 16; o < bytes; o += (u64)AMK_BLOCK_THREADS * 16)
+            amk_cp_async16(slot + o, addr + o);
+    }
+    asm volatile("cp.async.commit_group;" ::: "memory");
+}
+#endif
 
 __device__ __forceinline__ u32 amk_load_acquire(const u32* p) {
     u32 v;
@@ -421,36 +587,81 @@ amk_megakernel(const u64* __restrict__ buffers, const u32* __restrict__ program,
     extern __shared__ float4 amk_smem4[];
     float* smem = reinterpret_cast<float*>(amk_smem4);
     float* scratch = smem + AMK_SMEM_SCRATCH_OFFSET;
+    float* ys = smem + AMK_SMEM_HEAD_OFFSET;
     const u32 begin = worker_start[blockIdx.x], end = worker_start[blockIdx.x + 1];
+#if AMK_STAGE_BYTES > 0
+    // Staging queue: the instruction indices of up to two staged tasks, oldest first; slot of
+    // the k-th tile staged is k % 2. `scan` is the next instruction to consider for staging.
+    char* slots = reinterpret_cast<char*>(smem + AMK_SMEM_STAGE_OFFSET);
+    u32 queue[2];
+    u32 queued = 0, staged_total = 0, consumed_total = 0, scan = begin;
+    auto refill = [&]() {
+        while (queued < 2 && scan < end) {
+            const u32 w0 = program[AMK_INSTR_WORDS * scan];
+            if ((w0 >> AMK_OP_SHIFT) == AMK_OP_RUN) {
+                const u32* d = tasks + (u64)(w0 & AMK_ID_MASK) * AMK_TASK_WORDS;
+                if (amk_stageable(d, buffers)) {
+                    amk_stage(d, buffers, slots + (u64)(staged_total % 2) * AMK_STAGE_BYTES);
+                    queue[(consumed_total + queued) % 2] = scan;
+                    ++queued;
+                    ++staged_total;
+                }
+            }
+            ++scan;
+        }
+    };
+    refill();
+#endif
     for (u32 i = begin; i < end; ++i) {
         const u32 w0 = program[AMK_INSTR_WORDS * i], w1 = program[AMK_INSTR_WORDS * i + 1];
         const u32 op = w0 >> AMK_OP_SHIFT, id = w0 & AMK_ID_MASK;
         if (op == AMK_OP_RUN) {
             const u32* d = tasks + (u64)id * AMK_TASK_WORDS;
+            const amk_w* staged = nullptr;
+#if AMK_STAGE_BYTES > 0
+            if (queued > 0 && queue[consumed_total % 2] == i) {
+                // Wait for this tile's group; the other queued tile may stay in flight.
+                if (queued > 1) asm volatile("cp.async.wait_group 1;" ::: "memory");
+                else asm volatile("cp.async.wait_group 0;" ::: "memory");
+                __syncthreads();
+                staged = reinterpret_cast<const amk_w*>(slots + (u64)(consumed_total % 2) * AMK_STAGE_BYTES);
+            }
+#endif
             switch (d[0]) {
-                case AMK_TASK_PROJECTION: amk_projection(d, buffers, smem, scratch); break;
-                case AMK_TASK_GATED_UP: amk_gated_up(d, buffers, smem, scratch); break;
+                case AMK_TASK_PROJECTION: amk_projection(d, buffers, smem, scratch, ys, staged); break;
+                case AMK_TASK_GATED_UP: amk_gated_up(d, buffers, smem, scratch, staged); break;
                 case AMK_TASK_ATTENTION: amk_attention(d, buffers, smem); break;
-                case AMK_TASK_HEAD_ARGMAX: amk_head_argmax(d, buffers, smem, scratch); break;
+                case AMK_TASK_HEAD_ARGMAX: amk_head_argmax(d, buffers, smem, scratch, staged); break;
                 case AMK_TASK_ARGMAX_REDUCE: amk_argmax_reduce(d, buffers, scratch); break;
                 case AMK_TASK_EMBED: amk_embed(d, buffers); break;
                 case AMK_TASK_COPY: amk_copy(d, buffers); break;
                 case AMK_TASK_RMSNORM: amk_rms_norm(d, buffers, smem, scratch); break;
                 default: break;
             }
-            __syncthreads();  // shared memory is reused by the next task
+            __syncthreads();  // shared memory (and the staging slot) is reused next
+#if AMK_STAGE_BYTES > 0
+            if (staged) {
+                --queued;
+                ++consumed_total;
+                refill();
+            }
+#endif
         } else if (op == AMK_OP_SIGNAL) {
             // The barrier orders every thread's writes before thread 0's release, which is
             // cumulative at GPU scope: consumers that acquire the counter see them all.
             __syncthreads();
             if (threadIdx.x == 0) amk_signal(counters + id);
         } else if (op == AMK_OP_WAIT) {
-            // Prefetch the weights of the next task this worker runs before blocking on its
-            // inputs (a hint: it changes no result, only when bytes arrive).
+            // Ask L2 for the next task's bytes before blocking on its inputs, unless its tile is
+            // already being staged (a hint: it changes no result, only when bytes arrive).
             for (u32 k = i + 1; k < end; ++k) {
                 const u32 nk = program[AMK_INSTR_WORDS * k];
                 if ((nk >> AMK_OP_SHIFT) == AMK_OP_RUN) {
-                    amk_prefetch_task(tasks + (u64)(nk & AMK_ID_MASK) * AMK_TASK_WORDS, buffers);
+                    bool staging = false;
+#if AMK_STAGE_BYTES > 0
+                    for (u32 q = 0; q < queued; ++q) staging |= queue[(consumed_total + q) % 2] == k;
+#endif
+                    if (!staging) amk_prefetch_task(tasks + (u64)(nk & AMK_ID_MASK) * AMK_TASK_WORDS, buffers);
                     break;
                 }
             }
@@ -462,4 +673,7 @@ amk_megakernel(const u64* __restrict__ buffers, const u32* __restrict__ program,
             __syncthreads();
         }
     }
+#if AMK_STAGE_BYTES > 0
+    asm volatile("cp.async.wait_all;" ::: "memory");
+#endif
 }

@@ -157,6 +157,20 @@ pub mod word {
         pub const OUT_HEAD_DIM: usize = 19;
         /// Cache max_positions (cache row only).
         pub const OUT_MAX_POSITIONS: usize = 20;
+        /// Per-head RMSNorm weight buffer (Qwen3's q/k norm), or `AMK_NONE`.
+        pub const HEAD_NORM: usize = 21;
+        /// Its epsilon, as f32 bits.
+        pub const HEAD_NORM_EPS: usize = 22;
+        /// 1 if llama3 rope scaling applies, else 0.
+        pub const LLAMA3: usize = 23;
+        /// llama3 `factor` (f32 bits).
+        pub const LLAMA3_FACTOR: usize = 24;
+        /// llama3 `low_freq_factor` (f32 bits).
+        pub const LLAMA3_LOW: usize = 25;
+        /// llama3 `high_freq_factor` (f32 bits).
+        pub const LLAMA3_HIGH: usize = 26;
+        /// llama3 `original_max_position_embeddings` (f32 bits).
+        pub const LLAMA3_ORIGINAL: usize = 27;
     }
 
     /// `GATED_UP` words (input at 1..=5).
@@ -195,6 +209,8 @@ pub mod word {
         pub const IO: usize = 8;
         /// Output buffer.
         pub const OUT: usize = 9;
+        /// Sliding window in positions, 0 for none.
+        pub const WINDOW: usize = 10;
     }
 
     /// `HEAD_ARGMAX` words (input at 1..=5).

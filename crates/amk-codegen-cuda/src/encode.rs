@@ -19,8 +19,10 @@ pub(crate) struct Encoded {
     pub tables: DeviceTables,
     /// Largest projection input length (elements).
     pub max_cols: u32,
-    /// Largest head dimension of any rope, cache row or attention task.
+    /// Largest head dimension of any rope, head norm, cache row or attention task.
     pub max_head_dim: u32,
+    /// Weight-tile bytes of every task that has one (the candidates for staging).
+    pub stage_tiles: Vec<u64>,
 }
 
 const U32_MAX: u64 = u32::MAX as u64;
@@ -50,6 +52,7 @@ pub(crate) fn encode(s: &Schedule, dtype: WeightDType) -> Result<Encoded, Codege
         tables: DeviceTables { program, worker_start, tasks, per_launch, buffer_bytes },
         max_cols: stats.max_cols,
         max_head_dim: stats.max_head_dim,
+        stage_tiles: stats.stage_tiles,
     })
 }
 
@@ -57,6 +60,13 @@ pub(crate) fn encode(s: &Schedule, dtype: WeightDType) -> Result<Encoded, Codege
 struct Stats {
     max_cols: u32,
     max_head_dim: u32,
+    /// Weight-tile bytes (device dtype) of every projection, gated-up and LM-head task.
+    stage_tiles: Vec<u64>,
+}
+
+/// Bytes of one weight element on the device.
+fn dtype_bytes(dtype: WeightDType) -> u64 {
+    dtype.bytes()
 }
 
 fn schedule_err(field: &'static str, problem: Problem) -> CodegenError {
@@ -364,19 +374,6 @@ impl TaskCtx<'_> {
                 output,
             } => {
                 use word::projection::*;
-                // Issue 7: the CPU executors run these; the device code does not yet.
-                if head_norm.is_some() {
-                    return Err(self.rule(
-                        "head_norm",
-                        "per-head q/k RMSNorm (Qwen3) is not supported on the GPU yet".into(),
-                    ));
-                }
-                if rope.is_some_and(|r| r.llama3.is_some()) {
-                    return Err(self.rule(
-                        "rope.llama3",
-                        "llama3 rope scaling is not supported on the GPU yet".into(),
-                    ));
-                }
                 w[word::KIND] = abi::TASK_PROJECTION;
                 self.input(&input, cols, &mut w, stats)?;
                 w[WEIGHT] = self.buf("weight", weight)?;
@@ -424,7 +421,73 @@ impl TaskCtx<'_> {
                     w[THETA_LO] = bits as u32;
                     w[THETA_HI] = (bits >> 32) as u32;
                     stats.max_head_dim = stats.max_head_dim.max(r.head_dim);
+                    if let Some(l3) = r.llama3 {
+                        let params = [
+                            ("rope.llama3.factor", l3.factor),
+                            ("rope.llama3.low_freq_factor", l3.low_freq_factor),
+                            ("rope.llama3.high_freq_factor", l3.high_freq_factor),
+                            (
+                                "rope.llama3.original_max_position_embeddings",
+                                l3.original_max_position_embeddings,
+                            ),
+                        ];
+                        for (field, v) in params {
+                            if !(v.is_finite() && v > 0.0) {
+                                return Err(self.rule(
+                                    field,
+                                    format!("is {v}; it must be finite and positive"),
+                                ));
+                            }
+                        }
+                        if l3.high_freq_factor == l3.low_freq_factor {
+                            return Err(self.rule(
+                                "rope.llama3.high_freq_factor",
+                                "equals low_freq_factor; the smoothing divides by their \
+                                 difference"
+                                    .into(),
+                            ));
+                        }
+                        w[LLAMA3] = 1;
+                        w[LLAMA3_FACTOR] = l3.factor.to_bits();
+                        w[LLAMA3_LOW] = l3.low_freq_factor.to_bits();
+                        w[LLAMA3_HIGH] = l3.high_freq_factor.to_bits();
+                        w[LLAMA3_ORIGINAL] = l3.original_max_position_embeddings.to_bits();
+                    }
                 }
+                w[HEAD_NORM] = abi::NONE;
+                if let Some(n) = head_norm {
+                    if let Some(r) = rope {
+                        if r.head_dim != n.head_dim {
+                            return Err(self.rule(
+                                "head_norm.head_dim",
+                                format!(
+                                    "is {}, but the rope's head_dim is {}; they must be equal",
+                                    n.head_dim, r.head_dim
+                                ),
+                            ));
+                        }
+                    }
+                    self.positive("head_norm.head_dim", n.head_dim)?;
+                    let hd = u64::from(n.head_dim);
+                    self.multiple(
+                        "rows",
+                        "rows of a head-normed projection (whole heads)",
+                        rows.into(),
+                        hd,
+                    )?;
+                    if !(n.eps.is_finite() && n.eps >= 0.0) {
+                        return Err(self.rule(
+                            "head_norm.eps",
+                            format!("is {}; it must be finite and not negative", n.eps),
+                        ));
+                    }
+                    w[HEAD_NORM] = self.buf("head_norm.weight", n.weight)?;
+                    w[HEAD_NORM_EPS] = n.eps.to_bits();
+                    w[ROPE_HEAD_DIM] = n.head_dim;
+                    stats.max_head_dim = stats.max_head_dim.max(n.head_dim);
+                }
+                let es = dtype_bytes(self.dtype);
+                stats.stage_tiles.push(u64::from(rows) * u64::from(cols) * es);
                 w[IO] = self.buf("io", io)?;
                 match output {
                     ProjOutput::Store { buffer, offset }
@@ -478,6 +541,8 @@ impl TaskCtx<'_> {
                 w[COLS] = cols;
                 w[OUT] = self.buf("out", out)?;
                 self.rows(first_row, rows, cols)?;
+                let es = dtype_bytes(self.dtype);
+                stats.stage_tiles.push(2 * u64::from(rows) * u64::from(cols) * es);
             }
             TaskOp::Attention {
                 q,
@@ -492,12 +557,14 @@ impl TaskCtx<'_> {
                 out,
             } => {
                 use word::attention::*;
-                if window.is_some() {
-                    return Err(self.rule(
-                        "window",
-                        "sliding-window attention (Mistral) is not supported on the GPU yet".into(),
-                    ));
-                }
+                w[WINDOW] = match window {
+                    Some(0) => {
+                        return Err(self
+                            .rule("window", "is 0; a window holds at least one position".into()))
+                    }
+                    Some(n) => n,
+                    None => 0,
+                };
                 w[word::KIND] = abi::TASK_ATTENTION;
                 w[Q] = self.buf("q", q)?;
                 w[HEAD] = head;
@@ -535,6 +602,8 @@ impl TaskCtx<'_> {
                 self.rows(first_row, rows, cols)?;
                 let words = (u128::from(slot) + 1) * u128::from(abi_partial_words());
                 self.fit("slot", "(slot + 1) * 2 words of argmax partials", words)?;
+                let es = dtype_bytes(self.dtype);
+                stats.stage_tiles.push(u64::from(rows) * u64::from(cols) * es);
             }
             TaskOp::ArgmaxReduce { partials, count, io } => {
                 use word::argmax_reduce::*;

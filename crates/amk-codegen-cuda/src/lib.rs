@@ -165,11 +165,19 @@ pub struct CodegenOptions {
     pub arch: Arch,
     /// Threads per block: a multiple of 32 in 64..=1024 (default 512).
     pub block_threads: u32,
+    /// Stage each worker's next weight tiles in shared memory (cp.async) before it waits for
+    /// their inputs (default on). Off, workers only ask L2 to prefetch them.
+    pub stage_weights: bool,
 }
 
 impl Default for CodegenOptions {
     fn default() -> Self {
-        CodegenOptions { weight_dtype: WeightDType::BF16, arch: Arch::Sm90, block_threads: 512 }
+        CodegenOptions {
+            weight_dtype: WeightDType::BF16,
+            arch: Arch::Sm90,
+            block_threads: 512,
+            stage_weights: true,
+        }
     }
 }
 
@@ -289,6 +297,16 @@ pub fn generate(
         workers: s.workers.len() as u32,
         tasks: s.tasks.len() as u32,
         counters: s.counters.len() as u32,
+        stage_bytes: 0,
+    };
+    let blocks_per_sm = schedule.certificate().facts.blocks_per_sm.max(1);
+    let prologue = source::Prologue {
+        stage_bytes: if options.stage_weights {
+            stage_slot_bytes(&prologue, &encoded.stage_tiles, options.arch, blocks_per_sm)
+        } else {
+            0
+        },
+        ..prologue
     };
     let smem = prologue.dynamic_smem_bytes();
     let limit = options.arch.max_dynamic_smem_bytes();
@@ -320,6 +338,17 @@ pub fn generate(
         "generated megakernel inputs"
     );
     Ok(Generated { source, launch, tables: encoded.tables })
+}
+
+/// Bytes of each of the two weight-staging slots: the largest task tile (16-byte multiple, as
+/// cp.async copies 16 bytes at a time) such that two slots fit beside the rest of the kernel's
+/// shared memory in this architecture's per-block share when `blocks_per_sm` blocks share an
+/// SM. Tasks with larger tiles read global memory. 0 when no tile fits.
+fn stage_slot_bytes(p: &source::Prologue, tiles: &[u64], arch: Arch, blocks_per_sm: u32) -> u32 {
+    let budget = u64::from(arch.max_dynamic_smem_bytes()) / u64::from(blocks_per_sm);
+    let cap = budget.saturating_sub(p.base_smem_bytes()) / 2 / 16 * 16;
+    let best = tiles.iter().copied().filter(|&t| t % 16 == 0 && t <= cap).max().unwrap_or(0);
+    best as u32
 }
 
 /// Writes [`SOURCE_FILE`] and [`LAUNCH_FILE`] into `dir` (created if missing).

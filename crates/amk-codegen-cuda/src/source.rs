@@ -23,10 +23,12 @@ pub(crate) struct Prologue {
     pub workers: u32,
     pub tasks: u32,
     pub counters: u32,
+    /// Bytes of each of the two weight-staging slots (a multiple of 16; 0 = no staging).
+    pub stage_bytes: u32,
 }
 
 /// Names of the prologue's defines, in order.
-pub const PROLOGUE_DEFINES: [&str; 7] = [
+pub const PROLOGUE_DEFINES: [&str; 8] = [
     "AMK_WEIGHT_BF16",
     "AMK_BLOCK_THREADS",
     "AMK_MAX_COLS",
@@ -34,6 +36,7 @@ pub const PROLOGUE_DEFINES: [&str; 7] = [
     "AMK_WORKERS",
     "AMK_TASKS",
     "AMK_COUNTERS",
+    "AMK_STAGE_BYTES",
 ];
 
 /// Words of shared scratch after the main area (block reductions: two words per warp).
@@ -41,7 +44,7 @@ pub(crate) const SMEM_SCRATCH_WORDS: u64 = 64;
 
 impl Prologue {
     /// `(name, value)` of each define, in [`PROLOGUE_DEFINES`] order.
-    pub fn defines(&self) -> [(&'static str, u64); 7] {
+    pub fn defines(&self) -> [(&'static str, u64); 8] {
         let values = [
             u64::from(self.weight_bf16),
             self.block_threads.into(),
@@ -50,8 +53,9 @@ impl Prologue {
             self.workers.into(),
             self.tasks.into(),
             self.counters.into(),
+            self.stage_bytes.into(),
         ];
-        let mut out = [("", 0); 7];
+        let mut out = [("", 0); 8];
         for (i, (name, value)) in PROLOGUE_DEFINES.iter().zip(values).enumerate() {
             out[i] = (name, value);
         }
@@ -62,13 +66,19 @@ impl Prologue {
     /// `kernels/megakernel.cuh`, i.e. a main area large enough for the largest projection
     /// input (`AMK_MAX_COLS` floats) or attention's query plus per-warp partials
     /// (`AMK_MAX_HEAD_DIM + warps * (AMK_MAX_HEAD_DIM + 2)` floats), rounded up to 16 bytes,
-    /// then 64 words of reduction scratch. A unit test checks the kernel still says so.
+    /// then 64 words of reduction scratch, one head of rows (rounded up to 16 bytes), then
+    /// the two weight-staging slots. A unit test checks the kernel still says so.
     pub fn dynamic_smem_bytes(&self) -> u64 {
+        self.base_smem_bytes() + 2 * u64::from(self.stage_bytes)
+    }
+
+    /// [`Prologue::dynamic_smem_bytes`] without the staging slots.
+    pub fn base_smem_bytes(&self) -> u64 {
         let warps = u64::from(self.block_threads / 32);
         let hd = u64::from(self.max_head_dim);
         let attn = hd + warps * (hd + 2);
         let main = u64::from(self.max_cols).max(attn).div_ceil(4) * 4;
-        4 * (main + SMEM_SCRATCH_WORDS)
+        4 * (main + SMEM_SCRATCH_WORDS + hd.div_ceil(4) * 4)
     }
 }
 
@@ -127,6 +137,7 @@ mod tests {
             workers: 4,
             tasks: 7,
             counters: 3,
+            stage_bytes: 0,
         }
     }
 
@@ -152,10 +163,13 @@ mod tests {
 
     #[test]
     fn smem_matches_the_kernels_formula() {
-        // 512 threads = 16 warps: attention needs 16 + 16 * 18 = 304 floats > 160 columns.
-        assert_eq!(prologue().dynamic_smem_bytes(), 4 * (304 + 64));
+        // 512 threads = 16 warps: attention needs 16 + 16 * 18 = 304 floats > 160 columns;
+        // then 64 words of scratch and one 16-float head.
+        assert_eq!(prologue().dynamic_smem_bytes(), 4 * (304 + 64 + 16));
         let wide = Prologue { max_cols: 2049, ..prologue() };
-        assert_eq!(wide.dynamic_smem_bytes(), 4 * (2052 + 64));
+        assert_eq!(wide.dynamic_smem_bytes(), 4 * (2052 + 64 + 16));
+        let staged = Prologue { stage_bytes: 4096, ..prologue() };
+        assert_eq!(staged.dynamic_smem_bytes(), 4 * (304 + 64 + 16) + 2 * 4096);
     }
 
     /// The shared-memory formula above mirrors these lines of kernels/megakernel.cuh; if the
@@ -169,7 +183,9 @@ mod tests {
             "#define AMK_WARPS (AMK_BLOCK_THREADS / 32)",
             "#define AMK_ATTN_FLOATS (AMK_MAX_HEAD_DIM + AMK_WARPS * (AMK_MAX_HEAD_DIM + 2))",
             "#define AMK_SMEM_MAIN ((((AMK_MAX_COLS > AMK_ATTN_FLOATS) ? AMK_MAX_COLS : AMK_ATTN_FLOATS) + 3) / 4 * 4)",
-            "#define AMK_SMEM_FLOATS (AMK_SMEM_MAIN + 64)",
+            "#define AMK_SMEM_HEAD_OFFSET (AMK_SMEM_MAIN + 64)",
+            "#define AMK_SMEM_STAGE_OFFSET (AMK_SMEM_HEAD_OFFSET + (AMK_MAX_HEAD_DIM + 3) / 4 * 4)",
+            "#define AMK_SMEM_FLOATS (AMK_SMEM_STAGE_OFFSET + 2 * (AMK_STAGE_BYTES / 4))",
         ] {
             assert!(
                 normalized.iter().any(|l| l == expected),

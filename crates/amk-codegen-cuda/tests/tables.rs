@@ -112,12 +112,19 @@ fn shared_memory_covers_inputs_and_attention() {
     let v = common::tiny();
     let g = generate(&v, &CodegenOptions::default()).expect("generates");
     // 512 threads = 16 warps; attention: 16 + 16 * (16 + 2) = 304 floats > 160 columns;
-    // then 64 words of scratch.
-    assert_eq!(g.launch.dynamic_smem_bytes, 4 * (304 + 64));
-    let g = generate(&v, &CodegenOptions { block_threads: 64, ..Default::default() })
-        .expect("generates");
+    // then 64 words of scratch and one 16-float head; no staging slots.
+    let unstaged = CodegenOptions { stage_weights: false, ..Default::default() };
+    let g = generate(&v, &unstaged).expect("generates");
+    assert_eq!(g.launch.dynamic_smem_bytes, 4 * (304 + 64 + 16));
+    let g = generate(&v, &CodegenOptions { block_threads: 64, ..unstaged }).expect("generates");
     // 2 warps: attention 16 + 2 * 18 = 52 floats < 160 columns.
-    assert_eq!(g.launch.dynamic_smem_bytes, 4 * (160 + 64));
+    assert_eq!(g.launch.dynamic_smem_bytes, 4 * (160 + 64 + 16));
+    // Staged: two slots of the largest weight tile that fits (at most half of what remains).
+    let g = generate(&v, &CodegenOptions::default()).expect("generates");
+    let slot = g.source.lines().find_map(|l| l.strip_prefix("#define AMK_STAGE_BYTES "));
+    let slot: u32 = slot.expect("stage define").parse().expect("a number");
+    assert!(slot > 0 && slot % 16 == 0, "{slot}");
+    assert_eq!(g.launch.dynamic_smem_bytes, 4 * (304 + 64 + 16) + 2 * slot);
 }
 
 #[test]
@@ -164,5 +171,44 @@ fn unfused_norms_decode_to_rms_norm_tasks() {
     assert_eq!(norms, 2 * 2 + 1);
     for dtype in [WeightDType::BF16, WeightDType::F32] {
         check_tables(&v, dtype);
+    }
+}
+
+/// The model-coverage fixtures' features (Qwen3's per-head norm, llama3 rope scaling, Mistral's
+/// window, Qwen2's q/k/v bias) reach the device words and decode back unchanged.
+#[test]
+fn architecture_variants_decode_to_the_schedule() {
+    use amk_ir::config::ModelConfig;
+    use amk_ir::graph::DecodeGraph;
+    use amk_schedule::ops::TaskOp;
+    use amk_schedule::{lower, ScheduleConfig};
+    for variant in ["qwen3", "llama3", "mistral", "qwen2"] {
+        let path = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("../../fixtures/tiny")
+            .join(variant)
+            .join("config.json");
+        let config = ModelConfig::from_file(&path).expect("fixture config");
+        let knobs = ScheduleConfig { workers: 8, ..ScheduleConfig::default() };
+        let s = lower(&DecodeGraph::build(&config), &knobs).expect("lowers");
+        let features = s.tasks.iter().fold((0, 0, 0, 0), |(n, l, w, b), t| match &t.op {
+            TaskOp::Projection { head_norm, rope, bias, .. } => (
+                n + usize::from(head_norm.is_some()),
+                l + usize::from(rope.is_some_and(|r| r.llama3.is_some())),
+                w,
+                b + usize::from(bias.is_some()),
+            ),
+            TaskOp::Attention { window, .. } => (n, l, w + usize::from(window.is_some()), b),
+            _ => (n, l, w, b),
+        });
+        let expected_nonzero = match variant {
+            "qwen3" => features.0,
+            "llama3" => features.1,
+            "mistral" => features.2,
+            _ => features.3,
+        };
+        assert!(expected_nonzero > 0, "{variant}: its feature is not in the schedule");
+        let v = common::verified(&s);
+        check_tables(&v, WeightDType::BF16);
+        check_tables(&v, WeightDType::F32);
     }
 }

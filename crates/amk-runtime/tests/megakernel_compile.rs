@@ -31,12 +31,34 @@ fn megakernel_compiles_for_every_target() {
     );
     let facts = LaunchFacts { sm_count: 132, blocks_per_sm: 1 };
     let mut failures = Vec::new();
-    for (name, cfg) in [("smollm2", &smollm2), ("gqa4_hd128_bias", &wide)] {
+    // The issue-7 variants exercise per-head norm (qwen3), llama3 rope and sliding windows.
+    let tiny: Vec<(String, ModelConfig)> = ["qwen3", "llama3", "mistral"]
+        .iter()
+        .map(|v| {
+            let path =
+                format!("{}/../../fixtures/tiny/{v}/config.json", env!("CARGO_MANIFEST_DIR"));
+            (format!("tiny/{v}"), config(&std::fs::read_to_string(path).unwrap()))
+        })
+        .collect();
+    let mut models = vec![("smollm2".to_string(), smollm2), ("gqa4_hd128_bias".to_string(), wide)];
+    models.extend(tiny);
+    for (name, cfg) in &models {
         let schedule = lower(&DecodeGraph::build(cfg), &ScheduleConfig::default()).unwrap();
         let verified = verify(&schedule, &facts).unwrap();
         for dtype in [WeightDType::BF16, WeightDType::F32] {
-            for arch in [Arch::Sm80, Arch::Sm90, Arch::Sm120] {
-                let options = CodegenOptions { weight_dtype: dtype, arch, block_threads: 512 };
+            // Every target for the two main shapes; sm_90 alone for the variants (compile time).
+            let archs: &[Arch] = if name.starts_with("tiny/") {
+                &[Arch::Sm90]
+            } else {
+                &[Arch::Sm80, Arch::Sm90, Arch::Sm120]
+            };
+            for &arch in archs {
+                let options = CodegenOptions {
+                    weight_dtype: dtype,
+                    arch,
+                    block_threads: 512,
+                    stage_weights: true,
+                };
                 let generated = generate(&verified, &options).unwrap();
                 match compile_cached(&generated.source, arch.as_str(), None) {
                     Ok(compiled) => {

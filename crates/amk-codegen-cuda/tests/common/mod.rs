@@ -3,7 +3,7 @@
 #![allow(dead_code)]
 
 use amk_ir::synth::{write_checkpoint, SynthSpec};
-use amk_schedule::ops::{ProjInput, ProjOutput, RopeSpec, TaskOp};
+use amk_schedule::ops::{HeadNorm, ProjInput, ProjOutput, RopeSpec, TaskOp};
 use amk_schedule::schedule::{BufferId, CounterId, Instr, Region, Schedule, TaskId};
 use amk_schedule::ScheduleConfig;
 use amk_verify::{LaunchFacts, VerifiedSchedule};
@@ -108,18 +108,41 @@ pub fn decode_task(d: &[u32]) -> TaskOp {
             5,
         ),
         3 => {
+            let llama3 = match d[23] {
+                0 => {
+                    assert_eq!(&d[24..28], &[0, 0, 0, 0], "no llama3, no llama3 words");
+                    None
+                }
+                1 => Some(amk_ir::config::Llama3RopeScaling {
+                    factor: f32::from_bits(d[24]),
+                    low_freq_factor: f32::from_bits(d[25]),
+                    high_freq_factor: f32::from_bits(d[26]),
+                    original_max_position_embeddings: f32::from_bits(d[27]),
+                }),
+                f => panic!("llama3 flag {f}"),
+            };
+            let head_norm = (d[21] != NONE).then(|| HeadNorm {
+                weight: BufferId(d[21]),
+                head_dim: d[12],
+                eps: f32::from_bits(d[22]),
+            });
             let rope = match d[11] {
                 0 => {
-                    assert_eq!(&d[12..15], &[0, 0, 0], "no rope, no rope words");
+                    let hd = if head_norm.is_some() { 0 } else { d[12] };
+                    assert_eq!(&[hd, d[13], d[14]], &[0, 0, 0], "no rope, no rope words");
+                    assert!(llama3.is_none(), "llama3 words without rope");
                     None
                 }
                 1 => Some(RopeSpec {
                     head_dim: d[12],
                     theta: f64::from_bits(u64::from(d[13]) | u64::from(d[14]) << 32),
-                    llama3: None,
+                    llama3,
                 }),
                 r => panic!("rope flag {r}"),
             };
+            if head_norm.is_none() {
+                assert_eq!(d[22], 0, "no head norm, no eps");
+            }
             let output = match d[16] {
                 0 | 1 => {
                     assert_eq!(&d[19..21], &[0, 0], "cache words only for a cache row");
@@ -146,12 +169,12 @@ pub fn decode_task(d: &[u32]) -> TaskOp {
                     first_row: d[8],
                     rows: d[9],
                     cols: d[10],
-                    head_norm: None,
+                    head_norm,
                     rope,
                     io: BufferId(d[15]),
                     output,
                 },
-                21,
+                28,
             )
         }
         4 => (
@@ -173,13 +196,13 @@ pub fn decode_task(d: &[u32]) -> TaskOp {
                 kv_head: d[3],
                 head_dim: d[4],
                 max_positions: d[5],
-                window: None,
+                window: (d[10] != 0).then_some(d[10]),
                 k_cache: BufferId(d[6]),
                 v_cache: BufferId(d[7]),
                 io: BufferId(d[8]),
                 out: BufferId(d[9]),
             },
-            10,
+            11,
         ),
         6 => (
             TaskOp::HeadArgmax {

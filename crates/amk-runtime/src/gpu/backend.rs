@@ -32,6 +32,8 @@ pub struct GpuOptions {
     pub watchdog: Duration,
     /// Threads per block asked of code generation.
     pub block_threads: u32,
+    /// Stage weight tiles in shared memory before waiting (code generation's default: on).
+    pub stage_weights: bool,
     /// Copy the logits back after every step (for [`Backend::logits`]).
     pub read_logits: bool,
     /// Where the counters live.
@@ -46,6 +48,7 @@ impl Default for GpuOptions {
             weight_dtype: WeightDType::F32,
             watchdog: Duration::from_secs(10),
             block_threads: 512,
+            stage_weights: true,
             read_logits: true,
             counters: CounterMemory::Device,
             device: 0,
@@ -414,8 +417,13 @@ impl GpuBackend {
         let info = DeviceInfo::query(gpu.device)?;
         let arch = info.arch();
 
-        let plan =
-            codegen_bridge::generate(verified, options.weight_dtype, options.block_threads, &arch)?;
+        let plan = codegen_bridge::generate(
+            verified,
+            options.weight_dtype,
+            options.block_threads,
+            options.stage_weights,
+            &arch,
+        )?;
         check_plan(&plan, schedule, options.weight_dtype)?;
         let compiled = nvrtc::compile(&plan.source, &arch)?;
         let function = gpu.load_module(&compiled.cubin, &plan.kernel)?;
@@ -755,7 +763,11 @@ impl GpuBackend {
             }
             Err(code) => {
                 let epoch = (self.launches - 1) as u32;
-                self.wedge(format!("launches {first}..{} failed: {}", self.launches, code_name(code)));
+                self.wedge(format!(
+                    "launches {first}..{} failed: {}",
+                    self.launches,
+                    code_name(code)
+                ));
                 return Err(GpuError::Fault {
                     launch: self.launches - 1,
                     epoch,

@@ -31,17 +31,19 @@ pub(crate) struct CodePlan {
 }
 
 /// Generates the kernel for `verified`, to be compiled for `arch` (the device's `sm_XX`), with
-/// `block_threads` threads per block and weights stored as `weight_dtype`.
+/// `block_threads` threads per block and weights stored as `weight_dtype`, staging weight
+/// tiles in shared memory when `stage_weights`.
 pub(crate) fn generate(
     verified: &VerifiedSchedule,
     weight_dtype: WeightDType,
     block_threads: u32,
+    stage_weights: bool,
     arch: &str,
 ) -> Result<CodePlan, GpuError> {
     let arch: cg::Arch = arch.parse().map_err(|e| {
         GpuError::Codegen(format!("this device's architecture is not supported: {e}"))
     })?;
-    let options = cg::CodegenOptions { weight_dtype, arch, block_threads };
+    let options = cg::CodegenOptions { weight_dtype, arch, block_threads, stage_weights };
     let generated =
         cg::generate(verified, &options).map_err(|e| GpuError::Codegen(e.to_string()))?;
     let (launch, tables) = (generated.launch, generated.tables);
