@@ -168,6 +168,15 @@ pub struct CodegenOptions {
     /// Stage each worker's next weight tiles in shared memory (cp.async) before it waits for
     /// their inputs (default on). Off, workers only ask L2 to prefetch them.
     pub stage_weights: bool,
+    /// Record a timestamp before every instruction into slots after the counters (default
+    /// off; the runtime then allocates [`trace_words`] more counter words).
+    pub trace: bool,
+}
+
+/// u32 words the counters allocation needs for `counters` counters, plus the trace slots of a
+/// traced kernel (`instructions + workers` u64 timestamps after the counters, 8-byte aligned).
+pub fn trace_words(counters: usize, instructions: usize, workers: usize) -> usize {
+    counters.div_ceil(2) * 2 + 2 * (instructions + workers)
 }
 
 impl Default for CodegenOptions {
@@ -177,6 +186,7 @@ impl Default for CodegenOptions {
             arch: Arch::Sm90,
             block_threads: 512,
             stage_weights: true,
+            trace: false,
         }
     }
 }
@@ -298,6 +308,7 @@ pub fn generate(
         tasks: s.tasks.len() as u32,
         counters: s.counters.len() as u32,
         stage_bytes: 0,
+        trace: options.trace,
     };
     let blocks_per_sm = schedule.certificate().facts.blocks_per_sm.max(1);
     let prologue = source::Prologue {
@@ -345,7 +356,9 @@ pub fn generate(
 /// shared memory in this architecture's per-block share when `blocks_per_sm` blocks share an
 /// SM. Tasks with larger tiles read global memory. 0 when no tile fits.
 fn stage_slot_bytes(p: &source::Prologue, tiles: &[u64], arch: Arch, blocks_per_sm: u32) -> u32 {
-    let budget = u64::from(arch.max_dynamic_smem_bytes()) / u64::from(blocks_per_sm);
+    // 1 KiB stays free for the kernel's static shared memory (a few small tables).
+    let budget =
+        (u64::from(arch.max_dynamic_smem_bytes()) / u64::from(blocks_per_sm)).saturating_sub(1024);
     let cap = budget.saturating_sub(p.base_smem_bytes()) / 2 / 16 * 16;
     let best = tiles.iter().copied().filter(|&t| t % 16 == 0 && t <= cap).max().unwrap_or(0);
     best as u32

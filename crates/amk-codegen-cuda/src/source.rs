@@ -25,10 +25,12 @@ pub(crate) struct Prologue {
     pub counters: u32,
     /// Bytes of each of the two weight-staging slots (a multiple of 16; 0 = no staging).
     pub stage_bytes: u32,
+    /// Record a timestamp before every instruction (see kernels/megakernel.cuh).
+    pub trace: bool,
 }
 
 /// Names of the prologue's defines, in order.
-pub const PROLOGUE_DEFINES: [&str; 8] = [
+pub const PROLOGUE_DEFINES: [&str; 9] = [
     "AMK_WEIGHT_BF16",
     "AMK_BLOCK_THREADS",
     "AMK_MAX_COLS",
@@ -37,6 +39,7 @@ pub const PROLOGUE_DEFINES: [&str; 8] = [
     "AMK_TASKS",
     "AMK_COUNTERS",
     "AMK_STAGE_BYTES",
+    "AMK_TRACE",
 ];
 
 /// Words of shared scratch after the main area (block reductions: two words per warp).
@@ -44,7 +47,7 @@ pub(crate) const SMEM_SCRATCH_WORDS: u64 = 64;
 
 impl Prologue {
     /// `(name, value)` of each define, in [`PROLOGUE_DEFINES`] order.
-    pub fn defines(&self) -> [(&'static str, u64); 8] {
+    pub fn defines(&self) -> [(&'static str, u64); 9] {
         let values = [
             u64::from(self.weight_bf16),
             self.block_threads.into(),
@@ -54,8 +57,9 @@ impl Prologue {
             self.tasks.into(),
             self.counters.into(),
             self.stage_bytes.into(),
+            u64::from(self.trace),
         ];
-        let mut out = [("", 0); 8];
+        let mut out = [("", 0); 9];
         for (i, (name, value)) in PROLOGUE_DEFINES.iter().zip(values).enumerate() {
             out[i] = (name, value);
         }
@@ -138,6 +142,7 @@ mod tests {
             tasks: 7,
             counters: 3,
             stage_bytes: 0,
+            trace: false,
         }
     }
 

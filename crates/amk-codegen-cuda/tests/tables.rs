@@ -110,7 +110,6 @@ fn tables_do_not_depend_on_arch_or_block_size() {
 #[test]
 fn shared_memory_covers_inputs_and_attention() {
     let v = common::tiny();
-    let g = generate(&v, &CodegenOptions::default()).expect("generates");
     // 512 threads = 16 warps; attention: 16 + 16 * (16 + 2) = 304 floats > 160 columns;
     // then 64 words of scratch and one 16-float head; no staging slots.
     let unstaged = CodegenOptions { stage_weights: false, ..Default::default() };

@@ -9,6 +9,7 @@ pub mod cpu;
 pub mod gpu;
 pub mod kernels;
 pub mod schedule_exec;
+pub mod trace;
 
 use std::time::{Duration, Instant};
 

@@ -34,6 +34,8 @@ pub struct GpuOptions {
     pub block_threads: u32,
     /// Stage weight tiles in shared memory before waiting (code generation's default: on).
     pub stage_weights: bool,
+    /// Compile the kernel with in-kernel timestamps ([`GpuBackend::read_trace`]).
+    pub trace: bool,
     /// Copy the logits back after every step (for [`Backend::logits`]).
     pub read_logits: bool,
     /// Where the counters live.
@@ -49,6 +51,7 @@ impl Default for GpuOptions {
             watchdog: Duration::from_secs(10),
             block_threads: 512,
             stage_weights: true,
+            trace: false,
             read_logits: true,
             counters: CounterMemory::Device,
             device: 0,
@@ -375,6 +378,8 @@ pub struct GpuBackend {
     vocab_size: usize,
     /// Why the backend refuses work, after a hang or fault.
     wedged: Option<String>,
+    /// Device address and length (u64 slots) of the timestamps of a traced kernel.
+    trace: Option<(sys::CUdeviceptr, usize)>,
 }
 
 // SAFETY: the raw handles belong to this backend alone; the driver API is thread-safe and every
@@ -422,6 +427,7 @@ impl GpuBackend {
             options.weight_dtype,
             options.block_threads,
             options.stage_weights,
+            options.trace,
             &arch,
         )?;
         check_plan(&plan, schedule, options.weight_dtype)?;
@@ -474,8 +480,15 @@ impl GpuBackend {
             gpu.upload(&plan.per_launch)?,
         ];
 
-        // Counters, zeroed once: epoch offsets keep launches apart.
+        // Counters, zeroed once: epoch offsets keep launches apart. A traced kernel writes its
+        // timestamps after them.
         let n = schedule.counters.len();
+        let instructions = plan.program.len() / 2;
+        let words = if options.trace {
+            codegen_bridge::trace_words(n, instructions, schedule.workers.len())
+        } else {
+            n
+        };
         let (dev, host, diag) = match options.counters {
             CounterMemory::HostMapped => {
                 if !info.can_map_host_memory {
@@ -484,11 +497,11 @@ impl GpuBackend {
                         info.name
                     )));
                 }
-                let (host, dev) = gpu.host_alloc(n * 4, true)?;
+                let (host, dev) = gpu.host_alloc(words * 4, true)?;
                 (dev, host, None)
             }
             CounterMemory::Device => {
-                let dev = gpu.alloc_zeroed(n as u64 * 4)?;
+                let dev = gpu.alloc_zeroed(words as u64 * 4)?;
                 let (host, _) = gpu.host_alloc(n * 4, false)?;
                 (dev, host, Some((gpu.stream()?, gpu.event()?)))
             }
@@ -507,6 +520,9 @@ impl GpuBackend {
                 .collect(),
         };
 
+        let trace = options
+            .trace
+            .then(|| (dev + (n.div_ceil(2) * 2) as u64 * 4, instructions + schedule.workers.len()));
         let io_dev = addresses[io];
         // The caches bound the positions as much as the model does.
         let cache_positions = schedule
@@ -540,6 +556,7 @@ impl GpuBackend {
             max_positions: model.config.max_position_embeddings.min(cache_positions),
             vocab_size: model.config.vocab_size,
             wedged: None,
+            trace,
         })
     }
 
@@ -790,6 +807,26 @@ impl GpuBackend {
             self.gpu.destroy_event(e);
         }
         Ok(times)
+    }
+
+    /// The timestamps (ns, `%globaltimer`) the last launch of a traced kernel recorded: worker
+    /// w's instructions' start times from slot `worker_start[w] + w`, then its end time (see
+    /// [`crate::trace::Trace`]). `None` unless [`GpuOptions::trace`] was set.
+    pub fn read_trace(&mut self) -> Result<Option<Vec<u64>>, GpuError> {
+        let Some((dev, len)) = self.trace else { return Ok(None) };
+        self.gpu.bind()?;
+        let mut out = vec![0u64; len];
+        // SAFETY: the counters allocation holds `len` u64 slots at `dev`; launches are complete
+        // (each waits for its event), and `out` holds `len` u64s.
+        check("cuMemcpyDtoH (trace)", unsafe {
+            sys::cuMemcpyDtoH_v2(out.as_mut_ptr() as *mut c_void, dev, len * 8)
+        })?;
+        Ok(Some(out))
+    }
+
+    /// The worker start offsets of the device program (for reading a trace).
+    pub fn worker_start(&self) -> &[u32] {
+        &self.plan.worker_start
     }
 
     /// Marks the backend unusable and keeps its memory alive (a launch may still use it).

@@ -7,6 +7,7 @@ use super::GpuError;
 use amk_codegen_cuda as cg;
 use amk_verify::VerifiedSchedule;
 
+pub(crate) use amk_codegen_cuda::trace_words;
 pub use amk_codegen_cuda::WeightDType;
 
 /// Everything the backend needs from code generation.
@@ -38,12 +39,13 @@ pub(crate) fn generate(
     weight_dtype: WeightDType,
     block_threads: u32,
     stage_weights: bool,
+    trace: bool,
     arch: &str,
 ) -> Result<CodePlan, GpuError> {
     let arch: cg::Arch = arch.parse().map_err(|e| {
         GpuError::Codegen(format!("this device's architecture is not supported: {e}"))
     })?;
-    let options = cg::CodegenOptions { weight_dtype, arch, block_threads, stage_weights };
+    let options = cg::CodegenOptions { weight_dtype, arch, block_threads, stage_weights, trace };
     let generated =
         cg::generate(verified, &options).map_err(|e| GpuError::Codegen(e.to_string()))?;
     let (launch, tables) = (generated.launch, generated.tables);

@@ -10,6 +10,7 @@
 #define AMK_TASKS 63
 #define AMK_COUNTERS 13
 #define AMK_STAGE_BYTES 38400
+#define AMK_TRACE 0
 
 // ---- kernels/abi.cuh ----
 // amk megakernel ABI: the layout of the tables the host uploads and the kernel interprets.
@@ -90,7 +91,12 @@
 //
 // Expects (defined by the generated prologue, numbers only): AMK_WEIGHT_BF16 (0 or 1),
 // AMK_BLOCK_THREADS, AMK_MAX_COLS, AMK_MAX_HEAD_DIM, AMK_STAGE_BYTES (a multiple of 16; 0 turns
-// weight staging off).
+// weight staging off), AMK_COUNTERS and AMK_TRACE (0 or 1).
+//
+// Tracing (AMK_TRACE 1): thread 0 of each block writes %globaltimer (ns) before each of its
+// instructions and once after the last, into u64 slots that follow the counters (from word
+// AMK_COUNTERS rounded up to even): worker w's slots start at worker_start[w] + w. The host
+// turns them into per-phase and per-task times.
 //
 // Weight staging: weights do not depend on activations, so each worker copies the weight tiles
 // of its next two stageable tasks (projection, gated-up and LM-head tiles of at most
@@ -238,21 +244,34 @@ __device__ __forceinline__ void amk_dot_rows(const amk_w* __restrict__ w, u64 ba
     for (int r = 0; r < R; ++r) out[r] = amk_warp_sum(acc[r]);
 }
 
-// Loads a projection input (words 1..5 of a descriptor) into shared memory x[0..len).
+// Input elements per thread (the loads are all issued before any is used).
+#define AMK_IN_PER_THREAD ((AMK_MAX_COLS + AMK_BLOCK_THREADS - 1) / AMK_BLOCK_THREADS)
+
+// Loads a projection input (words 1..5 of a descriptor) into shared memory x[0..len). The
+// activations and the norm weights are loaded together: one round trip, not two.
 __device__ void amk_load_input(const u32* d, const u64* buffers, float* x, float* scratch) {
     const u32 kind = d[1], len = d[3];
     const float* src = reinterpret_cast<const float*>(buffers[d[2]]);
-    float ss = 0.f;
-    for (u32 i = threadIdx.x; i < len; i += AMK_BLOCK_THREADS) {
-        const float v = __ldcg(src + i);
-        x[i] = v;
-        ss += v * v;
+    const amk_w* nw = kind == AMK_IN_RMSNORM ? reinterpret_cast<const amk_w*>(buffers[d[4]]) : nullptr;
+    float v[AMK_IN_PER_THREAD], g[AMK_IN_PER_THREAD];
+#pragma unroll
+    for (u32 k = 0; k < AMK_IN_PER_THREAD; ++k) {
+        const u32 i = threadIdx.x + k * AMK_BLOCK_THREADS;
+        v[k] = i < len ? __ldcg(src + i) : 0.f;
+        g[k] = (nw && i < len) ? amk_wload(nw, i) : 1.f;
     }
-    if (kind == AMK_IN_RMSNORM) {
+    float ss = 0.f;
+#pragma unroll
+    for (u32 k = 0; k < AMK_IN_PER_THREAD; ++k) ss += v[k] * v[k];
+    float inv = 1.f;
+    if (nw) {
         const float total = amk_block_sum(ss, scratch);
-        const float inv = 1.0f / sqrtf(total / (float)len + __uint_as_float(d[5]));
-        const amk_w* nw = reinterpret_cast<const amk_w*>(buffers[d[4]]);
-        for (u32 i = threadIdx.x; i < len; i += AMK_BLOCK_THREADS) x[i] = amk_wload(nw, i) * (x[i] * inv);
+        inv = 1.0f / sqrtf(total / (float)len + __uint_as_float(d[5]));
+    }
+#pragma unroll
+    for (u32 k = 0; k < AMK_IN_PER_THREAD; ++k) {
+        const u32 i = threadIdx.x + k * AMK_BLOCK_THREADS;
+        if (i < len) x[i] = nw ? g[k] * (v[k] * inv) : v[k];
     }
     __syncthreads();
 }
@@ -277,6 +296,23 @@ __device__ __forceinline__ float amk_rope_inv_freq(const u32* d, u32 i, u32 head
     return inv;
 }
 
+// The rope frequencies of the last rope configuration seen (words 12, 13, 14, 23..27 are its
+// key): every layer's q and k share one, so a block computes it once per launch.
+__shared__ float amk_inv_tab[(AMK_MAX_HEAD_DIM + 1) / 2];
+__shared__ u32 amk_inv_key[8];
+
+__device__ void amk_inv_freq_table(const u32* d, u32 hd, double theta) {
+    const u32 words[8] = {d[12], d[13], d[14], d[23], d[24], d[25], d[26], d[27]};
+    bool same = true;
+#pragma unroll
+    for (int k = 0; k < 8; ++k) same &= amk_inv_key[k] == words[k];
+    if (same) return;  // uniform: every thread read the same shared words
+    __syncthreads();
+    for (u32 i = threadIdx.x; i < hd / 2; i += AMK_BLOCK_THREADS) amk_inv_tab[i] = amk_rope_inv_freq(d, i, hd, theta);
+    if (threadIdx.x < 8) amk_inv_key[threadIdx.x] = words[threadIdx.x];
+    __syncthreads();
+}
+
 // The epilogue of one projection output element: store, or add to the residual stream.
 __device__ __forceinline__ void amk_put(float* o, float v, u32 out_kind) {
     if (out_kind == AMK_OUT_ACCUMULATE) *o = __ldcg(o) + v; else *o = v;
@@ -292,13 +328,15 @@ __device__ __forceinline__ void amk_projection_rows(const amk_w* w, const amk_w*
     for (u32 r0 = warp * R; r0 < rows; r0 += AMK_WARPS * R) {
         float y[R];
         const u32 n = min((u32)R, rows - r0);
+        // The residual and bias do not depend on the dot products: load them first.
+        const float prev = (out_kind == AMK_OUT_ACCUMULATE && lane < n) ? __ldcg(out + r0 + lane) : 0.f;
+        const float b = (bias_w && lane < n) ? amk_wload(bias_w, first + r0 + lane) : 0.f;
         amk_dot_rows<R, S>(w, (u64)(first + r0) * cols, cols, n, x, y);
         if (lane < n) {
             float v = y[0];
 #pragma unroll
             for (int r = 1; r < R; ++r) if ((u32)r == lane) v = y[r];
-            if (bias_w) v += amk_wload(bias_w, first + r0 + lane);
-            amk_put(out + r0 + lane, v, out_kind);
+            out[r0 + lane] = prev + (v + b);
         }
     }
 }
@@ -339,8 +377,9 @@ __device__ void amk_projection_heads(const u32* d, const amk_w* w, const amk_w* 
         }
         if (rope) {
             const u32 half = hd / 2;
+            amk_inv_freq_table(d, hd, theta);
             for (u32 i = threadIdx.x; i < half; i += AMK_BLOCK_THREADS) {
-                const float ang = (float)pos * amk_rope_inv_freq(d, i, hd, theta);
+                const float ang = (float)pos * amk_inv_tab[i];
                 const float c = cosf(ang), s = sinf(ang);
                 const float a = ys[i], b = ys[i + half];
                 amk_put(out + h0 + i, a * c - b * s, out_kind);
@@ -429,7 +468,8 @@ __device__ void amk_attention(const u32* d, const u64* buffers, float* smem) {
 #pragma unroll
     for (u32 k = 0; k < AMK_HEAD_LANES; ++k) acc[k] = 0.f;
     float m = AMK_NEG_INF, l = 0.f;
-    const int P = 4;  // positions per warp step: their key and value loads overlap
+    // Positions per warp step: their key and value loads are in flight together.
+    const int P = AMK_HEAD_LANES <= 2 ? 8 : 4;
     for (u32 t0 = start + warp * P; t0 < npos; t0 += AMK_WARPS * P) {
         float kv[P][AMK_HEAD_LANES], vv[P][AMK_HEAD_LANES];
 #pragma unroll
@@ -655,6 +695,12 @@ __device__ void amk_stage(const u32* d, const u64* buffers, char* slot) {
 }
 #endif
 
+__device__ __forceinline__ u64 amk_globaltimer() {
+    u64 t;
+    asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+    return t;
+}
+
 __device__ __forceinline__ u32 amk_load_acquire(const u32* p) {
     u32 v;
     asm volatile("ld.acquire.gpu.global.u32 %0, [%1];" : "=r"(v) : "l"(p) : "memory");
@@ -665,6 +711,10 @@ __device__ __forceinline__ void amk_signal(u32* p) {
     asm volatile("red.release.gpu.global.add.u32 [%0], 1;" :: "l"(p) : "memory");
 }
 
+// The descriptor of the next task, copied into shared memory while the worker waits for that
+// task's inputs (descriptors are constant; reading one after the wait would add a round trip).
+__shared__ u32 amk_dnext[AMK_TASK_WORDS];
+
 extern "C" __global__ void __launch_bounds__(AMK_BLOCK_THREADS, 1)
 amk_megakernel(const u64* __restrict__ buffers, const u32* __restrict__ program,
                const u32* __restrict__ worker_start, const u32* __restrict__ tasks,
@@ -674,9 +724,15 @@ amk_megakernel(const u64* __restrict__ buffers, const u32* __restrict__ program,
     float* scratch = smem + AMK_SMEM_SCRATCH_OFFSET;
     float* ys = smem + AMK_SMEM_HEAD_OFFSET;
     const u32 begin = worker_start[blockIdx.x], end = worker_start[blockIdx.x + 1];
+    if (threadIdx.x < 8) amk_inv_key[threadIdx.x] = 0u;  // no rope table yet (head_dim 0)
+    u32 prepared = 0xFFFFFFFFu;  // the instruction whose descriptor is in amk_dnext
+#if AMK_TRACE
+    u64* trace = reinterpret_cast<u64*>(counters + ((AMK_COUNTERS + 1) / 2) * 2) + blockIdx.x;
+#endif
 #if AMK_STAGE_BYTES > 0
     // Staging queue: the instruction indices of up to two staged tasks, oldest first; slot of
     // the k-th tile staged is k % 2. `scan` is the next instruction to consider for staging.
+    // Slots are refilled at waits (and here), so issuing copies never delays a signal.
     char* slots = reinterpret_cast<char*>(smem + AMK_SMEM_STAGE_OFFSET);
     u32 queue[2];
     u32 queued = 0, staged_total = 0, consumed_total = 0, scan = begin;
@@ -697,11 +753,15 @@ amk_megakernel(const u64* __restrict__ buffers, const u32* __restrict__ program,
     };
     refill();
 #endif
+    __syncthreads();
     for (u32 i = begin; i < end; ++i) {
+#if AMK_TRACE
+        if (threadIdx.x == 0) trace[i] = amk_globaltimer();
+#endif
         const u32 w0 = program[AMK_INSTR_WORDS * i], w1 = program[AMK_INSTR_WORDS * i + 1];
         const u32 op = w0 >> AMK_OP_SHIFT, id = w0 & AMK_ID_MASK;
         if (op == AMK_OP_RUN) {
-            const u32* d = tasks + (u64)id * AMK_TASK_WORDS;
+            const u32* d = prepared == i ? amk_dnext : tasks + (u64)id * AMK_TASK_WORDS;
             const amk_w* staged = nullptr;
 #if AMK_STAGE_BYTES > 0
             if (queued > 0 && queue[consumed_total % 2] == i) {
@@ -728,7 +788,6 @@ amk_megakernel(const u64* __restrict__ buffers, const u32* __restrict__ program,
             if (staged) {
                 --queued;
                 ++consumed_total;
-                refill();
             }
 #endif
         } else if (op == AMK_OP_SIGNAL) {
@@ -737,16 +796,23 @@ amk_megakernel(const u64* __restrict__ buffers, const u32* __restrict__ program,
             __syncthreads();
             if (threadIdx.x == 0) amk_signal(counters + id);
         } else if (op == AMK_OP_WAIT) {
-            // Ask L2 for the next task's bytes before blocking on its inputs, unless its tile is
-            // already being staged (a hint: it changes no result, only when bytes arrive).
+#if AMK_STAGE_BYTES > 0
+            refill();
+#endif
+            // Before blocking on the next task's inputs: copy its descriptor into shared memory
+            // and ask L2 for its bytes unless its tile is being staged (hints that change no
+            // result, only when bytes arrive).
             for (u32 k = i + 1; k < end; ++k) {
                 const u32 nk = program[AMK_INSTR_WORDS * k];
                 if ((nk >> AMK_OP_SHIFT) == AMK_OP_RUN) {
+                    const u32* nd = tasks + (u64)(nk & AMK_ID_MASK) * AMK_TASK_WORDS;
                     bool staging = false;
 #if AMK_STAGE_BYTES > 0
                     for (u32 q = 0; q < queued; ++q) staging |= queue[(consumed_total + q) % 2] == k;
 #endif
-                    if (!staging) amk_prefetch_task(tasks + (u64)(nk & AMK_ID_MASK) * AMK_TASK_WORDS, buffers);
+                    if (!staging) amk_prefetch_task(nd, buffers);
+                    if (threadIdx.x < AMK_TASK_WORDS) amk_dnext[threadIdx.x] = nd[threadIdx.x];
+                    prepared = k;
                     break;
                 }
             }
@@ -760,5 +826,8 @@ amk_megakernel(const u64* __restrict__ buffers, const u32* __restrict__ program,
     }
 #if AMK_STAGE_BYTES > 0
     asm volatile("cp.async.wait_all;" ::: "memory");
+#endif
+#if AMK_TRACE
+    if (threadIdx.x == 0) trace[end] = amk_globaltimer();
 #endif
 }
