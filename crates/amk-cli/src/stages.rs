@@ -297,28 +297,42 @@ pub struct SynthArgs {
     pub layers: Option<usize>,
 }
 
+impl SynthPreset {
+    /// The preset's shape with weights seeded by `seed`.
+    pub fn spec(self, seed: u64) -> amk_ir::synth::SynthSpec {
+        use amk_ir::synth::SynthSpec;
+        let base = SynthSpec { seed, ..SynthSpec::tiny() };
+        let shape = |h, m, l, nh, nkv, hd, v| SynthSpec {
+            hidden_size: h,
+            intermediate_size: m,
+            num_layers: l,
+            num_heads: nh,
+            num_kv_heads: nkv,
+            head_dim: hd,
+            vocab_size: v,
+            max_position_embeddings: 8192,
+            ..base.clone()
+        };
+        match self {
+            SynthPreset::Smollm2_135m => shape(576, 1536, 30, 9, 3, 64, 49152),
+            SynthPreset::Smollm2_360m => shape(960, 2560, 32, 15, 5, 64, 49152),
+            SynthPreset::Llama3_2_1b => {
+                SynthSpec { rope_theta: 500_000.0, ..shape(2048, 8192, 16, 32, 8, 64, 128256) }
+            }
+            SynthPreset::Tiny => base.clone(),
+        }
+    }
+
+    /// The name `--preset` takes (`smollm2-360m`, ...).
+    pub fn name(self) -> String {
+        use clap::ValueEnum;
+        self.to_possible_value().map_or_else(|| format!("{self:?}"), |v| v.get_name().to_owned())
+    }
+}
+
 pub fn run_synth(args: SynthArgs) -> Result<()> {
     use amk_ir::synth::{write_checkpoint, SynthSpec};
-    let base = SynthSpec { seed: args.seed, ..SynthSpec::tiny() };
-    let shape = |h, m, l, nh, nkv, hd, v| SynthSpec {
-        hidden_size: h,
-        intermediate_size: m,
-        num_layers: l,
-        num_heads: nh,
-        num_kv_heads: nkv,
-        head_dim: hd,
-        vocab_size: v,
-        max_position_embeddings: 8192,
-        ..base.clone()
-    };
-    let spec = match args.preset {
-        SynthPreset::Smollm2_135m => shape(576, 1536, 30, 9, 3, 64, 49152),
-        SynthPreset::Smollm2_360m => shape(960, 2560, 32, 15, 5, 64, 49152),
-        SynthPreset::Llama3_2_1b => {
-            SynthSpec { rope_theta: 500_000.0, ..shape(2048, 8192, 16, 32, 8, 64, 128256) }
-        }
-        SynthPreset::Tiny => base.clone(),
-    };
+    let spec = args.preset.spec(args.seed);
     let spec = SynthSpec { num_layers: args.layers.unwrap_or(spec.num_layers), ..spec };
     let config = write_checkpoint(&spec, &args.output)?;
     let graph = amk_ir::graph::DecodeGraph::build(&config);

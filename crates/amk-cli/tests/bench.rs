@@ -1,0 +1,144 @@
+//! `amk bench` without a GPU: merging earlier results, running a (stand-in) baseline script,
+//! and writing bench.json, bench.svg and the table. The GPU measurements themselves need the
+//! H100 (`amk bench --model ...`); everything around them is exercised here.
+
+use serde_json::Value;
+use std::path::Path;
+use std::process::Command;
+
+fn amk(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_amk"))
+        .args(args)
+        .env_remove("AMK_LOG")
+        .output()
+        .expect("the amk binary runs");
+    let text = |b: Vec<u8>| String::from_utf8(b).expect("UTF-8");
+    (out.status.success(), text(out.stdout), text(out.stderr))
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().expect("UTF-8 paths")
+}
+
+const EARLIER: &str = r#"{"copy_gbps": 1450.0, "gpu": "H100", "rows": [
+  {"system": "amk-bf16", "model": "m", "context": 16, "ms_per_token": 1.0, "timed_tokens": 200,
+   "weight_bytes": 2.7e8, "kv_bytes_per_position": 46080},
+  {"system": "hf_eager", "model": "m", "context": 16, "ms_per_token": 25.0, "timed_tokens": 200,
+   "weight_bytes": 2.7e8, "kv_bytes_per_position": 23040},
+  {"system": "compile_graph", "model": "m", "context": 16, "error": "InductorError: no"}
+]}"#;
+
+#[test]
+fn merges_earlier_results_into_a_report_table_and_plot() {
+    let dir = tempfile::tempdir().unwrap();
+    let earlier = dir.path().join("earlier.json");
+    std::fs::write(&earlier, EARLIER).unwrap();
+    let out = dir.path().join("out");
+    let (ok, stdout, stderr) =
+        amk(&["bench", "--no-amk", "--merge", s(&earlier), "--out", s(&out)]);
+    assert!(ok, "{stdout}\n{stderr}");
+    assert!(stdout.contains("m: ms per token"), "{stdout}");
+    assert!(stdout.contains("1450 GB/s copy bandwidth, measured"), "{stdout}");
+    assert!(stdout.contains("  over hf_eager") && stdout.contains("25.00x"), "{stdout}");
+    assert!(stdout.contains("m compile_graph ctx 16: InductorError: no"), "{stdout}");
+    let report: Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("bench.json")).unwrap()).unwrap();
+    assert_eq!(report["rows"].as_array().unwrap().len(), 3);
+    assert_eq!(report["speedups"][0]["speedup"], 25.0);
+    assert_eq!(report["copy_gbps"], 1450.0);
+    let gbps = report["rows"][0]["gb_per_s"].as_f64().unwrap();
+    let expected = (2.7e8 + 46080.0 * 116.0) / 1e-3 / 1e9;
+    assert!((gbps - expected).abs() < 1e-6, "{gbps} vs {expected}");
+    let svg = std::fs::read_to_string(out.join("bench.svg")).unwrap();
+    assert!(svg.starts_with("<svg") && svg.matches("<polyline").count() == 2, "{svg}");
+}
+
+#[test]
+fn runs_the_baseline_script_with_the_same_models_and_merges_it() {
+    let dir = tempfile::tempdir().unwrap();
+    // A stand-in for bench/baselines.py (run with `sh`, no torch needed): it records its
+    // arguments and writes one row per context for the shape it was given.
+    let script = dir.path().join("fake_baselines.sh");
+    std::fs::write(
+        &script,
+        r#"echo "$@" > "$(dirname "$0")/args.txt"
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --out) out="$2"; shift;;
+    --shape) shape="$2"; shift;;
+  esac
+  shift
+done
+printf '{"copy_gbps": 1000.0, "torch": "fake", "rows": [
+  {"system": "cublas_graph", "model": "%s", "context": 16, "ms_per_token": 3.0},
+  {"system": "cublas_graph", "model": "%s", "context": 256, "ms_per_token": 3.5}]}' \
+  "$shape" "$shape" > "$out"
+"#,
+    )
+    .unwrap();
+    let out = dir.path().join("out");
+    let (ok, stdout, stderr) = amk(&[
+        "bench",
+        "--no-amk",
+        "--synth",
+        "smollm2-360m,tiny",
+        "--quick",
+        "--baselines",
+        s(&script),
+        "--python",
+        "sh",
+        "--baseline-systems",
+        "cublas_graph",
+        "--out",
+        s(&out),
+    ]);
+    assert!(ok, "{stdout}\n{stderr}");
+    let args = std::fs::read_to_string(dir.path().join("args.txt")).unwrap();
+    assert!(
+        args.contains("--contexts 16,256 --tokens 16")
+            && args.contains("--shape smollm2-360m --systems cublas_graph --quick"),
+        "{args}"
+    );
+    assert!(stderr.contains("the baseline script has no shape tiny"), "{stderr}");
+    assert!(stdout.contains("smollm2-360m: ms per token"), "{stdout}");
+    assert!(stdout.contains("1000 GB/s copy bandwidth, measured"), "{stdout}");
+    let report: Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("bench.json")).unwrap()).unwrap();
+    assert_eq!(report["rows"].as_array().unwrap().len(), 2);
+    assert_eq!(report["baselines"]["torch"], "fake");
+    assert!(out.join("baselines.json").is_file());
+}
+
+#[test]
+fn a_failing_baseline_script_is_reported_and_the_report_still_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let script = dir.path().join("broken.sh");
+    std::fs::write(&script, "echo no torch here >&2; exit 3\n").unwrap();
+    let out = dir.path().join("out");
+    let (ok, stdout, stderr) = amk(&[
+        "bench",
+        "--no-amk",
+        "--synth",
+        "llama3-2-1b",
+        "--baselines",
+        s(&script),
+        "--python",
+        "sh",
+        "--out",
+        s(&out),
+    ]);
+    assert!(ok, "{stdout}\n{stderr}");
+    assert!(stderr.contains("no torch here") && stderr.contains("left no"), "{stderr}");
+    let report: Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("bench.json")).unwrap()).unwrap();
+    assert!(report["baselines_error"].as_str().unwrap().contains("left no"));
+    assert_eq!(report["copy_gbps_source"], "DESIGN.md's 3.08 TB/s, not measured in this run");
+}
+
+#[test]
+fn nothing_to_measure_is_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ok, _, stderr) = amk(&["bench", "--out", s(dir.path())]);
+    assert!(!ok);
+    assert!(stderr.contains("nothing to measure"), "{stderr}");
+}
