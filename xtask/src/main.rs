@@ -158,6 +158,8 @@ fn gpu_test() -> Result<()> {
     let amk = release_amk()?;
     let amk = path_str(&amk)?;
     run(amk, &["gpu-test", "--synthetic"])?;
+    let tiny = root().join("fixtures/tiny");
+    run(amk, &["gpu-test", "--fixtures", path_str(&tiny)?])?;
     let hf = model.hf_dir();
     run(amk, &["gpu-test", "--model", path_str(&hf)?])
 }

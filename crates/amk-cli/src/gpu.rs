@@ -40,6 +40,14 @@ pub struct GpuArgs {
     /// Threads per block of the megakernel.
     #[arg(long, default_value_t = 512)]
     pub block_threads: u32,
+    /// Do not stage weight tiles in shared memory before waiting (only an L2 prefetch); for
+    /// measuring what staging buys.
+    #[arg(long)]
+    pub no_stage: bool,
+    /// Compile the kernel with in-kernel timestamps and print where a step's time goes
+    /// (per phase on the critical path, per task kind, waits); costs a little speed.
+    #[arg(long)]
+    pub trace: bool,
 }
 
 impl Precision {
@@ -164,6 +172,8 @@ pub fn gpu_options(args: &GpuArgs) -> GpuOptions {
         weight_dtype: args.weight_dtype(),
         watchdog: Duration::from_secs_f64(args.watchdog.max(1e-6)),
         block_threads: args.block_threads,
+        stage_weights: !args.no_stage,
+        trace: args.trace,
         ..GpuOptions::default()
     }
 }

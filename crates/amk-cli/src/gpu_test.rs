@@ -31,8 +31,13 @@ use std::path::PathBuf;
 #[derive(Debug, Args)]
 pub struct GpuTestArgs {
     /// Hugging Face model directory or .gguf file (SmolLM2-135M-Instruct for the golden checks).
-    #[arg(long, short, required_unless_present = "synthetic")]
+    #[arg(long, short, required_unless_present_any = ["synthetic", "fixtures"])]
     pub model: Option<PathBuf>,
+    /// Only run the model-coverage fixtures in exact mode: each subdirectory of this folder
+    /// (fixtures/tiny) holding a checkpoint and the `expected.json` transformers produced; the
+    /// greedy tokens must match to the end.
+    #[arg(long)]
+    pub fixtures: Option<PathBuf>,
     /// Only compare the GPU's exact mode with the CPU reference on synthetic models of several
     /// shapes (seeded random weights; no checkpoint needed).
     #[arg(long)]
@@ -173,9 +178,68 @@ fn synthetic(args: &GpuTestArgs) -> Result<()> {
     Ok(())
 }
 
+/// What `fixtures/tiny/*/expected.json` holds that this check reads.
+#[derive(serde::Deserialize)]
+struct FixtureExpected {
+    architecture: String,
+    prompt_ids: Vec<u32>,
+    tokens: Vec<u32>,
+}
+
+/// GPU exact mode on each model-coverage fixture: transformers' greedy tokens, to the end.
+fn fixtures(args: &GpuTestArgs, root: &std::path::Path) -> Result<()> {
+    let mut dirs: Vec<PathBuf> = std::fs::read_dir(root)
+        .with_context(|| format!("cannot list {}", root.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.join("expected.json").is_file())
+        .collect();
+    dirs.sort();
+    if dirs.is_empty() {
+        bail!("{}: no subdirectory holds an expected.json", root.display());
+    }
+    let mut failed = 0;
+    println!("{:<14} {:<20} {:<6} result", "fixture", "architecture", "status");
+    for dir in &dirs {
+        let name = dir.file_name().map_or_else(String::new, |n| n.to_string_lossy().into_owned());
+        let path = dir.join("expected.json");
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        let want: FixtureExpected = serde_json::from_str(&text)
+            .with_context(|| format!("{} is not a fixture's expected.json", path.display()))?;
+        let outcome = (|| -> Result<(Vec<u32>, String)> {
+            let model = Model::open(dir, &mut |_| {})?;
+            let mut gargs = args.gpu.clone();
+            gargs.precision = Some(Precision::F32);
+            let mut gpu = build_backend(&model, &gargs, true)?;
+            let options =
+                GenerateOptions { max_new_tokens: want.tokens.len(), stop_tokens: Vec::new() };
+            let g = generate(&mut gpu, &want.prompt_ids, &options, &mut |_| {})?;
+            Ok((g.generated, gpu.fit().to_string()))
+        })();
+        let (ok, result) = match outcome {
+            Ok((got, fit)) => {
+                let a = agree(&got, &want.tokens);
+                (a == want.tokens.len(), format!("{a}/{} tokens; {fit}", want.tokens.len()))
+            }
+            Err(e) => (false, format!("error: {e:#}")),
+        };
+        failed += usize::from(!ok);
+        let status = if ok { "ok" } else { "FAIL" };
+        println!("{name:<14} {:<20} {status:<6} {result}", want.architecture);
+    }
+    println!("{} passed, {failed} failed", dirs.len() - failed);
+    if failed > 0 {
+        bail!("{failed} fixture(s) differ from transformers on the GPU");
+    }
+    Ok(())
+}
+
 pub fn run(args: GpuTestArgs) -> Result<()> {
     if args.synthetic {
         return synthetic(&args);
+    }
+    if let Some(root) = &args.fixtures {
+        return fixtures(&args, root);
     }
     let model_path = args.model.clone().context("--model is required")?;
     let text = std::fs::read_to_string(&args.golden)
@@ -264,7 +328,16 @@ pub fn run(args: GpuTestArgs) -> Result<()> {
             format!("{median:.3} ms/token, {:.0} tokens/s, {gbps:.0} GB/s", 1e3 / median),
             true,
         ));
-        speeds.push(serde_json::json!({"context": ctx, "ms_per_token": median, "gb_per_s": gbps}));
+        let mut speed =
+            serde_json::json!({"context": ctx, "ms_per_token": median, "gb_per_s": gbps});
+        if let Some(stamps) = bf16.read_trace()? {
+            // The last timed launch's timestamps.
+            let schedule = bf16.verified().schedule();
+            let traced = amk_runtime::trace::analyze(schedule, bf16.worker_start(), &stamps)?;
+            println!("\ntrace, bf16, context {ctx}:\n{traced}");
+            speed["trace"] = serde_json::to_value(&traced)?;
+        }
+        speeds.push(speed);
     }
     report.insert("speed_bf16".into(), speeds.into());
     drop(bf16);

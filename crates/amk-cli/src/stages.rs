@@ -176,6 +176,9 @@ pub struct BuildArgs {
     /// Threads per block.
     #[arg(long, default_value_t = 512)]
     pub block_threads: u32,
+    /// Do not stage weight tiles in shared memory (cp.async) before waiting.
+    #[arg(long)]
+    pub no_stage: bool,
     /// Skip the NVRTC compile (when libnvrtc is not installed).
     #[arg(long)]
     pub no_compile: bool,
@@ -210,7 +213,13 @@ pub fn run_build(args: BuildArgs) -> Result<()> {
         crate::gpu::Precision::F32 => WeightDType::F32,
         crate::gpu::Precision::Bf16 => WeightDType::BF16,
     };
-    let options = CodegenOptions { weight_dtype, arch: first, block_threads: args.block_threads };
+    let options = CodegenOptions {
+        weight_dtype,
+        arch: first,
+        block_threads: args.block_threads,
+        stage_weights: !args.no_stage,
+        trace: false,
+    };
     let generated = generate(&verified, &options)?;
     write_artifacts(&generated, &args.output)
         .with_context(|| format!("writing into {}", args.output.display()))?;
