@@ -4,7 +4,7 @@
 //! shapes (`--synth`), per precision and context: the megakernel's ms per token (median of the
 //! CUDA-event times [`GpuBackend::time_decode`] gives for launches queued back to back, after
 //! the KV cache was filled to the context), the bytes each token streams and the fraction of
-//! the device's copy bandwidth that is. For the real model also the time from checkpoint to
+//! the device's measured read bandwidth that is. For the real model also the time from checkpoint to
 //! ready kernel, stage by stage, with NVRTC's on-disk cache bypassed. `--baselines` runs
 //! `bench/baselines.py` (PyTorch and transformers) as a subprocess on the same models and
 //! merges its rows. Then `bench.json`, a table on stdout and `bench.svg`.
@@ -29,7 +29,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 /// DESIGN.md section 2's measured H100 read bandwidth (3.08 TB/s), the denominator of the
-/// bandwidth fraction when no baseline run measured the device's copy bandwidth.
+/// bandwidth fraction when no baseline run measured the device's bandwidth.
 pub const DESIGN_COPY_GBPS: f64 = 3080.0;
 
 /// Synthetic shapes `bench/baselines.py --shape` knows.
@@ -42,8 +42,8 @@ const SCRIPT_SHAPES: [&str; 3] = ["smollm2-135m", "smollm2-360m", "llama3-2-1b"]
 /// is the median over --tokens launches queued back to back and timed by CUDA events, after the
 /// KV cache was filled to the context (tokens already cached when timing starts). Bytes per
 /// token = weights in that precision + the KV cache read at that context (amk keeps f32 keys
-/// and values; the baselines bf16); the bandwidth fraction is against the copy bandwidth the
-/// baseline script measured (bytes read per second), else DESIGN.md's 3080 GB/s. Speedups are
+/// and values; the baselines bf16); the bandwidth fraction is against the read bandwidth the
+/// baseline script measured (`read_gbps`, else its copy's read rate), else DESIGN.md's 3080 GB/s. Speedups are
 /// baseline ms / amk ms, per model and context, from the same run.
 ///
 /// A full run can outlast a time limit: run pieces (--no-amk with --baselines, or

@@ -38,7 +38,7 @@ fn merges_earlier_results_into_a_report_table_and_plot() {
         amk(&["bench", "--no-amk", "--merge", s(&earlier), "--out", s(&out)]);
     assert!(ok, "{stdout}\n{stderr}");
     assert!(stdout.contains("m: ms per token"), "{stdout}");
-    assert!(stdout.contains("1450 GB/s copy bandwidth, measured"), "{stdout}");
+    assert!(stdout.contains("1450 GB/s read bandwidth, measured"), "{stdout}");
     assert!(stdout.contains("  over hf_eager") && stdout.contains("25.00x"), "{stdout}");
     assert!(stdout.contains("m compile_graph ctx 16: InductorError: no"), "{stdout}");
     let report: Value =
@@ -101,7 +101,7 @@ printf '{"copy_gbps": 1000.0, "torch": "fake", "rows": [
     );
     assert!(stderr.contains("the baseline script has no shape tiny"), "{stderr}");
     assert!(stdout.contains("smollm2-360m: ms per token"), "{stdout}");
-    assert!(stdout.contains("1000 GB/s copy bandwidth, measured"), "{stdout}");
+    assert!(stdout.contains("1000 GB/s read bandwidth, measured"), "{stdout}");
     let report: Value =
         serde_json::from_str(&std::fs::read_to_string(out.join("bench.json")).unwrap()).unwrap();
     assert_eq!(report["rows"].as_array().unwrap().len(), 2);
