@@ -64,10 +64,6 @@ struct Stats {
     stage_tiles: Vec<u64>,
 }
 
-/// Bytes of one weight element on the device.
-fn dtype_bytes(dtype: WeightDType) -> u64 {
-    dtype.bytes()
-}
 
 fn schedule_err(field: &'static str, problem: Problem) -> CodegenError {
     CodegenError::Schedule { field, problem }
@@ -486,7 +482,7 @@ impl TaskCtx<'_> {
                     w[ROPE_HEAD_DIM] = n.head_dim;
                     stats.max_head_dim = stats.max_head_dim.max(n.head_dim);
                 }
-                let es = dtype_bytes(self.dtype);
+                let es = self.dtype.bytes();
                 stats.stage_tiles.push(u64::from(rows) * u64::from(cols) * es);
                 w[IO] = self.buf("io", io)?;
                 match output {
@@ -541,7 +537,7 @@ impl TaskCtx<'_> {
                 w[COLS] = cols;
                 w[OUT] = self.buf("out", out)?;
                 self.rows(first_row, rows, cols)?;
-                let es = dtype_bytes(self.dtype);
+                let es = self.dtype.bytes();
                 stats.stage_tiles.push(2 * u64::from(rows) * u64::from(cols) * es);
             }
             TaskOp::Attention {
@@ -602,7 +598,7 @@ impl TaskCtx<'_> {
                 self.rows(first_row, rows, cols)?;
                 let words = (u128::from(slot) + 1) * u128::from(abi_partial_words());
                 self.fit("slot", "(slot + 1) * 2 words of argmax partials", words)?;
-                let es = dtype_bytes(self.dtype);
+                let es = self.dtype.bytes();
                 stats.stage_tiles.push(u64::from(rows) * u64::from(cols) * es);
             }
             TaskOp::ArgmaxReduce { partials, count, io } => {

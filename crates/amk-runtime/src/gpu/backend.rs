@@ -620,28 +620,7 @@ impl GpuBackend {
             }
             check("cuEventRecord", sys::cuEventRecord(self.done, stream))?;
         }
-        match wait_event(self.done, self.options.watchdog) {
-            Ok(true) => {}
-            Ok(false) => {
-                self.wedge(format!("launch {launch} hung"));
-                return Err(GpuError::Hang {
-                    launch,
-                    epoch,
-                    watchdog: self.options.watchdog,
-                    counters: self.read_counters(epoch),
-                });
-            }
-            Err(code) => {
-                self.wedge(format!("launch {launch} failed: {}", code_name(code)));
-                return Err(GpuError::Fault {
-                    launch,
-                    epoch,
-                    call: "cuEventQuery",
-                    code: code_name(code),
-                    counters: self.read_counters(epoch),
-                });
-            }
-        }
+        self.await_done(launch, self.options.watchdog, format!("launch {launch}"))?;
         // SAFETY: the copies completed; the pinned buffers hold what was copied.
         let next = unsafe { self.io_host.read() };
         if let Some((_, n)) = self.logits_dev {
@@ -766,34 +745,8 @@ impl GpuBackend {
         // SAFETY: as above.
         check("cuEventRecord", unsafe { sys::cuEventRecord(self.done, stream) })?;
         let watchdog = self.options.watchdog.saturating_mul(tokens as u32);
-        match wait_event(self.done, watchdog) {
-            Ok(true) => {}
-            Ok(false) => {
-                let epoch = (self.launches - 1) as u32;
-                self.wedge(format!("launches {first}..{} hung", self.launches));
-                return Err(GpuError::Hang {
-                    launch: self.launches - 1,
-                    epoch,
-                    watchdog,
-                    counters: self.read_counters(epoch),
-                });
-            }
-            Err(code) => {
-                let epoch = (self.launches - 1) as u32;
-                self.wedge(format!(
-                    "launches {first}..{} failed: {}",
-                    self.launches,
-                    code_name(code)
-                ));
-                return Err(GpuError::Fault {
-                    launch: self.launches - 1,
-                    epoch,
-                    call: "cuEventQuery",
-                    code: code_name(code),
-                    counters: self.read_counters(epoch),
-                });
-            }
-        }
+        let last = self.launches - 1;
+        self.await_done(last, watchdog, format!("launches {first}..{}", self.launches))?;
         let mut times = Vec::with_capacity(tokens);
         for pair in events.windows(2) {
             let mut ms = 0f32;
@@ -827,6 +780,34 @@ impl GpuBackend {
     /// The worker start offsets of the device program (for reading a trace).
     pub fn worker_start(&self) -> &[u32] {
         &self.plan.worker_start
+    }
+
+    /// Waits for the `done` event under `watchdog`; on a hang or fault, wedges the backend and
+    /// reports the counters as `launch` (the last one queued, named `what`) left them.
+    fn await_done(
+        &mut self,
+        launch: u64,
+        watchdog: Duration,
+        what: String,
+    ) -> Result<(), GpuError> {
+        let epoch = launch as u32;
+        match wait_event(self.done, watchdog) {
+            Ok(true) => Ok(()),
+            Ok(false) => {
+                self.wedge(format!("{what} hung"));
+                Err(GpuError::Hang { launch, epoch, watchdog, counters: self.read_counters(epoch) })
+            }
+            Err(code) => {
+                self.wedge(format!("{what} failed: {}", code_name(code)));
+                Err(GpuError::Fault {
+                    launch,
+                    epoch,
+                    call: "cuEventQuery",
+                    code: code_name(code),
+                    counters: self.read_counters(epoch),
+                })
+            }
+        }
     }
 
     /// Marks the backend unusable and keeps its memory alive (a launch may still use it).
