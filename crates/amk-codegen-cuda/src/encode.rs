@@ -64,7 +64,6 @@ struct Stats {
     stage_tiles: Vec<u64>,
 }
 
-
 fn schedule_err(field: &'static str, problem: Problem) -> CodegenError {
     CodegenError::Schedule { field, problem }
 }
