@@ -115,6 +115,11 @@ fn buffers(s: &Schedule, dtype: WeightDType) -> Result<Vec<u64>, CodegenError> {
             }
             match dtype {
                 WeightDType::F32 => Ok(b.bytes),
+                WeightDType::Int8 => Err(CodegenError::Option {
+                    field: "weight_dtype",
+                    value: 1,
+                    message: "int8 weights are not implemented by the CUDA backend yet".into(),
+                }),
                 WeightDType::BF16 if b.bytes % ELEM == 0 => Ok(b.bytes / 2),
                 WeightDType::BF16 => Err(CodegenError::Buffer {
                     buffer: b.name.clone(),

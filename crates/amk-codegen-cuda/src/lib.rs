@@ -69,6 +69,9 @@ pub enum WeightDType {
     /// bfloat16: every weight buffer and region is half its described size.
     #[default]
     BF16,
+    /// Weight-only int8: each matrix row (output channel) holds int8 values with one f32
+    /// scale (symmetric, `max|w| / 127`); vectors (norm weights, biases) stay f32.
+    Int8,
 }
 
 impl WeightDType {
@@ -77,14 +80,16 @@ impl WeightDType {
         match self {
             WeightDType::F32 => "f32",
             WeightDType::BF16 => "bf16",
+            WeightDType::Int8 => "int8",
         }
     }
 
-    /// Bytes of one weight element on the device.
+    /// Bytes of one matrix element on the device (int8 matrices add a 4-byte scale per row).
     pub fn bytes(self) -> u64 {
         match self {
             WeightDType::F32 => 4,
             WeightDType::BF16 => 2,
+            WeightDType::Int8 => 1,
         }
     }
 }
@@ -101,7 +106,8 @@ impl FromStr for WeightDType {
         match s.to_ascii_lowercase().as_str() {
             "f32" | "fp32" | "float32" => Ok(WeightDType::F32),
             "bf16" | "bfloat16" => Ok(WeightDType::BF16),
-            _ => Err(format!("unknown weight dtype `{s}`: expected `f32` or `bf16`")),
+            "int8" | "i8" => Ok(WeightDType::Int8),
+            _ => Err(format!("unknown weight dtype `{s}`: expected `f32`, `bf16` or `int8`")),
         }
     }
 }

@@ -8,6 +8,7 @@
 pub mod cpu;
 pub mod gpu;
 pub mod kernels;
+pub mod quant;
 pub mod schedule_exec;
 pub mod trace;
 

@@ -1047,6 +1047,7 @@ fn upload_weight(
             let bits: Vec<u16> = data.iter().map(|&x| half::bf16::from_f32(x).to_bits()).collect();
             gpu.copy_to(dst, &bits)
         }
+        WeightDType::Int8 => Err(err("int8 upload is not implemented yet".into())),
     }
 }
 

@@ -1,0 +1,98 @@
+//! Weight precisions below f32, defined once for every executor: the GPU backend uploads
+//! weights in these formats, and [`emulate`] gives the f32 values a device computes with, so
+//! the CPU reference can run (and measure the quality of) the same precision.
+//!
+//! - bf16: every weight rounded to the nearest bfloat16 (ties to even).
+//! - int8: each row of a matrix (one output channel; for the embedding table, one token)
+//!   quantized symmetrically, `scale = max|w| / 127`, `q = round(w / scale)` (half away from
+//!   zero) in `-127..=127`; the value used is `q * scale`. Vectors (norm weights, biases) stay f32.
+
+use amk_codegen_cuda::WeightDType;
+use amk_ir::tensor::WeightSpec;
+
+/// Int8 rows with one f32 scale per row.
+#[derive(Debug, Clone, PartialEq)]
+pub struct QuantizedRows {
+    /// Row-major `rows x cols` values.
+    pub values: Vec<i8>,
+    /// One scale per row.
+    pub scales: Vec<f32>,
+    pub cols: usize,
+}
+
+impl QuantizedRows {
+    /// The f32 values the int8 rows stand for: `q * scale`.
+    pub fn dequantize(&self) -> Vec<f32> {
+        if self.cols == 0 {
+            return Vec::new();
+        }
+        self.values
+            .chunks(self.cols)
+            .zip(&self.scales)
+            .flat_map(|(row, &s)| row.iter().map(move |&q| q as f32 * s))
+            .collect()
+    }
+}
+
+/// Quantizes a row-major matrix of `cols` columns row by row (symmetric, per output channel).
+/// An all-zero row gets scale 0. `w.len()` must be a multiple of `cols`; a ragged tail is
+/// treated as a short last row.
+pub fn quantize_rows(w: &[f32], cols: usize) -> QuantizedRows {
+    let cols = cols.max(1);
+    let mut values = Vec::with_capacity(w.len());
+    let mut scales = Vec::with_capacity(w.len().div_ceil(cols));
+    for row in w.chunks(cols) {
+        let max = row.iter().fold(0.0f32, |m, &x| m.max(x.abs()));
+        let scale = max / 127.0;
+        scales.push(scale);
+        let inv = if scale > 0.0 { 1.0 / scale } else { 0.0 };
+        values.extend(row.iter().map(|&x| (x * inv).round().clamp(-127.0, 127.0) as i8));
+    }
+    QuantizedRows { values, scales, cols }
+}
+
+/// `x` rounded to the nearest bfloat16, as f32.
+pub fn round_bf16(x: f32) -> f32 {
+    half::bf16::from_f32(x).to_f32()
+}
+
+/// Whether a weight is stored as an int8 matrix in int8 mode (2-D tensors; vectors stay f32).
+pub fn is_matrix(spec: &WeightSpec) -> bool {
+    spec.shape.len() == 2
+}
+
+/// The f32 values a device holding `spec` in `dtype` computes with.
+pub fn emulate(dtype: WeightDType, spec: &WeightSpec, data: Vec<f32>) -> Vec<f32> {
+    match dtype {
+        WeightDType::F32 => data,
+        WeightDType::BF16 => data.into_iter().map(round_bf16).collect(),
+        WeightDType::Int8 if is_matrix(spec) => quantize_rows(&data, spec.shape[1]).dequantize(),
+        WeightDType::Int8 => data,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rows_are_symmetric_per_channel() {
+        let w = [0.5, -1.0, 0.25, 0.0, 0.0, 0.0, 3.0, 1.5, -0.75];
+        let q = quantize_rows(&w, 3);
+        assert_eq!(q.scales, vec![1.0 / 127.0, 0.0, 3.0 / 127.0]);
+        assert_eq!(&q.values[..3], &[64, -127, 32]);
+        assert_eq!(&q.values[3..6], &[0, 0, 0]);
+        assert_eq!(&q.values[6..], &[127, 64, -32]);
+        let d = q.dequantize();
+        for (a, b) in w.iter().zip(&d) {
+            assert!((a - b).abs() <= 3.0 / 127.0 / 2.0 + 1e-7, "{a} vs {b}");
+        }
+    }
+
+    #[test]
+    fn bf16_rounds_to_nearest() {
+        assert_eq!(round_bf16(1.0), 1.0);
+        assert_eq!(round_bf16(1.0 + 1.0 / 512.0), 1.0);
+        assert_eq!(round_bf16(1.0 + 3.0 / 256.0), 1.0 + 1.0 / 64.0);
+    }
+}
