@@ -20,6 +20,9 @@ pub enum Precision {
     F32,
     /// bf16 weights, f32 activations and accumulation: half the bytes per token.
     Bf16,
+    /// int8 matrices with one f32 scale per output channel (symmetric), f32 vectors,
+    /// activations and accumulation: about a quarter of f32's bytes per token.
+    Int8,
 }
 
 /// GPU options shared by the commands that launch the megakernel.
@@ -56,15 +59,13 @@ impl Precision {
         match self {
             Precision::F32 => WeightDType::F32,
             Precision::Bf16 => WeightDType::BF16,
+            Precision::Int8 => WeightDType::Int8,
         }
     }
 
-    /// Bytes of one weight element on the device.
+    /// Bytes of one matrix element on the device.
     pub fn weight_elem_bytes(self) -> u64 {
-        match self {
-            Precision::F32 => 4,
-            Precision::Bf16 => 2,
-        }
+        self.weight_dtype().bytes()
     }
 }
 

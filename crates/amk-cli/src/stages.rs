@@ -185,7 +185,7 @@ pub struct BuildArgs {
 }
 
 pub fn run_build(args: BuildArgs) -> Result<()> {
-    use amk_codegen_cuda::{generate, write_artifacts, Arch, CodegenOptions, WeightDType};
+    use amk_codegen_cuda::{generate, write_artifacts, Arch, CodegenOptions};
     let started = std::time::Instant::now();
     let knobs = crate::gpu::read_knobs(args.config.as_deref())?;
     let graph = load_graph(&args.model)?;
@@ -209,10 +209,7 @@ pub fn run_build(args: BuildArgs) -> Result<()> {
         .map(|a| a.parse::<Arch>().map_err(|e| anyhow::anyhow!("--arch {a}: {e}")))
         .collect::<Result<_>>()?;
     let Some(&first) = archs.first() else { anyhow::bail!("--arch: give at least one target") };
-    let weight_dtype = match args.precision {
-        crate::gpu::Precision::F32 => WeightDType::F32,
-        crate::gpu::Precision::Bf16 => WeightDType::BF16,
-    };
+    let weight_dtype = args.precision.weight_dtype();
     let options = CodegenOptions {
         weight_dtype,
         arch: first,
