@@ -37,10 +37,11 @@
 #define AMK_TASK_ARGMAX_REDUCE 7u
 #define AMK_TASK_RMSNORM 8u
 
-// A projection input (5 words at IN): kind (0 vector, 1 rms-normed), buffer, len, norm weight
-// buffer (or AMK_NONE), eps as f32 bits.
+// A projection input (5 words at IN): kind (0 vector, 1 rms-normed, 2 attention partials),
+// buffer, len, norm weight buffer (or AMK_NONE) / parts per head, eps as f32 bits / head_dim.
 #define AMK_IN_VECTOR 0u
 #define AMK_IN_RMSNORM 1u
+#define AMK_IN_ATTN_PARTIALS 2u
 
 // Output kinds of a projection.
 #define AMK_OUT_STORE 0u
@@ -60,10 +61,12 @@
 //                27 original_max_position_embeddings (f32 bits)
 // GATED_UP:      1..5 input, 6 gate, 7 up, 8 first_row, 9 rows, 10 cols, 11 out
 // ATTENTION:     1 q, 2 head, 3 kv_head, 4 head_dim, 5 max_positions, 6 k cache, 7 v cache,
-//                8 io, 9 out, 10 sliding window in positions (0 = none)
+//                8 io, 9 out (attention partials), 10 sliding window in positions (0 = none),
+//                11 part, 12 parts
 // HEAD_ARGMAX:   1..5 input, 6 weight, 7 first_row, 8 rows, 9 cols, 10 logits, 11 partials,
 //                12 slot
 // ARGMAX_REDUCE: 1 partials, 2 count, 3 io
 // RMSNORM:       1..5 input (always the rms-normed kind), 6 out
 // Caches are laid out [num_kv_heads, max_positions, head_dim]; io is {token, position};
-// an argmax partial is {f32 value, u32 index}.
+// an argmax partial is {f32 value, u32 index}; attention partials are [heads][parts][head_dim + 2]
+// entries {m, l, acc[head_dim]} (see amk-schedule's TaskOp::Attention).

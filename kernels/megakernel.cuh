@@ -28,11 +28,11 @@
 #define AMK_HEAD_LANES ((AMK_MAX_HEAD_DIM + 31) / 32)
 #define AMK_NEG_INF __int_as_float(0xff800000)
 
-// Shared memory: a main area (a projection's input vector, or attention's query and per-warp
+// Shared memory: a main area (a projection's input vector, or attention's per-warp
 // partial results), 64 words of scratch for block reductions, one head of projected rows (for
 // per-head norm and rope), then two weight-staging slots. The host sizes the dynamic shared
 // memory as 4 * AMK_SMEM_FLOATS bytes.
-#define AMK_ATTN_FLOATS (AMK_MAX_HEAD_DIM + AMK_WARPS * (AMK_MAX_HEAD_DIM + 2))
+#define AMK_ATTN_FLOATS (AMK_WARPS * (AMK_MAX_HEAD_DIM + 2))
 #define AMK_SMEM_MAIN ((((AMK_MAX_COLS > AMK_ATTN_FLOATS) ? AMK_MAX_COLS : AMK_ATTN_FLOATS) + 3) / 4 * 4)
 #define AMK_SMEM_SCRATCH_OFFSET AMK_SMEM_MAIN
 #define AMK_SMEM_HEAD_OFFSET (AMK_SMEM_MAIN + 64)
@@ -161,12 +161,43 @@ __device__ __forceinline__ void amk_dot_rows(const amk_w* __restrict__ w, u64 ba
 // Input elements per thread (the loads are all issued before any is used).
 #define AMK_IN_PER_THREAD ((AMK_MAX_COLS + AMK_BLOCK_THREADS - 1) / AMK_BLOCK_THREADS)
 
+// Split attention's combine step, as a projection input: x[h * hd + j] is head h's output,
+// sum_p acc_p[j] e^(m_p - M) / sum_p l_p e^(m_p - M) over the parts that saw a row (l_p > 0).
+// Each thread keeps a running (M, L, A) so every part's loads can be in flight together.
+__device__ void amk_load_attn_partials(const u32* d, const u64* buffers, float* x) {
+    const float* src = reinterpret_cast<const float*>(buffers[d[2]]);
+    const u32 len = d[3], parts = d[4], hd = d[5];
+    for (u32 i = threadIdx.x; i < len; i += AMK_BLOCK_THREADS) {
+        const u32 h = i / hd, j = i - h * hd;
+        const float* e = src + (u64)h * parts * (hd + 2);
+        float M = AMK_NEG_INF, L = 0.f, A = 0.f;
+#pragma unroll 8
+        for (u32 p = 0; p < parts; ++p) {
+            const float* ep = e + (u64)p * (hd + 2);
+            const float mp = __ldcg(ep), lp = __ldcg(ep + 1), ap = __ldcg(ep + 2 + j);
+            if (lp > 0.f) {
+                const float M2 = fmaxf(M, mp);
+                const float c0 = expf(M - M2), c1 = expf(mp - M2);
+                L = L * c0 + lp * c1;
+                A = A * c0 + ap * c1;
+                M = M2;
+            }
+        }
+        x[i] = A / L;
+    }
+    __syncthreads();
+}
+
 // Loads a projection input (words 1..5 of a descriptor) into shared memory x[0..len). The
 // activations and the norm weights are loaded together: one round trip, not two.
 __device__ void amk_load_input(const u32* d, const u64* buffers, float* x, float* scratch) {
     const u32 kind = d[1], len = d[3];
     const float* src = reinterpret_cast<const float*>(buffers[d[2]]);
     const amk_w* nw = kind == AMK_IN_RMSNORM ? reinterpret_cast<const amk_w*>(buffers[d[4]]) : nullptr;
+    if (kind == AMK_IN_ATTN_PARTIALS) {
+        amk_load_attn_partials(d, buffers, x);
+        return;
+    }
     float v[AMK_IN_PER_THREAD], g[AMK_IN_PER_THREAD];
 #pragma unroll
     for (u32 k = 0; k < AMK_IN_PER_THREAD; ++k) {
@@ -359,24 +390,40 @@ __device__ void amk_gated_up(const u32* d, const u64* buffers, float* x, float* 
     }
 }
 
-// One query head over its key/value head's cache rows start..=pos (start = 0, or pos + 1 - W
-// under a sliding window of W, word 10). Each warp runs an online softmax over a strided
-// subset of positions, P at a time with their key and value loads in flight together; warps
-// then merge through shared memory.
+// The cache rows [a, b) that part `part` of `parts` covers of rows start..npos: chunks of
+// ceil(n / parts) rows in order (amk-schedule's attn_part_rows).
+__device__ __forceinline__ void amk_part_rows(u32 start, u32 npos, u32 part, u32 parts, u32& a, u32& b) {
+    const u32 n = npos - start, chunk = (n + parts - 1) / parts;
+    a = min(start + part * chunk, npos);
+    b = min(a + chunk, npos);
+}
+
+// Part `part` of `parts` of one query head over its key/value head's cache rows start..=pos
+// (start = 0, or pos + 1 - W under a sliding window of W, word 10): writes the partial softmax
+// {m, l, acc[hd]} of its rows (see abi.cuh). Each warp runs an online softmax over P positions
+// at a time, their key and value loads in flight together with the query (each lane holds the
+// query elements it multiplies, so no shared-memory round trip precedes the loads); warps then
+// merge through shared memory.
 __device__ void amk_attention(const u32* d, const u64* buffers, float* smem) {
     const float* q = reinterpret_cast<const float*>(buffers[d[1]]);
     const u32 head = d[2], kvh = d[3], hd = d[4], maxpos = d[5], window = d[10];
+    const u32 part = d[11], parts = d[12];
     const float* kc = reinterpret_cast<const float*>(buffers[d[6]]) + (u64)kvh * maxpos * hd;
     const float* vc = reinterpret_cast<const float*>(buffers[d[7]]) + (u64)kvh * maxpos * hd;
     const u32* io = reinterpret_cast<const u32*>(buffers[d[8]]);
-    float* out = reinterpret_cast<float*>(buffers[d[9]]);
+    float* out = reinterpret_cast<float*>(buffers[d[9]]) + ((u64)head * parts + part) * (hd + 2);
     const u32 npos = __ldcg(io + 1) + 1;
     const u32 start = (window != 0 && npos > window) ? npos - window : 0u;
+    u32 a, b;
+    amk_part_rows(start, npos, part, parts, a, b);
     const u32 lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    float* qs = smem;                         // hd floats
-    float* part = smem + AMK_MAX_HEAD_DIM;    // per warp: m, l, acc[hd]
-    for (u32 i = threadIdx.x; i < hd; i += AMK_BLOCK_THREADS) qs[i] = __ldcg(q + (u64)head * hd + i);
-    __syncthreads();
+    float* part_smem = smem;  // per warp: m, l, acc[hd]
+    float qr[AMK_HEAD_LANES];
+#pragma unroll
+    for (u32 c = 0; c < AMK_HEAD_LANES; ++c) {
+        const u32 j = lane + 32 * c;
+        qr[c] = j < hd ? __ldcg(q + (u64)head * hd + j) : 0.f;
+    }
     const float scale = 1.0f / sqrtf((float)hd);
     float acc[AMK_HEAD_LANES];
 #pragma unroll
@@ -384,7 +431,7 @@ __device__ void amk_attention(const u32* d, const u64* buffers, float* smem) {
     float m = AMK_NEG_INF, l = 0.f;
     // Positions per warp step: their key and value loads are in flight together.
     const int P = AMK_HEAD_LANES <= 2 ? 8 : 4;
-    for (u32 t0 = start + warp * P; t0 < npos; t0 += AMK_WARPS * P) {
+    for (u32 t0 = a + warp * P; t0 < b; t0 += AMK_WARPS * P) {
         float kv[P][AMK_HEAD_LANES], vv[P][AMK_HEAD_LANES];
 #pragma unroll
         for (int k = 0; k < P; ++k) {
@@ -392,7 +439,7 @@ __device__ void amk_attention(const u32* d, const u64* buffers, float* smem) {
 #pragma unroll
             for (u32 c = 0; c < AMK_HEAD_LANES; ++c) {
                 const u32 j = lane + 32 * c;
-                const bool ok = t < npos && j < hd;
+                const bool ok = t < b && j < hd;
                 kv[k][c] = ok ? __ldcg(kc + (u64)t * hd + j) : 0.f;
                 vv[k][c] = ok ? __ldcg(vc + (u64)t * hd + j) : 0.f;
             }
@@ -400,38 +447,35 @@ __device__ void amk_attention(const u32* d, const u64* buffers, float* smem) {
         float s[P];
 #pragma unroll
         for (int k = 0; k < P; ++k) {
-            float a = 0.f;
+            float x = 0.f;
 #pragma unroll
-            for (u32 c = 0; c < AMK_HEAD_LANES; ++c) {
-                const u32 j = lane + 32 * c;
-                if (j < hd) a += qs[j] * kv[k][c];
-            }
-            s[k] = a;
+            for (u32 c = 0; c < AMK_HEAD_LANES; ++c) x += qr[c] * kv[k][c];
+            s[k] = x;
         }
         float m2 = m;
 #pragma unroll
         for (int k = 0; k < P; ++k) {
             s[k] = amk_warp_sum(s[k]) * scale;
-            if (t0 + k < npos) m2 = fmaxf(m2, s[k]);
+            if (t0 + k < b) m2 = fmaxf(m2, s[k]);
         }
         const float corr = expf(m - m2);
         float p[P];
         l *= corr;
 #pragma unroll
         for (int k = 0; k < P; ++k) {
-            p[k] = t0 + k < npos ? expf(s[k] - m2) : 0.f;
+            p[k] = t0 + k < b ? expf(s[k] - m2) : 0.f;
             l += p[k];
         }
 #pragma unroll
         for (u32 c = 0; c < AMK_HEAD_LANES; ++c) {
-            float a = acc[c] * corr;
+            float x = acc[c] * corr;
 #pragma unroll
-            for (int k = 0; k < P; ++k) a += p[k] * vv[k][c];
-            acc[c] = a;
+            for (int k = 0; k < P; ++k) x += p[k] * vv[k][c];
+            acc[c] = x;
         }
         m = m2;
     }
-    float* mine = part + warp * (AMK_MAX_HEAD_DIM + 2);
+    float* mine = part_smem + warp * (AMK_MAX_HEAD_DIM + 2);
     if (lane == 0) { mine[0] = m; mine[1] = l; }
 #pragma unroll
     for (u32 k = 0; k < AMK_HEAD_LANES; ++k) {
@@ -439,20 +483,19 @@ __device__ void amk_attention(const u32* d, const u64* buffers, float* smem) {
         if (j < hd) mine[2 + j] = acc[k];
     }
     __syncthreads();
+    // Merge the warps that saw a position (l > 0); an empty part writes m = -inf, l = 0.
     float gm = AMK_NEG_INF;
-    for (u32 w = 0; w < AMK_WARPS; ++w) gm = fmaxf(gm, part[w * (AMK_MAX_HEAD_DIM + 2)]);
-    float gl = 0.f;
     for (u32 w = 0; w < AMK_WARPS; ++w) {
-        const float* pw = part + w * (AMK_MAX_HEAD_DIM + 2);
-        if (pw[1] > 0.f) gl += pw[1] * expf(pw[0] - gm);
+        const float* pw = part_smem + w * (AMK_MAX_HEAD_DIM + 2);
+        if (pw[1] > 0.f) gm = fmaxf(gm, pw[0]);
     }
-    for (u32 j = threadIdx.x; j < hd; j += AMK_BLOCK_THREADS) {
+    for (u32 j = threadIdx.x; j < hd + 2; j += AMK_BLOCK_THREADS) {
         float o = 0.f;
         for (u32 w = 0; w < AMK_WARPS; ++w) {
-            const float* pw = part + w * (AMK_MAX_HEAD_DIM + 2);
-            if (pw[1] > 0.f) o += pw[2 + j] * expf(pw[0] - gm);
+            const float* pw = part_smem + w * (AMK_MAX_HEAD_DIM + 2);
+            if (pw[1] > 0.f) o += pw[j] * expf(pw[0] - gm);
         }
-        out[(u64)head * hd + j] = o / gl;
+        out[j] = j == 0 ? gm : o;
     }
 }
 
@@ -563,12 +606,15 @@ __device__ void amk_prefetch_task(const u32* d, const u64* buffers) {
     } else if (bytes) {
         amk_prefetch(addr, bytes);
     } else if (d[0] == AMK_TASK_ATTENTION) {
-        // The cache rows before this step's position are already written: ask L2 for them.
+        // The part's cache rows before this step's position are already written: ask L2.
         const u32 hd = d[4], maxpos = d[5];
         const u32 pos = __ldcg(reinterpret_cast<const u32*>(buffers[d[8]]) + 1);
         const u32 start = (d[10] != 0 && pos + 1 > d[10]) ? pos + 1 - d[10] : 0u;
-        const u64 row0 = ((u64)d[3] * maxpos + start) * hd * 4;
-        const u64 bytes = (u64)(pos - min(pos, start)) * hd * 4;
+        u32 a, b;
+        amk_part_rows(start, pos + 1, d[11], d[12], a, b);
+        b = min(b, pos);
+        const u64 row0 = ((u64)d[3] * maxpos + a) * hd * 4;
+        const u64 bytes = (u64)(b - min(a, b)) * hd * 4;
         amk_prefetch(buffers[d[6]] + row0, bytes);
         amk_prefetch(buffers[d[7]] + row0, bytes);
     }

@@ -42,6 +42,8 @@ pub const TASK_RMSNORM: u32 = 8;
 pub const IN_VECTOR: u32 = 0;
 /// Projection input kind: RMS-normed vector.
 pub const IN_RMSNORM: u32 = 1;
+/// Projection input kind: attention partials, combined per head.
+pub const IN_ATTN_PARTIALS: u32 = 2;
 
 /// Projection output kind: store.
 pub const OUT_STORE: u32 = 0;
@@ -74,6 +76,7 @@ pub const MIRRORED: &[(&str, u64)] = &[
     ("AMK_TASK_RMSNORM", TASK_RMSNORM as u64),
     ("AMK_IN_VECTOR", IN_VECTOR as u64),
     ("AMK_IN_RMSNORM", IN_RMSNORM as u64),
+    ("AMK_IN_ATTN_PARTIALS", IN_ATTN_PARTIALS as u64),
     ("AMK_OUT_STORE", OUT_STORE as u64),
     ("AMK_OUT_ACCUMULATE", OUT_ACCUMULATE as u64),
     ("AMK_OUT_CACHE_ROW", OUT_CACHE_ROW as u64),
@@ -93,9 +96,9 @@ pub mod word {
         pub const BUFFER: usize = 2;
         /// Input length (elements).
         pub const LEN: usize = 3;
-        /// Norm weight buffer or `AMK_NONE`.
+        /// Norm weight buffer or `AMK_NONE`; for attention partials, the parts per head.
         pub const NORM_WEIGHT: usize = 4;
-        /// RMSNorm eps as f32 bits (0 for a plain vector).
+        /// RMSNorm eps as f32 bits (0 for a plain vector); for attention partials, head_dim.
         pub const EPS: usize = 5;
     }
 
@@ -211,6 +214,10 @@ pub mod word {
         pub const OUT: usize = 9;
         /// Sliding window in positions, 0 for none.
         pub const WINDOW: usize = 10;
+        /// This task's part of the head's positions.
+        pub const PART: usize = 11;
+        /// Parts per head.
+        pub const PARTS: usize = 12;
     }
 
     /// `HEAD_ARGMAX` words (input at 1..=5).

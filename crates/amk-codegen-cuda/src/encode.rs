@@ -289,6 +289,19 @@ impl TaskCtx<'_> {
                 w[word::input::EPS] = eps.to_bits();
                 len
             }
+            ProjInput::AttnPartials { buffer, heads, head_dim, parts } => {
+                w[word::input::KIND] = abi::IN_ATTN_PARTIALS;
+                w[word::input::BUFFER] = self.buf("input.buffer", buffer)?;
+                w[word::input::NORM_WEIGHT] = parts;
+                w[word::input::EPS] = head_dim;
+                self.positive("input.parts", parts)?;
+                self.positive("input.head_dim", head_dim)?;
+                let end = u128::from(heads) * u128::from(parts) * (u128::from(head_dim) + 2);
+                self.fit("input", "heads * parts * (head_dim + 2) elements", end)?;
+                heads.checked_mul(head_dim).ok_or_else(|| {
+                    self.rule("input.heads", "heads * head_dim overflows 32 bits".into())
+                })?
+            }
         };
         w[word::input::LEN] = len;
         self.positive("input.len", len)?;
@@ -554,9 +567,16 @@ impl TaskCtx<'_> {
                 k_cache,
                 v_cache,
                 io,
+                part,
+                parts,
                 out,
             } => {
                 use word::attention::*;
+                if part >= parts {
+                    return Err(self.rule("part", format!("is {part}, not below parts ({parts})")));
+                }
+                w[PART] = part;
+                w[PARTS] = parts;
                 w[WINDOW] = match window {
                     Some(0) => {
                         return Err(self
@@ -586,6 +606,9 @@ impl TaskCtx<'_> {
                     "(kv_head + 1) * max_positions * head_dim elements",
                     cache_end,
                 )?;
+                let end = (u128::from(head) * u128::from(parts) + u128::from(part) + 1)
+                    * (u128::from(head_dim) + 2);
+                self.fit("part", "the partial's end, in elements", end)?;
                 stats.max_head_dim = stats.max_head_dim.max(head_dim);
             }
             TaskOp::HeadArgmax { input, weight, first_row, rows, cols, logits, partials, slot } => {
@@ -677,6 +700,7 @@ fn field_of(op: &TaskOp, buffer: BufferId, access: Access) -> &'static str {
             ProjInput::RmsNormed { buffer, weight, .. } => {
                 vec![(buffer, "input.buffer"), (weight, "input.weight")]
             }
+            ProjInput::AttnPartials { buffer, .. } => vec![(buffer, "input.buffer")],
         }
     };
     let read = access == Access::Read;
@@ -871,10 +895,10 @@ mod tests {
     #[test]
     fn attention_on_another_head_leaves_its_regions() {
         let mut s = tiny();
-        if let TaskOp::Attention { head, .. } = op_mut(&mut s, "L0.attn.h0") {
+        if let TaskOp::Attention { head, .. } = op_mut(&mut s, "L0.attn.h0.p0") {
             *head = 1;
         }
-        let p = task_error(&s, WeightDType::BF16, "L0.attn.h0", "q");
+        let p = task_error(&s, WeightDType::BF16, "L0.attn.h0.p0", "q");
         assert!(matches!(p, Problem::OutsideDeclared { access: Access::Read, .. }), "{p:?}");
     }
 
@@ -920,11 +944,11 @@ mod tests {
     fn input_length_must_equal_columns() {
         let mut s = tiny();
         if let TaskOp::Projection { input: ProjInput::Vector { len, .. }, .. } =
-            op_mut(&mut s, "L0.o.r0")
+            op_mut(&mut s, "L0.down.r0")
         {
             *len -= 4;
         }
-        let p = task_error(&s, WeightDType::BF16, "L0.o.r0", "input.len");
+        let p = task_error(&s, WeightDType::BF16, "L0.down.r0", "input.len");
         assert!(matches!(p, Problem::Rule(_)), "{p:?}");
     }
 
@@ -975,26 +999,26 @@ mod tests {
     #[test]
     fn overflowing_indices_are_refused_without_panicking() {
         let mut s = tiny();
-        if let TaskOp::Attention { head, .. } = op_mut(&mut s, "L0.attn.h3") {
+        if let TaskOp::Attention { head, .. } = op_mut(&mut s, "L0.attn.h3.p0") {
             *head = u32::MAX;
         }
-        let p = task_error(&s, WeightDType::BF16, "L0.attn.h3", "head");
+        let p = task_error(&s, WeightDType::BF16, "L0.attn.h3.p0", "head");
         assert!(matches!(p, Problem::TooLarge { .. }), "{p:?}");
 
         let mut s = tiny();
-        if let TaskOp::Attention { max_positions, .. } = op_mut(&mut s, "L0.attn.h3") {
+        if let TaskOp::Attention { max_positions, .. } = op_mut(&mut s, "L0.attn.h3.p0") {
             *max_positions = u32::MAX;
         }
-        task_error(&s, WeightDType::BF16, "L0.attn.h3", "kv_head");
+        task_error(&s, WeightDType::BF16, "L0.attn.h3.p0", "kv_head");
 
         let mut s = tiny();
-        if let TaskOp::Projection { input, cols, .. } = op_mut(&mut s, "L0.o.r0") {
+        if let TaskOp::Projection { input, cols, .. } = op_mut(&mut s, "L0.down.r0") {
             *cols = u32::MAX;
             if let ProjInput::Vector { len, .. } = input {
                 *len = u32::MAX;
             }
         }
-        let p = task_error(&s, WeightDType::BF16, "L0.o.r0", "rows");
+        let p = task_error(&s, WeightDType::BF16, "L0.down.r0", "rows");
         assert!(matches!(p, Problem::TooLarge { .. }), "{p:?}");
 
         let mut s = tiny();

@@ -80,7 +80,7 @@ impl Prologue {
     pub fn base_smem_bytes(&self) -> u64 {
         let warps = u64::from(self.block_threads / 32);
         let hd = u64::from(self.max_head_dim);
-        let attn = hd + warps * (hd + 2);
+        let attn = warps * (hd + 2);
         let main = u64::from(self.max_cols).max(attn).div_ceil(4) * 4;
         4 * (main + SMEM_SCRATCH_WORDS + hd.div_ceil(4) * 4)
     }
@@ -168,13 +168,13 @@ mod tests {
 
     #[test]
     fn smem_matches_the_kernels_formula() {
-        // 512 threads = 16 warps: attention needs 16 + 16 * 18 = 304 floats > 160 columns;
+        // 512 threads = 16 warps: attention needs 16 * 18 = 288 floats > 160 columns;
         // then 64 words of scratch and one 16-float head.
-        assert_eq!(prologue().dynamic_smem_bytes(), 4 * (304 + 64 + 16));
+        assert_eq!(prologue().dynamic_smem_bytes(), 4 * (288 + 64 + 16));
         let wide = Prologue { max_cols: 2049, ..prologue() };
         assert_eq!(wide.dynamic_smem_bytes(), 4 * (2052 + 64 + 16));
         let staged = Prologue { stage_bytes: 4096, ..prologue() };
-        assert_eq!(staged.dynamic_smem_bytes(), 4 * (304 + 64 + 16) + 2 * 4096);
+        assert_eq!(staged.dynamic_smem_bytes(), 4 * (288 + 64 + 16) + 2 * 4096);
     }
 
     /// The shared-memory formula above mirrors these lines of kernels/megakernel.cuh; if the
@@ -186,7 +186,7 @@ mod tests {
             mk.lines().map(|l| l.split_whitespace().collect::<Vec<_>>().join(" ")).collect();
         for expected in [
             "#define AMK_WARPS (AMK_BLOCK_THREADS / 32)",
-            "#define AMK_ATTN_FLOATS (AMK_MAX_HEAD_DIM + AMK_WARPS * (AMK_MAX_HEAD_DIM + 2))",
+            "#define AMK_ATTN_FLOATS (AMK_WARPS * (AMK_MAX_HEAD_DIM + 2))",
             "#define AMK_SMEM_MAIN ((((AMK_MAX_COLS > AMK_ATTN_FLOATS) ? AMK_MAX_COLS : AMK_ATTN_FLOATS) + 3) / 4 * 4)",
             "#define AMK_SMEM_HEAD_OFFSET (AMK_SMEM_MAIN + 64)",
             "#define AMK_SMEM_STAGE_OFFSET (AMK_SMEM_HEAD_OFFSET + (AMK_MAX_HEAD_DIM + 3) / 4 * 4)",

@@ -138,7 +138,9 @@ pub fn window_start(position: usize, window: Option<usize>) -> usize {
 /// the caches from its first row, [`window_start`]).
 ///
 /// `q` is `[num_heads * head_dim]`; the caches are `[positions, num_kv_heads * head_dim]`
-/// row-major; query head `h` reads key/value head `h / (num_heads / num_kv_heads)`.
+/// row-major; query head `h` reads key/value head `h / (num_heads / num_kv_heads)`. Each head
+/// is one [`attention_partial`] finished by [`combine_attn_partials`], so a schedule that does
+/// not split attention computes bit for bit what this reference does.
 pub fn attention(
     q: &[f32],
     k_cache: &[f32],
@@ -150,25 +152,64 @@ pub fn attention(
     let AttentionShape { num_heads, num_kv_heads, head_dim } = heads;
     let group = num_heads / num_kv_heads;
     let kv_dim = num_kv_heads * head_dim;
-    let scale = 1.0 / (head_dim as f32).sqrt();
     out.par_chunks_mut(head_dim).enumerate().for_each(|(h, out)| {
-        let kvh = h / group;
+        let at = (h / group) * head_dim;
         let qh = &q[h * head_dim..(h + 1) * head_dim];
-        let mut scores: Vec<f32> = (0..positions)
-            .map(|t| {
-                let row = &k_cache[t * kv_dim + kvh * head_dim..][..head_dim];
-                dot(qh, row) * scale
-            })
-            .collect();
-        softmax_in_place(&mut scores);
-        out.fill(0.0);
-        for (t, &p) in scores.iter().enumerate() {
-            let row = &v_cache[t * kv_dim + kvh * head_dim..][..head_dim];
-            for (o, &v) in out.iter_mut().zip(row) {
-                *o += p * v;
-            }
-        }
+        let rows = KvRows { k: &k_cache[at..], v: &v_cache[at..], stride: kv_dim };
+        let mut partial = vec![0.0; head_dim + 2];
+        attention_partial(qh, rows, positions, &mut partial);
+        combine_attn_partials(&partial, head_dim, out);
     });
+}
+
+/// Key and value rows of one key/value head: row `t` starts at `t * stride` of each slice.
+#[derive(Debug, Clone, Copy)]
+pub struct KvRows<'a> {
+    pub k: &'a [f32],
+    pub v: &'a [f32],
+    pub stride: usize,
+}
+
+/// The partial softmax of one query head over `positions` key/value rows (split attention):
+/// `[m, l, acc..]` with `m` the largest score, `l = sum e^(s - m)` and `acc = sum e^(s - m) v`
+/// (`m = -inf`, `l = 0` for no rows). [`combine_attn_partials`] finishes it.
+pub fn attention_partial(q: &[f32], rows: KvRows<'_>, positions: usize, out: &mut [f32]) {
+    let hd = q.len();
+    let scale = 1.0 / (hd as f32).sqrt();
+    let row = |t: usize| t * rows.stride..t * rows.stride + hd;
+    let scores: Vec<f32> = (0..positions).map(|t| dot(q, &rows.k[row(t)]) * scale).collect();
+    let m = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    out.fill(0.0);
+    out[0] = m;
+    let mut l = 0.0f32;
+    for (t, &s) in scores.iter().enumerate() {
+        let p = (s - m).exp();
+        l += p;
+        for (o, &x) in out[2..].iter_mut().zip(&rows.v[row(t)]) {
+            *o += p * x;
+        }
+    }
+    out[1] = l;
+}
+
+/// Combines one head's partials (each `[m, l, acc[head_dim]]`, as [`attention_partial`]
+/// writes them) into its attention output; parts that saw no row (`l = 0`) are skipped.
+pub fn combine_attn_partials(partials: &[f32], head_dim: usize, out: &mut [f32]) {
+    let parts = partials.chunks_exact(head_dim + 2).filter(|p| p[1] > 0.0);
+    let m = parts.clone().map(|p| p[0]).fold(f32::NEG_INFINITY, f32::max);
+    let mut l = 0.0f32;
+    out.fill(0.0);
+    for p in parts {
+        let c = (p[0] - m).exp();
+        l += p[1] * c;
+        for (o, &a) in out.iter_mut().zip(&p[2..]) {
+            *o += a * c;
+        }
+    }
+    let inv = 1.0 / l;
+    for o in out.iter_mut() {
+        *o *= inv;
+    }
 }
 
 /// Numerically stable softmax.

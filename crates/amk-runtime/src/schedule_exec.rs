@@ -8,10 +8,10 @@
 //! by default in debug builds), so a schedule that under-declares is caught where it lies.
 //! A run that gets stuck reports the waiting workers.
 
-use crate::kernels::{self, AttentionShape};
+use crate::kernels;
 use crate::{Backend, RuntimeError};
 use amk_ir::synth::SplitMix;
-use amk_schedule::ops::{ProjInput, ProjOutput, TaskOp, ELEM};
+use amk_schedule::ops::{attn_part_rows, attn_partial_index, ProjInput, ProjOutput, TaskOp, ELEM};
 use amk_schedule::schedule::{BufferId, BufferKind, CounterReset, Instr, Region, Schedule, TaskId};
 use std::sync::Arc;
 
@@ -401,6 +401,15 @@ impl TaskCtx<'_> {
                 kernels::rms_norm(x, w, eps, &mut out);
                 Ok(out)
             }
+            ProjInput::AttnPartials { buffer, heads, head_dim, parts } => {
+                let (hd, per_head) = (head_dim as usize, parts as usize * (head_dim as usize + 2));
+                let all = self.read(buffer, 0, heads as usize * per_head)?;
+                let mut out = vec![0.0; heads as usize * hd];
+                for (p, o) in all.chunks_exact(per_head).zip(out.chunks_exact_mut(hd)) {
+                    kernels::combine_attn_partials(p, hd, o);
+                }
+                Ok(out)
+            }
         }
     }
 
@@ -526,9 +535,14 @@ impl TaskCtx<'_> {
                 k_cache,
                 v_cache,
                 io,
+                part,
+                parts,
                 out,
             } => {
                 let (_, pos) = self.io(io)?;
+                if part >= parts {
+                    return Err(self.err(format!("attention part {part} of {parts} parts")));
+                }
                 if pos >= max_positions as usize {
                     return Err(self.err(format!(
                         "position {pos} is past the cache's {max_positions} positions"
@@ -539,16 +553,16 @@ impl TaskCtx<'_> {
                 }
                 let hd = head_dim as usize;
                 let qh = self.read(q, head as usize * hd, hd)?;
-                // Only the window's rows are read: `first..=pos` of the head's cache.
+                // Only this part's rows of the window `first..=pos` are read.
                 let first = kernels::window_start(pos, window.map(|w| w as usize));
-                let base = (kv_head as usize * max_positions as usize + first) * hd;
-                let n = pos + 1 - first;
-                let k = self.read(k_cache, base, n * hd)?;
-                let v = self.read(v_cache, base, n * hd)?;
-                let mut o = vec![0.0; hd];
-                let shape = AttentionShape { num_heads: 1, num_kv_heads: 1, head_dim: hd };
-                kernels::attention(qh, k, v, n, shape, &mut o);
-                self.write(out, head as usize * hd, &o)
+                let (a, b) = attn_part_rows(first, pos + 1, part, parts);
+                let base = (kv_head as usize * max_positions as usize + a) * hd;
+                let k = self.read(k_cache, base, (b - a) * hd)?;
+                let v = self.read(v_cache, base, (b - a) * hd)?;
+                let mut o = vec![0.0; hd + 2];
+                kernels::attention_partial(qh, kernels::KvRows { k, v, stride: hd }, b - a, &mut o);
+                let at = attn_partial_index(head, part, parts, head_dim) as usize;
+                self.write(out, at, &o)
             }
             TaskOp::HeadArgmax { input, weight, first_row, rows, cols, logits, partials, slot } => {
                 let x = self.input(&input)?;

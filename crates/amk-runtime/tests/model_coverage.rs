@@ -92,7 +92,9 @@ fn check(name: &str) {
     }
 
     // The verified schedule on the CPU schedule executor against the reference.
-    let knobs = ScheduleConfig { workers: 7, max_positions: 64, ..Default::default() };
+    // Unsplit attention: the executor computes bit for bit what the reference does.
+    let knobs =
+        ScheduleConfig { workers: 7, max_positions: 64, attn_splits: 1, ..Default::default() };
     let schedule = lower(&model.graph, &knobs).unwrap_or_else(|e| panic!("{name}: {e}"));
     let facts = LaunchFacts { sm_count: 132, blocks_per_sm: 1 };
     let verified = amk_verify::verify(&schedule, &facts).unwrap_or_else(|e| panic!("{name}: {e}"));
@@ -103,6 +105,21 @@ fn check(name: &str) {
     let (exec_tokens, exec_logits) = decode(&mut exec, &want.prompt_ids, steps, logits.len());
     assert_eq!(exec_tokens, want.tokens, "{name}: schedule executor tokens");
     assert_eq!(exec_logits, logits, "{name}: schedule executor logits differ from the reference");
+
+    // Attention split over positions (3 parts): same tokens, logits up to f32 reassociation.
+    let knobs = ScheduleConfig { attn_splits: 3, ..knobs };
+    let schedule = lower(&model.graph, &knobs).unwrap_or_else(|e| panic!("{name}: {e}"));
+    let verified = amk_verify::verify(&schedule, &facts).unwrap_or_else(|e| panic!("{name}: {e}"));
+    let schedule = Arc::new(verified.into_schedule());
+    let mut exec = ScheduleExecutor::from_model(&model, schedule, &mut |_, _| {}).unwrap();
+    exec.check_regions = true;
+    let (split_tokens, split_logits) = decode(&mut exec, &want.prompt_ids, steps, logits.len());
+    assert_eq!(split_tokens, want.tokens, "{name}: split-attention tokens");
+    for (ours, reference) in split_logits.iter().zip(&logits) {
+        let scale = reference.iter().fold(1f32, |m, v| m.max(v.abs()));
+        let diff = ours.iter().zip(reference).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+        assert!(diff <= 1e-5 * scale, "{name}: split-attention logits differ by {diff:e}");
+    }
     eprintln!(
         "{name}: 24 tokens exact; logits within {worst:.1e} of max(1, max |hf|) \
          (fixture margin {:.3})",

@@ -51,6 +51,9 @@ pub struct ScheduleConfig {
     pub fuse_norm: bool,
     /// Positions the key/value caches hold; 0 means the model's max_position_embeddings.
     pub max_positions: u32,
+    /// Parts each attention head is split into over cache positions (flash-decoding): more
+    /// parts spread a long context over more workers; the output projection combines them.
+    pub attn_splits: u32,
     /// How many upcoming tasks' weight tiles a worker may prefetch before waiting on their
     /// inputs (a code generation hint; it does not change the schedule's meaning).
     pub prefetch_depth: u32,
@@ -73,6 +76,7 @@ impl Default for ScheduleConfig {
             task_order: TaskOrder::AsLowered,
             fuse_norm: true,
             max_positions: 0,
+            attn_splits: 8,
             prefetch_depth: 1,
         }
     }
@@ -115,6 +119,7 @@ impl ScheduleConfig {
             ("mlp_rows", self.mlp_rows),
             ("down_rows", self.down_rows),
             ("head_rows", self.head_rows),
+            ("attn_splits", self.attn_splits),
         ];
         for (field, value) in positive {
             if value == 0 {

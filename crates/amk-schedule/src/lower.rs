@@ -4,9 +4,10 @@
 //! 1. `qkv`: one task per query, key and value head: RMSNorm of the residual recomputed by the
 //!    task, the head's projection rows (and bias), Qwen3's per-head q/k RMSNorm, RoPE and (for
 //!    keys and values) the cache append in the epilogue;
-//! 2. `attn`: one task per query head over its key/value head's cache (within the sliding
-//!    window, for Mistral);
-//! 3. `o`: row tiles of the output projection, the residual add in the epilogue;
+//! 2. `attn`: `attn_splits` tasks per query head, each over a chunk of its key/value head's
+//!    cache rows (within the sliding window, for Mistral), writing a partial softmax;
+//! 3. `o`: row tiles of the output projection, each combining the attention partials as it
+//!    loads its input, the residual add in the epilogue;
 //! 4. `up`: row tiles of gate and up projections with SiLU(gate) * up fused (RMSNorm again
 //!    recomputed from the residual);
 //! 5. `down`: row tiles of the down projection, the residual add in the epilogue.
@@ -20,7 +21,8 @@
 
 use crate::config::{Assignment, ScheduleConfig, TaskOrder};
 use crate::ops::{
-    HeadNorm, ProjInput, ProjOutput, RopeSpec, TaskOp, ELEM, IO_BYTES, PARTIAL_BYTES,
+    attn_partial_len, HeadNorm, ProjInput, ProjOutput, RopeSpec, TaskOp, ELEM, IO_BYTES,
+    PARTIAL_BYTES,
 };
 use crate::schedule::{
     BufferId, BufferKind, CounterId, CounterReset, Instr, Schedule, TaskId, Worker,
@@ -137,7 +139,12 @@ pub fn lower(graph: &DecodeGraph, config: &ScheduleConfig) -> Result<Schedule, L
     let io = l.buffer("io", BufferKind::Io, IO_BYTES);
     let resid = l.buffer("resid", BufferKind::Activation, h as u64 * ELEM);
     let q = l.buffer("q", BufferKind::Activation, (nh * hd) as u64 * ELEM);
-    let attn = l.buffer("attn", BufferKind::Activation, (nh * hd) as u64 * ELEM);
+    let parts = config.attn_splits;
+    let attn = l.buffer(
+        "attn_partials",
+        BufferKind::Activation,
+        (nh as u64 * parts as u64 * attn_partial_len(hd) as u64).saturating_mul(ELEM),
+    );
     let act = l.buffer("act", BufferKind::Activation, m as u64 * ELEM);
     let logits = l.buffer("logits", BufferKind::Logits, vocab as u64 * ELEM);
     let head_tiles = vocab.div_ceil(config.head_rows);
@@ -228,25 +235,29 @@ pub fn lower(graph: &DecodeGraph, config: &ScheduleConfig) -> Result<Schedule, L
 
         l.phase(&format!("L{layer}.attn.done"));
         for head in 0..nh {
-            let op = TaskOp::Attention {
-                q,
-                head,
-                kv_head: head / (nh / nkv),
-                head_dim: hd,
-                max_positions: max_pos,
-                window,
-                k_cache,
-                v_cache,
-                io,
-                out: attn,
-            };
-            l.task(format!("L{layer}.attn.h{head}"), op, 0);
+            for part in 0..parts {
+                let op = TaskOp::Attention {
+                    q,
+                    head,
+                    kv_head: head / (nh / nkv),
+                    head_dim: hd,
+                    max_positions: max_pos,
+                    window,
+                    k_cache,
+                    v_cache,
+                    io,
+                    part,
+                    parts,
+                    out: attn,
+                };
+                l.task(format!("L{layer}.attn.h{head}.p{part}"), op, 0);
+            }
         }
 
         l.phase(&format!("L{layer}.o.done"));
         for (first, rows) in tiles(h, config.o_rows) {
             let op = TaskOp::Projection {
-                input: ProjInput::Vector { buffer: attn, len: nh * hd },
+                input: ProjInput::AttnPartials { buffer: attn, heads: nh, head_dim: hd, parts },
                 weight: lw("self_attn.o_proj.weight"),
                 bias: c.o_bias.then(|| lw("self_attn.o_proj.bias")),
                 first_row: first,

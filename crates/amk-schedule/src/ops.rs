@@ -30,6 +30,34 @@ pub enum ProjInput {
     /// `rms_norm(buffer[..len]) * weight`, recomputed by each task from the residual stream
     /// (RMSNorm fused into the projection: no sync point for the norm).
     RmsNormed { buffer: BufferId, len: u32, weight: BufferId, eps: f32 },
+    /// The attention output of `heads` heads, combined by each task from the partial results
+    /// of [`TaskOp::Attention`] tasks (`parts` per head, laid out as [`attn_partial_index`]):
+    /// element `h * head_dim + j` is `sum_p acc_p[j] e^(m_p - M) / sum_p l_p e^(m_p - M)` with
+    /// `M = max_p m_p` over the parts that saw a position (split attention's combine step
+    /// fused into the output projection: no sync point for it).
+    AttnPartials { buffer: BufferId, heads: u32, head_dim: u32, parts: u32 },
+}
+
+/// Elements of one attention partial: `m`, `l`, then `head_dim` accumulators.
+pub fn attn_partial_len(head_dim: u32) -> u32 {
+    head_dim.saturating_add(2)
+}
+
+/// Element index of the partial of `head`'s `part` (of `parts`) in an attention-partials buffer:
+/// `[heads][parts][head_dim + 2]`.
+pub fn attn_partial_index(head: u32, part: u32, parts: u32, head_dim: u32) -> u64 {
+    (head as u64 * parts as u64 + part as u64) * attn_partial_len(head_dim) as u64
+}
+
+/// The cache rows part `part` of `parts` covers when a query attends to rows `start..end`:
+/// chunks of `ceil(n / parts)` rows in order (trailing parts may be empty). Every executor
+/// splits the same way.
+pub fn attn_part_rows(start: usize, end: usize, part: u32, parts: u32) -> (usize, usize) {
+    let n = end.saturating_sub(start);
+    let chunk = n.div_ceil(parts.max(1) as usize);
+    let a = (start + part as usize * chunk).min(end);
+    let b = (a + chunk).min(end);
+    (a, b)
 }
 
 impl ProjInput {
@@ -37,6 +65,7 @@ impl ProjInput {
     pub fn len(&self) -> u32 {
         match *self {
             ProjInput::Vector { len, .. } | ProjInput::RmsNormed { len, .. } => len,
+            ProjInput::AttnPartials { heads, head_dim, .. } => heads.saturating_mul(head_dim),
         }
     }
 
@@ -51,6 +80,12 @@ impl ProjInput {
             ProjInput::RmsNormed { buffer, len, weight, .. } => {
                 reads.push(elems(buffer, 0, len));
                 reads.push(elems(weight, 0, len));
+            }
+            ProjInput::AttnPartials { buffer, heads, head_dim, parts } => {
+                let len = (heads as u64)
+                    .saturating_mul(parts as u64)
+                    .saturating_mul(attn_partial_len(head_dim) as u64);
+                reads.push(Region::new(buffer, 0, len.saturating_mul(ELEM)));
             }
         }
     }
@@ -136,9 +171,13 @@ pub enum TaskOp {
         cols: u32,
         out: BufferId,
     },
-    /// One query head attending over cache rows `0..=position` of its key/value head, or with
-    /// a sliding `window` W over rows `max(0, position + 1 - W)..=position`:
-    /// `out[head] = softmax(q[head] . K / sqrt(head_dim)) @ V`.
+    /// Part `part` of `parts` of one query head attending over cache rows `0..=position` of
+    /// its key/value head, or with a sliding `window` W over rows
+    /// `max(0, position + 1 - W)..=position`; the part covers the rows [`attn_part_rows`]
+    /// gives. It writes the partial softmax of its rows at [`attn_partial_index`] in `out`:
+    /// `m = max s_t`, `l = sum e^(s_t - m)`, `acc = sum e^(s_t - m) v_t` with
+    /// `s_t = q[head] . k_t / sqrt(head_dim)` (`m = -inf`, `l = 0`, `acc = 0` for no rows);
+    /// [`ProjInput::AttnPartials`] combines the parts (split attention, flash-decoding style).
     Attention {
         q: BufferId,
         head: u32,
@@ -151,6 +190,9 @@ pub enum TaskOp {
         k_cache: BufferId,
         v_cache: BufferId,
         io: BufferId,
+        /// This task's part and the head's number of parts (`part < parts`).
+        part: u32,
+        parts: u32,
         out: BufferId,
     },
     /// Rows of the LM head: stores those logits and the (value, index) of their maximum, first
@@ -275,16 +317,19 @@ impl TaskOp {
                 k_cache,
                 v_cache,
                 io,
+                part,
+                parts,
                 out,
             } => {
-                // A window only narrows the rows read; the whole head's range covers them.
+                // A window or a part only narrows the rows read; the head's range covers them.
                 r.push(Region::new(q, row_bytes(head, head_dim), head_dim as u64 * ELEM));
                 let per_head = row_bytes(max_positions, head_dim);
                 let at = (kv_head as u64).saturating_mul(per_head);
                 r.push(Region::new(k_cache, at, per_head));
                 r.push(Region::new(v_cache, at, per_head));
                 r.push(io_region(io));
-                w.push(Region::new(out, row_bytes(head, head_dim), head_dim as u64 * ELEM));
+                let at = attn_partial_index(head, part, parts, head_dim).saturating_mul(ELEM);
+                w.push(Region::new(out, at, attn_partial_len(head_dim) as u64 * ELEM));
             }
             TaskOp::HeadArgmax { input, weight, first_row, rows, cols, logits, partials, slot } => {
                 input.footprint(&mut r);

@@ -91,12 +91,12 @@ fn qwen3_q_and_k_heads_carry_their_norms() {
 fn mistral_attention_has_its_window() {
     let s = lowered("mistral");
     for h in 0..3 {
-        let TaskOp::Attention { window, kv_head, .. } = op(&s, &format!("L1.attn.h{h}")) else {
+        let TaskOp::Attention { window, kv_head, .. } = op(&s, &format!("L1.attn.h{h}.p0")) else {
             panic!()
         };
         assert_eq!((*window, *kv_head), (Some(8), 0));
     }
-    let TaskOp::Attention { window: None, .. } = op(&lowered("llama2"), "L0.attn.h0") else {
+    let TaskOp::Attention { window: None, .. } = op(&lowered("llama2"), "L0.attn.h0.p0") else {
         panic!("llama attends to every position")
     };
 }

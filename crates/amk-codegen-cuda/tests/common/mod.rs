@@ -82,6 +82,15 @@ fn input(d: &[u32]) -> ProjInput {
             weight: BufferId(d[4]),
             eps: f32::from_bits(d[5]),
         },
+        2 => {
+            assert_eq!(d[3] % d[5], 0, "attention partials cover whole heads: {d:?}");
+            ProjInput::AttnPartials {
+                buffer: BufferId(d[2]),
+                heads: d[3] / d[5],
+                head_dim: d[5],
+                parts: d[4],
+            }
+        }
         k => panic!("unknown input kind {k}"),
     }
 }
@@ -200,9 +209,11 @@ pub fn decode_task(d: &[u32]) -> TaskOp {
                 k_cache: BufferId(d[6]),
                 v_cache: BufferId(d[7]),
                 io: BufferId(d[8]),
+                part: d[11],
+                parts: d[12],
                 out: BufferId(d[9]),
             },
-            11,
+            13,
         ),
         6 => (
             TaskOp::HeadArgmax {
