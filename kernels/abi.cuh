@@ -11,7 +11,10 @@
 //   unsigned int*             counters       counter values (never reset: epoch-offset waits)
 //   unsigned int              epoch          launch index since the counters were zeroed
 //
-// Weight buffers hold AMK_WEIGHT_T elements (float or __nv_bfloat16); every other buffer holds
+// Weight buffers hold f32 or bf16 elements (AMK_WEIGHT_BF16), or with AMK_WEIGHT_INT8 int8
+// matrices (projection, gate/up, LM-head and embedding weights: rows*cols values, padded to 16
+// bytes, then one f32 scale per row, at the byte offset a descriptor's "scales" word gives; the
+// word is 0 in other modes) and f32 vectors (norm weights, biases). Every other buffer holds
 // 4-byte words (f32 activations, u32 io and argmax indices).
 #pragma once
 
@@ -51,20 +54,21 @@
 // Word indices of each task kind.
 // COPY:          1 src buffer, 2 src byte offset, 3 dst buffer, 4 dst byte offset, 5 bytes
 //                (byte offsets and lengths are multiples of 4 and below 2^32)
-// EMBED:         1 table, 2 hidden, 3 io, 4 out
+// EMBED:         1 table, 2 hidden, 3 io, 4 out, 5 table scales
 // PROJECTION:    1..5 input, 6 weight, 7 bias (or AMK_NONE), 8 first_row, 9 rows, 10 cols,
 //                11 rope (0/1), 12 rope head_dim, 13 theta low word, 14 theta high word
 //                (f64 bits), 15 io, 16 out kind, 17 out buffer, 18 out offset (elements) or
 //                kv_head, 19 head_dim (cache row), 20 max_positions (cache row), 21 per-head
 //                RMSNorm weight (or AMK_NONE; 12 is then its head_dim), 22 its eps (f32 bits),
 //                23 llama3 rope (0/1), 24 factor, 25 low_freq_factor, 26 high_freq_factor,
-//                27 original_max_position_embeddings (f32 bits)
-// GATED_UP:      1..5 input, 6 gate, 7 up, 8 first_row, 9 rows, 10 cols, 11 out
+//                27 original_max_position_embeddings (f32 bits), 28 weight scales
+// GATED_UP:      1..5 input, 6 gate, 7 up, 8 first_row, 9 rows, 10 cols, 11 out, 12 gate
+//                scales, 13 up scales
 // ATTENTION:     1 q, 2 head, 3 kv_head, 4 head_dim, 5 max_positions, 6 k cache, 7 v cache,
 //                8 io, 9 out (attention partials), 10 sliding window in positions (0 = none),
 //                11 part, 12 parts
 // HEAD_ARGMAX:   1..5 input, 6 weight, 7 first_row, 8 rows, 9 cols, 10 logits, 11 partials,
-//                12 slot
+//                12 slot, 13 weight scales
 // ARGMAX_REDUCE: 1 partials, 2 count, 3 io
 // RMSNORM:       1..5 input (always the rms-normed kind), 6 out
 // Caches are laid out [num_kv_heads, max_positions, head_dim]; io is {token, position};

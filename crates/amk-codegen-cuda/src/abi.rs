@@ -126,6 +126,8 @@ pub mod word {
         pub const IO: usize = 3;
         /// Output buffer.
         pub const OUT: usize = 4;
+        /// Int8 weights: byte offset of the table's per-row f32 scales in its buffer, else 0.
+        pub const TABLE_SCALES: usize = 5;
     }
 
     /// `PROJECTION` words (input at 1..=5).
@@ -174,6 +176,8 @@ pub mod word {
         pub const LLAMA3_HIGH: usize = 26;
         /// llama3 `original_max_position_embeddings` (f32 bits).
         pub const LLAMA3_ORIGINAL: usize = 27;
+        /// Int8 weights: byte offset of the weight's per-row f32 scales in its buffer, else 0.
+        pub const WEIGHT_SCALES: usize = 28;
     }
 
     /// `GATED_UP` words (input at 1..=5).
@@ -190,6 +194,10 @@ pub mod word {
         pub const COLS: usize = 10;
         /// Output buffer.
         pub const OUT: usize = 11;
+        /// Int8 weights: byte offset of the gate's per-row f32 scales, else 0.
+        pub const GATE_SCALES: usize = 12;
+        /// Int8 weights: byte offset of the up weight's per-row f32 scales, else 0.
+        pub const UP_SCALES: usize = 13;
     }
 
     /// `ATTENTION` words.
@@ -236,6 +244,8 @@ pub mod word {
         pub const PARTIALS: usize = 11;
         /// Slot in the partials.
         pub const SLOT: usize = 12;
+        /// Int8 weights: byte offset of the weight's per-row f32 scales in its buffer, else 0.
+        pub const WEIGHT_SCALES: usize = 13;
     }
 
     /// `ARGMAX_REDUCE` words.

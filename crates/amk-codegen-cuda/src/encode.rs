@@ -9,7 +9,7 @@
 
 use crate::abi::{self, word};
 use crate::error::{Access, CodegenError, Problem};
-use crate::{DeviceTables, WeightDType};
+use crate::{DeviceTables, Int8Matrix, WeightDType};
 use amk_schedule::ops::{ProjInput, ProjOutput, TaskOp, ELEM};
 use amk_schedule::schedule::{BufferId, BufferKind, CounterReset, Instr, Region, Schedule};
 
@@ -37,19 +37,30 @@ pub(crate) fn instr_word(op: u32, id: u32) -> Option<u32> {
 /// Encodes `s` for weights held as `dtype`.
 pub(crate) fn encode(s: &Schedule, dtype: WeightDType) -> Result<Encoded, CodegenError> {
     schedule_limits(s)?;
-    let buffer_bytes = buffers(s, dtype)?;
+    let int8_matrices = match dtype {
+        WeightDType::Int8 => int8_matrices(s)?,
+        _ => vec![None; s.buffers.len()],
+    };
+    let buffer_bytes = buffers(s, dtype, &int8_matrices)?;
     let per_launch = counters(s)?;
     let (program, worker_start) = program(s)?;
     let mut tasks = Vec::with_capacity(s.tasks.len() * abi::TASK_WORDS);
     let mut stats = Stats::default();
     for (i, task) in s.tasks.iter().enumerate() {
-        let ctx = TaskCtx { s, id: i as u32, name: &task.name, dtype };
+        let ctx = TaskCtx { s, id: i as u32, name: &task.name, dtype, int8: &int8_matrices };
         let words = ctx.encode(&task.op, &mut stats)?;
         ctx.check_footprint(&task.op, &task.reads, &task.writes)?;
         tasks.extend_from_slice(&words);
     }
     Ok(Encoded {
-        tables: DeviceTables { program, worker_start, tasks, per_launch, buffer_bytes },
+        tables: DeviceTables {
+            program,
+            worker_start,
+            tasks,
+            per_launch,
+            buffer_bytes,
+            int8_matrices,
+        },
         max_cols: stats.max_cols,
         max_head_dim: stats.max_head_dim,
         stage_tiles: stats.stage_tiles,
@@ -104,8 +115,97 @@ fn schedule_limits(s: &Schedule) -> Result<(), CodegenError> {
     Ok(())
 }
 
+/// The matrices of an int8 schedule: every buffer a projection, gate/up, LM-head or embedding
+/// task reads as a matrix, with the columns all its uses agree on (a conflict, a buffer that is
+/// not a weight, or a size that is not whole rows is refused, naming the buffer).
+fn int8_matrices(s: &Schedule) -> Result<Vec<Option<Int8Matrix>>, CodegenError> {
+    let mut cols: Vec<Option<u32>> = vec![None; s.buffers.len()];
+    for task in &s.tasks {
+        let uses: Vec<(BufferId, u32)> = match task.op {
+            TaskOp::Embed { table, hidden, .. } => vec![(table, hidden)],
+            TaskOp::Projection { weight, cols, .. } | TaskOp::HeadArgmax { weight, cols, .. } => {
+                vec![(weight, cols)]
+            }
+            TaskOp::GatedUp { gate, up, cols, .. } => vec![(gate, cols), (up, cols)],
+            _ => Vec::new(),
+        };
+        for (b, c) in uses {
+            // Out-of-range ids are reported by the task encoder with their field.
+            if let Some(slot) = cols.get_mut(b.index()) {
+                match *slot {
+                    Some(prev) if prev != c => {
+                        return Err(buffer_rule(
+                            s,
+                            b,
+                            "cols",
+                            format!(
+                                "read as a matrix of {prev} columns and of {c} columns; an int8 \
+                                 matrix has one row length"
+                            ),
+                        ))
+                    }
+                    _ => *slot = Some(c),
+                }
+            }
+        }
+    }
+    cols.iter()
+        .enumerate()
+        .map(|(i, c)| {
+            let Some(cols) = *c else { return Ok(None) };
+            let b = &s.buffers[i];
+            let id = BufferId(i as u32);
+            if b.kind != BufferKind::Weight {
+                return Err(buffer_rule(
+                    s,
+                    id,
+                    "kind",
+                    "read as an int8 matrix but not a weight".into(),
+                ));
+            }
+            let n = b.bytes / ELEM;
+            if cols == 0 || b.bytes % ELEM != 0 || n % u64::from(cols) != 0 {
+                return Err(buffer_rule(
+                    s,
+                    id,
+                    "bytes",
+                    format!("{} bytes are not whole rows of {cols} f32 columns", b.bytes),
+                ));
+            }
+            let scales_offset = n.div_ceil(16) * 16;
+            let m = Int8Matrix { rows: n / u64::from(cols), cols, scales_offset };
+            if m.bytes() > U32_MAX {
+                return Err(CodegenError::Buffer {
+                    buffer: b.name.clone(),
+                    id: i as u32,
+                    field: "bytes",
+                    problem: Problem::TooLarge {
+                        what: "int8 matrix bytes (scale offsets are 32-bit words)",
+                        value: u128::from(m.bytes()),
+                        max: U32_MAX,
+                    },
+                });
+            }
+            Ok(Some(m))
+        })
+        .collect()
+}
+
+fn buffer_rule(s: &Schedule, id: BufferId, field: &'static str, rule: String) -> CodegenError {
+    CodegenError::Buffer {
+        buffer: s.buffers.get(id.index()).map_or_else(String::new, |b| b.name.clone()),
+        id: id.0,
+        field,
+        problem: Problem::Rule(rule),
+    }
+}
+
 /// Bytes of each buffer as the device holds it (weights scaled to the weight dtype).
-fn buffers(s: &Schedule, dtype: WeightDType) -> Result<Vec<u64>, CodegenError> {
+fn buffers(
+    s: &Schedule,
+    dtype: WeightDType,
+    int8: &[Option<Int8Matrix>],
+) -> Result<Vec<u64>, CodegenError> {
     s.buffers
         .iter()
         .enumerate()
@@ -115,11 +215,8 @@ fn buffers(s: &Schedule, dtype: WeightDType) -> Result<Vec<u64>, CodegenError> {
             }
             match dtype {
                 WeightDType::F32 => Ok(b.bytes),
-                WeightDType::Int8 => Err(CodegenError::Option {
-                    field: "weight_dtype",
-                    value: 1,
-                    message: "int8 weights are not implemented by the CUDA backend yet".into(),
-                }),
+                // Matrices as int8 rows plus scales; vectors (norms, biases) stay f32.
+                WeightDType::Int8 => Ok(int8[i].map_or(b.bytes, |m| m.bytes())),
                 WeightDType::BF16 if b.bytes % ELEM == 0 => Ok(b.bytes / 2),
                 WeightDType::BF16 => Err(CodegenError::Buffer {
                     buffer: b.name.clone(),
@@ -210,6 +307,8 @@ struct TaskCtx<'a> {
     id: u32,
     name: &'a str,
     dtype: WeightDType,
+    /// Int8 matrix layouts by buffer (all `None` in other dtypes).
+    int8: &'a [Option<Int8Matrix>],
 }
 
 type Words = [u32; abi::TASK_WORDS];
@@ -256,6 +355,12 @@ impl TaskCtx<'_> {
         } else {
             Err(self.err(field, Problem::NotMultiple { what, value, multiple: of }))
         }
+    }
+
+    /// The scales word of a matrix operand: its scales' byte offset for int8 weights, else 0
+    /// (checked to fit a word when the layout was made).
+    fn scales(&self, b: BufferId) -> u32 {
+        self.int8.get(b.index()).copied().flatten().map_or(0, |m| m.scales_offset as u32)
     }
 
     fn positive(&self, field: &'static str, value: u32) -> Result<(), CodegenError> {
@@ -369,6 +474,7 @@ impl TaskCtx<'_> {
                 use word::embed::*;
                 w[word::KIND] = abi::TASK_EMBED;
                 w[TABLE] = self.buf("table", table)?;
+                w[TABLE_SCALES] = self.scales(table);
                 w[HIDDEN] = hidden;
                 w[IO] = self.buf("io", io)?;
                 w[OUT] = self.buf("out", out)?;
@@ -390,6 +496,7 @@ impl TaskCtx<'_> {
                 w[word::KIND] = abi::TASK_PROJECTION;
                 self.input(&input, cols, &mut w, stats)?;
                 w[WEIGHT] = self.buf("weight", weight)?;
+                w[WEIGHT_SCALES] = self.scales(weight);
                 w[BIAS] = match bias {
                     Some(b) => self.buf("bias", b)?,
                     None => abi::NONE,
@@ -549,6 +656,8 @@ impl TaskCtx<'_> {
                 self.input(&input, cols, &mut w, stats)?;
                 w[GATE] = self.buf("gate", gate)?;
                 w[UP] = self.buf("up", up)?;
+                w[GATE_SCALES] = self.scales(gate);
+                w[UP_SCALES] = self.scales(up);
                 w[FIRST_ROW] = first_row;
                 w[ROWS] = rows;
                 w[COLS] = cols;
@@ -616,6 +725,7 @@ impl TaskCtx<'_> {
                 w[word::KIND] = abi::TASK_HEAD_ARGMAX;
                 self.input(&input, cols, &mut w, stats)?;
                 w[WEIGHT] = self.buf("weight", weight)?;
+                w[WEIGHT_SCALES] = self.scales(weight);
                 w[FIRST_ROW] = first_row;
                 w[ROWS] = rows;
                 w[COLS] = cols;

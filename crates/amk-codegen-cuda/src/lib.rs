@@ -263,8 +263,34 @@ pub struct DeviceTables {
     /// never-reset ones.
     pub per_launch: Vec<u32>,
     /// Bytes of each buffer as the device holds it: weight buffers scaled to the weight dtype
-    /// (f32: as declared; bf16: half), others as declared.
+    /// (f32: as declared; bf16: half; int8: see [`Int8Matrix`]), others as declared.
     pub buffer_bytes: Vec<u64>,
+    /// Int8 weights only, per buffer: how the upload lays out a weight matrix (`None` for
+    /// vectors, which stay f32, for other buffers, and for every buffer in other dtypes).
+    #[serde(default)]
+    pub int8_matrices: Vec<Option<Int8Matrix>>,
+}
+
+/// An int8 weight matrix on the device: `rows * cols` int8 values (row-major), zero padding to
+/// a 16-byte boundary, then `rows` f32 scales from byte `scales_offset` (see
+/// `amk_runtime::quant`). Descriptors that read the matrix carry `scales_offset`; a task's
+/// rows `first..first + rows` read only their own scales, inside the buffer because the
+/// verified weight region of those rows is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Int8Matrix {
+    /// Rows (output channels).
+    pub rows: u64,
+    /// Columns (the input length).
+    pub cols: u32,
+    /// Byte offset of the scales: the values' bytes rounded up to 16.
+    pub scales_offset: u64,
+}
+
+impl Int8Matrix {
+    /// Device bytes of the matrix: values, padding and scales.
+    pub fn bytes(&self) -> u64 {
+        self.scales_offset + 4 * self.rows
+    }
 }
 
 impl DeviceTables {
@@ -307,6 +333,7 @@ pub fn generate(
     // Counts were checked by the encoder (workers fit u32, tasks and counters fit 28 bits).
     let prologue = source::Prologue {
         weight_bf16: options.weight_dtype == WeightDType::BF16,
+        weight_int8: options.weight_dtype == WeightDType::Int8,
         block_threads: options.block_threads,
         max_cols: encoded.max_cols.max(1),
         max_head_dim: encoded.max_head_dim.max(1),

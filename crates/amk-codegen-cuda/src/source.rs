@@ -15,6 +15,7 @@ pub const KERNEL_FILES: &[(&str, &str)] = &[
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Prologue {
     pub weight_bf16: bool,
+    pub weight_int8: bool,
     pub block_threads: u32,
     /// At least 1, so device array sizes stay positive.
     pub max_cols: u32,
@@ -30,8 +31,9 @@ pub(crate) struct Prologue {
 }
 
 /// Names of the prologue's defines, in order.
-pub const PROLOGUE_DEFINES: [&str; 9] = [
+pub const PROLOGUE_DEFINES: [&str; 10] = [
     "AMK_WEIGHT_BF16",
+    "AMK_WEIGHT_INT8",
     "AMK_BLOCK_THREADS",
     "AMK_MAX_COLS",
     "AMK_MAX_HEAD_DIM",
@@ -47,9 +49,10 @@ pub(crate) const SMEM_SCRATCH_WORDS: u64 = 64;
 
 impl Prologue {
     /// `(name, value)` of each define, in [`PROLOGUE_DEFINES`] order.
-    pub fn defines(&self) -> [(&'static str, u64); 9] {
+    pub fn defines(&self) -> [(&'static str, u64); 10] {
         let values = [
             u64::from(self.weight_bf16),
+            u64::from(self.weight_int8),
             self.block_threads.into(),
             self.max_cols.into(),
             self.max_head_dim.into(),
@@ -59,7 +62,7 @@ impl Prologue {
             self.stage_bytes.into(),
             u64::from(self.trace),
         ];
-        let mut out = [("", 0); 9];
+        let mut out = [("", 0); 10];
         for (i, (name, value)) in PROLOGUE_DEFINES.iter().zip(values).enumerate() {
             out[i] = (name, value);
         }
@@ -68,8 +71,8 @@ impl Prologue {
 
     /// Dynamic shared memory the kernel needs, in bytes: `4 * AMK_SMEM_FLOATS` of
     /// `kernels/megakernel.cuh`, i.e. a main area large enough for the largest projection
-    /// input (`AMK_MAX_COLS` floats) or attention's query plus per-warp partials
-    /// (`AMK_MAX_HEAD_DIM + warps * (AMK_MAX_HEAD_DIM + 2)` floats), rounded up to 16 bytes,
+    /// input (`AMK_MAX_COLS` floats) or attention's per-warp partials
+    /// (`warps * (AMK_MAX_HEAD_DIM + 2)` floats), rounded up to 16 bytes,
     /// then 64 words of reduction scratch, one head of rows (rounded up to 16 bytes), then
     /// the two weight-staging slots. A unit test checks the kernel still says so.
     pub fn dynamic_smem_bytes(&self) -> u64 {
@@ -135,6 +138,7 @@ mod tests {
     fn prologue() -> Prologue {
         Prologue {
             weight_bf16: true,
+            weight_int8: false,
             block_threads: 512,
             max_cols: 160,
             max_head_dim: 16,
@@ -163,7 +167,9 @@ mod tests {
             assert!(value.bytes().all(|b| b.is_ascii_digit()), "{line}");
             assert_eq!(parts.next(), None);
         }
-        assert!(src.contains("#define AMK_WEIGHT_BF16 1\n#define AMK_BLOCK_THREADS 512\n"));
+        assert!(src.contains(
+            "#define AMK_WEIGHT_BF16 1\n#define AMK_WEIGHT_INT8 0\n#define AMK_BLOCK_THREADS 512\n"
+        ));
     }
 
     #[test]

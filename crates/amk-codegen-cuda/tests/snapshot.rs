@@ -14,6 +14,8 @@
 mod common;
 
 use amk_codegen_cuda::{generate, write_artifacts, CodegenOptions, LaunchSpec, WeightDType};
+use amk_schedule::ops::TaskOp;
+use amk_schedule::schedule::BufferId;
 use std::path::{Path, PathBuf};
 
 fn golden_dir() -> PathBuf {
@@ -97,7 +99,8 @@ fn the_prologue_holds_the_schedules_numbers() {
     let v = common::tiny();
     let g = generate(&v, &CodegenOptions::default()).expect("generates");
     let expected = format!(
-        "#define AMK_WEIGHT_BF16 1\n#define AMK_BLOCK_THREADS 512\n#define AMK_MAX_COLS 160\n\
+        "#define AMK_WEIGHT_BF16 1\n#define AMK_WEIGHT_INT8 0\n#define AMK_BLOCK_THREADS 512\n\
+         #define AMK_MAX_COLS 160\n\
          #define AMK_MAX_HEAD_DIM 16\n#define AMK_WORKERS 4\n#define AMK_TASKS {}\n\
          #define AMK_COUNTERS {}\n",
         v.tasks.len(),
@@ -111,4 +114,62 @@ fn the_prologue_holds_the_schedules_numbers() {
         assert!(g.source.contains(last), "{name} is embedded");
     }
     assert!(g.source.contains("amk_megakernel("));
+}
+
+/// Int8 weights: the source differs from bf16's only in the dtype defines and the staging
+/// slot size; every matrix operand's scales word points past its values, 16-byte aligned,
+/// and the buffer holds its rows' scales; vectors stay f32.
+#[test]
+fn tiny_int8_launch_matches_the_golden() {
+    let v = common::tiny();
+    let options = CodegenOptions { weight_dtype: WeightDType::Int8, ..Default::default() };
+    let g = generate(&v, &options).expect("generates");
+    check_golden("tiny_w4_int8/launch.ron", &g.launch.to_ron());
+    let bf16 = generate(&v, &CodegenOptions::default()).expect("generates").source;
+    let defines_only = |s: &str| -> String {
+        s.lines()
+            .filter(|l| {
+                !l.starts_with("#define AMK_STAGE_BYTES ") && !l.starts_with("#define AMK_WEIGHT_")
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    assert!(g.source.contains("#define AMK_WEIGHT_BF16 0\n#define AMK_WEIGHT_INT8 1\n"));
+    assert_eq!(defines_only(&g.source), defines_only(&bf16));
+
+    let s = v.schedule();
+    let t = &g.tables;
+    let mut matrices = 0;
+    for (i, b) in s.buffers.iter().enumerate() {
+        match t.int8_matrices[i] {
+            Some(m) => {
+                matrices += 1;
+                let n = b.bytes / 4;
+                assert_eq!(m.rows * u64::from(m.cols), n, "{}", b.name);
+                assert_eq!(m.scales_offset, n.div_ceil(16) * 16, "{}", b.name);
+                assert_eq!(t.buffer_bytes[i], m.scales_offset + 4 * m.rows, "{}", b.name);
+            }
+            None => assert_eq!(t.buffer_bytes[i], b.bytes, "{} stays f32", b.name),
+        }
+    }
+    // Embedding (tied LM head), and per layer q, k, v, o, gate, up, down.
+    let layers = s.buffers.iter().filter(|b| b.name.ends_with(".k_cache")).count();
+    assert_eq!(matrices, 1 + 7 * layers);
+    for (id, task) in s.tasks.iter().enumerate() {
+        let d = t.task(id).expect("descriptor");
+        let check = |buffer: BufferId, word: usize| {
+            let m = t.int8_matrices[buffer.index()].expect("a matrix operand is an int8 matrix");
+            assert_eq!(u64::from(d[word]), m.scales_offset, "{} word {word}", task.name);
+        };
+        match task.op {
+            TaskOp::Embed { table, .. } => check(table, 5),
+            TaskOp::Projection { weight, .. } => check(weight, 28),
+            TaskOp::GatedUp { gate, up, .. } => {
+                check(gate, 12);
+                check(up, 13);
+            }
+            TaskOp::HeadArgmax { weight, .. } => check(weight, 13),
+            _ => {}
+        }
+    }
 }

@@ -45,9 +45,13 @@ fn megakernel_compiles_for_every_target() {
     for (name, cfg) in &models {
         let schedule = lower(&DecodeGraph::build(cfg), &ScheduleConfig::default()).unwrap();
         let verified = verify(&schedule, &facts).unwrap();
-        for dtype in [WeightDType::BF16, WeightDType::F32] {
-            // Every target for the two main shapes; sm_90 alone for the variants (compile time).
-            let archs: &[Arch] = if name.starts_with("tiny/") {
+        for dtype in [WeightDType::BF16, WeightDType::F32, WeightDType::Int8] {
+            if dtype == WeightDType::Int8 && name.starts_with("tiny/") {
+                continue;
+            }
+            // Every target for the two main shapes in bf16 and f32; sm_90 alone for int8 and
+            // the variants (compile time).
+            let archs: &[Arch] = if name.starts_with("tiny/") || dtype == WeightDType::Int8 {
                 &[Arch::Sm90]
             } else {
                 &[Arch::Sm80, Arch::Sm90, Arch::Sm120]

@@ -1,6 +1,6 @@
 //! [`GpuBackend`]: device memory, the co-residency check, and one watched launch per token.
 
-use super::codegen_bridge::{self, CodePlan, WeightDType};
+use super::codegen_bridge::{self, CodePlan, Int8Matrix, WeightDType};
 use super::driver::{self, check, code_name, DeviceInfo};
 use super::{guarded, nvrtc, GpuError};
 use crate::{Backend, RuntimeError};
@@ -449,7 +449,13 @@ impl GpuBackend {
         for (i, b) in schedule.buffers.iter().enumerate() {
             let p = gpu.alloc_zeroed(plan.buffer_bytes[i])?;
             if b.kind == BufferKind::Weight {
-                upload_weight(&gpu, p, model, &b.name, b.bytes / ELEM, plan.weight_dtype)?;
+                let int8 = plan.int8_matrices.get(i).copied().flatten();
+                let layout = match plan.weight_dtype {
+                    WeightDType::F32 => WeightLayout::F32,
+                    WeightDType::BF16 => WeightLayout::Bf16,
+                    WeightDType::Int8 => int8.map_or(WeightLayout::F32, WeightLayout::Int8),
+                };
+                upload_weight(&gpu, p, model, &b.name, b.bytes / ELEM, layout)?;
             }
             addresses.push(p);
         }
@@ -910,9 +916,19 @@ fn check_plan(plan: &CodePlan, s: &Schedule, dtype: WeightDType) -> Result<(), G
             .then(|| format!("grid {:?} for {} workers", plan.grid, s.workers.len())),
     ];
     let mut problems: Vec<String> = problems.into_iter().flatten().collect();
-    for (b, &device_bytes) in s.buffers.iter().zip(&plan.buffer_bytes) {
-        let needed = match b.kind {
-            BufferKind::Weight => b.bytes / ELEM * plan.weight_dtype.bytes(),
+    if plan.weight_dtype == WeightDType::Int8 && plan.int8_matrices.len() != s.buffers.len() {
+        problems.push(format!(
+            "{} int8 layouts for {} buffers",
+            plan.int8_matrices.len(),
+            s.buffers.len()
+        ));
+    }
+    for (i, (b, &device_bytes)) in s.buffers.iter().zip(&plan.buffer_bytes).enumerate() {
+        let int8 = plan.int8_matrices.get(i).copied().flatten();
+        let needed = match (b.kind, plan.weight_dtype, int8) {
+            (BufferKind::Weight, WeightDType::Int8, Some(m)) => m.bytes(),
+            (BufferKind::Weight, WeightDType::Int8, None) => b.bytes,
+            (BufferKind::Weight, dtype, _) => b.bytes / ELEM * dtype.bytes(),
             _ => b.bytes,
         };
         let ok = match b.kind {
@@ -1016,15 +1032,23 @@ fn fit_kernel(
     Ok(fit)
 }
 
-/// Loads weight `name` (`elements` f32 values) from the checkpoint and copies it to `dst` as
-/// `dtype`.
+/// How one weight buffer is stored on the device.
+#[derive(Debug, Clone, Copy)]
+enum WeightLayout {
+    F32,
+    Bf16,
+    /// Int8 rows and their f32 scales ([`amk_runtime::quant::quantize_rows`]).
+    Int8(Int8Matrix),
+}
+
+/// Loads weight `name` from the checkpoint and copies it to `dst` in `layout`.
 fn upload_weight(
     gpu: &Gpu,
     dst: sys::CUdeviceptr,
     model: &amk_ir::Model,
     name: &str,
     elements: u64,
-    dtype: WeightDType,
+    layout: WeightLayout,
 ) -> Result<(), GpuError> {
     let err = |message: String| GpuError::Weight { name: name.to_owned(), message };
     let spec =
@@ -1041,13 +1065,31 @@ fn upload_weight(
     if data.len() as u64 != elements {
         return Err(err(format!("loaded {} elements, expected {elements}", data.len())));
     }
-    match dtype {
-        WeightDType::F32 => gpu.copy_to(dst, &data),
-        WeightDType::BF16 => {
+    match layout {
+        WeightLayout::F32 => gpu.copy_to(dst, &data),
+        WeightLayout::Bf16 => {
             let bits: Vec<u16> = data.iter().map(|&x| half::bf16::from_f32(x).to_bits()).collect();
             gpu.copy_to(dst, &bits)
         }
-        WeightDType::Int8 => Err(err("int8 upload is not implemented yet".into())),
+        WeightLayout::Int8(m) => {
+            if spec.shape.len() != 2 || spec.shape[1] as u64 != u64::from(m.cols) {
+                return Err(err(format!(
+                    "the schedule reads it as a matrix of {} columns, the checkpoint's shape is \
+                     {:?}",
+                    m.cols, spec.shape
+                )));
+            }
+            let q = crate::quant::quantize_rows(&data, m.cols as usize);
+            let mut bytes = vec![0u8; m.bytes() as usize];
+            for (b, &v) in bytes.iter_mut().zip(&q.values) {
+                *b = v as u8;
+            }
+            let scales = &mut bytes[m.scales_offset as usize..];
+            for (chunk, s) in scales.chunks_exact_mut(4).zip(&q.scales) {
+                chunk.copy_from_slice(&s.to_le_bytes());
+            }
+            gpu.copy_to(dst, &bytes)
+        }
     }
 }
 

@@ -8,7 +8,7 @@ use amk_codegen_cuda as cg;
 use amk_verify::VerifiedSchedule;
 
 pub(crate) use amk_codegen_cuda::trace_words;
-pub use amk_codegen_cuda::WeightDType;
+pub use amk_codegen_cuda::{Int8Matrix, WeightDType};
 
 /// Everything the backend needs from code generation.
 #[derive(Debug, Clone)]
@@ -29,6 +29,8 @@ pub(crate) struct CodePlan {
     pub per_launch: Vec<u32>,
     /// Device bytes of each buffer, by BufferId.
     pub buffer_bytes: Vec<u64>,
+    /// Int8 weights: the layout of each weight matrix, by BufferId.
+    pub int8_matrices: Vec<Option<Int8Matrix>>,
 }
 
 /// Generates the kernel for `verified`, to be compiled for `arch` (the device's `sm_XX`), with
@@ -62,5 +64,6 @@ pub(crate) fn generate(
         tasks: tables.tasks,
         per_launch: tables.per_launch,
         buffer_bytes: tables.buffer_bytes,
+        int8_matrices: tables.int8_matrices,
     })
 }

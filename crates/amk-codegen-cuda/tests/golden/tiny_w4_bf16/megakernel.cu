@@ -3,6 +3,7 @@
 // after it is kernels/abi.cuh and kernels/megakernel.cuh, embedded verbatim. The schedule
 // itself reaches the kernel as tables (instructions and task descriptors, see abi.cuh).
 #define AMK_WEIGHT_BF16 1
+#define AMK_WEIGHT_INT8 0
 #define AMK_BLOCK_THREADS 512
 #define AMK_MAX_COLS 160
 #define AMK_MAX_HEAD_DIM 16
@@ -26,7 +27,10 @@
 //   unsigned int*             counters       counter values (never reset: epoch-offset waits)
 //   unsigned int              epoch          launch index since the counters were zeroed
 //
-// Weight buffers hold AMK_WEIGHT_T elements (float or __nv_bfloat16); every other buffer holds
+// Weight buffers hold f32 or bf16 elements (AMK_WEIGHT_BF16), or with AMK_WEIGHT_INT8 int8
+// matrices (projection, gate/up, LM-head and embedding weights: rows*cols values, padded to 16
+// bytes, then one f32 scale per row, at the byte offset a descriptor's "scales" word gives; the
+// word is 0 in other modes) and f32 vectors (norm weights, biases). Every other buffer holds
 // 4-byte words (f32 activations, u32 io and argmax indices).
 // #pragma once (this file is inlined)
 
@@ -66,20 +70,21 @@
 // Word indices of each task kind.
 // COPY:          1 src buffer, 2 src byte offset, 3 dst buffer, 4 dst byte offset, 5 bytes
 //                (byte offsets and lengths are multiples of 4 and below 2^32)
-// EMBED:         1 table, 2 hidden, 3 io, 4 out
+// EMBED:         1 table, 2 hidden, 3 io, 4 out, 5 table scales
 // PROJECTION:    1..5 input, 6 weight, 7 bias (or AMK_NONE), 8 first_row, 9 rows, 10 cols,
 //                11 rope (0/1), 12 rope head_dim, 13 theta low word, 14 theta high word
 //                (f64 bits), 15 io, 16 out kind, 17 out buffer, 18 out offset (elements) or
 //                kv_head, 19 head_dim (cache row), 20 max_positions (cache row), 21 per-head
 //                RMSNorm weight (or AMK_NONE; 12 is then its head_dim), 22 its eps (f32 bits),
 //                23 llama3 rope (0/1), 24 factor, 25 low_freq_factor, 26 high_freq_factor,
-//                27 original_max_position_embeddings (f32 bits)
-// GATED_UP:      1..5 input, 6 gate, 7 up, 8 first_row, 9 rows, 10 cols, 11 out
+//                27 original_max_position_embeddings (f32 bits), 28 weight scales
+// GATED_UP:      1..5 input, 6 gate, 7 up, 8 first_row, 9 rows, 10 cols, 11 out, 12 gate
+//                scales, 13 up scales
 // ATTENTION:     1 q, 2 head, 3 kv_head, 4 head_dim, 5 max_positions, 6 k cache, 7 v cache,
 //                8 io, 9 out (attention partials), 10 sliding window in positions (0 = none),
 //                11 part, 12 parts
 // HEAD_ARGMAX:   1..5 input, 6 weight, 7 first_row, 8 rows, 9 cols, 10 logits, 11 partials,
-//                12 slot
+//                12 slot, 13 weight scales
 // ARGMAX_REDUCE: 1 partials, 2 count, 3 io
 // RMSNORM:       1..5 input (always the rms-normed kind), 6 out
 // Caches are laid out [num_kv_heads, max_positions, head_dim]; io is {token, position};
@@ -92,7 +97,8 @@
 // counter c after the block's writes, Wait(c, k) acquire-spins until c reaches this launch's
 // epoch offset plus k. Task bodies are the fused ops of amk-schedule (see abi.cuh for layouts).
 //
-// Expects (defined by the generated prologue, numbers only): AMK_WEIGHT_BF16 (0 or 1),
+// Expects (defined by the generated prologue, numbers only): AMK_WEIGHT_BF16 and
+// AMK_WEIGHT_INT8 (0 or 1; both 0 means f32 weights),
 // AMK_BLOCK_THREADS, AMK_MAX_COLS, AMK_MAX_HEAD_DIM, AMK_STAGE_BYTES (a multiple of 16; 0 turns
 // weight staging off), AMK_COUNTERS and AMK_TRACE (0 or 1).
 //
@@ -131,7 +137,11 @@
 typedef unsigned int u32;
 typedef unsigned long long u64;
 
-#if AMK_WEIGHT_BF16
+#if AMK_WEIGHT_INT8
+typedef signed char amk_w;
+__device__ __forceinline__ float amk_wload(const amk_w* p, u64 i) { return (float)__ldg(p + i); }
+__device__ __forceinline__ float amk_wload_any(const amk_w* p, u64 i) { return (float)p[i]; }
+#elif AMK_WEIGHT_BF16
 typedef unsigned short amk_w;
 __device__ __forceinline__ float amk_wload(const amk_w* p, u64 i) {
     return __uint_as_float(((u32)__ldg(p + i)) << 16);
@@ -144,6 +154,38 @@ typedef float amk_w;
 __device__ __forceinline__ float amk_wload(const amk_w* p, u64 i) { return __ldg(p + i); }
 __device__ __forceinline__ float amk_wload_any(const amk_w* p, u64 i) { return p[i]; }
 #endif
+
+// Vector weights (norm weights, biases): f32 with int8 matrices, else the weight type.
+#if AMK_WEIGHT_INT8
+typedef float amk_v;
+__device__ __forceinline__ float amk_vload(const amk_v* p, u64 i) { return __ldg(p + i); }
+#else
+typedef amk_w amk_v;
+__device__ __forceinline__ float amk_vload(const amk_v* p, u64 i) { return amk_wload(p, i); }
+#endif
+
+// Per-row scales of an int8 matrix: `off` is the descriptor's scales word (bytes into the
+// buffer). Other modes have no scales: the pointer is null and every scale is 1.
+__device__ __forceinline__ const float* amk_scales(const u64* buffers, u32 buf, u32 off) {
+#if AMK_WEIGHT_INT8
+    return reinterpret_cast<const float*>(buffers[buf] + off);
+#else
+    return nullptr;
+#endif
+}
+__device__ __forceinline__ float amk_scale(const float* s, u64 row) {
+#if AMK_WEIGHT_INT8
+    return __ldg(s + row);
+#else
+    return 1.f;
+#endif
+}
+
+// Four int8 values packed in a word (element 0 in the low byte) dotted with x.
+__device__ __forceinline__ float amk_i8dot4(u32 w, float4 x) {
+    return (float)((int)(w << 24) >> 24) * x.x + (float)((int)(w << 16) >> 24) * x.y
+         + (float)((int)(w << 8) >> 24) * x.z + (float)((int)w >> 24) * x.w;
+}
 
 // Weight loads: S = false reads global memory through the read-only path; S = true reads a
 // staged tile in shared memory (a generic address, so no __ldg).
@@ -204,7 +246,9 @@ __device__ __forceinline__ void amk_dot_rows(const amk_w* __restrict__ w, u64 ba
     float acc[R];
 #pragma unroll
     for (int r = 0; r < R; ++r) acc[r] = 0.f;
-#if AMK_WEIGHT_BF16
+#if AMK_WEIGHT_INT8
+    const u32 vec = 16;  // 16 int8 = 16 bytes
+#elif AMK_WEIGHT_BF16
     const u32 vec = 8;  // 8 bf16 = 16 bytes
 #else
     const u32 vec = 4;  // 4 f32 = 16 bytes
@@ -215,7 +259,9 @@ __device__ __forceinline__ void amk_dot_rows(const amk_w* __restrict__ w, u64 ba
 #pragma unroll 4
         for (u32 j = lane; j < nv; j += 32) {
             const float4* xv = reinterpret_cast<const float4*>(x) + j * (vec / 4);
-#if AMK_WEIGHT_BF16
+#if AMK_WEIGHT_INT8
+            const float4 x0 = xv[0], x1 = xv[1], x2 = xv[2], x3 = xv[3];
+#elif AMK_WEIGHT_BF16
             const float4 x0 = xv[0], x1 = xv[1];
 #else
             const float4 x0 = xv[0];
@@ -224,7 +270,9 @@ __device__ __forceinline__ void amk_dot_rows(const amk_w* __restrict__ w, u64 ba
             for (int r = 0; r < R; ++r) {
                 if ((u32)r < nrows) {
                     const uint4 q = amk_w16<S>(w + base + (u64)r * cols + (u64)j * vec);
-#if AMK_WEIGHT_BF16
+#if AMK_WEIGHT_INT8
+                    acc[r] += amk_i8dot4(q.x, x0) + amk_i8dot4(q.y, x1) + amk_i8dot4(q.z, x2) + amk_i8dot4(q.w, x3);
+#elif AMK_WEIGHT_BF16
                     acc[r] += __uint_as_float(q.x << 16) * x0.x + __uint_as_float(q.x & 0xFFFF0000u) * x0.y
                             + __uint_as_float(q.y << 16) * x0.z + __uint_as_float(q.y & 0xFFFF0000u) * x0.w
                             + __uint_as_float(q.z << 16) * x1.x + __uint_as_float(q.z & 0xFFFF0000u) * x1.y
@@ -251,28 +299,79 @@ __device__ __forceinline__ void amk_dot_rows(const amk_w* __restrict__ w, u64 ba
 #define AMK_IN_PER_THREAD ((AMK_MAX_COLS + AMK_BLOCK_THREADS - 1) / AMK_BLOCK_THREADS)
 
 // Split attention's combine step, as a projection input: x[h * hd + j] is head h's output,
-// sum_p acc_p[j] e^(m_p - M) / sum_p l_p e^(m_p - M) over the parts that saw a row (l_p > 0).
-// Each thread keeps a running (M, L, A) so every part's loads can be in flight together.
+// sum_p acc_p[j] c_p with c_p = e^(m_p - M) / sum_q l_q e^(m_q - M) over the parts that saw a
+// row (l_p > 0), M = max m_p. One round trip: every thread loads the accumulators of up to
+// AMK_COMBINE_ELEMS elements and AMK_COMBINE_PARTS parts into registers together with the
+// (m, l) pairs the first threads load; the per-part weights c go through shared memory.
+// Larger inputs or more parts take a slower path with a running maximum per element.
+#define AMK_COMBINE_PARTS 8
+#define AMK_COMBINE_ELEMS 4
+#define AMK_COMBINE_SLOTS 512
+__shared__ float amk_comb[AMK_COMBINE_SLOTS];
+
 __device__ void amk_load_attn_partials(const u32* d, const u64* buffers, float* x) {
     const float* src = reinterpret_cast<const float*>(buffers[d[2]]);
     const u32 len = d[3], parts = d[4], hd = d[5];
-    for (u32 i = threadIdx.x; i < len; i += AMK_BLOCK_THREADS) {
-        const u32 h = i / hd, j = i - h * hd;
-        const float* e = src + (u64)h * parts * (hd + 2);
-        float M = AMK_NEG_INF, L = 0.f, A = 0.f;
-#pragma unroll 8
-        for (u32 p = 0; p < parts; ++p) {
-            const float* ep = e + (u64)p * (hd + 2);
-            const float mp = __ldcg(ep), lp = __ldcg(ep + 1), ap = __ldcg(ep + 2 + j);
-            if (lp > 0.f) {
-                const float M2 = fmaxf(M, mp);
-                const float c0 = expf(M - M2), c1 = expf(mp - M2);
-                L = L * c0 + lp * c1;
-                A = A * c0 + ap * c1;
-                M = M2;
+    const u32 heads = len / hd, pairs = heads * parts;
+    const bool fast = parts <= AMK_COMBINE_PARTS && 2 * pairs <= AMK_COMBINE_SLOTS
+                   && len <= AMK_COMBINE_ELEMS * AMK_BLOCK_THREADS;
+    if (fast) {
+        float acc[AMK_COMBINE_ELEMS][AMK_COMBINE_PARTS];
+#pragma unroll
+        for (u32 k = 0; k < AMK_COMBINE_ELEMS; ++k) {
+            const u32 i = threadIdx.x + k * AMK_BLOCK_THREADS;
+            const u32 h = i / hd, j = i - h * hd;
+#pragma unroll
+            for (u32 p = 0; p < AMK_COMBINE_PARTS; ++p)
+                acc[k][p] = (i < len && p < parts) ? __ldcg(src + ((u64)h * parts + p) * (hd + 2) + 2 + j) : 0.f;
+        }
+        for (u32 t = threadIdx.x; t < pairs; t += AMK_BLOCK_THREADS) {
+            const float* e = src + (u64)t * (hd + 2);
+            amk_comb[2 * t] = __ldcg(e);
+            amk_comb[2 * t + 1] = __ldcg(e + 1);
+        }
+        __syncthreads();
+        // One thread per head turns its parts' (m, l) into weights c, in place of m.
+        for (u32 h = threadIdx.x; h < heads; h += AMK_BLOCK_THREADS) {
+            float* c = amk_comb + 2 * h * parts;
+            float M = AMK_NEG_INF, L = 0.f;
+            for (u32 p = 0; p < parts; ++p) if (c[2 * p + 1] > 0.f) M = fmaxf(M, c[2 * p]);
+            for (u32 p = 0; p < parts; ++p) if (c[2 * p + 1] > 0.f) L += c[2 * p + 1] * expf(c[2 * p] - M);
+            for (u32 p = 0; p < parts; ++p) c[2 * p] = c[2 * p + 1] > 0.f ? expf(c[2 * p] - M) / L : 0.f;
+        }
+        __syncthreads();
+#pragma unroll
+        for (u32 k = 0; k < AMK_COMBINE_ELEMS; ++k) {
+            const u32 i = threadIdx.x + k * AMK_BLOCK_THREADS;
+            if (i < len) {
+                const u32 h = i / hd;
+                float v = 0.f;
+#pragma unroll
+                for (u32 p = 0; p < AMK_COMBINE_PARTS; ++p)
+                    if (p < parts) v += acc[k][p] * amk_comb[2 * (h * parts + p)];
+                x[i] = v;
             }
         }
-        x[i] = A / L;
+    } else {
+        // Many parts: a running (M, L, A) per element, every part's loads in flight together.
+        for (u32 i = threadIdx.x; i < len; i += AMK_BLOCK_THREADS) {
+            const u32 h = i / hd, j = i - h * hd;
+            const float* e = src + (u64)h * parts * (hd + 2);
+            float M = AMK_NEG_INF, L = 0.f, A = 0.f;
+#pragma unroll 8
+            for (u32 p = 0; p < parts; ++p) {
+                const float* ep = e + (u64)p * (hd + 2);
+                const float mp = __ldcg(ep), lp = __ldcg(ep + 1), ap = __ldcg(ep + 2 + j);
+                if (lp > 0.f) {
+                    const float M2 = fmaxf(M, mp);
+                    const float c0 = expf(M - M2), c1 = expf(mp - M2);
+                    L = L * c0 + lp * c1;
+                    A = A * c0 + ap * c1;
+                    M = M2;
+                }
+            }
+            x[i] = A / L;
+        }
     }
     __syncthreads();
 }
@@ -282,7 +381,7 @@ __device__ void amk_load_attn_partials(const u32* d, const u64* buffers, float* 
 __device__ void amk_load_input(const u32* d, const u64* buffers, float* x, float* scratch) {
     const u32 kind = d[1], len = d[3];
     const float* src = reinterpret_cast<const float*>(buffers[d[2]]);
-    const amk_w* nw = kind == AMK_IN_RMSNORM ? reinterpret_cast<const amk_w*>(buffers[d[4]]) : nullptr;
+    const amk_v* nw = kind == AMK_IN_RMSNORM ? reinterpret_cast<const amk_v*>(buffers[d[4]]) : nullptr;
     if (kind == AMK_IN_ATTN_PARTIALS) {
         amk_load_attn_partials(d, buffers, x);
         return;
@@ -292,7 +391,7 @@ __device__ void amk_load_input(const u32* d, const u64* buffers, float* x, float
     for (u32 k = 0; k < AMK_IN_PER_THREAD; ++k) {
         const u32 i = threadIdx.x + k * AMK_BLOCK_THREADS;
         v[k] = i < len ? __ldcg(src + i) : 0.f;
-        g[k] = (nw && i < len) ? amk_wload(nw, i) : 1.f;
+        g[k] = (nw && i < len) ? amk_vload(nw, i) : 1.f;
     }
     float ss = 0.f;
 #pragma unroll
@@ -355,22 +454,23 @@ __device__ __forceinline__ void amk_put(float* o, float v, u32 out_kind) {
 // Rows of a projection, R per warp at a time (R = 1 for small tiles, so every warp works),
 // with bias and the store or residual-add epilogue.
 template <int R, bool S>
-__device__ __forceinline__ void amk_projection_rows(const amk_w* w, const amk_w* bias_w, u32 first,
-                                                    u32 rows, u32 cols, const float* x,
+__device__ __forceinline__ void amk_projection_rows(const amk_w* w, const float* sc, const amk_v* bias_w,
+                                                    u32 first, u32 rows, u32 cols, const float* x,
                                                     float* out, u32 out_kind) {
     const u32 lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     for (u32 r0 = warp * R; r0 < rows; r0 += AMK_WARPS * R) {
         float y[R];
         const u32 n = min((u32)R, rows - r0);
-        // The residual and bias do not depend on the dot products: load them first.
+        // The residual, bias and scale do not depend on the dot products: load them first.
         const float prev = (out_kind == AMK_OUT_ACCUMULATE && lane < n) ? __ldcg(out + r0 + lane) : 0.f;
-        const float b = (bias_w && lane < n) ? amk_wload(bias_w, first + r0 + lane) : 0.f;
+        const float b = (bias_w && lane < n) ? amk_vload(bias_w, first + r0 + lane) : 0.f;
+        const float scale = lane < n ? amk_scale(sc, first + r0 + lane) : 1.f;
         amk_dot_rows<R, S>(w, (u64)(first + r0) * cols, cols, n, x, y);
         if (lane < n) {
             float v = y[0];
 #pragma unroll
             for (int r = 1; r < R; ++r) if ((u32)r == lane) v = y[r];
-            out[r0 + lane] = prev + (v + b);
+            out[r0 + lane] = prev + (v * scale + b);
         }
     }
 }
@@ -378,13 +478,13 @@ __device__ __forceinline__ void amk_projection_rows(const amk_w* w, const amk_w*
 // Whole heads of a projection: each head's rows go to shared memory, then (in Hugging Face's
 // order) bias, per-head RMSNorm (Qwen3's q/k norm), rope, and the epilogue.
 template <bool S>
-__device__ void amk_projection_heads(const u32* d, const amk_w* w, const amk_w* bias_w,
+__device__ void amk_projection_heads(const u32* d, const amk_w* w, const float* sc, const amk_v* bias_w,
                                      const float* x, float* ys, float* scratch, float* out,
                                      u32 out_kind, u32 pos, const u64* buffers) {
     const u32 first = d[8], rows = d[9], cols = d[10], rope = d[11];
     const u32 hd = d[12];
     const double theta = __hiloint2double((int)d[14], (int)d[13]);
-    const amk_w* nw = d[21] == AMK_NONE ? nullptr : reinterpret_cast<const amk_w*>(buffers[d[21]]);
+    const amk_v* nw = d[21] == AMK_NONE ? nullptr : reinterpret_cast<const amk_v*>(buffers[d[21]]);
     const u32 lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     for (u32 h0 = 0; h0 < rows; h0 += hd) {
         for (u32 r0 = warp * 4; r0 < hd; r0 += AMK_WARPS * 4) {
@@ -395,7 +495,8 @@ __device__ void amk_projection_heads(const u32* d, const amk_w* w, const amk_w* 
                 float v = y[0];
 #pragma unroll
                 for (int r = 1; r < 4; ++r) if ((u32)r == lane) v = y[r];
-                if (bias_w) v += amk_wload(bias_w, first + h0 + r0 + lane);
+                v *= amk_scale(sc, first + h0 + r0 + lane);
+                if (bias_w) v += amk_vload(bias_w, first + h0 + r0 + lane);
                 ys[r0 + lane] = v;
             }
         }
@@ -406,7 +507,7 @@ __device__ void amk_projection_heads(const u32* d, const amk_w* w, const amk_w* 
             const float total = amk_block_sum(ss, scratch);
             const float inv = 1.0f / sqrtf(total / (float)hd + __uint_as_float(d[22]));
             __syncthreads();
-            for (u32 i = threadIdx.x; i < hd; i += AMK_BLOCK_THREADS) ys[i] = amk_wload(nw, i) * (ys[i] * inv);
+            for (u32 i = threadIdx.x; i < hd; i += AMK_BLOCK_THREADS) ys[i] = amk_vload(nw, i) * (ys[i] * inv);
             __syncthreads();
         }
         if (rope) {
@@ -432,7 +533,8 @@ __device__ void amk_projection(const u32* d, const u64* buffers, float* x, float
     amk_load_input(d, buffers, x, scratch);
     const u32 first = d[8], rows = d[9], cols = d[10], rope = d[11];
     const amk_w* w = staged ? staged - (u64)first * cols : reinterpret_cast<const amk_w*>(buffers[d[6]]);
-    const amk_w* bias_w = d[7] == AMK_NONE ? nullptr : reinterpret_cast<const amk_w*>(buffers[d[7]]);
+    const amk_v* bias_w = d[7] == AMK_NONE ? nullptr : reinterpret_cast<const amk_v*>(buffers[d[7]]);
+    const float* sc = amk_scales(buffers, d[6], d[28]);
     const u32* io = reinterpret_cast<const u32*>(buffers[d[15]]);
     const u32 out_kind = d[16];
     float* out = reinterpret_cast<float*>(buffers[d[17]]);
@@ -441,25 +543,29 @@ __device__ void amk_projection(const u32* d, const u64* buffers, float* x, float
     u64 dst0 = off;  // element index of output row 0
     if (out_kind == AMK_OUT_CACHE_ROW) dst0 = ((u64)off * d[20] + pos) * d[19];
     if (rope || d[21] != AMK_NONE) {
-        if (staged) amk_projection_heads<true>(d, w, bias_w, x, ys, scratch, out + dst0, out_kind, pos, buffers);
-        else amk_projection_heads<false>(d, w, bias_w, x, ys, scratch, out + dst0, out_kind, pos, buffers);
+        if (staged) amk_projection_heads<true>(d, w, sc, bias_w, x, ys, scratch, out + dst0, out_kind, pos, buffers);
+        else amk_projection_heads<false>(d, w, sc, bias_w, x, ys, scratch, out + dst0, out_kind, pos, buffers);
     } else if (rows >= 4 * AMK_WARPS) {
-        if (staged) amk_projection_rows<4, true>(w, bias_w, first, rows, cols, x, out + dst0, out_kind);
-        else amk_projection_rows<4, false>(w, bias_w, first, rows, cols, x, out + dst0, out_kind);
+        if (staged) amk_projection_rows<4, true>(w, sc, bias_w, first, rows, cols, x, out + dst0, out_kind);
+        else amk_projection_rows<4, false>(w, sc, bias_w, first, rows, cols, x, out + dst0, out_kind);
     } else {
-        if (staged) amk_projection_rows<1, true>(w, bias_w, first, rows, cols, x, out + dst0, out_kind);
-        else amk_projection_rows<1, false>(w, bias_w, first, rows, cols, x, out + dst0, out_kind);
+        if (staged) amk_projection_rows<1, true>(w, sc, bias_w, first, rows, cols, x, out + dst0, out_kind);
+        else amk_projection_rows<1, false>(w, sc, bias_w, first, rows, cols, x, out + dst0, out_kind);
     }
 }
 
 template <bool S>
-__device__ __forceinline__ void amk_gated_rows(const amk_w* gate, const amk_w* up, u32 first,
-                                               u32 rows, u32 cols, const float* x, float* out) {
+__device__ __forceinline__ void amk_gated_rows(const amk_w* gate, const amk_w* up, const float* gs,
+                                               const float* us, u32 first, u32 rows, u32 cols,
+                                               const float* x, float* out) {
     const u32 lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     for (u32 r = warp; r < rows; r += AMK_WARPS) {
         float g, u;
+        const float g_scale = amk_scale(gs, first + r), u_scale = amk_scale(us, first + r);
         amk_dot_rows<1, S>(gate, (u64)(first + r) * cols, cols, 1, x, &g);
         amk_dot_rows<1, S>(up, (u64)(first + r) * cols, cols, 1, x, &u);
+        g *= g_scale;
+        u *= u_scale;
         if (lane == 0) out[first + r] = g / (1.0f + expf(-g)) * u;
     }
 }
@@ -470,12 +576,14 @@ __device__ void amk_gated_up(const u32* d, const u64* buffers, float* x, float* 
     amk_load_input(d, buffers, x, scratch);
     const u32 first = d[8], rows = d[9], cols = d[10];
     float* out = reinterpret_cast<float*>(buffers[d[11]]);
+    const float* gs = amk_scales(buffers, d[6], d[12]);
+    const float* us = amk_scales(buffers, d[7], d[13]);
     if (staged) {
         const u64 tile = (u64)rows * cols;
-        amk_gated_rows<true>(staged - (u64)first * cols, staged + tile - (u64)first * cols, first, rows, cols, x, out);
+        amk_gated_rows<true>(staged - (u64)first * cols, staged + tile - (u64)first * cols, gs, us, first, rows, cols, x, out);
     } else {
         amk_gated_rows<false>(reinterpret_cast<const amk_w*>(buffers[d[6]]),
-                              reinterpret_cast<const amk_w*>(buffers[d[7]]), first, rows, cols, x, out);
+                              reinterpret_cast<const amk_w*>(buffers[d[7]]), gs, us, first, rows, cols, x, out);
     }
 }
 
@@ -589,17 +697,21 @@ __device__ void amk_attention(const u32* d, const u64* buffers, float* smem) {
 }
 
 template <bool S>
-__device__ __forceinline__ void amk_head_rows(const amk_w* w, u32 first, u32 rows, u32 cols,
-                                              const float* x, float* logits, float& bv, u32& bi) {
+__device__ __forceinline__ void amk_head_rows(const amk_w* w, const float* sc, u32 first, u32 rows,
+                                              u32 cols, const float* x, float* logits, float& bv,
+                                              u32& bi) {
     const u32 lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int R = 4;
     for (u32 r0 = warp * R; r0 < rows; r0 += AMK_WARPS * R) {
-        float y[R];
+        float y[R], scale[R];
         const u32 n = min((u32)R, rows - r0);
+#pragma unroll
+        for (int r = 0; r < R; ++r) scale[r] = (u32)r < n ? amk_scale(sc, first + r0 + r) : 1.f;
         amk_dot_rows<R, S>(w, (u64)(first + r0) * cols, cols, n, x, y);
 #pragma unroll
         for (int r = 0; r < R; ++r) {
             if ((u32)r < n) {
+                y[r] *= scale[r];
                 if (lane == (u32)r) logits[first + r0 + r] = y[r];
                 amk_better(bv, bi, y[r], first + r0 + r);
             }
@@ -616,8 +728,9 @@ __device__ void amk_head_argmax(const u32* d, const u64* buffers, float* x, floa
     const u32 slot = d[12];
     float bv = AMK_NEG_INF;
     u32 bi = 0xFFFFFFFFu;
-    if (staged) amk_head_rows<true>(staged - (u64)first * cols, first, rows, cols, x, logits, bv, bi);
-    else amk_head_rows<false>(reinterpret_cast<const amk_w*>(buffers[d[6]]), first, rows, cols, x, logits, bv, bi);
+    const float* sc = amk_scales(buffers, d[6], d[13]);
+    if (staged) amk_head_rows<true>(staged - (u64)first * cols, sc, first, rows, cols, x, logits, bv, bi);
+    else amk_head_rows<false>(reinterpret_cast<const amk_w*>(buffers[d[6]]), sc, first, rows, cols, x, logits, bv, bi);
     amk_block_argmax(bv, bi, scratch);
     if (threadIdx.x == 0) {
         partials[2 * slot] = __float_as_uint(bv);
@@ -654,7 +767,8 @@ __device__ void amk_embed(const u32* d, const u64* buffers) {
     const u32* io = reinterpret_cast<const u32*>(buffers[d[3]]);
     float* out = reinterpret_cast<float*>(buffers[d[4]]);
     const u32 token = __ldcg(io);
-    for (u32 i = threadIdx.x; i < hidden; i += AMK_BLOCK_THREADS) out[i] = amk_wload(table, (u64)token * hidden + i);
+    const float scale = amk_scale(amk_scales(buffers, d[1], d[5]), token);
+    for (u32 i = threadIdx.x; i < hidden; i += AMK_BLOCK_THREADS) out[i] = amk_wload(table, (u64)token * hidden + i) * scale;
 }
 
 __device__ void amk_copy(const u32* d, const u64* buffers) {
