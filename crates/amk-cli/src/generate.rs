@@ -176,16 +176,27 @@ fn make_backend(args: &GenerateArgs, model: &Model, quiet: bool) -> Result<Box<d
     if use_gpu {
         return Ok(Box::new(crate::gpu::build_backend(model, &args.gpu, quiet)?));
     }
-    if args.gpu.precision == Some(crate::gpu::Precision::Bf16) {
-        bail!("--precision bf16 needs the GPU backend; the CPU reference computes in f32");
-    }
     if args.backend == BackendChoice::Auto && !quiet {
         if let Err(why) = gpu_ok {
             eprintln!("amk: no usable GPU ({why}); running the f32 CPU reference");
         }
     }
+    // The CPU reference is f32 unless a precision is asked for explicitly; then it emulates it
+    // (weights rounded or quantized as the GPU stores them, f32 arithmetic).
+    let precision = args.gpu.precision.unwrap_or(crate::gpu::Precision::F32);
+    if precision != crate::gpu::Precision::F32 && !quiet {
+        eprintln!(
+            "amk: cpu: emulating {} weights (rounded or quantized as the GPU stores them) in f32 \
+             arithmetic",
+            precision
+                .to_possible_value()
+                .map_or_else(|| format!("{precision:?}"), |v| v.get_name().to_owned())
+        );
+    }
     let bar = weight_bar(model.graph.weights.len(), "loading weights");
-    let cpu = CpuReference::from_model(model, &mut |done, _| bar.set_position(done as u64))?;
+    let cpu = CpuReference::from_model_with(model, precision.weight_dtype(), &mut |done, _| {
+        bar.set_position(done as u64)
+    })?;
     bar.finish_and_clear();
     Ok(Box::new(cpu))
 }

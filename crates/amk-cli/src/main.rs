@@ -3,6 +3,7 @@
 //! Each subcommand is one stage or a whole run: `import-gguf` and `inspect` look at models,
 //! `generate` runs one. Errors go to stderr with their cause chain and a non-zero exit.
 
+mod agree;
 mod bench;
 mod generate;
 mod gpu;
@@ -40,6 +41,7 @@ enum Command {
     Synth(stages::SynthArgs),
     GpuTest(gpu_test::GpuTestArgs),
     Bench(bench::BenchArgs),
+    Agree(agree::AgreeArgs),
 }
 
 fn main() -> ExitCode {
@@ -59,6 +61,7 @@ fn main() -> ExitCode {
         Command::Synth(args) => stages::run_synth(args),
         Command::GpuTest(args) => gpu_test::run(args),
         Command::Bench(args) => bench::run(args),
+        Command::Agree(args) => agree::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

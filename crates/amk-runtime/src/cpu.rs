@@ -2,10 +2,12 @@
 //!
 //! It is the executable meaning of the IR: every other backend (the schedule executor, the
 //! GPU megakernel) is checked against it, and it reproduces Hugging Face's fp32 greedy decodes
-//! token for token. Weights are held as f32; key/value caches grow with the sequence.
+//! token for token. Weights are held as f32 (optionally rounded or quantized first, to emulate
+//! a lower device precision); key/value caches grow with the sequence.
 
-use crate::kernels;
+use crate::{kernels, quant};
 use crate::{Backend, RuntimeError};
+use amk_codegen_cuda::WeightDType;
 use amk_ir::graph::{DecodeGraph, KvKind, NodeId, Op, WeightId};
 use amk_ir::WeightSpec;
 use std::sync::Arc;
@@ -67,6 +69,17 @@ impl CpuReference {
         model: &amk_ir::Model,
         on_weight: &mut dyn FnMut(usize, usize),
     ) -> Result<CpuReference, RuntimeError> {
+        Self::from_model_with(model, WeightDType::F32, on_weight)
+    }
+
+    /// Loads a model's weights from its checkpoint as a device holding them in `dtype` would
+    /// see them ([`quant::emulate`]: bf16 rounding, per-row int8), so the reference measures a
+    /// lower precision's quality with f32 arithmetic. `WeightDType::F32` is [`Self::from_model`].
+    pub fn from_model_with(
+        model: &amk_ir::Model,
+        dtype: WeightDType,
+        on_weight: &mut dyn FnMut(usize, usize),
+    ) -> Result<CpuReference, RuntimeError> {
         let total = model.graph.weights.len();
         let mut done = 0;
         Self::new(Arc::new(model.graph.clone()), |spec| {
@@ -76,7 +89,7 @@ impl CpuReference {
             })?;
             done += 1;
             on_weight(done, total);
-            Ok(data)
+            Ok(quant::emulate(dtype, spec, data))
         })
     }
 

@@ -5,6 +5,7 @@
 //! sequence id, the token budget, or the context's end. [`cpu::CpuReference`] is the f32
 //! reference every other backend is checked against.
 
+pub mod agreement;
 pub mod cpu;
 pub mod gpu;
 pub mod kernels;
