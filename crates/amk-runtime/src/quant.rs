@@ -4,8 +4,11 @@
 //!
 //! - bf16: every weight rounded to the nearest bfloat16 (ties to even).
 //! - int8: each row of a matrix (one output channel; for the embedding table, one token)
-//!   quantized symmetrically, `scale = max|w| / 127`, `q = round(w / scale)` (half away from
-//!   zero) in `-127..=127`; the value used is `q * scale`. Vectors (norm weights, biases) stay f32.
+//!   quantized symmetrically, `q = round(w / scale)` (half away from zero) clamped to
+//!   `-127..=127`; the value used is `q * scale`. The scale is `clip * max|w| / 127` with the
+//!   clipping ratio from [`CLIPS`] that gives the row the least squared error (plain
+//!   `max|w| / 127` spends most of the 255 levels on one outlier). Vectors (norm weights,
+//!   biases) stay f32.
 
 use amk_codegen_cuda::WeightDType;
 use amk_ir::tensor::WeightSpec;
@@ -34,8 +37,15 @@ impl QuantizedRows {
     }
 }
 
-/// Quantizes a row-major matrix of `cols` columns row by row (symmetric, per output channel).
-/// An all-zero row gets scale 0. `w.len()` must be a multiple of `cols`; a ragged tail is
+/// The clipping ratios tried for each row's scale, largest first (ties keep the larger).
+pub const CLIPS: [f32; 11] = [1.0, 0.97, 0.94, 0.91, 0.88, 0.85, 0.82, 0.79, 0.76, 0.73, 0.7];
+
+fn quantize(x: f32, inv: f32) -> i8 {
+    (x * inv).round().clamp(-127.0, 127.0) as i8
+}
+
+/// Quantizes a row-major matrix of `cols` columns row by row (symmetric, per output channel,
+/// the clipping ratio of least squared error). An all-zero row gets scale 0. A ragged tail is
 /// treated as a short last row.
 pub fn quantize_rows(w: &[f32], cols: usize) -> QuantizedRows {
     let cols = cols.max(1);
@@ -43,10 +53,25 @@ pub fn quantize_rows(w: &[f32], cols: usize) -> QuantizedRows {
     let mut scales = Vec::with_capacity(w.len().div_ceil(cols));
     for row in w.chunks(cols) {
         let max = row.iter().fold(0.0f32, |m, &x| m.max(x.abs()));
-        let scale = max / 127.0;
+        let mut best = (f64::INFINITY, 0.0f32);
+        for clip in CLIPS {
+            let scale = clip * max / 127.0;
+            let inv = if scale > 0.0 { 1.0 / scale } else { 0.0 };
+            let err: f64 = row
+                .iter()
+                .map(|&x| {
+                    let d = (x - quantize(x, inv) as f32 * scale) as f64;
+                    d * d
+                })
+                .sum();
+            if err < best.0 {
+                best = (err, scale);
+            }
+        }
+        let scale = best.1;
         scales.push(scale);
         let inv = if scale > 0.0 { 1.0 / scale } else { 0.0 };
-        values.extend(row.iter().map(|&x| (x * inv).round().clamp(-127.0, 127.0) as i8));
+        values.extend(row.iter().map(|&x| quantize(x, inv)));
     }
     QuantizedRows { values, scales, cols }
 }
