@@ -38,8 +38,8 @@ pub struct GpuTestArgs {
     /// greedy tokens must match to the end.
     #[arg(long)]
     pub fixtures: Option<PathBuf>,
-    /// Only compare the GPU's exact mode with the CPU reference on synthetic models of several
-    /// shapes (seeded random weights; no checkpoint needed).
+    /// Only compare the GPU's exact and int8 modes with the CPU reference (holding the same
+    /// weights) on synthetic models of several shapes (seeded random weights; no checkpoint).
     #[arg(long)]
     pub synthetic: bool,
     /// The golden decodes (fixtures/smollm2_golden.json).
@@ -95,8 +95,9 @@ fn decode_all(
     Ok(out)
 }
 
-/// GPU exact mode against the CPU reference on synthetic models: same tokens, logits within
-/// 1e-4 of the largest logit, at every step.
+/// GPU exact mode, and int8 mode, against the CPU reference holding the same weights (f32, or
+/// the dequantized int8 rows) on synthetic models: same tokens, logits within 1e-4 of the
+/// largest logit, at every step.
 fn synthetic(args: &GpuTestArgs) -> Result<()> {
     use amk_ir::synth::{write_checkpoint, SynthSpec};
     use amk_runtime::cpu::CpuReference;
@@ -129,13 +130,19 @@ fn synthetic(args: &GpuTestArgs) -> Result<()> {
         ("SmolLM2-shaped, 4 layers", smollm2_shaped),
     ];
     let mut failed = 0;
-    for (name, spec) in specs {
+    let mut checks = 0;
+    for ((name, spec), precision) in
+        specs.iter().flat_map(|s| [(s.clone(), Precision::F32), (s.clone(), Precision::Int8)])
+    {
+        checks += 1;
         let dir = scratch_dir("amk-gpu-test")?;
         write_checkpoint(&spec, &dir)?;
         let model = Model::open(&dir, &mut |_| {})?;
-        let mut cpu = CpuReference::from_model(&model, &mut |_, _| {})?;
+        // The reference holds the same weights the device does (int8: dequantized rows).
+        let dtype = precision.weight_dtype();
+        let mut cpu = CpuReference::from_model_with(&model, dtype, &mut |_, _| {})?;
         let mut gargs = args.gpu.clone();
-        gargs.precision = Some(Precision::F32);
+        gargs.precision = Some(precision);
         let mut gpu = build_backend(&model, &gargs, true)?;
         let mut worst = 0f32;
         let mut mismatch = None;
@@ -160,8 +167,8 @@ fn synthetic(args: &GpuTestArgs) -> Result<()> {
             failed += 1;
         }
         println!(
-            "{:<36} {:<5} max logit error {worst:.2e} of the largest; {}; {}",
-            name,
+            "{:<42} {:<5} max logit error {worst:.2e} of the largest; {}; {}",
+            format!("{name}, {}", dtype.as_str()),
             if ok { "ok" } else { "FAIL" },
             match mismatch {
                 Some(p) => format!("tokens differ at step {p}"),
@@ -171,7 +178,7 @@ fn synthetic(args: &GpuTestArgs) -> Result<()> {
         );
         let _ = std::fs::remove_dir_all(&dir);
     }
-    println!("{} passed, {failed} failed", 3 - failed);
+    println!("{} passed, {failed} failed", checks - failed);
     if failed > 0 {
         bail!("{failed} synthetic GPU check(s) failed");
     }
@@ -234,6 +241,53 @@ fn fixtures(args: &GpuTestArgs, root: &std::path::Path) -> Result<()> {
     Ok(())
 }
 
+/// Times `backend` at contexts 16, 256 and 1024 (median of `timed` launches queued back to
+/// back, each timed by CUDA events) and adds one row per context; returns the JSON records.
+fn time_contexts(
+    backend: &mut GpuBackend,
+    model: &Model,
+    precision: Precision,
+    timed: usize,
+    rows: &mut Vec<(String, String, bool)>,
+) -> Result<Vec<serde_json::Value>> {
+    let name = precision.weight_dtype().as_str();
+    let mut speeds = Vec::new();
+    for ctx in [16usize, 256, 1024] {
+        backend.reset();
+        let mut tok = 504u32;
+        for pos in 0..ctx {
+            tok = backend.step(tok.min(49000), pos)?;
+        }
+        let mut times: Vec<f64> = backend
+            .time_decode(tok.min(49000), ctx as u32, timed)?
+            .into_iter()
+            .map(f64::from)
+            .collect();
+        times.sort_by(f64::total_cmp);
+        let median = times[times.len() / 2];
+        let positions = (ctx + timed / 2) as u64;
+        let bytes = weight_bytes(model, precision.weight_elem_bytes())
+            + kv_bytes_per_position(model) * positions;
+        let gbps = bytes as f64 / (median * 1e-3) / 1e9;
+        rows.push((
+            format!("{name} speed, context {ctx}"),
+            format!("{median:.3} ms/token, {:.0} tokens/s, {gbps:.0} GB/s", 1e3 / median),
+            true,
+        ));
+        let mut speed =
+            serde_json::json!({"context": ctx, "ms_per_token": median, "gb_per_s": gbps});
+        if let Some(stamps) = backend.read_trace()? {
+            // The last timed launch's timestamps.
+            let schedule = backend.verified().schedule();
+            let traced = amk_runtime::trace::analyze(schedule, backend.worker_start(), &stamps)?;
+            println!("\ntrace, {name}, context {ctx}:\n{traced}");
+            speed["trace"] = serde_json::to_value(&traced)?;
+        }
+        speeds.push(speed);
+    }
+    Ok(speeds)
+}
+
 pub fn run(args: GpuTestArgs) -> Result<()> {
     if args.synthetic {
         return synthetic(&args);
@@ -254,8 +308,8 @@ pub fn run(args: GpuTestArgs) -> Result<()> {
 
     let mut bf16_args = args.gpu.clone();
     bf16_args.precision = Some(Precision::Bf16);
-    let mut bf16 = build_backend(&model, &bf16_args, false)?;
-    let fit = bf16.fit().clone();
+    let mut bf16_backend = build_backend(&model, &bf16_args, false)?;
+    let fit = bf16_backend.fit().clone();
     let mut launches_ok = true;
     if !args.speed_only {
         // 1. Exact mode.
@@ -282,7 +336,7 @@ pub fn run(args: GpuTestArgs) -> Result<()> {
         drop(exact);
 
         // 2. bf16 mode against HF's own bf16 run.
-        let results = decode_all(&mut bf16, &golden, &stop)?;
+        let results = decode_all(&mut bf16_backend, &golden, &stop)?;
         let ours: usize = results.iter().map(|r| r.1).sum();
         let hf: usize = golden.bf16_gpu.iter().map(|c| c.agrees_with_fp32_cpu_for).sum();
         for (case, (_, a, _)) in golden.bf16_gpu.iter().zip(&results) {
@@ -304,42 +358,24 @@ pub fn run(args: GpuTestArgs) -> Result<()> {
         ));
     }
 
-    // 5. Speed, bf16.
-    let mut speeds = Vec::new();
-    for ctx in [16usize, 256, 1024] {
-        bf16.reset();
-        let mut tok = 504u32;
-        for pos in 0..ctx {
-            tok = bf16.step(tok.min(49000), pos)?;
-        }
-        // Launches queued back to back, each timed by CUDA events around it.
-        let mut times: Vec<f64> = bf16
-            .time_decode(tok.min(49000), ctx as u32, args.timed_tokens)?
-            .into_iter()
-            .map(f64::from)
-            .collect();
-        times.sort_by(f64::total_cmp);
-        let median = times[times.len() / 2];
-        let positions = (ctx + args.timed_tokens / 2) as u64;
-        let bytes = weight_bytes(&model, 2) + kv_bytes_per_position(&model) * positions;
-        let gbps = bytes as f64 / (median * 1e-3) / 1e9;
-        rows.push((
-            format!("bf16 speed, context {ctx}"),
-            format!("{median:.3} ms/token, {:.0} tokens/s, {gbps:.0} GB/s", 1e3 / median),
-            true,
-        ));
-        let mut speed =
-            serde_json::json!({"context": ctx, "ms_per_token": median, "gb_per_s": gbps});
-        if let Some(stamps) = bf16.read_trace()? {
-            // The last timed launch's timestamps.
-            let schedule = bf16.verified().schedule();
-            let traced = amk_runtime::trace::analyze(schedule, bf16.worker_start(), &stamps)?;
-            println!("\ntrace, bf16, context {ctx}:\n{traced}");
-            speed["trace"] = serde_json::to_value(&traced)?;
-        }
-        speeds.push(speed);
+    let mut bf16 = Some(bf16_backend);
+    // 5. Speed: bf16, then int8 (or only the precision asked for, with --speed-only).
+    let speed_precisions = match args.gpu.precision {
+        Some(p) if args.speed_only => vec![p],
+        _ => vec![Precision::Bf16, Precision::Int8],
+    };
+    for precision in speed_precisions {
+        let mut backend = if precision == Precision::Bf16 {
+            std::mem::replace(&mut bf16, None).context("the bf16 backend is timed once")?
+        } else {
+            let mut a = args.gpu.clone();
+            a.precision = Some(precision);
+            build_backend(&model, &a, false)?
+        };
+        let name = precision.weight_dtype().as_str();
+        let speeds = time_contexts(&mut backend, &model, precision, args.timed_tokens, &mut rows)?;
+        report.insert(format!("speed_{name}"), speeds.into());
     }
-    report.insert("speed_bf16".into(), speeds.into());
     drop(bf16);
 
     if !args.speed_only {
