@@ -10,6 +10,7 @@ mod gpu;
 mod gpu_test;
 mod inspect;
 mod progress;
+mod search;
 mod stages;
 
 use clap::{Parser, Subcommand};
@@ -42,6 +43,7 @@ enum Command {
     GpuTest(gpu_test::GpuTestArgs),
     Bench(bench::BenchArgs),
     Agree(agree::AgreeArgs),
+    Search(search::SearchArgs),
 }
 
 fn main() -> ExitCode {
@@ -62,6 +64,7 @@ fn main() -> ExitCode {
         Command::GpuTest(args) => gpu_test::run(args),
         Command::Bench(args) => bench::run(args),
         Command::Agree(args) => agree::run(args),
+        Command::Search(args) => search::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
