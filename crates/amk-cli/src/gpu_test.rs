@@ -366,7 +366,7 @@ pub fn run(args: GpuTestArgs) -> Result<()> {
     };
     for precision in speed_precisions {
         let mut backend = if precision == Precision::Bf16 {
-            std::mem::replace(&mut bf16, None).context("the bf16 backend is timed once")?
+            bf16.take().context("the bf16 backend is timed once")?
         } else {
             let mut a = args.gpu.clone();
             a.precision = Some(precision);
