@@ -1043,11 +1043,11 @@ mod tests {
 
         let mut s = tiny();
         if let TaskOp::GatedUp { input: ProjInput::RmsNormed { weight, .. }, .. } =
-            op_mut(&mut s, "L1.up.r64")
+            op_mut(&mut s, "L1.up.r48")
         {
             *weight = BufferId(500);
         }
-        task_error(&s, WeightDType::BF16, "L1.up.r64", "input.weight");
+        task_error(&s, WeightDType::BF16, "L1.up.r48", "input.weight");
     }
 
     #[test]

@@ -60,23 +60,25 @@ pub struct ScheduleConfig {
 }
 
 impl Default for ScheduleConfig {
-    /// Sensible for an H100: one worker per SM (132); 16-row projection tiles, so each phase
-    /// of a small model spreads over many workers; 384-row LM-head tiles (128 of them for a
-    /// 49152-token vocabulary, one per worker).
+    /// The best knobs `amk search` found for SmolLM2-135M on an H100 (bf16, context 256;
+    /// `fixtures/search/smollm2-135m-h100/`): one worker per SM (132); 16-row attention-output
+    /// and down tiles and 24-row gate/up tiles, so each phase spreads over many workers; each
+    /// attention head split over 4 position ranges; tasks dealt round-robin over workers;
+    /// 384-row LM-head tiles (128 of them for a 49152-token vocabulary, one per worker).
     fn default() -> Self {
         ScheduleConfig {
             workers: 132,
             blocks_per_sm: 1,
             sm_count: 132,
             o_rows: 16,
-            mlp_rows: 16,
+            mlp_rows: 24,
             down_rows: 16,
             head_rows: 384,
-            assignment: Assignment::BalancedBytes,
+            assignment: Assignment::RoundRobin,
             task_order: TaskOrder::AsLowered,
             fuse_norm: true,
             max_positions: 0,
-            attn_splits: 8,
+            attn_splits: 4,
             prefetch_depth: 1,
         }
     }

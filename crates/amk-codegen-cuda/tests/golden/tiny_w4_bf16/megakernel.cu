@@ -8,7 +8,7 @@
 #define AMK_MAX_COLS 160
 #define AMK_MAX_HEAD_DIM 16
 #define AMK_WORKERS 4
-#define AMK_TASKS 119
+#define AMK_TASKS 81
 #define AMK_COUNTERS 13
 #define AMK_STAGE_BYTES 38400
 #define AMK_TRACE 0
