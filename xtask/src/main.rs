@@ -46,7 +46,8 @@ enum Task {
     /// SmolLM2-360M and Llama-3.2-1B shapes with bench/baselines.py (needs python3 with torch
     /// and transformers), writing docs/bench/bench.json, bench.svg and baselines.json.
     Bench {
-        /// More arguments for `amk bench` (e.g. --quick, --precision bf16,f32).
+        /// More arguments for `amk bench` (e.g. --quick, --precision bf16; default precisions:
+        /// bf16,int8).
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         extra: Vec<String>,
     },
@@ -161,7 +162,10 @@ fn gpu_test() -> Result<()> {
     let tiny = root().join("fixtures/tiny");
     run(amk, &["gpu-test", "--fixtures", path_str(&tiny)?])?;
     let hf = model.hf_dir();
-    run(amk, &["gpu-test", "--model", path_str(&hf)?])
+    run(amk, &["gpu-test", "--model", path_str(&hf)?])?;
+    // Quality of each precision on the GPU against HF's goldens (a report: int8's 98% bar is
+    // not met yet, see docs/perf.md).
+    run(amk, &["agree", path_str(&hf)?, "--backend", "gpu", "--precision", "f32,bf16,int8"])
 }
 
 fn bench(extra: &[String]) -> Result<()> {
@@ -173,7 +177,7 @@ fn bench(extra: &[String]) -> Result<()> {
         "--model",
         path_str(&hf)?,
         "--name",
-        "smollm2-135m",
+        "SmolLM2-135M-Instruct",
         "--synth",
         "smollm2-360m,llama3-2-1b",
         "--baselines",
@@ -181,6 +185,9 @@ fn bench(extra: &[String]) -> Result<()> {
         "--out",
         "docs/bench",
     ];
+    if !extra.iter().any(|a| a.starts_with("--precision")) {
+        args.extend(["--precision", "bf16,int8"]);
+    }
     args.extend(extra.iter().map(String::as_str));
     run(path_str(&amk)?, &args)
 }

@@ -28,7 +28,8 @@ pub enum Precision {
 /// GPU options shared by the commands that launch the megakernel.
 #[derive(Debug, Clone, Args)]
 pub struct GpuArgs {
-    /// Weight precision on the GPU (default bf16; the CPU reference is always f32).
+    /// Weight precision (GPU default bf16; on the CPU, bf16 and int8 weights are emulated in f32
+    /// arithmetic, f32 by default).
     #[arg(long, value_enum)]
     pub precision: Option<Precision>,
     /// Run this schedule.ron instead of lowering one (it is verified before any launch).
