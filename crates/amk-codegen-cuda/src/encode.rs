@@ -1051,6 +1051,33 @@ mod tests {
     }
 
     #[test]
+    fn int8_matrices_need_one_row_length_and_a_weight_buffer() {
+        // A weight read with two different row lengths cannot have one int8 layout.
+        let mut s = tiny();
+        let gate = match op_mut(&mut s, "L0.up.r0") {
+            TaskOp::GatedUp { gate, .. } => *gate,
+            _ => unreachable!(),
+        };
+        if let TaskOp::Projection { weight, .. } = op_mut(&mut s, "L0.down.r0") {
+            *weight = gate;
+        }
+        match encode(&s, WeightDType::Int8) {
+            Err(CodegenError::Buffer { field: "cols", .. }) => {}
+            other => panic!("expected a cols error, got {other:?}"),
+        }
+        // Activations read as a matrix have no scales: refused for int8.
+        let mut s = tiny();
+        let resid = s.buffers.iter().position(|b| b.name == "resid").expect("resid");
+        if let TaskOp::HeadArgmax { weight, .. } = op_mut(&mut s, "head.r0") {
+            *weight = BufferId(resid as u32);
+        }
+        match encode(&s, WeightDType::Int8) {
+            Err(CodegenError::Buffer { field: "kind", .. }) => {}
+            other => panic!("expected a kind error, got {other:?}"),
+        }
+    }
+
+    #[test]
     fn input_length_must_equal_columns() {
         let mut s = tiny();
         if let TaskOp::Projection { input: ProjInput::Vector { len, .. }, .. } =
