@@ -389,9 +389,10 @@ pub fn generate(
 /// shared memory in this architecture's per-block share when `blocks_per_sm` blocks share an
 /// SM. Tasks with larger tiles read global memory. 0 when no tile fits.
 fn stage_slot_bytes(p: &source::Prologue, tiles: &[u64], arch: Arch, blocks_per_sm: u32) -> u32 {
-    // 1 KiB stays free for the kernel's static shared memory (a few small tables).
+    // 4 KiB stay free for the kernel's static shared memory (the rope frequencies, the split
+    // attention combine weights, the next descriptor: 2.3 KB as compiled for sm_90).
     let budget =
-        (u64::from(arch.max_dynamic_smem_bytes()) / u64::from(blocks_per_sm)).saturating_sub(1024);
+        (u64::from(arch.max_dynamic_smem_bytes()) / u64::from(blocks_per_sm)).saturating_sub(4096);
     let cap = budget.saturating_sub(p.base_smem_bytes()) / 2 / 16 * 16;
     let best = tiles.iter().copied().filter(|&t| t % 16 == 0 && t <= cap).max().unwrap_or(0);
     best as u32

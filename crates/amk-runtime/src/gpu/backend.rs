@@ -1037,7 +1037,7 @@ fn fit_kernel(
 enum WeightLayout {
     F32,
     Bf16,
-    /// Int8 rows and their f32 scales ([`amk_runtime::quant::quantize_rows`]).
+    /// Int8 rows and their f32 scales ([`crate::quant::quantize_rows`]).
     Int8(Int8Matrix),
 }
 
