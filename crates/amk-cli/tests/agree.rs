@@ -11,55 +11,13 @@ use amk_runtime::gpu::WeightDType;
 use amk_runtime::{generate, GenerateOptions};
 use serde_json::{json, Value};
 use std::path::Path;
-use std::process::Command;
 
-/// One `amk` run: exit code, stdout, stderr.
-struct Run {
-    code: Option<i32>,
-    stdout: String,
-    stderr: String,
-}
-
-impl Run {
-    fn describe(&self) -> String {
-        format!("exit {:?}\n--- stdout\n{}\n--- stderr\n{}", self.code, self.stdout, self.stderr)
-    }
-
-    fn ok(self) -> Run {
-        assert_eq!(self.code, Some(0), "amk failed:\n{}", self.describe());
-        assert!(!self.stderr.contains("panicked"), "amk panicked:\n{}", self.describe());
-        self
-    }
-
-    fn fails_with(self, needles: &[&str]) -> Run {
-        assert!(matches!(self.code, Some(c) if c != 0), "should fail:\n{}", self.describe());
-        assert!(!self.stderr.contains("panicked"), "amk panicked:\n{}", self.describe());
-        assert!(self.stderr.contains("error:"), "no `error:`:\n{}", self.describe());
-        for n in needles {
-            assert!(self.stderr.contains(n), "stderr lacks {n:?}:\n{}", self.describe());
-        }
-        self
-    }
-}
+mod common;
+use common::{run_with_cache, s, Run};
 
 /// Runs `amk` with a private cache directory and no GPU (the CPU is measured).
 fn amk(cache: &Path, args: &[&str]) -> Run {
-    let out = Command::new(env!("CARGO_BIN_EXE_amk"))
-        .args(args)
-        .env_remove("AMK_LOG")
-        .env("NO_COLOR", "1")
-        .env("AMK_CACHE_DIR", cache)
-        .output()
-        .expect("the amk binary runs");
-    Run {
-        code: out.status.code(),
-        stdout: String::from_utf8(out.stdout).expect("stdout is UTF-8"),
-        stderr: String::from_utf8(out.stderr).expect("stderr is UTF-8"),
-    }
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().expect("temporary paths are UTF-8")
+    run_with_cache(Some(cache), args)
 }
 
 const PROMPTS: [&str; 3] = ["The largest planet", "def f(x):", "Water"];

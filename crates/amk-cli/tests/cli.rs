@@ -12,71 +12,18 @@ use amk_runtime::cpu::CpuReference;
 use amk_runtime::{generate, GenerateOptions};
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+
+mod common;
+use common::{run_with_cache, s, Run};
 
 // ---------------------------------------------------------------------------------------------
 // Helpers.
 // ---------------------------------------------------------------------------------------------
 
-/// The result of one `amk` run, as text.
-struct Run {
-    code: Option<i32>,
-    stdout: String,
-    stderr: String,
-}
-
-impl Run {
-    fn describe(&self) -> String {
-        format!("exit {:?}\n--- stdout\n{}\n--- stderr\n{}", self.code, self.stdout, self.stderr)
-    }
-
-    /// Asserts success and no panic.
-    fn ok(self) -> Run {
-        assert_eq!(self.code, Some(0), "amk failed:\n{}", self.describe());
-        assert!(!self.stderr.contains("panicked"), "amk panicked:\n{}", self.describe());
-        self
-    }
-
-    /// Asserts a clean failure: non-zero exit, `error:` on stderr, no panic, and every needle
-    /// on stderr.
-    fn fails_with(self, needles: &[&str]) -> Run {
-        assert!(
-            matches!(self.code, Some(c) if c != 0),
-            "amk should fail with a non-zero exit:\n{}",
-            self.describe()
-        );
-        assert!(!self.stderr.contains("panicked"), "amk panicked:\n{}", self.describe());
-        assert!(!self.stderr.contains("RUST_BACKTRACE"), "amk panicked:\n{}", self.describe());
-        assert!(self.stderr.contains("error:"), "no `error:` on stderr:\n{}", self.describe());
-        for n in needles {
-            assert!(self.stderr.contains(n), "stderr lacks {n:?}:\n{}", self.describe());
-        }
-        self
-    }
-}
-
-fn run_with_cache(cache: Option<&Path>, args: &[&str]) -> Run {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_amk"));
-    cmd.args(args).env_remove("AMK_LOG").env("NO_COLOR", "1");
-    if let Some(cache) = cache {
-        cmd.env("AMK_CACHE_DIR", cache);
-    }
-    let out: Output = cmd.output().expect("the amk binary runs");
-    Run {
-        code: out.status.code(),
-        stdout: String::from_utf8(out.stdout).expect("stdout is UTF-8"),
-        stderr: String::from_utf8(out.stderr).expect("stderr is UTF-8"),
-    }
-}
-
 /// Runs `amk` with a private, empty cache directory.
 fn amk(args: &[&str]) -> Run {
     let cache = tempfile::tempdir().expect("tempdir");
     run_with_cache(Some(cache.path()), args)
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().expect("temporary paths are UTF-8")
 }
 
 /// A tiny synthetic model in a fresh temporary directory.
