@@ -6,7 +6,9 @@
 //   const unsigned long long* buffers        device address of each schedule buffer, by BufferId
 //   const unsigned int*       program        AMK_INSTR_WORDS words per instruction, all workers
 //   const unsigned int*       worker_start   workers + 1 offsets into program, in instructions
-//   const unsigned int*       tasks          AMK_TASK_WORDS words per task, by TaskId
+//   const unsigned int*       tasks          AMK_TASK_WORDS words per Run instruction, in run
+//                                            order (worker by worker, in program order)
+//   const unsigned int*       run_start      workers + 1 offsets into tasks, in descriptors
 //   const unsigned int*       per_launch     signals each counter receives per launch
 //   unsigned int*             counters       counter values (never reset: epoch-offset waits)
 //   unsigned int              epoch          launch index since the counters were zeroed
@@ -23,7 +25,8 @@
 #define AMK_NONE 0xFFFFFFFFu
 
 // Instruction word 0: opcode in the top 4 bits, id (task or counter) in the low 28.
-// Word 1: the wait threshold (relative to this launch), else 0.
+// Word 1: the wait threshold (relative to this launch); for a Run, the index of its
+// descriptor among its worker's (worker w's k-th Run reads tasks[run_start[w] + k]); else 0.
 #define AMK_OP_RUN 0u
 #define AMK_OP_SIGNAL 1u
 #define AMK_OP_WAIT 2u

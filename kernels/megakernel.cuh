@@ -19,11 +19,30 @@
 // waits for those tasks' inputs. The weight stream then runs under the sync latency, and a
 // task's dot products read shared memory. Tasks whose tile does not fit read global memory.
 //
-// Memory: weights are read with the read-only path (__ldg); activations written by other blocks
-// in this launch are read with __ldcg (L2, bypassing a possibly stale L1). A block barrier
-// precedes each signal's release increment (cumulative, GPU scope), and the waiting thread's
-// acquire load is followed by a block barrier, so a consumer block sees everything its
-// producers wrote.
+// Control data lives in shared memory: when the kernel starts, each block copies its own
+// instructions, its tasks' descriptors (contiguous per worker, in program order; a Run's word
+// 1 indexes them) and the buffer address table into shared memory, and turns each wait's
+// threshold into this launch's target. Every later instruction fetch, descriptor word and
+// buffer address is then a shared-memory read: none of them is a global-memory round trip on
+// the path from a wait to a signal (the weight stream evicts them from L2 between tokens).
+//
+// Memory: weights are read through L1 (staged tiles from shared memory); activations written
+// by other blocks in this launch are read with __ldcg (L2, bypassing a possibly stale L1). A
+// block barrier precedes each signal's release increment (cumulative, GPU scope), and the
+// waiting thread's acquire load is followed by a block barrier, so a consumer block sees
+// everything its producers wrote.
+
+// Ablation, for measuring where time goes (never in a shipped kernel: the runtime defines it
+// only when the AMK_ABLATE environment variable is set, and results are then wrong): bit 0
+// skips every task body but the embedding and the argmax, bit 1 attention, bit 2 the LM
+// head's tiles, bit 3 projections and gate/up, bit 4 their input loads, bit 5 everything of
+// theirs after the input load, bit 6 the wait for a staged tile's copy; bit 7 stages weights
+// with L2's normal eviction priority, bit 8 leaves out the L1 prefetch of small vectors, bit 9
+// loads split attention's partials as a plain vector (no combine).
+// Waits, signals and staging stay.
+#ifndef AMK_ABLATE
+#define AMK_ABLATE 0
+#endif
 
 #define AMK_WARPS (AMK_BLOCK_THREADS / 32)
 #define AMK_HEAD_LANES ((AMK_MAX_HEAD_DIM + 31) / 32)
@@ -31,13 +50,16 @@
 
 // Shared memory: a main area (a projection's input vector, or attention's per-warp
 // partial results), 64 words of scratch for block reductions, one head of projected rows (for
-// per-head norm and rope), then two weight-staging slots. The host sizes the dynamic shared
+// per-head norm and rope), the buffer addresses, the worker's instructions and descriptors,
+// then two weight-staging slots. The host sizes the dynamic shared
 // memory as 4 * AMK_SMEM_FLOATS bytes.
 #define AMK_ATTN_FLOATS (AMK_WARPS * (AMK_MAX_HEAD_DIM + 2))
 #define AMK_SMEM_MAIN ((((AMK_MAX_COLS > AMK_ATTN_FLOATS) ? AMK_MAX_COLS : AMK_ATTN_FLOATS) + 3) / 4 * 4)
 #define AMK_SMEM_SCRATCH_OFFSET AMK_SMEM_MAIN
 #define AMK_SMEM_HEAD_OFFSET (AMK_SMEM_MAIN + 64)
-#define AMK_SMEM_STAGE_OFFSET (AMK_SMEM_HEAD_OFFSET + (AMK_MAX_HEAD_DIM + 3) / 4 * 4)
+#define AMK_SMEM_BUFFERS_OFFSET (AMK_SMEM_HEAD_OFFSET + (AMK_MAX_HEAD_DIM + 3) / 4 * 4)
+#define AMK_SMEM_PROGRAM_OFFSET (AMK_SMEM_BUFFERS_OFFSET + (2 * AMK_BUFFERS + 3) / 4 * 4)
+#define AMK_SMEM_STAGE_OFFSET (AMK_SMEM_PROGRAM_OFFSET + (AMK_WORKER_WORDS + 3) / 4 * 4)
 #define AMK_SMEM_FLOATS (AMK_SMEM_STAGE_OFFSET + 2 * (AMK_STAGE_BYTES / 4))
 
 typedef unsigned int u32;
@@ -99,17 +121,11 @@ __device__ __forceinline__ float amk_i8dot4(u32 w, float4 x) {
          + (__uint_as_float(__byte_perm(u, 0x4B000000u, 0x7543u)) - c) * x.w;
 }
 
-// Weight loads: S = false reads global memory through the read-only path; S = true reads a
-// staged tile in shared memory (a generic address, so no __ldg).
-template <bool S>
-__device__ __forceinline__ uint4 amk_w16(const amk_w* p) {
-    if (S) return *reinterpret_cast<const uint4*>(p);
-    return __ldg(reinterpret_cast<const uint4*>(p));
-}
-template <bool S>
-__device__ __forceinline__ float amk_w1(const amk_w* p, u64 i) {
-    return S ? amk_wload_any(p, i) : amk_wload(p, i);
-}
+// Weight loads in dot products: generic addresses, so one copy of the code reads a tile
+// staged in shared memory or the weights in global memory alike (two template copies made the
+// kernel larger than its instruction caches, and measured slower; docs/perf.md).
+__device__ __forceinline__ uint4 amk_w16(const amk_w* p) { return *reinterpret_cast<const uint4*>(p); }
+__device__ __forceinline__ float amk_w1(const amk_w* p, u64 i) { return amk_wload_any(p, i); }
 
 __device__ __forceinline__ float amk_warp_sum(float v) {
 #pragma unroll
@@ -149,11 +165,20 @@ __device__ void amk_block_argmax(float& bv, u32& bi, float* scratch) {
     for (u32 w = 0; w < AMK_WARPS; ++w) amk_better(bv, bi, scratch[2 * w], __float_as_uint(scratch[2 * w + 1]));
 }
 
-// Dot products of R consecutive weight rows (row length `cols`, starting at element `base`)
-// with the shared-memory vector x, by one warp; every lane gets the sums.
-template <int R, bool S>
-__device__ __forceinline__ void amk_dot_rows(const amk_w* __restrict__ w, u64 base, u32 cols,
-                                             u32 nrows, const float* x, float* out) {
+// A row whose length or start is not a multiple of 16 bytes (rare: odd shapes), one element
+// at a time: out of line, so the common path's code stays small.
+__device__ __noinline__ float amk_dot_unaligned(const amk_w* w, u32 cols, const float* x) {
+    float acc = 0.f;
+    for (u32 j = threadIdx.x & 31; j < cols; j += 32) acc += amk_w1(w, j) * x[j];
+    return acc;
+}
+
+// Dot products of the first `nrows` of R weight rows (row length `cols`, row r starting at
+// `row[r]`) with the shared-memory vector x, by one warp; every lane gets the sums. All rows'
+// loads of a step are in flight together, and the R warp sums interleave.
+template <int R>
+__device__ __forceinline__ void amk_dot_rows(const amk_w* const (&row)[R], u32 cols, u32 nrows,
+                                             const float* x, float* out) {
     const u32 lane = threadIdx.x & 31;
     float acc[R];
 #pragma unroll
@@ -165,10 +190,12 @@ __device__ __forceinline__ void amk_dot_rows(const amk_w* __restrict__ w, u64 ba
 #else
     const u32 vec = 4;  // 4 f32 = 16 bytes
 #endif
-    const bool aligned = (cols % vec == 0) && (base % vec == 0);
+    bool aligned = cols % vec == 0;
+#pragma unroll
+    for (int r = 0; r < R; ++r) aligned &= (u32)r >= nrows || reinterpret_cast<u64>(row[r]) % 16 == 0;
     if (aligned) {
         const u32 nv = cols / vec;
-#pragma unroll 4
+#pragma unroll 2
         for (u32 j = lane; j < nv; j += 32) {
             const float4* xv = reinterpret_cast<const float4*>(x) + j * (vec / 4);
 #if AMK_WEIGHT_INT8
@@ -181,7 +208,7 @@ __device__ __forceinline__ void amk_dot_rows(const amk_w* __restrict__ w, u64 ba
 #pragma unroll
             for (int r = 0; r < R; ++r) {
                 if ((u32)r < nrows) {
-                    const uint4 q = amk_w16<S>(w + base + (u64)r * cols + (u64)j * vec);
+                    const uint4 q = amk_w16(row[r] + (u64)j * vec);
 #if AMK_WEIGHT_INT8
                     acc[r] += amk_i8dot4(q.x, x0) + amk_i8dot4(q.y, x1) + amk_i8dot4(q.z, x2) + amk_i8dot4(q.w, x3);
 #elif AMK_WEIGHT_BF16
@@ -197,11 +224,9 @@ __device__ __forceinline__ void amk_dot_rows(const amk_w* __restrict__ w, u64 ba
             }
         }
     } else {
-        for (u32 j = lane; j < cols; j += 32) {
 #pragma unroll
-            for (int r = 0; r < R; ++r)
-                if ((u32)r < nrows) acc[r] += amk_w1<S>(w, base + (u64)r * cols + j) * x[j];
-        }
+        for (int r = 0; r < R; ++r)
+            if ((u32)r < nrows) acc[r] = amk_dot_unaligned(row[r], cols, x);
     }
 #pragma unroll
     for (int r = 0; r < R; ++r) out[r] = amk_warp_sum(acc[r]);
@@ -211,90 +236,66 @@ __device__ __forceinline__ void amk_dot_rows(const amk_w* __restrict__ w, u64 ba
 #define AMK_IN_PER_THREAD ((AMK_MAX_COLS + AMK_BLOCK_THREADS - 1) / AMK_BLOCK_THREADS)
 
 // Split attention's combine step, as a projection input: x[h * hd + j] is head h's output,
-// sum_p acc_p[j] c_p with c_p = e^(m_p - M) / sum_q l_q e^(m_q - M) over the parts that saw a
-// row (l_p > 0), M = max m_p. One round trip: every thread loads the accumulators of up to
-// AMK_COMBINE_ELEMS elements and AMK_COMBINE_PARTS parts into registers together with the
-// (m, l) pairs the first threads load; the per-part weights c go through shared memory.
-// Larger inputs or more parts take a slower path with a running maximum per element.
+// (sum_p acc_p[j] c_p) / (sum_p l_p c_p) with c_p = e^(m_p - M) over the parts that saw a row
+// (l_p > 0), M = max m_p, in the CPU reference's order. Each thread loads every part's
+// (m, l, acc[j]) for its elements, all in flight together (a warp's lanes share a head, so the
+// (m, l) loads are broadcasts), and combines in registers: one round trip, no shared memory and
+// no block barrier. More than AMK_COMBINE_PARTS parts take two round trips (maximum, then sums).
 #define AMK_COMBINE_PARTS 8
-#define AMK_COMBINE_ELEMS 4
-#define AMK_COMBINE_SLOTS 512
-__shared__ float amk_comb[AMK_COMBINE_SLOTS];
-
-__device__ void amk_load_attn_partials(const u32* d, const u64* buffers, float* x) {
+__device__ __noinline__ void amk_load_attn_partials(const u32* d, const u64* buffers, float* x) {
     const float* src = reinterpret_cast<const float*>(buffers[d[2]]);
     const u32 len = d[3], parts = d[4], hd = d[5];
-    const u32 heads = len / hd, pairs = heads * parts;
-    const bool fast = parts <= AMK_COMBINE_PARTS && 2 * pairs <= AMK_COMBINE_SLOTS
-                   && len <= AMK_COMBINE_ELEMS * AMK_BLOCK_THREADS;
-    if (fast) {
-        float acc[AMK_COMBINE_ELEMS][AMK_COMBINE_PARTS];
+    for (u32 i = threadIdx.x; i < len; i += AMK_BLOCK_THREADS) {
+        const u32 h = i / hd, j = i - h * hd;
+        const float* e = src + (u64)h * parts * (hd + 2);
+        float M = AMK_NEG_INF, L = 0.f, A = 0.f;
+        if (parts <= AMK_COMBINE_PARTS) {
+            float m[AMK_COMBINE_PARTS], l[AMK_COMBINE_PARTS], a[AMK_COMBINE_PARTS];
 #pragma unroll
-        for (u32 k = 0; k < AMK_COMBINE_ELEMS; ++k) {
-            const u32 i = threadIdx.x + k * AMK_BLOCK_THREADS;
-            const u32 h = i / hd, j = i - h * hd;
-#pragma unroll
-            for (u32 p = 0; p < AMK_COMBINE_PARTS; ++p)
-                acc[k][p] = (i < len && p < parts) ? __ldcg(src + ((u64)h * parts + p) * (hd + 2) + 2 + j) : 0.f;
-        }
-        for (u32 t = threadIdx.x; t < pairs; t += AMK_BLOCK_THREADS) {
-            const float* e = src + (u64)t * (hd + 2);
-            amk_comb[2 * t] = __ldcg(e);
-            amk_comb[2 * t + 1] = __ldcg(e + 1);
-        }
-        __syncthreads();
-        // One thread per head turns its parts' (m, l) into weights c, in place of m.
-        for (u32 h = threadIdx.x; h < heads; h += AMK_BLOCK_THREADS) {
-            float* c = amk_comb + 2 * h * parts;
-            float M = AMK_NEG_INF, L = 0.f;
-            for (u32 p = 0; p < parts; ++p) if (c[2 * p + 1] > 0.f) M = fmaxf(M, c[2 * p]);
-            for (u32 p = 0; p < parts; ++p) if (c[2 * p + 1] > 0.f) L += c[2 * p + 1] * expf(c[2 * p] - M);
-            for (u32 p = 0; p < parts; ++p) c[2 * p] = c[2 * p + 1] > 0.f ? expf(c[2 * p] - M) / L : 0.f;
-        }
-        __syncthreads();
-#pragma unroll
-        for (u32 k = 0; k < AMK_COMBINE_ELEMS; ++k) {
-            const u32 i = threadIdx.x + k * AMK_BLOCK_THREADS;
-            if (i < len) {
-                const u32 h = i / hd;
-                float v = 0.f;
-#pragma unroll
-                for (u32 p = 0; p < AMK_COMBINE_PARTS; ++p)
-                    if (p < parts) v += acc[k][p] * amk_comb[2 * (h * parts + p)];
-                x[i] = v;
-            }
-        }
-    } else {
-        // Many parts: a running (M, L, A) per element, every part's loads in flight together.
-        for (u32 i = threadIdx.x; i < len; i += AMK_BLOCK_THREADS) {
-            const u32 h = i / hd, j = i - h * hd;
-            const float* e = src + (u64)h * parts * (hd + 2);
-            float M = AMK_NEG_INF, L = 0.f, A = 0.f;
-#pragma unroll 8
-            for (u32 p = 0; p < parts; ++p) {
+            for (u32 p = 0; p < AMK_COMBINE_PARTS; ++p) {
                 const float* ep = e + (u64)p * (hd + 2);
-                const float mp = __ldcg(ep), lp = __ldcg(ep + 1), ap = __ldcg(ep + 2 + j);
-                if (lp > 0.f) {
-                    const float M2 = fmaxf(M, mp);
-                    const float c0 = expf(M - M2), c1 = expf(mp - M2);
-                    L = L * c0 + lp * c1;
-                    A = A * c0 + ap * c1;
-                    M = M2;
+                const bool in = p < parts;
+                m[p] = in ? __ldcg(ep) : 0.f;
+                l[p] = in ? __ldcg(ep + 1) : 0.f;
+                a[p] = in ? __ldcg(ep + 2 + j) : 0.f;
+            }
+#pragma unroll
+            for (u32 p = 0; p < AMK_COMBINE_PARTS; ++p) if (l[p] > 0.f) M = fmaxf(M, m[p]);
+#pragma unroll
+            for (u32 p = 0; p < AMK_COMBINE_PARTS; ++p) {
+                if (l[p] > 0.f) {
+                    const float c = expf(m[p] - M);
+                    L += l[p] * c;
+                    A += a[p] * c;
                 }
             }
-            x[i] = A / L;
+        } else {
+            for (u32 p = 0; p < parts; ++p) {
+                const float* ep = e + (u64)p * (hd + 2);
+                if (__ldcg(ep + 1) > 0.f) M = fmaxf(M, __ldcg(ep));
+            }
+            for (u32 p = 0; p < parts; ++p) {
+                const float* ep = e + (u64)p * (hd + 2);
+                const float lp = __ldcg(ep + 1);
+                if (lp > 0.f) {
+                    const float c = expf(__ldcg(ep) - M);
+                    L += lp * c;
+                    A += __ldcg(ep + 2 + j) * c;
+                }
+            }
         }
+        x[i] = A * (1.0f / L);
     }
     __syncthreads();
 }
 
 // Loads a projection input (words 1..5 of a descriptor) into shared memory x[0..len). The
 // activations and the norm weights are loaded together: one round trip, not two.
-__device__ void amk_load_input(const u32* d, const u64* buffers, float* x, float* scratch) {
+__device__ __noinline__ void amk_load_input(const u32* d, const u64* buffers, float* x, float* scratch) {
     const u32 kind = d[1], len = d[3];
     const float* src = reinterpret_cast<const float*>(buffers[d[2]]);
     const amk_v* nw = kind == AMK_IN_RMSNORM ? reinterpret_cast<const amk_v*>(buffers[d[4]]) : nullptr;
-    if (kind == AMK_IN_ATTN_PARTIALS) {
+    if (kind == AMK_IN_ATTN_PARTIALS && !(AMK_ABLATE & 512)) {
         amk_load_attn_partials(d, buffers, x);
         return;
     }
@@ -341,21 +342,31 @@ __device__ __forceinline__ float amk_rope_inv_freq(const u32* d, u32 i, u32 head
     return inv;
 }
 
-// The rope frequencies of the last rope configuration seen (words 12, 13, 14, 23..27 are its
-// key): every layer's q and k share one, so a block computes it once per launch.
-__shared__ float amk_inv_tab[(AMK_MAX_HEAD_DIM + 1) / 2];
+// cos and sin of pos * frequency for the last rope configuration seen (words 12, 13, 14,
+// 23..27 are its key) at this launch's position, which no task changes before the argmax:
+// every layer's q and k share one, so a block computes it once per launch.
+__shared__ float amk_cos_tab[(AMK_MAX_HEAD_DIM + 1) / 2];
+__shared__ float amk_sin_tab[(AMK_MAX_HEAD_DIM + 1) / 2];
 __shared__ u32 amk_inv_key[8];
 
-__device__ void amk_inv_freq_table(const u32* d, u32 hd, double theta) {
+// The table's fill, out of line: its double-precision math is cold code (once per launch).
+__device__ __noinline__ void amk_rope_table_fill(const u32* d, u32 hd, double theta, u32 pos) {
+    __syncthreads();
+    for (u32 i = threadIdx.x; i < hd / 2; i += AMK_BLOCK_THREADS) {
+        const float ang = (float)pos * amk_rope_inv_freq(d, i, hd, theta);
+        amk_cos_tab[i] = cosf(ang);
+        amk_sin_tab[i] = sinf(ang);
+    }
+    if (threadIdx.x < 8) amk_inv_key[threadIdx.x] = d[threadIdx.x < 3 ? 12 + threadIdx.x : 20 + threadIdx.x];
+    __syncthreads();
+}
+
+__device__ __forceinline__ void amk_rope_table(const u32* d, u32 hd, double theta, u32 pos) {
     const u32 words[8] = {d[12], d[13], d[14], d[23], d[24], d[25], d[26], d[27]};
     bool same = true;
 #pragma unroll
     for (int k = 0; k < 8; ++k) same &= amk_inv_key[k] == words[k];
-    if (same) return;  // uniform: every thread read the same shared words
-    __syncthreads();
-    for (u32 i = threadIdx.x; i < hd / 2; i += AMK_BLOCK_THREADS) amk_inv_tab[i] = amk_rope_inv_freq(d, i, hd, theta);
-    if (threadIdx.x < 8) amk_inv_key[threadIdx.x] = words[threadIdx.x];
-    __syncthreads();
+    if (!same) amk_rope_table_fill(d, hd, theta, pos);  // uniform: every thread read the same words
 }
 
 // The epilogue of one projection output element: store, or add to the residual stream.
@@ -365,7 +376,7 @@ __device__ __forceinline__ void amk_put(float* o, float v, u32 out_kind) {
 
 // Rows of a projection, R per warp at a time (R = 1 for small tiles, so every warp works),
 // with bias and the store or residual-add epilogue.
-template <int R, bool S>
+template <int R>
 __device__ __forceinline__ void amk_projection_rows(const amk_w* w, const float* sc, const amk_v* bias_w,
                                                     u32 first, u32 rows, u32 cols, const float* x,
                                                     float* out, u32 out_kind) {
@@ -377,7 +388,10 @@ __device__ __forceinline__ void amk_projection_rows(const amk_w* w, const float*
         const float prev = (out_kind == AMK_OUT_ACCUMULATE && lane < n) ? __ldcg(out + r0 + lane) : 0.f;
         const float b = (bias_w && lane < n) ? amk_vload(bias_w, first + r0 + lane) : 0.f;
         const float scale = lane < n ? amk_scale(sc, first + r0 + lane) : 1.f;
-        amk_dot_rows<R, S>(w, (u64)(first + r0) * cols, cols, n, x, y);
+        const amk_w* row[R];
+#pragma unroll
+        for (int r = 0; r < R; ++r) row[r] = w + (u64)(first + r0 + r) * cols;
+        amk_dot_rows<R>(row, cols, n, x, y);
         if (lane < n) {
             float v = y[0];
 #pragma unroll
@@ -389,7 +403,6 @@ __device__ __forceinline__ void amk_projection_rows(const amk_w* w, const float*
 
 // Whole heads of a projection: each head's rows go to shared memory, then (in Hugging Face's
 // order) bias, per-head RMSNorm (Qwen3's q/k norm), rope, and the epilogue.
-template <bool S>
 __device__ void amk_projection_heads(const u32* d, const amk_w* w, const float* sc, const amk_v* bias_w,
                                      const float* x, float* ys, float* scratch, float* out,
                                      u32 out_kind, u32 pos, const u64* buffers) {
@@ -402,7 +415,10 @@ __device__ void amk_projection_heads(const u32* d, const amk_w* w, const float* 
         for (u32 r0 = warp * 4; r0 < hd; r0 += AMK_WARPS * 4) {
             float y[4];
             const u32 n = min(4u, hd - r0);
-            amk_dot_rows<4, S>(w, (u64)(first + h0 + r0) * cols, cols, n, x, y);
+            const amk_w* row[4];
+#pragma unroll
+            for (int r = 0; r < 4; ++r) row[r] = w + (u64)(first + h0 + r0 + r) * cols;
+            amk_dot_rows<4>(row, cols, n, x, y);
             if (lane < n) {
                 float v = y[0];
 #pragma unroll
@@ -424,10 +440,9 @@ __device__ void amk_projection_heads(const u32* d, const amk_w* w, const float* 
         }
         if (rope) {
             const u32 half = hd / 2;
-            amk_inv_freq_table(d, hd, theta);
+            amk_rope_table(d, hd, theta, pos);
             for (u32 i = threadIdx.x; i < half; i += AMK_BLOCK_THREADS) {
-                const float ang = (float)pos * amk_inv_tab[i];
-                const float c = cosf(ang), s = sinf(ang);
+                const float c = amk_cos_tab[i], s = amk_sin_tab[i];
                 const float a = ys[i], b = ys[i + half];
                 amk_put(out + h0 + i, a * c - b * s, out_kind);
                 amk_put(out + h0 + i + half, b * c + a * s, out_kind);
@@ -442,7 +457,8 @@ __device__ void amk_projection_heads(const u32* d, const amk_w* w, const float* 
 // `staged`: the task's weight tile in shared memory, or null to read global memory.
 __device__ void amk_projection(const u32* d, const u64* buffers, float* x, float* scratch,
                                float* ys, const amk_w* staged) {
-    amk_load_input(d, buffers, x, scratch);
+    if (!(AMK_ABLATE & 16)) amk_load_input(d, buffers, x, scratch);
+    if (AMK_ABLATE & 32) return;
     const u32 first = d[8], rows = d[9], cols = d[10], rope = d[11];
     const amk_w* w = staged ? staged - (u64)first * cols : reinterpret_cast<const amk_w*>(buffers[d[6]]);
     const amk_v* bias_w = d[7] == AMK_NONE ? nullptr : reinterpret_cast<const amk_v*>(buffers[d[7]]);
@@ -455,48 +471,50 @@ __device__ void amk_projection(const u32* d, const u64* buffers, float* x, float
     u64 dst0 = off;  // element index of output row 0
     if (out_kind == AMK_OUT_CACHE_ROW) dst0 = ((u64)off * d[20] + pos) * d[19];
     if (rope || d[21] != AMK_NONE) {
-        if (staged) amk_projection_heads<true>(d, w, sc, bias_w, x, ys, scratch, out + dst0, out_kind, pos, buffers);
-        else amk_projection_heads<false>(d, w, sc, bias_w, x, ys, scratch, out + dst0, out_kind, pos, buffers);
+        amk_projection_heads(d, w, sc, bias_w, x, ys, scratch, out + dst0, out_kind, pos, buffers);
     } else if (rows >= 4 * AMK_WARPS) {
-        if (staged) amk_projection_rows<4, true>(w, sc, bias_w, first, rows, cols, x, out + dst0, out_kind);
-        else amk_projection_rows<4, false>(w, sc, bias_w, first, rows, cols, x, out + dst0, out_kind);
+        amk_projection_rows<4>(w, sc, bias_w, first, rows, cols, x, out + dst0, out_kind);
     } else {
-        if (staged) amk_projection_rows<1, true>(w, sc, bias_w, first, rows, cols, x, out + dst0, out_kind);
-        else amk_projection_rows<1, false>(w, sc, bias_w, first, rows, cols, x, out + dst0, out_kind);
+        amk_projection_rows<1>(w, sc, bias_w, first, rows, cols, x, out + dst0, out_kind);
     }
 }
 
-template <bool S>
 __device__ __forceinline__ void amk_gated_rows(const amk_w* gate, const amk_w* up, const float* gs,
                                                const float* us, u32 first, u32 rows, u32 cols,
                                                const float* x, float* out) {
     const u32 lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    for (u32 r = warp; r < rows; r += AMK_WARPS) {
-        float g, u;
-        const float g_scale = amk_scale(gs, first + r), u_scale = amk_scale(us, first + r);
-        amk_dot_rows<1, S>(gate, (u64)(first + r) * cols, cols, 1, x, &g);
-        amk_dot_rows<1, S>(up, (u64)(first + r) * cols, cols, 1, x, &u);
-        g *= g_scale;
-        u *= u_scale;
-        if (lane == 0) out[first + r] = g / (1.0f + expf(-g)) * u;
+    // Each warp takes rows r and r + AMK_WARPS: four dot products (two gate, two up) whose
+    // loads and sums overlap, rather than one after another.
+    for (u32 r = warp; r < rows; r += 2 * AMK_WARPS) {
+        const u32 r1 = r + AMK_WARPS, n = r1 < rows ? 4u : 2u;
+        const amk_w* row[4] = {gate + (u64)(first + r) * cols, up + (u64)(first + r) * cols,
+                               gate + (u64)(first + r1) * cols, up + (u64)(first + r1) * cols};
+        float y[4];
+        amk_dot_rows<4>(row, cols, n, x, y);
+#pragma unroll
+        for (u32 k = 0; k < 2; ++k) {
+            const u32 rk = k == 0 ? r : r1;
+            if (2 * k < n && lane == 0) {
+                const float g = y[2 * k] * amk_scale(gs, first + rk), u = y[2 * k + 1] * amk_scale(us, first + rk);
+                out[first + rk] = g / (1.0f + expf(-g)) * u;
+            }
+        }
     }
 }
 
 // `staged`: the gate tile then the up tile in shared memory, or null.
 __device__ void amk_gated_up(const u32* d, const u64* buffers, float* x, float* scratch,
                              const amk_w* staged) {
-    amk_load_input(d, buffers, x, scratch);
+    if (!(AMK_ABLATE & 16)) amk_load_input(d, buffers, x, scratch);
+    if (AMK_ABLATE & 32) return;
     const u32 first = d[8], rows = d[9], cols = d[10];
     float* out = reinterpret_cast<float*>(buffers[d[11]]);
     const float* gs = amk_scales(buffers, d[6], d[12]);
     const float* us = amk_scales(buffers, d[7], d[13]);
-    if (staged) {
-        const u64 tile = (u64)rows * cols;
-        amk_gated_rows<true>(staged - (u64)first * cols, staged + tile - (u64)first * cols, gs, us, first, rows, cols, x, out);
-    } else {
-        amk_gated_rows<false>(reinterpret_cast<const amk_w*>(buffers[d[6]]),
-                              reinterpret_cast<const amk_w*>(buffers[d[7]]), gs, us, first, rows, cols, x, out);
-    }
+    const u64 tile = (u64)rows * cols;
+    const amk_w* gate = staged ? staged - (u64)first * cols : reinterpret_cast<const amk_w*>(buffers[d[6]]);
+    const amk_w* up = staged ? staged + tile - (u64)first * cols : reinterpret_cast<const amk_w*>(buffers[d[7]]);
+    amk_gated_rows(gate, up, gs, us, first, rows, cols, x, out);
 }
 
 // The cache rows [a, b) that part `part` of `parts` covers of rows start..npos: chunks of
@@ -608,7 +626,6 @@ __device__ void amk_attention(const u32* d, const u64* buffers, float* smem) {
     }
 }
 
-template <bool S>
 __device__ __forceinline__ void amk_head_rows(const amk_w* w, const float* sc, u32 first, u32 rows,
                                               u32 cols, const float* x, float* logits, float& bv,
                                               u32& bi) {
@@ -619,7 +636,10 @@ __device__ __forceinline__ void amk_head_rows(const amk_w* w, const float* sc, u
         const u32 n = min((u32)R, rows - r0);
 #pragma unroll
         for (int r = 0; r < R; ++r) scale[r] = (u32)r < n ? amk_scale(sc, first + r0 + r) : 1.f;
-        amk_dot_rows<R, S>(w, (u64)(first + r0) * cols, cols, n, x, y);
+        const amk_w* row[R];
+#pragma unroll
+        for (int r = 0; r < R; ++r) row[r] = w + (u64)(first + r0 + r) * cols;
+        amk_dot_rows<R>(row, cols, n, x, y);
 #pragma unroll
         for (int r = 0; r < R; ++r) {
             if ((u32)r < n) {
@@ -641,8 +661,8 @@ __device__ void amk_head_argmax(const u32* d, const u64* buffers, float* x, floa
     float bv = AMK_NEG_INF;
     u32 bi = 0xFFFFFFFFu;
     const float* sc = amk_scales(buffers, d[6], d[13]);
-    if (staged) amk_head_rows<true>(staged - (u64)first * cols, sc, first, rows, cols, x, logits, bv, bi);
-    else amk_head_rows<false>(reinterpret_cast<const amk_w*>(buffers[d[6]]), sc, first, rows, cols, x, logits, bv, bi);
+    const amk_w* w = staged ? staged - (u64)first * cols : reinterpret_cast<const amk_w*>(buffers[d[6]]);
+    amk_head_rows(w, sc, first, rows, cols, x, logits, bv, bi);
     amk_block_argmax(bv, bi, scratch);
     if (threadIdx.x == 0) {
         partials[2 * slot] = __float_as_uint(bv);
@@ -711,6 +731,23 @@ __device__ __forceinline__ void amk_weight_tile(const u32* d, const u64* buffers
     }
 }
 
+// Asks L1 for the small constant vectors task d reads after its wait (the norm weights of an
+// rms-normed input, a projection's bias rows), so they are not a round trip on its path.
+__device__ __forceinline__ void amk_prefetch_l1(u64 p, u64 bytes) {
+    for (u64 off = (u64)threadIdx.x * 128; off < bytes; off += (u64)AMK_BLOCK_THREADS * 128)
+        asm volatile("prefetch.global.L1 [%0];" :: "l"(p + off));
+}
+
+__device__ void amk_prefetch_vectors(const u32* d, const u64* buffers) {
+    const u32 kind = d[0];
+    if (kind != AMK_TASK_PROJECTION && kind != AMK_TASK_GATED_UP && kind != AMK_TASK_HEAD_ARGMAX
+        && kind != AMK_TASK_RMSNORM) return;
+    if (AMK_ABLATE & 256) return;
+    if (d[1] == AMK_IN_RMSNORM) amk_prefetch_l1(buffers[d[4]], (u64)d[3] * sizeof(amk_v));
+    if (kind == AMK_TASK_PROJECTION && d[7] != AMK_NONE)
+        amk_prefetch_l1(buffers[d[7]] + (u64)d[8] * sizeof(amk_v), (u64)d[9] * sizeof(amk_v));
+}
+
 __device__ void amk_prefetch_task(const u32* d, const u64* buffers) {
     u64 addr, bytes;
     amk_weight_tile(d, buffers, addr, bytes);
@@ -746,25 +783,30 @@ __device__ __forceinline__ bool amk_stageable(const u32* d, const u64* buffers) 
     return true;
 }
 
-__device__ __forceinline__ void amk_cp_async16(void* smem_dst, u64 src) {
+// Copies 16 bytes into shared memory, asking L2 to evict them first: the weights are read
+// once per token, while the code, the descriptors' small vectors and the activations that
+// share L2 with them are read again soon.
+__device__ __forceinline__ void amk_cp_async16(void* smem_dst, u64 src, u64 policy) {
     const u32 dst = (u32)__cvta_generic_to_shared(smem_dst);
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" :: "r"(dst), "l"(src) : "memory");
+    asm volatile("cp.async.cg.shared.global.L2::cache_hint [%0], [%1], 16, %2;" :: "r"(dst), "l"(src), "l"(policy) : "memory");
 }
 
 // Issues the copy of task d's tile into `slot` and commits it as one group (every thread
 // commits, so group counts agree across the block).
 __device__ void amk_stage(const u32* d, const u64* buffers, char* slot) {
-    u64 addr, bytes;
+    u64 addr, bytes, policy;
     amk_weight_tile(d, buffers, addr, bytes);
+    if (AMK_ABLATE & 128) asm("createpolicy.fractional.L2::evict_normal.b64 %0, 1.0;" : "=l"(policy));
+    else asm("createpolicy.fractional.L2::evict_first.b64 %0, 1.0;" : "=l"(policy));
     if (d[0] == AMK_TASK_GATED_UP) {
         const u64 half = bytes / 2, up = buffers[d[7]] + (addr - buffers[d[6]]);
         for (u64 o = (u64)threadIdx.x * 16; o < half; o += (u64)AMK_BLOCK_THREADS * 16) {
-            amk_cp_async16(slot + o, addr + o);
-            amk_cp_async16(slot + half + o, up + o);
+            amk_cp_async16(slot + o, addr + o, policy);
+            amk_cp_async16(slot + half + o, up + o, policy);
         }
     } else {
         for (u64 o = (u64)threadIdx.x * 16; o < bytes; o += (u64)AMK_BLOCK_THREADS * 16)
-            amk_cp_async16(slot + o, addr + o);
+            amk_cp_async16(slot + o, addr + o, policy);
     }
     asm volatile("cp.async.commit_group;" ::: "memory");
 }
@@ -786,36 +828,49 @@ __device__ __forceinline__ void amk_signal(u32* p) {
     asm volatile("red.release.gpu.global.add.u32 [%0], 1;" :: "l"(p) : "memory");
 }
 
-// The descriptor of the next task, copied into shared memory while the worker waits for that
-// task's inputs (descriptors are constant; reading one after the wait would add a round trip).
-__shared__ u32 amk_dnext[AMK_TASK_WORDS];
-
 extern "C" __global__ void __launch_bounds__(AMK_BLOCK_THREADS, 1)
-amk_megakernel(const u64* __restrict__ buffers, const u32* __restrict__ program,
-               const u32* __restrict__ worker_start, const u32* __restrict__ tasks,
-               const u32* __restrict__ per_launch, u32* counters, u32 epoch) {
+amk_megakernel(const u64* __restrict__ gbuffers, const u32* __restrict__ gprogram,
+               const u32* __restrict__ worker_start, const u32* __restrict__ gtasks,
+               const u32* __restrict__ run_start, const u32* __restrict__ per_launch,
+               u32* counters, u32 epoch) {
     extern __shared__ float4 amk_smem4[];
     float* smem = reinterpret_cast<float*>(amk_smem4);
     float* scratch = smem + AMK_SMEM_SCRATCH_OFFSET;
     float* ys = smem + AMK_SMEM_HEAD_OFFSET;
-    const u32 begin = worker_start[blockIdx.x], end = worker_start[blockIdx.x + 1];
+    u64* buffers = reinterpret_cast<u64*>(smem + AMK_SMEM_BUFFERS_OFFSET);
+    u32* program = reinterpret_cast<u32*>(smem + AMK_SMEM_PROGRAM_OFFSET);
+    const u32 first = worker_start[blockIdx.x], count = worker_start[blockIdx.x + 1] - first;
+    const u32 run0 = run_start[blockIdx.x], runs = run_start[blockIdx.x + 1] - run0;
+    u32* tasks = program + AMK_INSTR_WORDS * count;
+    // Control data into shared memory, every load in flight together (see the top).
+    for (u32 k = threadIdx.x; k < AMK_BUFFERS; k += AMK_BLOCK_THREADS) buffers[k] = gbuffers[k];
+    for (u32 k = threadIdx.x; k < AMK_INSTR_WORDS * count; k += AMK_BLOCK_THREADS)
+        program[k] = gprogram[(u64)AMK_INSTR_WORDS * first + k];
+    for (u32 k = threadIdx.x; k < AMK_TASK_WORDS * runs; k += AMK_BLOCK_THREADS)
+        tasks[k] = gtasks[(u64)AMK_TASK_WORDS * run0 + k];
+    __syncthreads();
+    for (u32 k = threadIdx.x; k < count; k += AMK_BLOCK_THREADS) {
+        const u32 w0 = program[AMK_INSTR_WORDS * k];
+        if ((w0 >> AMK_OP_SHIFT) == AMK_OP_WAIT)
+            program[AMK_INSTR_WORDS * k + 1] += epoch * per_launch[w0 & AMK_ID_MASK];
+    }
     if (threadIdx.x < 8) amk_inv_key[threadIdx.x] = 0u;  // no rope table yet (head_dim 0)
-    u32 prepared = 0xFFFFFFFFu;  // the instruction whose descriptor is in amk_dnext
 #if AMK_TRACE
     u64* trace = reinterpret_cast<u64*>(counters + ((AMK_COUNTERS + 1) / 2) * 2) + blockIdx.x;
 #endif
 #if AMK_STAGE_BYTES > 0
+    __syncthreads();
     // Staging queue: the instruction indices of up to two staged tasks, oldest first; slot of
     // the k-th tile staged is k % 2. `scan` is the next instruction to consider for staging.
     // Slots are refilled at waits (and here), so issuing copies never delays a signal.
     char* slots = reinterpret_cast<char*>(smem + AMK_SMEM_STAGE_OFFSET);
     u32 queue[2];
-    u32 queued = 0, staged_total = 0, consumed_total = 0, scan = begin;
+    u32 queued = 0, staged_total = 0, consumed_total = 0, scan = 0;
     auto refill = [&]() {
-        while (queued < 2 && scan < end) {
+        while (queued < 2 && scan < count) {
             const u32 w0 = program[AMK_INSTR_WORDS * scan];
             if ((w0 >> AMK_OP_SHIFT) == AMK_OP_RUN) {
-                const u32* d = tasks + (u64)(w0 & AMK_ID_MASK) * AMK_TASK_WORDS;
+                const u32* d = tasks + AMK_TASK_WORDS * program[AMK_INSTR_WORDS * scan + 1];
                 if (amk_stageable(d, buffers)) {
                     amk_stage(d, buffers, slots + (u64)(staged_total % 2) * AMK_STAGE_BYTES);
                     queue[(consumed_total + queued) % 2] = scan;
@@ -829,25 +884,30 @@ amk_megakernel(const u64* __restrict__ buffers, const u32* __restrict__ program,
     refill();
 #endif
     __syncthreads();
-    for (u32 i = begin; i < end; ++i) {
+    for (u32 i = 0; i < count; ++i) {
 #if AMK_TRACE
-        if (threadIdx.x == 0) trace[i] = amk_globaltimer();
+        if (threadIdx.x == 0) trace[first + i] = amk_globaltimer();
 #endif
         const u32 w0 = program[AMK_INSTR_WORDS * i], w1 = program[AMK_INSTR_WORDS * i + 1];
         const u32 op = w0 >> AMK_OP_SHIFT, id = w0 & AMK_ID_MASK;
         if (op == AMK_OP_RUN) {
-            const u32* d = prepared == i ? amk_dnext : tasks + (u64)id * AMK_TASK_WORDS;
+            const u32* d = tasks + AMK_TASK_WORDS * w1;
             const amk_w* staged = nullptr;
 #if AMK_STAGE_BYTES > 0
             if (queued > 0 && queue[consumed_total % 2] == i) {
                 // Wait for this tile's group; the other queued tile may stay in flight.
-                if (queued > 1) asm volatile("cp.async.wait_group 1;" ::: "memory");
+                if (AMK_ABLATE & 64) {
+                } else if (queued > 1) asm volatile("cp.async.wait_group 1;" ::: "memory");
                 else asm volatile("cp.async.wait_group 0;" ::: "memory");
                 __syncthreads();
                 staged = reinterpret_cast<const amk_w*>(slots + (u64)(consumed_total % 2) * AMK_STAGE_BYTES);
             }
 #endif
-            switch (d[0]) {
+            const u32 kind = d[0];
+            const bool skip = ((AMK_ABLATE & 1) && kind != AMK_TASK_EMBED && kind != AMK_TASK_ARGMAX_REDUCE)
+                || ((AMK_ABLATE & 2) && kind == AMK_TASK_ATTENTION) || ((AMK_ABLATE & 4) && kind == AMK_TASK_HEAD_ARGMAX)
+                || ((AMK_ABLATE & 8) && (kind == AMK_TASK_PROJECTION || kind == AMK_TASK_GATED_UP));
+            switch (skip ? 0u : kind) {
                 case AMK_TASK_PROJECTION: amk_projection(d, buffers, smem, scratch, ys, staged); break;
                 case AMK_TASK_GATED_UP: amk_gated_up(d, buffers, smem, scratch, staged); break;
                 case AMK_TASK_ATTENTION: amk_attention(d, buffers, smem); break;
@@ -874,26 +934,26 @@ amk_megakernel(const u64* __restrict__ buffers, const u32* __restrict__ program,
 #if AMK_STAGE_BYTES > 0
             refill();
 #endif
-            // Before blocking on the next task's inputs: copy its descriptor into shared memory
-            // and ask L2 for its bytes unless its tile is being staged (hints that change no
-            // result, only when bytes arrive).
-            for (u32 k = i + 1; k < end; ++k) {
+            // Before blocking on the next task's inputs: ask L2 for its bytes unless its tile
+            // is being staged, and L1 for its small vectors (hints that change no result, only
+            // when bytes arrive).
+            for (u32 k = i + 1; k < count; ++k) {
                 const u32 nk = program[AMK_INSTR_WORDS * k];
                 if ((nk >> AMK_OP_SHIFT) == AMK_OP_RUN) {
-                    const u32* nd = tasks + (u64)(nk & AMK_ID_MASK) * AMK_TASK_WORDS;
                     bool staging = false;
 #if AMK_STAGE_BYTES > 0
                     for (u32 q = 0; q < queued; ++q) staging |= queue[(consumed_total + q) % 2] == k;
 #endif
+                    const u32* nd = tasks + AMK_TASK_WORDS * program[AMK_INSTR_WORDS * k + 1];
                     if (!staging) amk_prefetch_task(nd, buffers);
-                    if (threadIdx.x < AMK_TASK_WORDS) amk_dnext[threadIdx.x] = nd[threadIdx.x];
-                    prepared = k;
+                    amk_prefetch_vectors(nd, buffers);
                     break;
                 }
             }
             if (threadIdx.x == 0) {
-                const u32 target = epoch * per_launch[id] + w1;
-                while ((int)(amk_load_acquire(counters + id) - target) < 0) {
+                // w1 is this launch's target (set when the kernel started). Acquire polls: a
+                // relaxed poll with one acquire fence after it measured slower (the fence).
+                while ((int)(amk_load_acquire(counters + id) - w1) < 0) {
                 }
             }
             __syncthreads();
@@ -903,6 +963,6 @@ amk_megakernel(const u64* __restrict__ buffers, const u32* __restrict__ program,
     asm volatile("cp.async.wait_all;" ::: "memory");
 #endif
 #if AMK_TRACE
-    if (threadIdx.x == 0) trace[end] = amk_globaltimer();
+    if (threadIdx.x == 0) trace[first + count] = amk_globaltimer();
 #endif
 }

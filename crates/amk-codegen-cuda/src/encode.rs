@@ -23,6 +23,10 @@ pub(crate) struct Encoded {
     pub max_head_dim: u32,
     /// Weight-tile bytes of every task that has one (the candidates for staging).
     pub stage_tiles: Vec<u64>,
+    /// The most words one worker's instructions and descriptors take
+    /// (`INSTR_WORDS * instructions + TASK_WORDS * runs`): the kernel copies them into shared
+    /// memory when it starts.
+    pub max_worker_words: u32,
 }
 
 const U32_MAX: u64 = u32::MAX as u64;
@@ -44,19 +48,21 @@ pub(crate) fn encode(s: &Schedule, dtype: WeightDType) -> Result<Encoded, Codege
     let buffer_bytes = buffers(s, dtype, &int8_matrices)?;
     let per_launch = counters(s)?;
     let (program, worker_start) = program(s)?;
-    let mut tasks = Vec::with_capacity(s.tasks.len() * abi::TASK_WORDS);
+    let mut by_id = Vec::with_capacity(s.tasks.len());
     let mut stats = Stats::default();
     for (i, task) in s.tasks.iter().enumerate() {
         let ctx = TaskCtx { s, id: i as u32, name: &task.name, dtype, int8: &int8_matrices };
         let words = ctx.encode(&task.op, &mut stats)?;
         ctx.check_footprint(&task.op, &task.reads, &task.writes)?;
-        tasks.extend_from_slice(&words);
+        by_id.push(words);
     }
+    let (tasks, run_start, max_worker_words) = run_order(s, &by_id)?;
     Ok(Encoded {
         tables: DeviceTables {
             program,
             worker_start,
             tasks,
+            run_start,
             per_launch,
             buffer_bytes,
             int8_matrices,
@@ -64,7 +70,56 @@ pub(crate) fn encode(s: &Schedule, dtype: WeightDType) -> Result<Encoded, Codege
         max_cols: stats.max_cols,
         max_head_dim: stats.max_head_dim,
         stage_tiles: stats.stage_tiles,
+        max_worker_words,
     })
+}
+
+/// The descriptors in run order (each worker's `Run`s in program order, workers in order),
+/// each worker's first descriptor (plus the end), and the most words one worker's
+/// instructions and descriptors take. A worker's descriptors are contiguous so the kernel
+/// copies them into shared memory in one coalesced pass; `Run`'s word 1 indexes them.
+fn run_order(
+    s: &Schedule,
+    by_id: &[[u32; abi::TASK_WORDS]],
+) -> Result<(Vec<u32>, Vec<u32>, u32), CodegenError> {
+    let runs: u64 =
+        s.workers.iter().flat_map(|w| &w.instrs).filter(|i| matches!(i, Instr::Run(_))).count()
+            as u64;
+    let words = runs * abi::TASK_WORDS as u64;
+    if words > U32_MAX {
+        return Err(schedule_err(
+            "workers",
+            Problem::TooLarge { what: "descriptor words", value: words as u128, max: U32_MAX },
+        ));
+    }
+    let mut tasks = Vec::with_capacity(words as usize);
+    let mut run_start = Vec::with_capacity(s.workers.len() + 1);
+    let mut max_words = 0u64;
+    for worker in &s.workers {
+        let first = tasks.len() / abi::TASK_WORDS;
+        run_start.push(first as u32);
+        for instr in &worker.instrs {
+            if let Instr::Run(t) = instr {
+                // Ids were checked against the task count by `program`.
+                tasks.extend_from_slice(&by_id[t.index()]);
+            }
+        }
+        let n = (tasks.len() / abi::TASK_WORDS - first) as u64;
+        let own = (abi::INSTR_WORDS * worker.instrs.len()) as u64 + n * abi::TASK_WORDS as u64;
+        max_words = max_words.max(own);
+    }
+    run_start.push((tasks.len() / abi::TASK_WORDS) as u32);
+    let max_words = u32::try_from(max_words).map_err(|_| {
+        schedule_err(
+            "workers",
+            Problem::TooLarge {
+                what: "words of one worker's program",
+                value: max_words.into(),
+                max: U32_MAX,
+            },
+        )
+    })?;
+    Ok((tasks, run_start, max_words))
 }
 
 #[derive(Default)]
@@ -275,10 +330,14 @@ fn program(s: &Schedule) -> Result<(Vec<u32>, Vec<u32>), CodegenError> {
     let mut worker_start = Vec::with_capacity(s.workers.len() + 1);
     for (w, worker) in s.workers.iter().enumerate() {
         worker_start.push((program.len() / abi::INSTR_WORDS) as u32);
+        let mut runs = 0u32;
         for (index, instr) in worker.instrs.iter().enumerate() {
             let err = |field, problem| CodegenError::Instr { worker: w, index, field, problem };
             let (op, field, kind, id, count, threshold) = match *instr {
-                Instr::Run(t) => (abi::OP_RUN, "task", "task", t.0, s.tasks.len(), 0),
+                Instr::Run(t) => {
+                    runs += 1;
+                    (abi::OP_RUN, "task", "task", t.0, s.tasks.len(), runs - 1)
+                }
                 Instr::Signal(c) => {
                     (abi::OP_SIGNAL, "counter", "counter", c.0, s.counters.len(), 0)
                 }
@@ -1281,8 +1340,11 @@ mod tests {
         assert_eq!(&d[..6], &[abi::TASK_COPY, 1, 8, 2, 32, 16]);
         assert!(d[6..].iter().all(|&x| x == 0));
         assert_eq!(e.tables.buffer_bytes, vec![64, 64, 64]);
-        assert_eq!(e.tables.program, vec![0, 0, 1, 0]);
+        // Run(0) reads the worker's descriptor 0, Run(1) its descriptor 1.
+        assert_eq!(e.tables.program, vec![0, 0, 1, 1]);
         assert_eq!(e.tables.worker_start, vec![0, 2]);
+        assert_eq!(e.tables.run_start, vec![0, 2]);
+        assert_eq!(e.max_worker_words, 2 * 2 + 2 * 32);
     }
 
     #[test]

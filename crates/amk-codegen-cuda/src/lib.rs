@@ -252,13 +252,18 @@ impl LaunchSpec {
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct DeviceTables {
     /// [`abi::INSTR_WORDS`] words per instruction, all workers in order: `op << 28 | id`, then
-    /// the wait threshold (relative to the launch) or 0.
+    /// the wait threshold (relative to the launch), a run's index among its worker's
+    /// descriptors, or 0.
     pub program: Vec<u32>,
     /// workers + 1 offsets into `program`, in instructions: worker `w` runs
     /// `worker_start[w]..worker_start[w + 1]`.
     pub worker_start: Vec<u32>,
-    /// [`abi::TASK_WORDS`] words per task, by task id.
+    /// [`abi::TASK_WORDS`] words per `Run` instruction, in run order: worker `w`'s descriptors
+    /// are `run_start[w]..run_start[w + 1]`, in its program's order, so it copies them into
+    /// shared memory in one pass when the kernel starts.
     pub tasks: Vec<u32>,
+    /// workers + 1 offsets into `tasks`, in descriptors.
+    pub run_start: Vec<u32>,
     /// Per counter: signals per launch for epoch-offset counters, 0 for zeroed and
     /// never-reset ones.
     pub per_launch: Vec<u32>,
@@ -299,9 +304,9 @@ impl DeviceTables {
         self.program.len() / abi::INSTR_WORDS
     }
 
-    /// The descriptor of task `id`, if any.
-    pub fn task(&self, id: usize) -> Option<&[u32]> {
-        self.tasks.get(id * abi::TASK_WORDS..(id + 1) * abi::TASK_WORDS)
+    /// The descriptor of the `run`-th `Run` instruction (in run order), if any.
+    pub fn run_descriptor(&self, run: usize) -> Option<&[u32]> {
+        self.tasks.get(run * abi::TASK_WORDS..(run + 1) * abi::TASK_WORDS)
     }
 }
 
@@ -340,6 +345,8 @@ pub fn generate(
         workers: s.workers.len() as u32,
         tasks: s.tasks.len() as u32,
         counters: s.counters.len() as u32,
+        buffers: s.buffers.len() as u32,
+        worker_words: encoded.max_worker_words,
         stage_bytes: 0,
         trace: options.trace,
     };
@@ -359,8 +366,14 @@ pub fn generate(
             field: "max_cols",
             problem: Problem::Rule(format!(
                 "the kernel needs {smem} bytes of shared memory per block (largest input \
-                 {} columns, head_dim {}), more than {} allows ({limit})",
-                prologue.max_cols, prologue.max_head_dim, options.arch
+                 {} columns, head_dim {}, {} buffer addresses, {} words of the longest \
+                 worker's instructions and descriptors), more than {} allows ({limit}); \
+                 spread the tasks over more workers or use fewer, larger tasks",
+                prologue.max_cols,
+                prologue.max_head_dim,
+                prologue.buffers,
+                prologue.worker_words,
+                options.arch
             )),
         });
     }
@@ -389,8 +402,8 @@ pub fn generate(
 /// shared memory in this architecture's per-block share when `blocks_per_sm` blocks share an
 /// SM. Tasks with larger tiles read global memory. 0 when no tile fits.
 fn stage_slot_bytes(p: &source::Prologue, tiles: &[u64], arch: Arch, blocks_per_sm: u32) -> u32 {
-    // 4 KiB stay free for the kernel's static shared memory (the rope frequencies, the split
-    // attention combine weights, the next descriptor: 2.3 KB as compiled for sm_90).
+    // 4 KiB stay free for the kernel's static shared memory (the rope tables and their key:
+    // 288 B as compiled for sm_90 with head_dim 64; the margin covers larger head dims).
     let budget =
         (u64::from(arch.max_dynamic_smem_bytes()) / u64::from(blocks_per_sm)).saturating_sub(4096);
     let cap = budget.saturating_sub(p.base_smem_bytes()) / 2 / 16 * 16;

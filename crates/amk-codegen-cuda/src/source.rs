@@ -24,6 +24,11 @@ pub(crate) struct Prologue {
     pub workers: u32,
     pub tasks: u32,
     pub counters: u32,
+    /// Schedule buffers: the kernel keeps their device addresses in shared memory.
+    pub buffers: u32,
+    /// The most words one worker's instructions and descriptors take: the kernel copies its
+    /// own into shared memory when it starts.
+    pub worker_words: u32,
     /// Bytes of each of the two weight-staging slots (a multiple of 16; 0 = no staging).
     pub stage_bytes: u32,
     /// Record a timestamp before every instruction (see kernels/megakernel.cuh).
@@ -31,7 +36,7 @@ pub(crate) struct Prologue {
 }
 
 /// Names of the prologue's defines, in order.
-pub const PROLOGUE_DEFINES: [&str; 10] = [
+pub const PROLOGUE_DEFINES: [&str; 12] = [
     "AMK_WEIGHT_BF16",
     "AMK_WEIGHT_INT8",
     "AMK_BLOCK_THREADS",
@@ -40,6 +45,8 @@ pub const PROLOGUE_DEFINES: [&str; 10] = [
     "AMK_WORKERS",
     "AMK_TASKS",
     "AMK_COUNTERS",
+    "AMK_BUFFERS",
+    "AMK_WORKER_WORDS",
     "AMK_STAGE_BYTES",
     "AMK_TRACE",
 ];
@@ -49,7 +56,7 @@ pub(crate) const SMEM_SCRATCH_WORDS: u64 = 64;
 
 impl Prologue {
     /// `(name, value)` of each define, in [`PROLOGUE_DEFINES`] order.
-    pub fn defines(&self) -> [(&'static str, u64); 10] {
+    pub fn defines(&self) -> [(&'static str, u64); 12] {
         let values = [
             u64::from(self.weight_bf16),
             u64::from(self.weight_int8),
@@ -59,10 +66,12 @@ impl Prologue {
             self.workers.into(),
             self.tasks.into(),
             self.counters.into(),
+            self.buffers.into(),
+            self.worker_words.into(),
             self.stage_bytes.into(),
             u64::from(self.trace),
         ];
-        let mut out = [("", 0); 10];
+        let mut out = [("", 0); 12];
         for (i, (name, value)) in PROLOGUE_DEFINES.iter().zip(values).enumerate() {
             out[i] = (name, value);
         }
@@ -73,8 +82,10 @@ impl Prologue {
     /// `kernels/megakernel.cuh`, i.e. a main area large enough for the largest projection
     /// input (`AMK_MAX_COLS` floats) or attention's per-warp partials
     /// (`warps * (AMK_MAX_HEAD_DIM + 2)` floats), rounded up to 16 bytes,
-    /// then 64 words of reduction scratch, one head of rows (rounded up to 16 bytes), then
-    /// the two weight-staging slots. A unit test checks the kernel still says so.
+    /// then 64 words of reduction scratch, one head of rows (rounded up to 16 bytes), the
+    /// buffer addresses (two words each), the worker's instructions and descriptors (each
+    /// rounded up to 16 bytes), then the two weight-staging slots. A unit test checks the
+    /// kernel still says so.
     pub fn dynamic_smem_bytes(&self) -> u64 {
         self.base_smem_bytes() + 2 * u64::from(self.stage_bytes)
     }
@@ -85,7 +96,9 @@ impl Prologue {
         let hd = u64::from(self.max_head_dim);
         let attn = warps * (hd + 2);
         let main = u64::from(self.max_cols).max(attn).div_ceil(4) * 4;
-        4 * (main + SMEM_SCRATCH_WORDS + hd.div_ceil(4) * 4)
+        let buffers = (2 * u64::from(self.buffers)).div_ceil(4) * 4;
+        let program = u64::from(self.worker_words).div_ceil(4) * 4;
+        4 * (main + SMEM_SCRATCH_WORDS + hd.div_ceil(4) * 4 + buffers + program)
     }
 }
 
@@ -145,6 +158,8 @@ mod tests {
             workers: 4,
             tasks: 7,
             counters: 3,
+            buffers: 5,
+            worker_words: 70,
             stage_bytes: 0,
             trace: false,
         }
@@ -175,12 +190,13 @@ mod tests {
     #[test]
     fn smem_matches_the_kernels_formula() {
         // 512 threads = 16 warps: attention needs 16 * 18 = 288 floats > 160 columns;
-        // then 64 words of scratch and one 16-float head.
-        assert_eq!(prologue().dynamic_smem_bytes(), 4 * (288 + 64 + 16));
+        // then 64 words of scratch, one 16-float head, 5 buffer addresses (10 words, 12
+        // rounded) and 70 program words (72 rounded).
+        assert_eq!(prologue().dynamic_smem_bytes(), 4 * (288 + 64 + 16 + 12 + 72));
         let wide = Prologue { max_cols: 2049, ..prologue() };
-        assert_eq!(wide.dynamic_smem_bytes(), 4 * (2052 + 64 + 16));
+        assert_eq!(wide.dynamic_smem_bytes(), 4 * (2052 + 64 + 16 + 12 + 72));
         let staged = Prologue { stage_bytes: 4096, ..prologue() };
-        assert_eq!(staged.dynamic_smem_bytes(), 4 * (288 + 64 + 16) + 2 * 4096);
+        assert_eq!(staged.dynamic_smem_bytes(), 4 * (288 + 64 + 16 + 12 + 72) + 2 * 4096);
     }
 
     /// The shared-memory formula above mirrors these lines of kernels/megakernel.cuh; if the
@@ -195,7 +211,9 @@ mod tests {
             "#define AMK_ATTN_FLOATS (AMK_WARPS * (AMK_MAX_HEAD_DIM + 2))",
             "#define AMK_SMEM_MAIN ((((AMK_MAX_COLS > AMK_ATTN_FLOATS) ? AMK_MAX_COLS : AMK_ATTN_FLOATS) + 3) / 4 * 4)",
             "#define AMK_SMEM_HEAD_OFFSET (AMK_SMEM_MAIN + 64)",
-            "#define AMK_SMEM_STAGE_OFFSET (AMK_SMEM_HEAD_OFFSET + (AMK_MAX_HEAD_DIM + 3) / 4 * 4)",
+            "#define AMK_SMEM_BUFFERS_OFFSET (AMK_SMEM_HEAD_OFFSET + (AMK_MAX_HEAD_DIM + 3) / 4 * 4)",
+            "#define AMK_SMEM_PROGRAM_OFFSET (AMK_SMEM_BUFFERS_OFFSET + (2 * AMK_BUFFERS + 3) / 4 * 4)",
+            "#define AMK_SMEM_STAGE_OFFSET (AMK_SMEM_PROGRAM_OFFSET + (AMK_WORKER_WORDS + 3) / 4 * 4)",
             "#define AMK_SMEM_FLOATS (AMK_SMEM_STAGE_OFFSET + 2 * (AMK_STAGE_BYTES / 4))",
         ] {
             assert!(

@@ -155,8 +155,9 @@ fn tiny_int8_launch_matches_the_golden() {
     // Embedding (tied LM head), and per layer q, k, v, o, gate, up, down.
     let layers = s.buffers.iter().filter(|b| b.name.ends_with(".k_cache")).count();
     assert_eq!(matrices, 1 + 7 * layers);
+    let by_task = common::descriptors_by_task(s, &t.tasks, &t.run_start);
     for (id, task) in s.tasks.iter().enumerate() {
-        let d = t.task(id).expect("descriptor");
+        let d = by_task[id].expect("descriptor");
         let check = |buffer: BufferId, word: usize| {
             let m = t.int8_matrices[buffer.index()].expect("a matrix operand is an int8 matrix");
             assert_eq!(u64::from(d[word]), m.scales_offset, "{} word {word}", task.name);

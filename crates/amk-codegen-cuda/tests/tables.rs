@@ -25,10 +25,11 @@ fn check_tables(v: &VerifiedSchedule, dtype: WeightDType) {
     }
 
     // Tasks: each descriptor decodes to the task's op.
-    assert_eq!(t.tasks.len(), v.tasks.len() * 32);
-    for (i, (d, task)) in t.tasks.chunks(32).zip(&v.tasks).enumerate() {
+    assert_eq!(t.tasks.len(), v.tasks.len() * 32, "each task runs once");
+    let by_task = common::descriptors_by_task(v, &t.tasks, &t.run_start);
+    for (i, (d, task)) in by_task.iter().zip(&v.tasks).enumerate() {
+        let d = d.unwrap_or_else(|| panic!("task {i} `{}` has a descriptor", task.name));
         assert_eq!(common::decode_task(d), task.op, "task {i} `{}`", task.name);
-        assert_eq!(t.task(i), Some(d));
     }
 
     // Counters: epoch counters carry their signals per launch.
@@ -110,20 +111,34 @@ fn tables_do_not_depend_on_arch_or_block_size() {
 #[test]
 fn shared_memory_covers_inputs_and_attention() {
     let v = common::tiny();
+    // After the main area, scratch and the head: the buffer addresses (two words each) and
+    // the longest worker's instructions and descriptors, each rounded up to 4 words.
+    let control = {
+        let t = generate(&v, &CodegenOptions::default()).expect("generates").tables;
+        let longest = (0..v.workers.len())
+            .map(|w| {
+                let instrs = (t.worker_start[w + 1] - t.worker_start[w]) as u64;
+                let runs = (t.run_start[w + 1] - t.run_start[w]) as u64;
+                2 * instrs + 32 * runs
+            })
+            .max()
+            .unwrap_or(0);
+        (2 * v.buffers.len() as u64).div_ceil(4) * 4 + longest.div_ceil(4) * 4
+    };
     // 512 threads = 16 warps; attention: 16 * (16 + 2) = 288 floats > 160 columns;
     // then 64 words of scratch and one 16-float head; no staging slots.
     let unstaged = CodegenOptions { stage_weights: false, ..Default::default() };
     let g = generate(&v, &unstaged).expect("generates");
-    assert_eq!(g.launch.dynamic_smem_bytes, 4 * (288 + 64 + 16));
+    assert_eq!(u64::from(g.launch.dynamic_smem_bytes), 4 * (288 + 64 + 16 + control));
     let g = generate(&v, &CodegenOptions { block_threads: 64, ..unstaged }).expect("generates");
     // 2 warps: attention 2 * 18 = 36 floats < 160 columns.
-    assert_eq!(g.launch.dynamic_smem_bytes, 4 * (160 + 64 + 16));
+    assert_eq!(u64::from(g.launch.dynamic_smem_bytes), 4 * (160 + 64 + 16 + control));
     // Staged: two slots of the largest weight tile that fits (at most half of what remains).
     let g = generate(&v, &CodegenOptions::default()).expect("generates");
     let slot = g.source.lines().find_map(|l| l.strip_prefix("#define AMK_STAGE_BYTES "));
-    let slot: u32 = slot.expect("stage define").parse().expect("a number");
+    let slot: u64 = slot.expect("stage define").parse().expect("a number");
     assert!(slot > 0 && slot % 16 == 0, "{slot}");
-    assert_eq!(g.launch.dynamic_smem_bytes, 4 * (288 + 64 + 16) + 2 * slot);
+    assert_eq!(u64::from(g.launch.dynamic_smem_bytes), 4 * (288 + 64 + 16 + control) + 2 * slot);
 }
 
 #[test]
@@ -211,4 +226,26 @@ fn architecture_variants_decode_to_the_schedule() {
         check_tables(&v, WeightDType::BF16);
         check_tables(&v, WeightDType::F32);
     }
+}
+
+#[test]
+fn a_worker_program_too_long_for_shared_memory_is_refused_with_its_size() {
+    // Worker 0 waits 30,000 more times on a counter it already waited for: harmless to the
+    // verifier, but its instructions no longer fit beside the kernel's shared memory.
+    let mut s = common::tiny().schedule().clone();
+    let wait = s.workers[0]
+        .instrs
+        .iter()
+        .copied()
+        .find(|i| matches!(i, amk_schedule::schedule::Instr::Wait { .. }))
+        .expect("worker 0 waits");
+    let at = s.workers[0].instrs.iter().position(|i| *i == wait).expect("found");
+    for _ in 0..30_000 {
+        s.workers[0].instrs.insert(at, wait);
+    }
+    let v = common::verified(&s);
+    let err = generate(&v, &CodegenOptions::default()).expect_err("does not fit");
+    let msg = err.to_string();
+    assert!(msg.contains("longest worker's instructions and descriptors"), "{msg}");
+    assert!(msg.contains("shared memory"), "{msg}");
 }

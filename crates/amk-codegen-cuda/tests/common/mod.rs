@@ -34,6 +34,29 @@ pub fn tiny() -> VerifiedSchedule {
 
 const NONE: u32 = 0xFFFF_FFFF;
 
+/// Each task's descriptor, by task id, found through the run-ordered table: worker `w`'s
+/// `k`-th `Run` reads descriptor `run_start[w] + k`.
+pub fn descriptors_by_task<'a>(
+    s: &Schedule,
+    tasks: &'a [u32],
+    run_start: &[u32],
+) -> Vec<Option<&'a [u32]>> {
+    assert_eq!(run_start.len(), s.workers.len() + 1);
+    assert_eq!(run_start.last().map(|&x| x as usize * 32), Some(tasks.len()));
+    let mut out = vec![None; s.tasks.len()];
+    for (w, worker) in s.workers.iter().enumerate() {
+        let mut k = run_start[w] as usize;
+        for instr in &worker.instrs {
+            if let Instr::Run(t) = instr {
+                out[t.index()] = Some(&tasks[32 * k..32 * (k + 1)]);
+                k += 1;
+            }
+        }
+        assert_eq!(k, run_start[w + 1] as usize, "worker {w}'s descriptors");
+    }
+    out
+}
+
 /// Worker programs, decoded from `program` and `worker_start`.
 pub fn decode_program(program: &[u32], worker_start: &[u32]) -> Vec<Vec<Instr>> {
     assert_eq!(program.len() % 2, 0, "2 words per instruction");
@@ -44,13 +67,18 @@ pub fn decode_program(program: &[u32], worker_start: &[u32]) -> Vec<Vec<Instr>> 
         .windows(2)
         .map(|w| {
             assert!(w[0] <= w[1], "worker_start is sorted");
+            let mut runs = 0;
             (w[0] as usize..w[1] as usize)
                 .map(|i| {
                     let (w0, w1) = (program[2 * i], program[2 * i + 1]);
                     let (op, id) = (w0 >> 28, w0 & 0x0FFF_FFFF);
                     match op {
                         0 => {
-                            assert_eq!(w1, 0, "Run has no threshold");
+                            assert_eq!(
+                                w1, runs,
+                                "a Run's word 1 is its index among the worker's runs"
+                            );
+                            runs += 1;
                             Instr::Run(TaskId(id))
                         }
                         1 => {

@@ -362,9 +362,9 @@ pub struct GpuBackend {
     verified: VerifiedSchedule,
     fit: KernelFit,
     options: GpuOptions,
-    /// Device addresses of the first five kernel parameters: the buffer address table,
-    /// program, worker_start, tasks, per_launch (counters and epoch follow at launch).
-    tables: [sys::CUdeviceptr; 5],
+    /// Device addresses of the first six kernel parameters: the buffer address table,
+    /// program, worker_start, tasks, run_start, per_launch (counters and epoch follow).
+    tables: [sys::CUdeviceptr; 6],
     counters: Counters,
     io_dev: sys::CUdeviceptr,
     /// Pinned {token, position}: written before a launch, read back after it.
@@ -483,6 +483,7 @@ impl GpuBackend {
             gpu.upload(&plan.program)?,
             gpu.upload(&plan.worker_start)?,
             gpu.upload(&plan.tasks)?,
+            gpu.upload(&plan.run_start)?,
             gpu.upload(&plan.per_launch)?,
         ];
 
@@ -644,26 +645,22 @@ impl GpuBackend {
     /// Queues one launch of the kernel for `epoch` on the backend's stream.
     fn enqueue_kernel(&mut self, epoch: u32) -> Result<(), GpuError> {
         let stream = self.stream;
-        let mut args: [sys::CUdeviceptr; 6] = [
-            self.tables[0],
-            self.tables[1],
-            self.tables[2],
-            self.tables[3],
-            self.tables[4],
-            self.counters.dev,
-        ];
+        let t = self.tables;
+        let mut args: [sys::CUdeviceptr; 7] =
+            [t[0], t[1], t[2], t[3], t[4], t[5], self.counters.dev];
         let mut epoch_arg: c_uint = epoch;
-        let mut params: [*mut c_void; 7] = [
+        let mut params: [*mut c_void; 8] = [
             &mut args[0] as *mut _ as *mut c_void,
             &mut args[1] as *mut _ as *mut c_void,
             &mut args[2] as *mut _ as *mut c_void,
             &mut args[3] as *mut _ as *mut c_void,
             &mut args[4] as *mut _ as *mut c_void,
             &mut args[5] as *mut _ as *mut c_void,
+            &mut args[6] as *mut _ as *mut c_void,
             &mut epoch_arg as *mut _ as *mut c_void,
         ];
         let (g, b) = (self.plan.grid, self.plan.block);
-        // SAFETY: the parameters match kernels/abi.cuh (six device addresses, then a u32) and
+        // SAFETY: the parameters match kernels/abi.cuh (seven device addresses, then a u32) and
         // point to locals alive for the call; every address is a live allocation.
         check("cuLaunchKernel", unsafe {
             sys::cuLaunchKernel(
@@ -910,6 +907,9 @@ fn check_plan(plan: &CodePlan, s: &Schedule, dtype: WeightDType) -> Result<(), G
         }),
         (plan.worker_start.len() != s.workers.len() + 1).then(|| {
             format!("{} worker offsets for {} workers", plan.worker_start.len(), s.workers.len())
+        }),
+        (plan.run_start.len() != s.workers.len() + 1).then(|| {
+            format!("{} descriptor offsets for {} workers", plan.run_start.len(), s.workers.len())
         }),
         (u64::from(plan.grid.0) * u64::from(plan.grid.1) * u64::from(plan.grid.2)
             != s.workers.len() as u64)

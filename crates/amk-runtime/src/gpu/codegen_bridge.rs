@@ -26,6 +26,7 @@ pub(crate) struct CodePlan {
     pub program: Vec<u32>,
     pub worker_start: Vec<u32>,
     pub tasks: Vec<u32>,
+    pub run_start: Vec<u32>,
     pub per_launch: Vec<u32>,
     /// Device bytes of each buffer, by BufferId.
     pub buffer_bytes: Vec<u64>,
@@ -51,8 +52,27 @@ pub(crate) fn generate(
     let generated =
         cg::generate(verified, &options).map_err(|e| GpuError::Codegen(e.to_string()))?;
     let (launch, tables) = (generated.launch, generated.tables);
+    let mut source = generated.source;
+    // A profiling aid, documented in kernels/megakernel.cuh and docs/perf.md: skip chosen task
+    // bodies to measure what the rest costs. The tokens are then wrong, so say so loudly.
+    if let Ok(value) = std::env::var("AMK_ABLATE") {
+        match value.trim().parse::<u32>() {
+            Ok(mask) => {
+                tracing::warn!(mask, "AMK_ABLATE: task bodies are skipped, tokens will be wrong");
+                eprintln!(
+                    "warning: AMK_ABLATE={mask}: the kernel skips task bodies (for timing only; \
+                     its tokens are wrong)"
+                );
+                source = format!("#define AMK_ABLATE {mask}\n{source}");
+            }
+            Err(_) => eprintln!(
+                "warning: AMK_ABLATE={value:?} is not a number (a bit mask, see \
+                 kernels/megakernel.cuh); ignored"
+            ),
+        }
+    }
     Ok(CodePlan {
-        source: generated.source,
+        source,
         kernel: launch.kernel,
         grid: (launch.grid, 1, 1),
         block: (launch.block, 1, 1),
@@ -62,6 +82,7 @@ pub(crate) fn generate(
         program: tables.program,
         worker_start: tables.worker_start,
         tasks: tables.tasks,
+        run_start: tables.run_start,
         per_launch: tables.per_launch,
         buffer_bytes: tables.buffer_bytes,
         int8_matrices: tables.int8_matrices,
