@@ -1,6 +1,6 @@
 //! The default schedule for SmolLM2-135M is the best one `amk search` found on the H100
 //! (`fixtures/search/smollm2-135m-h100/`: the knobs, the search log and the certificate of the
-//! schedule it timed). Lowering the model's config with `ScheduleConfig::default()` must give
+//! schedule it timed, and the log of the same search re-run after the kernel changed). Lowering the model's config with `ScheduleConfig::default()` must give
 //! exactly that schedule (same sha256), and it must verify.
 
 use amk_ir::config::{ModelConfig, RawConfig};
@@ -25,6 +25,15 @@ fn the_default_schedule_is_the_searched_best() {
             .expect("search-log.json parses");
     let (best_ms, default_ms) = (&log["best"]["ms_per_token"], &log["default"]["ms_per_token"]);
     assert!(best_ms.as_f64() < default_ms.as_f64(), "{best_ms} vs {default_ms}");
+
+    // The same search re-run after the kernel changed (confirm-log.json) started from these
+    // knobs and found nothing faster: its best is its default, and its default is these knobs.
+    let confirm: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("confirm-log.json")).expect("log"))
+            .expect("confirm-log.json parses");
+    assert_eq!(confirm["best"]["changed"], serde_json::json!({}), "the default stayed the best");
+    assert_eq!(confirm["default"]["knobs"], log["best"]["knobs"], "it started from these knobs");
+    assert_eq!(confirm["totals"]["wrong_tokens"], 0);
 
     let cert: serde_json::Value =
         serde_json::from_slice(&std::fs::read(dir.join("certificate.json")).expect("cert"))
