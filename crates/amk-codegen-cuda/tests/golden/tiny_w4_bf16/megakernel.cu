@@ -514,6 +514,9 @@ __device__ void amk_projection_heads(const u32* d, const amk_w* w, const float* 
         for (u32 r0 = warp * 4; r0 < hd; r0 += AMK_WARPS * 4) {
             float y[4];
             const u32 n = min(4u, hd - r0);
+            // The scale and bias do not depend on the dot products: load them first.
+            const float scale = lane < n ? amk_scale(sc, first + h0 + r0 + lane) : 1.f;
+            const float b = (bias_w && lane < n) ? amk_vload(bias_w, first + h0 + r0 + lane) : 0.f;
             const amk_w* row[4];
 #pragma unroll
             for (int r = 0; r < 4; ++r) row[r] = w + (u64)(first + h0 + r0 + r) * cols;
@@ -522,9 +525,7 @@ __device__ void amk_projection_heads(const u32* d, const amk_w* w, const float* 
                 float v = y[0];
 #pragma unroll
                 for (int r = 1; r < 4; ++r) if ((u32)r == lane) v = y[r];
-                v *= amk_scale(sc, first + h0 + r0 + lane);
-                if (bias_w) v += amk_vload(bias_w, first + h0 + r0 + lane);
-                ys[r0 + lane] = v;
+                ys[r0 + lane] = v * scale + b;
             }
         }
         __syncthreads();
@@ -588,15 +589,17 @@ __device__ __forceinline__ void amk_gated_rows(const amk_w* gate, const amk_w* u
         const u32 r1 = r + AMK_WARPS, n = r1 < rows ? 4u : 2u;
         const amk_w* row[4] = {gate + (u64)(first + r) * cols, up + (u64)(first + r) * cols,
                                gate + (u64)(first + r1) * cols, up + (u64)(first + r1) * cols};
+        // Lane k < n holds the scale of dot product k, loaded before the dot products.
+        const u32 rl = lane < 2 ? r : r1;
+        const float scale = lane < n ? amk_scale((lane & 1) ? us : gs, first + rl) : 1.f;
         float y[4];
         amk_dot_rows<4>(row, cols, n, x, y);
 #pragma unroll
         for (u32 k = 0; k < 2; ++k) {
             const u32 rk = k == 0 ? r : r1;
-            if (2 * k < n && lane == 0) {
-                const float g = y[2 * k] * amk_scale(gs, first + rk), u = y[2 * k + 1] * amk_scale(us, first + rk);
-                out[first + rk] = g / (1.0f + expf(-g)) * u;
-            }
+            const float g = y[2 * k] * __shfl_sync(0xffffffffu, scale, 2 * k);
+            const float u = y[2 * k + 1] * __shfl_sync(0xffffffffu, scale, 2 * k + 1);
+            if (2 * k < n && lane == 0) out[first + rk] = g / (1.0f + expf(-g)) * u;
         }
     }
 }
@@ -831,7 +834,8 @@ __device__ __forceinline__ void amk_weight_tile(const u32* d, const u64* buffers
 }
 
 // Asks L1 for the small constant vectors task d reads after its wait (the norm weights of an
-// rms-normed input, a projection's bias rows), so they are not a round trip on its path.
+// rms-normed input, a projection's bias rows, int8 rows' scales), so they are not a round trip
+// on its path.
 __device__ __forceinline__ void amk_prefetch_l1(u64 p, u64 bytes) {
     for (u64 off = (u64)threadIdx.x * 128; off < bytes; off += (u64)AMK_BLOCK_THREADS * 128)
         asm volatile("prefetch.global.L1 [%0];" :: "l"(p + off));
@@ -845,6 +849,15 @@ __device__ void amk_prefetch_vectors(const u32* d, const u64* buffers) {
     if (d[1] == AMK_IN_RMSNORM) amk_prefetch_l1(buffers[d[4]], (u64)d[3] * sizeof(amk_v));
     if (kind == AMK_TASK_PROJECTION && d[7] != AMK_NONE)
         amk_prefetch_l1(buffers[d[7]] + (u64)d[8] * sizeof(amk_v), (u64)d[9] * sizeof(amk_v));
+#if AMK_WEIGHT_INT8
+    // The rows' scales (words: projection 28; gate/up 12 and 13; LM head 13).
+    if (kind == AMK_TASK_PROJECTION) amk_prefetch_l1(buffers[d[6]] + d[28] + (u64)d[8] * 4, (u64)d[9] * 4);
+    if (kind == AMK_TASK_GATED_UP) {
+        amk_prefetch_l1(buffers[d[6]] + d[12] + (u64)d[8] * 4, (u64)d[9] * 4);
+        amk_prefetch_l1(buffers[d[7]] + d[13] + (u64)d[8] * 4, (u64)d[9] * 4);
+    }
+    if (kind == AMK_TASK_HEAD_ARGMAX) amk_prefetch_l1(buffers[d[6]] + d[13] + (u64)d[7] * 4, (u64)d[8] * 4);
+#endif
 }
 
 __device__ void amk_prefetch_task(const u32* d, const u64* buffers) {
