@@ -123,7 +123,8 @@
 // 1 indexes them) and the buffer address table into shared memory, and turns each wait's
 // threshold into this launch's target. Every later instruction fetch, descriptor word and
 // buffer address is then a shared-memory read: none of them is a global-memory round trip on
-// the path from a wait to a signal (the weight stream evicts them from L2 between tokens).
+// the path from a wait to a signal (the weight stream can evict them from L2 between tokens;
+// docs/perf.md measures the gain).
 //
 // Memory: weights are read through L1 (staged tiles from shared memory); activations written
 // by other blocks in this launch are read with __ldcg (L2, bypassing a possibly stale L1). A
