@@ -138,7 +138,8 @@
 // head's tiles, bit 3 projections and gate/up, bit 4 their input loads, bit 5 everything of
 // theirs after the input load, bit 6 the wait for a staged tile's copy; bit 7 stages weights
 // with L2's normal eviction priority, bit 8 leaves out the L1 prefetch of small vectors, bit 9
-// loads split attention's partials as a plain vector (no combine).
+// loads split attention's partials as a plain vector (no combine), bit 10 leaves out the L2
+// prefetch of an attention part's cache rows.
 // Waits, signals and staging stay.
 #ifndef AMK_ABLATE
 #define AMK_ABLATE 0
@@ -870,7 +871,7 @@ __device__ void amk_prefetch_task(const u32* d, const u64* buffers) {
         amk_prefetch(buffers[d[7]] + (addr - buffers[d[6]]), half);
     } else if (bytes) {
         amk_prefetch(addr, bytes);
-    } else if (d[0] == AMK_TASK_ATTENTION) {
+    } else if (d[0] == AMK_TASK_ATTENTION && !(AMK_ABLATE & 1024)) {
         // The part's cache rows before this step's position are already written: ask L2.
         const u32 hd = d[4], maxpos = d[5];
         const u32 pos = __ldcg(reinterpret_cast<const u32*>(buffers[d[8]]) + 1);
