@@ -303,11 +303,6 @@ impl DeviceTables {
     pub fn instructions(&self) -> usize {
         self.program.len() / abi::INSTR_WORDS
     }
-
-    /// The descriptor of the `run`-th `Run` instruction (in run order), if any.
-    pub fn run_descriptor(&self, run: usize) -> Option<&[u32]> {
-        self.tasks.get(run * abi::TASK_WORDS..(run + 1) * abi::TASK_WORDS)
-    }
 }
 
 /// Everything [`generate`] produces.
