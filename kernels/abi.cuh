@@ -16,7 +16,10 @@
 // Weight buffers hold f32 or bf16 elements (AMK_WEIGHT_BF16), or with AMK_WEIGHT_INT8 int8
 // matrices (projection, gate/up, LM-head and embedding weights: rows*cols values, padded to 16
 // bytes, then one f32 scale per row, at the byte offset a descriptor's "scales" word gives; the
-// word is 0 in other modes) and f32 vectors (norm weights, biases). Every other buffer holds
+// word is 0 in other modes) and f32 vectors (norm weights, biases). A fused MLP's down weight
+// and a fused attention's output-projection weight are held transposed, [cols, rows] of
+// their checkpoint matrix (int8: the values transposed, the
+// scales still one per checkpoint row). Every other buffer holds
 // 4-byte words (f32 activations, u32 io and argmax indices).
 #pragma once
 
@@ -42,6 +45,8 @@
 #define AMK_TASK_HEAD_ARGMAX 6u
 #define AMK_TASK_ARGMAX_REDUCE 7u
 #define AMK_TASK_RMSNORM 8u
+#define AMK_TASK_GATED_MLP 9u
+#define AMK_TASK_ATTENTION_OUT 10u
 
 // A projection input (5 words at IN): kind (0 vector, 1 rms-normed, 2 attention partials),
 // buffer, len, norm weight buffer (or AMK_NONE) / parts per head, eps as f32 bits / head_dim.
@@ -53,6 +58,7 @@
 #define AMK_OUT_STORE 0u
 #define AMK_OUT_ACCUMULATE 1u
 #define AMK_OUT_CACHE_ROW 2u
+#define AMK_OUT_ACCUMULATE_COPY 3u
 
 // Word indices of each task kind.
 // COPY:          1 src buffer, 2 src byte offset, 3 dst buffer, 4 dst byte offset, 5 bytes
@@ -64,12 +70,22 @@
 //                kv_head, 19 head_dim (cache row), 20 max_positions (cache row), 21 per-head
 //                RMSNorm weight (or AMK_NONE; 12 is then its head_dim), 22 its eps (f32 bits),
 //                23 llama3 rope (0/1), 24 factor, 25 low_freq_factor, 26 high_freq_factor,
-//                27 original_max_position_embeddings (f32 bits), 28 weight scales
+//                27 original_max_position_embeddings (f32 bits), 28 weight scales, 29 the
+//                copy buffer of an accumulate-and-copy output (or AMK_NONE)
 // GATED_UP:      1..5 input, 6 gate, 7 up, 8 first_row, 9 rows, 10 cols, 11 out, 12 gate
 //                scales, 13 up scales
+// GATED_MLP:     1..13 as GATED_UP, with 11 the buffer its down projection adds into
+//                (out[0..cols], atomic f32 adds), 14 down weight held transposed
+//                ([inter, cols]: the task's rows of it are contiguous), 15 down scales (one
+//                per output element), 16 inter
 // ATTENTION:     1 q, 2 head, 3 kv_head, 4 head_dim, 5 max_positions, 6 k cache, 7 v cache,
 //                8 io, 9 out (attention partials), 10 sliding window in positions (0 = none),
 //                11 part, 12 parts
+// ATTENTION_OUT: 1..12 as ATTENTION with 9 = AMK_NONE, 11 = 0 and 12 = 1 (one part), 13 the
+//                output-projection weight held transposed ([weight_cols, cols]: the head's
+//                rows of it are contiguous), 14 its scales (one per output), 15 cols, 16 and 17
+//                the two buffers the head's share is added to (out[0..cols], atomic f32 adds),
+//                18 weight_cols
 // HEAD_ARGMAX:   1..5 input, 6 weight, 7 first_row, 8 rows, 9 cols, 10 logits, 11 partials,
 //                12 slot, 13 weight scales
 // ARGMAX_REDUCE: 1 partials, 2 count, 3 io

@@ -306,6 +306,13 @@ pub static KNOBS: &[Knob] = &[
         show: flag,
     },
     Knob {
+        name: "fuse_down",
+        domain: |_| vec![0, 1],
+        get: |c| u32::from(c.knobs.fuse_down),
+        set: |c, v| c.knobs.fuse_down = v != 0,
+        show: flag,
+    },
+    Knob {
         name: "assignment",
         domain: |_| vec![0, 1],
         get: |c| match c.knobs.assignment {
@@ -1452,7 +1459,8 @@ mod tests {
             let l = |v: u32, best: f64| (f64::from(v).log2() - best).abs();
             let w = self.weights;
             1.0 + w[0] * l(k.o_rows, 3.0)
-                + w[1] * l(k.down_rows, 5.0)
+                // Down tiles only exist without the fused MLP, which is cheaper here.
+                + if k.fuse_down { 0.0 } else { 0.1 + w[1] * l(k.down_rows, 5.0) }
                 + w[2] * l(k.head_rows, 7.0)
                 + w[3] * l(k.workers, 2.0)
                 + 0.02 * l(k.mlp_rows, 6.0)
@@ -1676,7 +1684,9 @@ mod tests {
         check_invariants(&result, &fake, 60);
         let best = &result.records[result.best.unwrap()].candidate;
         assert_eq!(best.knobs.o_rows, 8);
-        assert_eq!(best.knobs.down_rows, 32);
+        // The fused MLP stays (it is cheaper), so down_rows changes nothing and stays.
+        assert!(best.knobs.fuse_down);
+        assert_eq!(best.knobs.down_rows, 16);
         assert_eq!(best.knobs.head_rows, 128);
         assert_eq!(best.knobs.workers, 4);
         assert_eq!(best.knobs.mlp_rows, 32);

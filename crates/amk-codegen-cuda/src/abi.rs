@@ -37,6 +37,10 @@ pub const TASK_HEAD_ARGMAX: u32 = 6;
 pub const TASK_ARGMAX_REDUCE: u32 = 7;
 /// Task kind of [`amk_schedule::TaskOp::RmsNorm`].
 pub const TASK_RMSNORM: u32 = 8;
+/// Task kind of [`amk_schedule::TaskOp::GatedMlp`].
+pub const TASK_GATED_MLP: u32 = 9;
+/// Task kind of [`amk_schedule::TaskOp::AttentionOut`].
+pub const TASK_ATTENTION_OUT: u32 = 10;
 
 /// Projection input kind: the vector as it is.
 pub const IN_VECTOR: u32 = 0;
@@ -51,6 +55,8 @@ pub const OUT_STORE: u32 = 0;
 pub const OUT_ACCUMULATE: u32 = 1;
 /// Projection output kind: append one cache row.
 pub const OUT_CACHE_ROW: u32 = 2;
+/// Projection output kind: accumulate, and store the sum in a second buffer too.
+pub const OUT_ACCUMULATE_COPY: u32 = 3;
 
 // The id bits and the opcode bits tile the word.
 const _: () = assert!(ID_MASK == (1 << OP_SHIFT) - 1);
@@ -74,12 +80,15 @@ pub const MIRRORED: &[(&str, u64)] = &[
     ("AMK_TASK_HEAD_ARGMAX", TASK_HEAD_ARGMAX as u64),
     ("AMK_TASK_ARGMAX_REDUCE", TASK_ARGMAX_REDUCE as u64),
     ("AMK_TASK_RMSNORM", TASK_RMSNORM as u64),
+    ("AMK_TASK_GATED_MLP", TASK_GATED_MLP as u64),
+    ("AMK_TASK_ATTENTION_OUT", TASK_ATTENTION_OUT as u64),
     ("AMK_IN_VECTOR", IN_VECTOR as u64),
     ("AMK_IN_RMSNORM", IN_RMSNORM as u64),
     ("AMK_IN_ATTN_PARTIALS", IN_ATTN_PARTIALS as u64),
     ("AMK_OUT_STORE", OUT_STORE as u64),
     ("AMK_OUT_ACCUMULATE", OUT_ACCUMULATE as u64),
     ("AMK_OUT_CACHE_ROW", OUT_CACHE_ROW as u64),
+    ("AMK_OUT_ACCUMULATE_COPY", OUT_ACCUMULATE_COPY as u64),
 ];
 
 /// Word indices of each task kind's descriptor (abi.cuh's "Word indices" table). Word 0 is
@@ -178,6 +187,8 @@ pub mod word {
         pub const LLAMA3_ORIGINAL: usize = 27;
         /// Int8 weights: byte offset of the weight's per-row f32 scales in its buffer, else 0.
         pub const WEIGHT_SCALES: usize = 28;
+        /// The second output buffer of an accumulate-and-copy output, else `AMK_NONE`.
+        pub const OUT_COPY: usize = 29;
     }
 
     /// `GATED_UP` words (input at 1..=5).
@@ -198,6 +209,18 @@ pub mod word {
         pub const GATE_SCALES: usize = 12;
         /// Int8 weights: byte offset of the up weight's per-row f32 scales, else 0.
         pub const UP_SCALES: usize = 13;
+    }
+
+    /// `GATED_MLP` words: those of `GATED_UP` (its output word is the buffer the down
+    /// projection adds into), then the down projection's.
+    pub mod gated_mlp {
+        pub use super::gated_up::*;
+        /// Down weight, held transposed (`[inter, cols]`), so a task's columns are its rows.
+        pub const DOWN: usize = 14;
+        /// Int8 weights: byte offset of the down weight's per-output f32 scales, else 0.
+        pub const DOWN_SCALES: usize = 15;
+        /// The intermediate size (down's columns in the checkpoint, its rows as held).
+        pub const INTER: usize = 16;
     }
 
     /// `ATTENTION` words.
@@ -226,6 +249,24 @@ pub mod word {
         pub const PART: usize = 11;
         /// Parts per head.
         pub const PARTS: usize = 12;
+    }
+
+    /// `ATTENTION_OUT` words: those of `ATTENTION` (one part of one, no partials buffer:
+    /// its output word is `AMK_NONE`), then the output projection's.
+    pub mod attention_out {
+        pub use super::attention::*;
+        /// Output-projection weight, held transposed (`[weight_cols, cols]`).
+        pub const WEIGHT: usize = 13;
+        /// Int8 weights: byte offset of its per-output f32 scales, else 0.
+        pub const WEIGHT_SCALES: usize = 14;
+        /// Outputs (the model's hidden size).
+        pub const COLS: usize = 15;
+        /// The two buffers the head's share is added to.
+        pub const OUT0: usize = 16;
+        /// See [`OUT0`].
+        pub const OUT1: usize = 17;
+        /// The weight's checkpoint columns (heads times head_dim).
+        pub const WEIGHT_COLS: usize = 18;
     }
 
     /// `HEAD_ARGMAX` words (input at 1..=5).

@@ -9,9 +9,9 @@
 
 use crate::abi::{self, word};
 use crate::error::{Access, CodegenError, Problem};
-use crate::{DeviceTables, Int8Matrix, WeightDType};
-use amk_schedule::ops::{ProjInput, ProjOutput, TaskOp, ELEM};
-use amk_schedule::schedule::{BufferId, BufferKind, CounterReset, Instr, Region, Schedule};
+use crate::{DeviceTables, Int8Matrix, Transposed, WeightDType};
+use amk_schedule::ops::{AttnGeometry, ProjInput, ProjOutput, TaskOp, ELEM};
+use amk_schedule::schedule::{BufferId, BufferKind, CounterReset, Instr, Region, Schedule, Task};
 
 /// The tables plus the numbers the source prologue needs.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -21,6 +21,9 @@ pub(crate) struct Encoded {
     pub max_cols: u32,
     /// Largest head dimension of any rope, head norm, cache row or attention task.
     pub max_head_dim: u32,
+    /// Most rows of a fused MLP task (0 without one): it keeps their activations in shared
+    /// memory beside its input.
+    pub max_mlp_rows: u32,
     /// Weight-tile bytes of every task that has one (the candidates for staging).
     pub stage_tiles: Vec<u64>,
     /// The most words one worker's instructions and descriptors take
@@ -46,6 +49,7 @@ pub(crate) fn encode(s: &Schedule, dtype: WeightDType) -> Result<Encoded, Codege
         _ => vec![None; s.buffers.len()],
     };
     let buffer_bytes = buffers(s, dtype, &int8_matrices)?;
+    let transposed = transposed(s)?;
     let per_launch = counters(s)?;
     let (program, worker_start) = program(s)?;
     let mut by_id = Vec::with_capacity(s.tasks.len());
@@ -53,7 +57,7 @@ pub(crate) fn encode(s: &Schedule, dtype: WeightDType) -> Result<Encoded, Codege
     for (i, task) in s.tasks.iter().enumerate() {
         let ctx = TaskCtx { s, id: i as u32, name: &task.name, dtype, int8: &int8_matrices };
         let words = ctx.encode(&task.op, &mut stats)?;
-        ctx.check_footprint(&task.op, &task.reads, &task.writes)?;
+        ctx.check_footprint(&task.op, task)?;
         by_id.push(words);
     }
     let (tasks, run_start, max_worker_words) = run_order(s, &by_id)?;
@@ -66,9 +70,11 @@ pub(crate) fn encode(s: &Schedule, dtype: WeightDType) -> Result<Encoded, Codege
             per_launch,
             buffer_bytes,
             int8_matrices,
+            transposed,
         },
         max_cols: stats.max_cols,
         max_head_dim: stats.max_head_dim,
+        max_mlp_rows: stats.max_mlp_rows,
         stage_tiles: stats.stage_tiles,
         max_worker_words,
     })
@@ -126,6 +132,7 @@ fn run_order(
 struct Stats {
     max_cols: u32,
     max_head_dim: u32,
+    max_mlp_rows: u32,
     /// Weight-tile bytes (device dtype) of every projection, gated-up and LM-head task.
     stage_tiles: Vec<u64>,
 }
@@ -182,6 +189,11 @@ fn int8_matrices(s: &Schedule) -> Result<Vec<Option<Int8Matrix>>, CodegenError> 
                 vec![(weight, cols)]
             }
             TaskOp::GatedUp { gate, up, cols, .. } => vec![(gate, cols), (up, cols)],
+            // The down weight keeps its checkpoint rows' scales (see `transposed`).
+            TaskOp::GatedMlp { gate, up, down, cols, inter, .. } => {
+                vec![(gate, cols), (up, cols), (down, inter)]
+            }
+            TaskOp::AttentionOut { weight, weight_cols, .. } => vec![(weight, weight_cols)],
             _ => Vec::new(),
         };
         for (b, c) in uses {
@@ -244,6 +256,79 @@ fn int8_matrices(s: &Schedule) -> Result<Vec<Option<Int8Matrix>>, CodegenError> 
             Ok(Some(m))
         })
         .collect()
+}
+
+/// The weights the device holds transposed: every fused MLP's down projection and fused
+/// attention's output projection, whose tasks read a block of their columns (contiguous once
+/// transposed). Such a buffer must be exactly the matrix's elements, and no other task may
+/// read it as a row-major matrix or copy it.
+fn transposed(s: &Schedule) -> Result<Vec<Option<Transposed>>, CodegenError> {
+    let mut out: Vec<Option<Transposed>> = vec![None; s.buffers.len()];
+    for task in &s.tasks {
+        let (b, t) = match task.op {
+            TaskOp::GatedMlp { down, cols, inter, .. } => {
+                (down, Transposed { rows: cols, cols: inter })
+            }
+            TaskOp::AttentionOut { weight, cols, weight_cols, .. } => {
+                (weight, Transposed { rows: cols, cols: weight_cols })
+            }
+            _ => continue,
+        };
+        let Some(buffer) = s.buffers.get(b.index()) else { continue };
+        let f32_bytes = u64::from(t.rows) * u64::from(t.cols) * ELEM;
+        if buffer.bytes != f32_bytes {
+            return Err(buffer_rule(
+                s,
+                b,
+                "bytes",
+                format!(
+                    "{} bytes, but task `{}` reads it as a [{}, {}] matrix held transposed \
+                     ({f32_bytes} bytes as f32)",
+                    buffer.bytes, task.name, t.rows, t.cols
+                ),
+            ));
+        }
+        match out[b.index()] {
+            Some(prev) if prev != t => {
+                return Err(buffer_rule(
+                    s,
+                    b,
+                    "cols",
+                    format!(
+                        "read as a [{}, {}] and as a [{}, {}] matrix held transposed; the device \
+                         holds it in one shape",
+                        prev.rows, prev.cols, t.rows, t.cols
+                    ),
+                ))
+            }
+            _ => out[b.index()] = Some(t),
+        }
+    }
+    for task in &s.tasks {
+        let row_major: Vec<BufferId> = match task.op {
+            TaskOp::Embed { table, .. } => vec![table],
+            TaskOp::Projection { weight, .. } | TaskOp::HeadArgmax { weight, .. } => vec![weight],
+            TaskOp::GatedUp { gate, up, .. } | TaskOp::GatedMlp { gate, up, .. } => {
+                vec![gate, up]
+            }
+            TaskOp::Copy { src, dst } => vec![src.buffer, dst.buffer],
+            _ => Vec::new(),
+        };
+        for b in row_major {
+            if out.get(b.index()).copied().flatten().is_some() {
+                return Err(buffer_rule(
+                    s,
+                    b,
+                    "kind",
+                    format!(
+                        "task `{}` reads it in its checkpoint layout, but it is a fused MLP's                          down projection, which the device holds transposed",
+                        task.name
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(out)
 }
 
 fn buffer_rule(s: &Schedule, id: BufferId, field: &'static str, rule: String) -> CodegenError {
@@ -488,6 +573,61 @@ impl TaskCtx<'_> {
         Ok(())
     }
 
+    /// Words 1..=8 and 10..=12 of an attention task (its geometry, window and part), checked.
+    fn attention(
+        &self,
+        op: &TaskOp,
+        part: u32,
+        parts: u32,
+        w: &mut Words,
+        stats: &mut Stats,
+    ) -> Result<(), CodegenError> {
+        let Some(AttnGeometry {
+            q,
+            head,
+            kv_head,
+            head_dim,
+            max_positions,
+            window,
+            k_cache,
+            v_cache,
+            io,
+        }) = op.attn_geometry()
+        else {
+            return Err(self.rule("kind", "not an attention task".into()));
+        };
+        use word::attention::*;
+        if part >= parts {
+            return Err(self.rule("part", format!("is {part}, not below parts ({parts})")));
+        }
+        w[PART] = part;
+        w[PARTS] = parts;
+        w[WINDOW] = match window {
+            Some(0) => {
+                return Err(self.rule("window", "is 0; a window holds at least one position".into()))
+            }
+            Some(n) => n,
+            None => 0,
+        };
+        w[Q] = self.buf("q", q)?;
+        w[HEAD] = head;
+        w[KV_HEAD] = kv_head;
+        w[HEAD_DIM] = head_dim;
+        w[MAX_POSITIONS] = max_positions;
+        w[K_CACHE] = self.buf("k_cache", k_cache)?;
+        w[V_CACHE] = self.buf("v_cache", v_cache)?;
+        w[IO] = self.buf("io", io)?;
+        self.positive("head_dim", head_dim)?;
+        self.positive("max_positions", max_positions)?;
+        let q_end = (u128::from(head) + 1) * u128::from(head_dim);
+        self.fit("head", "(head + 1) * head_dim elements", q_end)?;
+        let cache_end =
+            (u128::from(kv_head) + 1) * u128::from(max_positions) * u128::from(head_dim);
+        self.fit("kv_head", "(kv_head + 1) * max_positions * head_dim elements", cache_end)?;
+        stats.max_head_dim = stats.max_head_dim.max(head_dim);
+        Ok(())
+    }
+
     fn encode(&self, op: &TaskOp, stats: &mut Stats) -> Result<Words, CodegenError> {
         let mut w: Words = [0; abi::TASK_WORDS];
         match *op {
@@ -668,13 +808,19 @@ impl TaskCtx<'_> {
                 let es = self.dtype.bytes();
                 stats.stage_tiles.push(u64::from(rows) * u64::from(cols) * es);
                 w[IO] = self.buf("io", io)?;
+                w[OUT_COPY] = abi::NONE;
                 match output {
                     ProjOutput::Store { buffer, offset }
-                    | ProjOutput::Accumulate { buffer, offset } => {
+                    | ProjOutput::Accumulate { buffer, offset }
+                    | ProjOutput::AccumulateCopy { buffer, offset, .. } => {
                         w[OUT_KIND] = match output {
                             ProjOutput::Store { .. } => abi::OUT_STORE,
-                            _ => abi::OUT_ACCUMULATE,
+                            ProjOutput::Accumulate { .. } => abi::OUT_ACCUMULATE,
+                            _ => abi::OUT_ACCUMULATE_COPY,
                         };
+                        if let ProjOutput::AccumulateCopy { copy, .. } = output {
+                            w[OUT_COPY] = self.buf("output.copy", copy)?;
+                        }
                         w[OUT_BUFFER] = self.buf("output.buffer", buffer)?;
                         w[OUT_OFFSET] = offset;
                         let end = u128::from(offset) + u128::from(rows);
@@ -725,59 +871,60 @@ impl TaskCtx<'_> {
                 let es = self.dtype.bytes();
                 stats.stage_tiles.push(2 * u64::from(rows) * u64::from(cols) * es);
             }
-            TaskOp::Attention {
-                q,
-                head,
-                kv_head,
-                head_dim,
-                max_positions,
-                window,
-                k_cache,
-                v_cache,
-                io,
-                part,
-                parts,
-                out,
-            } => {
-                use word::attention::*;
-                if part >= parts {
-                    return Err(self.rule("part", format!("is {part}, not below parts ({parts})")));
-                }
-                w[PART] = part;
-                w[PARTS] = parts;
-                w[WINDOW] = match window {
-                    Some(0) => {
-                        return Err(self
-                            .rule("window", "is 0; a window holds at least one position".into()))
-                    }
-                    Some(n) => n,
-                    None => 0,
-                };
-                w[word::KIND] = abi::TASK_ATTENTION;
-                w[Q] = self.buf("q", q)?;
-                w[HEAD] = head;
-                w[KV_HEAD] = kv_head;
-                w[HEAD_DIM] = head_dim;
-                w[MAX_POSITIONS] = max_positions;
-                w[K_CACHE] = self.buf("k_cache", k_cache)?;
-                w[V_CACHE] = self.buf("v_cache", v_cache)?;
-                w[IO] = self.buf("io", io)?;
+            TaskOp::GatedMlp { input, gate, up, down, first_row, rows, cols, inter, out } => {
+                use word::gated_mlp::*;
+                w[word::KIND] = abi::TASK_GATED_MLP;
+                self.input(&input, cols, &mut w, stats)?;
+                w[GATE] = self.buf("gate", gate)?;
+                w[UP] = self.buf("up", up)?;
+                w[DOWN] = self.buf("down", down)?;
+                w[GATE_SCALES] = self.scales(gate);
+                w[UP_SCALES] = self.scales(up);
+                w[DOWN_SCALES] = self.scales(down);
+                w[FIRST_ROW] = first_row;
+                w[ROWS] = rows;
+                w[COLS] = cols;
+                w[INTER] = inter;
                 w[OUT] = self.buf("out", out)?;
-                self.positive("head_dim", head_dim)?;
-                self.positive("max_positions", max_positions)?;
-                let q_end = (u128::from(head) + 1) * u128::from(head_dim);
-                self.fit("head", "(head + 1) * head_dim elements", q_end)?;
-                let cache_end =
-                    (u128::from(kv_head) + 1) * u128::from(max_positions) * u128::from(head_dim);
-                self.fit(
-                    "kv_head",
-                    "(kv_head + 1) * max_positions * head_dim elements",
-                    cache_end,
-                )?;
+                self.positive("rows", rows)?;
+                self.positive("inter", inter)?;
+                self.rows(first_row, rows, cols)?;
+                // The transposed down weight: rows first_row.. of [inter, cols] (`transposed`
+                // checked its size is cols * inter, and the verified footprint that
+                // first_row + rows <= inter).
+                self.fit("inter", "inter * cols elements", u128::from(inter) * u128::from(cols))?;
+                let es = self.dtype.bytes();
+                stats.stage_tiles.push(3 * u64::from(rows) * u64::from(cols) * es);
+                stats.max_mlp_rows = stats.max_mlp_rows.max(rows);
+            }
+            TaskOp::Attention { head, head_dim, part, parts, out, .. } => {
+                use word::attention::*;
+                w[word::KIND] = abi::TASK_ATTENTION;
+                self.attention(op, part, parts, &mut w, stats)?;
+                w[OUT] = self.buf("out", out)?;
                 let end = (u128::from(head) * u128::from(parts) + u128::from(part) + 1)
                     * (u128::from(head_dim) + 2);
                 self.fit("part", "the partial's end, in elements", end)?;
-                stats.max_head_dim = stats.max_head_dim.max(head_dim);
+            }
+            TaskOp::AttentionOut { head_dim, weight, cols, weight_cols, outs, .. } => {
+                use word::attention_out::*;
+                w[word::KIND] = abi::TASK_ATTENTION_OUT;
+                self.attention(op, 0, 1, &mut w, stats)?;
+                w[OUT] = abi::NONE;
+                w[WEIGHT] = self.buf("weight", weight)?;
+                w[WEIGHT_SCALES] = self.scales(weight);
+                w[COLS] = cols;
+                w[WEIGHT_COLS] = weight_cols;
+                w[OUT0] = self.buf("outs[0]", outs[0])?;
+                w[OUT1] = self.buf("outs[1]", outs[1])?;
+                self.positive("cols", cols)?;
+                // The transposed weight: the head's rows of [weight_cols, cols] (`transposed`
+                // checked its size is cols * weight_cols, and the verified footprint that the
+                // head's columns lie inside weight_cols).
+                let end = u128::from(weight_cols) * u128::from(cols);
+                self.fit("weight_cols", "weight_cols * cols elements", end)?;
+                let es = self.dtype.bytes();
+                stats.stage_tiles.push(u64::from(head_dim) * u64::from(cols) * es);
             }
             TaskOp::HeadArgmax { input, weight, first_row, rows, cols, logits, partials, slot } => {
                 use word::head_argmax::*;
@@ -817,16 +964,17 @@ impl TaskCtx<'_> {
         Ok(w)
     }
 
-    /// Every byte the op touches lies inside one declared region of the same direction, and
-    /// is addressable with 32-bit element indices.
-    fn check_footprint(
-        &self,
-        op: &TaskOp,
-        reads: &[Region],
-        writes: &[Region],
-    ) -> Result<(), CodegenError> {
-        let (r, wr) = op.footprint(|b| self.s.buffers.get(b.index()).map_or(0, |b| b.bytes));
-        for (access, regions, declared) in [(Access::Read, r, reads), (Access::Write, wr, writes)] {
+    /// Every byte the op touches lies inside one declared region of the same direction (an
+    /// atomic add may also lie inside a declared write), and is addressable with 32-bit
+    /// element indices.
+    fn check_footprint(&self, op: &TaskOp, task: &Task) -> Result<(), CodegenError> {
+        let f = op.footprint(|b| self.s.buffers.get(b.index()).map_or(0, |b| b.bytes));
+        let adds_or_writes: Vec<Region> = task.adds.iter().chain(&task.writes).copied().collect();
+        for (access, regions, declared) in [
+            (Access::Read, f.reads, &task.reads[..]),
+            (Access::Write, f.writes, &task.writes[..]),
+            (Access::Add, f.adds, &adds_or_writes[..]),
+        ] {
             for region in regions {
                 if region.len == 0 {
                     continue; // touches nothing
@@ -889,12 +1037,15 @@ fn field_of(op: &TaskOp, buffer: BufferId, access: Access) -> &'static str {
             }
         }
         TaskOp::Projection { input: inp, weight, bias, io, output, .. } => {
-            let out = match output {
-                ProjOutput::Store { buffer, .. } | ProjOutput::Accumulate { buffer, .. } => {
-                    (buffer, "output.buffer")
-                }
-                ProjOutput::CacheRow { cache, .. } => (cache, "output.cache"),
+            let mut out = match output {
+                ProjOutput::Store { buffer, .. }
+                | ProjOutput::Accumulate { buffer, .. }
+                | ProjOutput::AccumulateCopy { buffer, .. } => vec![(buffer, "output.buffer")],
+                ProjOutput::CacheRow { cache, .. } => vec![(cache, "output.cache")],
             };
+            if let ProjOutput::AccumulateCopy { copy, .. } = output {
+                out.push((copy, "output.copy"));
+            }
             if read {
                 let mut v = input(&inp);
                 v.push((weight, "weight"));
@@ -902,10 +1053,19 @@ fn field_of(op: &TaskOp, buffer: BufferId, access: Access) -> &'static str {
                     v.push((b, "bias"));
                 }
                 v.push((io, "io"));
-                v.push(out);
+                v.extend(out);
                 v
             } else {
-                vec![out]
+                out
+            }
+        }
+        TaskOp::GatedMlp { input: inp, gate, up, down, out, .. } => {
+            if read {
+                let mut v = input(&inp);
+                v.extend([(gate, "gate"), (up, "up"), (down, "down")]);
+                v
+            } else {
+                vec![(out, "out")]
             }
         }
         TaskOp::GatedUp { input: inp, gate, up, out, .. } => {
@@ -915,6 +1075,19 @@ fn field_of(op: &TaskOp, buffer: BufferId, access: Access) -> &'static str {
                 v
             } else {
                 vec![(out, "out")]
+            }
+        }
+        TaskOp::AttentionOut { q, k_cache, v_cache, io, weight, outs, .. } => {
+            if read {
+                vec![
+                    (q, "q"),
+                    (k_cache, "k_cache"),
+                    (v_cache, "v_cache"),
+                    (io, "io"),
+                    (weight, "weight"),
+                ]
+            } else {
+                vec![(outs[0], "outs[0]"), (outs[1], "outs[1]")]
             }
         }
         TaskOp::Attention { q, k_cache, v_cache, io, out, .. } => {
@@ -967,7 +1140,10 @@ mod tests {
         amk_ir::synth::write_checkpoint(&amk_ir::synth::SynthSpec::tiny(), dir.path())
             .expect("synthetic checkpoint");
         let model = amk_ir::Model::open(dir.path(), &mut |_| {}).expect("open model");
-        let config = ScheduleConfig { workers: 4, ..Default::default() };
+        // The unfused MLP and four attention parts: the tests below break its tasks by name
+        // (the fused MLP has its own tests in tests/tables.rs).
+        let config =
+            ScheduleConfig { workers: 4, fuse_down: false, attn_splits: 4, ..Default::default() };
         let s = amk_schedule::lower(&model.graph, &config).expect("lower");
         amk_verify::verify(&s, &LaunchFacts { sm_count: 132, blocks_per_sm: 1 })
             .expect("the lowered schedule verifies")

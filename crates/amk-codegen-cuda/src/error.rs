@@ -9,6 +9,8 @@ pub enum Access {
     Read,
     /// A write (must lie inside a declared `writes` region).
     Write,
+    /// An atomic add (must lie inside a declared `adds` or `writes` region).
+    Add,
 }
 
 impl fmt::Display for Access {
@@ -16,6 +18,7 @@ impl fmt::Display for Access {
         f.write_str(match self {
             Access::Read => "read",
             Access::Write => "write",
+            Access::Add => "atomic add",
         })
     }
 }
@@ -68,7 +71,7 @@ pub enum Problem {
          {access} region of the task covers"
     )]
     OutsideDeclared {
-        /// Read or write.
+        /// Read, write or atomic add.
         access: Access,
         /// The buffer's name.
         buffer: String,

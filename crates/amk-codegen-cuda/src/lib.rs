@@ -274,6 +274,22 @@ pub struct DeviceTables {
     /// vectors, which stay f32, for other buffers, and for every buffer in other dtypes).
     #[serde(default)]
     pub int8_matrices: Vec<Option<Int8Matrix>>,
+    /// Per buffer: a weight matrix the upload transposes (a fused MLP's down projection),
+    /// else `None`.
+    #[serde(default)]
+    pub transposed: Vec<Option<Transposed>>,
+}
+
+/// A weight matrix the device holds transposed: the checkpoint's row-major `[rows, cols]`
+/// stored as `[cols, rows]`, so a task that reads a block of its columns reads contiguous
+/// bytes (a fused MLP's share of the down projection). Int8 values are quantized per
+/// checkpoint row first, then transposed; the `rows` scales stay in checkpoint order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Transposed {
+    /// Rows of the checkpoint matrix (the model's hidden size for a down projection).
+    pub rows: u32,
+    /// Columns of the checkpoint matrix (the intermediate size).
+    pub cols: u32,
 }
 
 /// An int8 weight matrix on the device: `rows * cols` int8 values (row-major), zero padding to
@@ -337,6 +353,7 @@ pub fn generate(
         block_threads: options.block_threads,
         max_cols: encoded.max_cols.max(1),
         max_head_dim: encoded.max_head_dim.max(1),
+        mlp_rows: encoded.max_mlp_rows,
         workers: s.workers.len() as u32,
         tasks: s.tasks.len() as u32,
         counters: s.counters.len() as u32,

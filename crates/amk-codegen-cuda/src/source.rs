@@ -21,6 +21,8 @@ pub(crate) struct Prologue {
     pub max_cols: u32,
     /// At least 1, so device array sizes stay positive.
     pub max_head_dim: u32,
+    /// Most rows of a fused MLP task (0 without one): their activations follow its input.
+    pub mlp_rows: u32,
     pub workers: u32,
     pub tasks: u32,
     pub counters: u32,
@@ -36,12 +38,13 @@ pub(crate) struct Prologue {
 }
 
 /// Names of the prologue's defines, in order.
-pub const PROLOGUE_DEFINES: [&str; 12] = [
+pub const PROLOGUE_DEFINES: [&str; 13] = [
     "AMK_WEIGHT_BF16",
     "AMK_WEIGHT_INT8",
     "AMK_BLOCK_THREADS",
     "AMK_MAX_COLS",
     "AMK_MAX_HEAD_DIM",
+    "AMK_MLP_ROWS",
     "AMK_WORKERS",
     "AMK_TASKS",
     "AMK_COUNTERS",
@@ -56,13 +59,14 @@ pub(crate) const SMEM_SCRATCH_WORDS: u64 = 64;
 
 impl Prologue {
     /// `(name, value)` of each define, in [`PROLOGUE_DEFINES`] order.
-    pub fn defines(&self) -> [(&'static str, u64); 12] {
+    pub fn defines(&self) -> [(&'static str, u64); 13] {
         let values = [
             u64::from(self.weight_bf16),
             u64::from(self.weight_int8),
             self.block_threads.into(),
             self.max_cols.into(),
             self.max_head_dim.into(),
+            self.mlp_rows.into(),
             self.workers.into(),
             self.tasks.into(),
             self.counters.into(),
@@ -71,7 +75,7 @@ impl Prologue {
             self.stage_bytes.into(),
             u64::from(self.trace),
         ];
-        let mut out = [("", 0); 12];
+        let mut out = [("", 0); 13];
         for (i, (name, value)) in PROLOGUE_DEFINES.iter().zip(values).enumerate() {
             out[i] = (name, value);
         }
@@ -80,7 +84,8 @@ impl Prologue {
 
     /// Dynamic shared memory the kernel needs, in bytes: `4 * AMK_SMEM_FLOATS` of
     /// `kernels/megakernel.cuh`, i.e. a main area large enough for the largest projection
-    /// input (`AMK_MAX_COLS` floats) or attention's per-warp partials
+    /// input (`AMK_MAX_COLS` floats, rounded up to 16 bytes) plus a fused MLP's row
+    /// activations (`AMK_MLP_ROWS` floats), or attention's per-warp partials
     /// (`warps * (AMK_MAX_HEAD_DIM + 2)` floats), rounded up to 16 bytes,
     /// then 64 words of reduction scratch, one head of rows (rounded up to 16 bytes), the
     /// buffer addresses (two words each), the worker's instructions and descriptors (each
@@ -95,7 +100,10 @@ impl Prologue {
         let warps = u64::from(self.block_threads / 32);
         let hd = u64::from(self.max_head_dim);
         let attn = warps * (hd + 2);
-        let main = u64::from(self.max_cols).max(attn).div_ceil(4) * 4;
+        let main = (u64::from(self.max_cols).div_ceil(4) * 4 + u64::from(self.mlp_rows))
+            .max(attn)
+            .div_ceil(4)
+            * 4;
         let buffers = (2 * u64::from(self.buffers)).div_ceil(4) * 4;
         let program = u64::from(self.worker_words).div_ceil(4) * 4;
         4 * (main + SMEM_SCRATCH_WORDS + hd.div_ceil(4) * 4 + buffers + program)
@@ -155,6 +163,7 @@ mod tests {
             block_threads: 512,
             max_cols: 160,
             max_head_dim: 16,
+            mlp_rows: 0,
             workers: 4,
             tasks: 7,
             counters: 3,
@@ -195,6 +204,8 @@ mod tests {
         assert_eq!(prologue().dynamic_smem_bytes(), 4 * (288 + 64 + 16 + 12 + 72));
         let wide = Prologue { max_cols: 2049, ..prologue() };
         assert_eq!(wide.dynamic_smem_bytes(), 4 * (2052 + 64 + 16 + 12 + 72));
+        let mlp = Prologue { mlp_rows: 130, ..prologue() };
+        assert_eq!(mlp.dynamic_smem_bytes(), 4 * (292 + 64 + 16 + 12 + 72));
         let staged = Prologue { stage_bytes: 4096, ..prologue() };
         assert_eq!(staged.dynamic_smem_bytes(), 4 * (288 + 64 + 16 + 12 + 72) + 2 * 4096);
     }
@@ -209,7 +220,8 @@ mod tests {
         for expected in [
             "#define AMK_WARPS (AMK_BLOCK_THREADS / 32)",
             "#define AMK_ATTN_FLOATS (AMK_WARPS * (AMK_MAX_HEAD_DIM + 2))",
-            "#define AMK_SMEM_MAIN ((((AMK_MAX_COLS > AMK_ATTN_FLOATS) ? AMK_MAX_COLS : AMK_ATTN_FLOATS) + 3) / 4 * 4)",
+            "#define AMK_SMEM_X_ACT ((AMK_MAX_COLS + 3) / 4 * 4 + AMK_MLP_ROWS)",
+            "#define AMK_SMEM_MAIN ((((AMK_SMEM_X_ACT > AMK_ATTN_FLOATS) ? AMK_SMEM_X_ACT : AMK_ATTN_FLOATS) + 3) / 4 * 4)",
             "#define AMK_SMEM_HEAD_OFFSET (AMK_SMEM_MAIN + 64)",
             "#define AMK_SMEM_BUFFERS_OFFSET (AMK_SMEM_HEAD_OFFSET + (AMK_MAX_HEAD_DIM + 3) / 4 * 4)",
             "#define AMK_SMEM_PROGRAM_OFFSET (AMK_SMEM_BUFFERS_OFFSET + (2 * AMK_BUFFERS + 3) / 4 * 4)",

@@ -100,8 +100,8 @@ fn the_prologue_holds_the_schedules_numbers() {
     let g = generate(&v, &CodegenOptions::default()).expect("generates");
     let expected = format!(
         "#define AMK_WEIGHT_BF16 1\n#define AMK_WEIGHT_INT8 0\n#define AMK_BLOCK_THREADS 512\n\
-         #define AMK_MAX_COLS 160\n\
-         #define AMK_MAX_HEAD_DIM 16\n#define AMK_WORKERS 4\n#define AMK_TASKS {}\n\
+         #define AMK_MAX_COLS 64\n\
+         #define AMK_MAX_HEAD_DIM 16\n#define AMK_MLP_ROWS 24\n#define AMK_WORKERS 4\n#define AMK_TASKS {}\n\
          #define AMK_COUNTERS {}\n",
         v.tasks.len(),
         v.counters.len()
@@ -168,6 +168,11 @@ fn tiny_int8_launch_matches_the_golden() {
             TaskOp::GatedUp { gate, up, .. } => {
                 check(gate, 12);
                 check(up, 13);
+            }
+            TaskOp::GatedMlp { gate, up, down, .. } => {
+                check(gate, 12);
+                check(up, 13);
+                check(down, 15);
             }
             TaskOp::HeadArgmax { weight, .. } => check(weight, 13),
             _ => {}

@@ -125,14 +125,14 @@ fn shared_memory_covers_inputs_and_attention() {
             .unwrap_or(0);
         (2 * v.buffers.len() as u64).div_ceil(4) * 4 + longest.div_ceil(4) * 4
     };
-    // 512 threads = 16 warps; attention: 16 * (16 + 2) = 288 floats > 160 columns;
-    // then 64 words of scratch and one 16-float head; no staging slots.
+    // 512 threads = 16 warps; attention: 16 * (16 + 2) = 288 floats > 64 columns plus a
+    // fused MLP's 24 rows; then 64 words of scratch and one 16-float head; no staging slots.
     let unstaged = CodegenOptions { stage_weights: false, ..Default::default() };
     let g = generate(&v, &unstaged).expect("generates");
     assert_eq!(u64::from(g.launch.dynamic_smem_bytes), 4 * (288 + 64 + 16 + control));
     let g = generate(&v, &CodegenOptions { block_threads: 64, ..unstaged }).expect("generates");
-    // 2 warps: attention 2 * 18 = 36 floats < 160 columns.
-    assert_eq!(u64::from(g.launch.dynamic_smem_bytes), 4 * (160 + 64 + 16 + control));
+    // 2 warps: attention 2 * 18 = 36 floats < 64 columns + 24 MLP rows.
+    assert_eq!(u64::from(g.launch.dynamic_smem_bytes), 4 * (88 + 64 + 16 + control));
     // Staged: two slots of the largest weight tile that fits (at most half of what remains).
     let g = generate(&v, &CodegenOptions::default()).expect("generates");
     let slot = g.source.lines().find_map(|l| l.strip_prefix("#define AMK_STAGE_BYTES "));
@@ -248,4 +248,133 @@ fn a_worker_program_too_long_for_shared_memory_is_refused_with_its_size() {
     let msg = err.to_string();
     assert!(msg.contains("longest worker's instructions and descriptors"), "{msg}");
     assert!(msg.contains("shared memory"), "{msg}");
+}
+
+/// A fused MLP (`fuse_down`): its descriptors decode back to the schedule, the output
+/// projection's copy buffer and the down weights' transposition reach the tables, int8 down
+/// weights keep one scale per output, and the kernel's shared memory holds the MLP's rows.
+#[test]
+fn fused_mlp_decodes_with_transposed_down_weights() {
+    use amk_schedule::ops::{ProjOutput, TaskOp};
+    for fuse_norm in [true, false] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let spec = SynthSpec { num_layers: 2, ..SynthSpec::tiny() };
+        amk_ir::synth::write_checkpoint(&spec, dir.path()).expect("checkpoint");
+        let model = amk_ir::Model::open(dir.path(), &mut |_| {}).expect("model");
+        let knobs = amk_schedule::ScheduleConfig {
+            workers: 6,
+            fuse_down: true,
+            fuse_norm,
+            mlp_rows: 24,
+            ..Default::default()
+        };
+        let v = common::verified(&amk_schedule::lower(&model.graph, &knobs).expect("lower"));
+        for dtype in [WeightDType::BF16, WeightDType::F32] {
+            check_tables(&v, dtype);
+        }
+        let g = generate(&v, &CodegenOptions::default()).expect("generates");
+        let mlps = g.tables.tasks.chunks(32).filter(|d| d[0] == 9).count();
+        let m = model.config.intermediate_size as u32;
+        assert_eq!(mlps as u32, 2 * m.div_ceil(24));
+        assert!(g.source.contains(&format!("#define AMK_MLP_ROWS {}\n", 24.min(m))));
+        let copies = v
+            .tasks
+            .iter()
+            .filter(|t| {
+                matches!(t.op, TaskOp::Projection { output: ProjOutput::AccumulateCopy { .. }, .. })
+            })
+            .count();
+        assert_eq!(copies > 0, fuse_norm, "the snapshot only feeds fused norms");
+        for (i, b) in v.buffers.iter().enumerate() {
+            let down = b.name.ends_with("mlp.down_proj.weight");
+            let t = g.tables.transposed[i];
+            assert_eq!(t.is_some(), down, "{}", b.name);
+            if let Some(t) = t {
+                assert_eq!((t.rows as usize, t.cols), (model.config.hidden_size, m));
+            }
+        }
+        let int8 = CodegenOptions { weight_dtype: WeightDType::Int8, ..Default::default() };
+        let g8 = generate(&v, &int8).expect("generates int8");
+        let by_task = common::descriptors_by_task(&v, &g8.tables.tasks, &g8.tables.run_start);
+        for (d, task) in by_task.iter().zip(&v.tasks) {
+            if let TaskOp::GatedMlp { down, cols, .. } = task.op {
+                let d = d.expect("descriptor");
+                let mat = g8.tables.int8_matrices[down.index()].expect("int8 down");
+                // Scales per checkpoint row, i.e. per output the task adds to.
+                assert_eq!((mat.rows, mat.cols), (u64::from(cols), m));
+                assert_eq!(u64::from(d[15]), mat.scales_offset);
+            }
+        }
+    }
+}
+
+/// A down weight that a fused MLP reads (held transposed) may not also be read row-major.
+#[test]
+fn a_transposed_weight_read_row_major_is_refused() {
+    use amk_schedule::ops::TaskOp;
+    let dir = tempfile::tempdir().expect("tempdir");
+    amk_ir::synth::write_checkpoint(&SynthSpec::tiny(), dir.path()).expect("checkpoint");
+    let model = amk_ir::Model::open(dir.path(), &mut |_| {}).expect("model");
+    let knobs = amk_schedule::ScheduleConfig { workers: 4, fuse_down: true, ..Default::default() };
+    let mut s = amk_schedule::lower(&model.graph, &knobs).expect("lower");
+    // Point an output projection at layer 0's down weight, re-declaring its reads.
+    let down = s.buffers.iter().position(|b| b.name == "model.layers.0.mlp.down_proj.weight");
+    let down = amk_schedule::schedule::BufferId(down.expect("down weight") as u32);
+    let t = s.tasks.iter().position(|t| t.name.starts_with("L0.o.")).expect("o task");
+    if let TaskOp::Projection { weight, .. } = &mut s.tasks[t].op {
+        *weight = down;
+    }
+    let f = s.tasks[t].op.footprint(|b| s.buffers[b.index()].bytes);
+    s.tasks[t].reads = f.reads;
+    let v = common::verified(&s);
+    let e = generate(&v, &CodegenOptions::default()).expect_err("refused").to_string();
+    assert!(e.contains("model.layers.0.mlp.down_proj.weight") && e.contains("transposed"), "{e}");
+}
+
+/// A fused attention (`fuse_o`): whole-head tasks decode back to the schedule, the output
+/// projection is held transposed ([heads * head_dim, hidden]) beside the fused MLP's down
+/// weight, and int8 keeps one scale per output.
+#[test]
+fn fused_attention_decodes_with_a_transposed_output_projection() {
+    use amk_schedule::ops::TaskOp;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let spec = SynthSpec { num_layers: 2, ..SynthSpec::tiny() };
+    amk_ir::synth::write_checkpoint(&spec, dir.path()).expect("checkpoint");
+    let model = amk_ir::Model::open(dir.path(), &mut |_| {}).expect("model");
+    let knobs = amk_schedule::ScheduleConfig {
+        workers: 6,
+        fuse_o: true,
+        attn_splits: 1,
+        ..Default::default()
+    };
+    let v = common::verified(&amk_schedule::lower(&model.graph, &knobs).expect("lower"));
+    for dtype in [WeightDType::BF16, WeightDType::F32] {
+        check_tables(&v, dtype);
+    }
+    let g = generate(&v, &CodegenOptions::default()).expect("generates");
+    let c = &model.config;
+    let heads = g.tables.tasks.chunks(32).filter(|d| d[0] == 10).count();
+    assert_eq!(heads, c.num_layers * c.num_heads);
+    for (i, b) in v.buffers.iter().enumerate() {
+        let o = b.name.ends_with("self_attn.o_proj.weight");
+        let down = b.name.ends_with("mlp.down_proj.weight");
+        let t = g.tables.transposed[i];
+        assert_eq!(t.is_some(), o || down, "{}", b.name);
+        if let (true, Some(t)) = (o, t) {
+            assert_eq!(
+                (t.rows as usize, t.cols as usize),
+                (c.hidden_size, c.num_heads * c.head_dim)
+            );
+        }
+    }
+    let int8 = CodegenOptions { weight_dtype: WeightDType::Int8, ..Default::default() };
+    let g8 = generate(&v, &int8).expect("generates int8");
+    let by_task = common::descriptors_by_task(&v, &g8.tables.tasks, &g8.tables.run_start);
+    for (d, task) in by_task.iter().zip(&v.tasks) {
+        if let TaskOp::AttentionOut { weight, cols, weight_cols, .. } = task.op {
+            let mat = g8.tables.int8_matrices[weight.index()].expect("int8 output projection");
+            assert_eq!((mat.rows, mat.cols), (u64::from(cols), weight_cols));
+            assert_eq!(u64::from(d.expect("descriptor")[14]), mat.scales_offset);
+        }
+    }
 }

@@ -136,7 +136,8 @@ impl ScheduleExecutor {
             .tasks
             .iter()
             .filter_map(|t| match t.op {
-                TaskOp::Attention { max_positions, .. } => Some(max_positions as usize),
+                TaskOp::Attention { max_positions, .. }
+                | TaskOp::AttentionOut { max_positions, .. } => Some(max_positions as usize),
                 _ => None,
             })
             .min()
@@ -313,8 +314,14 @@ impl ScheduleExecutor {
             .tasks
             .get(id.index())
             .ok_or_else(|| ExecError::Malformed(format!("task {} out of range", id.0)))?;
-        let mut ctx =
-            TaskCtx { exec: self, s, name: &task.name, reads: &task.reads, writes: &task.writes };
+        let mut ctx = TaskCtx {
+            exec: self,
+            s,
+            name: &task.name,
+            reads: &task.reads,
+            writes: &task.writes,
+            adds: &task.adds,
+        };
         ctx.run(&task.op)
     }
 
@@ -332,6 +339,16 @@ struct TaskCtx<'a> {
     name: &'a str,
     reads: &'a [Region],
     writes: &'a [Region],
+    adds: &'a [Region],
+}
+
+/// How a task touches memory, for the check against its declared regions.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Touch {
+    Read,
+    Write,
+    /// An atomic add: declared in `adds` (or, stronger, in `writes`).
+    Add,
 }
 
 impl TaskCtx<'_> {
@@ -342,7 +359,7 @@ impl TaskCtx<'_> {
     /// Checks an access of `len` elements from element `first` of `buffer`.
     fn check(
         &self,
-        write: bool,
+        touch: Touch,
         buffer: BufferId,
         first: usize,
         len: usize,
@@ -360,11 +377,20 @@ impl TaskCtx<'_> {
         }
         if self.exec.check_regions {
             let access = Region::new(buffer, first as u64 * ELEM, len as u64 * ELEM);
-            let declared = if write { self.writes } else { self.reads };
-            if !declared.iter().any(|r| r.contains(&access)) {
+            let inside = |list: &[Region]| list.iter().any(|r| r.contains(&access));
+            let declared = match touch {
+                Touch::Read => inside(self.reads),
+                Touch::Write => inside(self.writes),
+                Touch::Add => inside(self.adds) || inside(self.writes),
+            };
+            if !declared {
                 return Err(ExecError::Undeclared {
                     task: self.name.to_owned(),
-                    kind: if write { "writes" } else { "reads" },
+                    kind: match touch {
+                        Touch::Read => "reads",
+                        Touch::Write => "writes",
+                        Touch::Add => "adds",
+                    },
                     buffer: self.s.buffers[b].name.clone(),
                     start: access.offset,
                     end: access.offset + access.len,
@@ -375,13 +401,24 @@ impl TaskCtx<'_> {
     }
 
     fn read(&self, buffer: BufferId, first: usize, len: usize) -> Result<&[f32], ExecError> {
-        self.check(false, buffer, first, len)?;
+        self.check(Touch::Read, buffer, first, len)?;
         Ok(&self.exec.mem[buffer.index()][first..first + len])
     }
 
     fn write(&mut self, buffer: BufferId, first: usize, data: &[f32]) -> Result<(), ExecError> {
-        self.check(true, buffer, first, data.len())?;
+        self.check(Touch::Write, buffer, first, data.len())?;
         self.exec.mem[buffer.index()][first..first + data.len()].copy_from_slice(data);
+        Ok(())
+    }
+
+    /// Adds `data` into `buffer` from element `first` (the device's atomic adds; here in the
+    /// order the executor's policy runs the tasks).
+    fn add(&mut self, buffer: BufferId, first: usize, data: &[f32]) -> Result<(), ExecError> {
+        self.check(Touch::Add, buffer, first, data.len())?;
+        let dst = &mut self.exec.mem[buffer.index()][first..first + data.len()];
+        for (d, v) in dst.iter_mut().zip(data) {
+            *d += v;
+        }
         Ok(())
     }
 
@@ -437,6 +474,34 @@ impl TaskCtx<'_> {
         let mut out = vec![0.0; r];
         kernels::matvec(w, x, b, &mut out);
         Ok(out)
+    }
+
+    /// The partial softmax `[m, l, acc..]` of part `part` of `parts` of one query head's
+    /// attention at the current position (see [`TaskOp::Attention`]).
+    fn attention_partial(&self, op: &TaskOp, part: u32, parts: u32) -> Result<Vec<f32>, ExecError> {
+        let g = op.attn_geometry().ok_or_else(|| self.err("not an attention task"))?;
+        let (_, pos) = self.io(g.io)?;
+        if part >= parts {
+            return Err(self.err(format!("attention part {part} of {parts} parts")));
+        }
+        if pos >= g.max_positions as usize {
+            return Err(self
+                .err(format!("position {pos} is past the cache's {} positions", g.max_positions)));
+        }
+        if g.window == Some(0) {
+            return Err(self.err("a sliding window of 0 positions attends to nothing"));
+        }
+        let hd = g.head_dim as usize;
+        let qh = self.read(g.q, g.head as usize * hd, hd)?;
+        // Only this part's rows of the window `first..=pos` are read.
+        let first = kernels::window_start(pos, g.window.map(|w| w as usize));
+        let (a, b) = attn_part_rows(first, pos + 1, part, parts);
+        let base = (g.kv_head as usize * g.max_positions as usize + a) * hd;
+        let k = self.read(g.k_cache, base, (b - a) * hd)?;
+        let v = self.read(g.v_cache, base, (b - a) * hd)?;
+        let mut o = vec![0.0; hd + 2];
+        kernels::attention_partial(qh, kernels::KvRows { k, v, stride: hd }, b - a, &mut o);
+        Ok(o)
     }
 
     fn run(&mut self, op: &TaskOp) -> Result<(), ExecError> {
@@ -502,6 +567,12 @@ impl TaskCtx<'_> {
                         let sum: Vec<f32> = old.iter().zip(&y).map(|(a, b)| a + b).collect();
                         self.write(buffer, offset as usize, &sum)
                     }
+                    ProjOutput::AccumulateCopy { buffer, offset, copy } => {
+                        let old = self.read(buffer, offset as usize, y.len())?;
+                        let sum: Vec<f32> = old.iter().zip(&y).map(|(a, b)| a + b).collect();
+                        self.write(buffer, offset as usize, &sum)?;
+                        self.write(copy, offset as usize, &sum)
+                    }
                     ProjOutput::CacheRow { cache, kv_head, head_dim, max_positions } => {
                         if pos >= max_positions as usize {
                             return Err(self.err(format!(
@@ -525,44 +596,50 @@ impl TaskCtx<'_> {
                 kernels::silu_mul(&g, &u, &mut y);
                 self.write(out, first_row as usize, &y)
             }
-            TaskOp::Attention {
-                q,
-                head,
-                kv_head,
-                head_dim,
-                max_positions,
-                window,
-                k_cache,
-                v_cache,
-                io,
-                part,
-                parts,
-                out,
-            } => {
-                let (_, pos) = self.io(io)?;
-                if part >= parts {
-                    return Err(self.err(format!("attention part {part} of {parts} parts")));
-                }
-                if pos >= max_positions as usize {
+            TaskOp::GatedMlp { input, gate, up, down, first_row, rows, cols, inter, out } => {
+                let x = self.input(&input)?;
+                let g = self.rows(gate, first_row, rows, cols, &x, None)?;
+                let u = self.rows(up, first_row, rows, cols, &x, None)?;
+                let mut a = vec![0.0; g.len()];
+                kernels::silu_mul(&g, &u, &mut a);
+                let (f, r, c, m) =
+                    (first_row as usize, rows as usize, cols as usize, inter as usize);
+                if c == 0 || f + r > m {
                     return Err(self.err(format!(
-                        "position {pos} is past the cache's {max_positions} positions"
+                        "rows {f}..{} are not columns of a down projection with {m} columns",
+                        f + r
                     )));
                 }
-                if window == Some(0) {
-                    return Err(self.err("a sliding window of 0 positions attends to nothing"));
-                }
-                let hd = head_dim as usize;
-                let qh = self.read(q, head as usize * hd, hd)?;
-                // Only this part's rows of the window `first..=pos` are read.
-                let first = kernels::window_start(pos, window.map(|w| w as usize));
-                let (a, b) = attn_part_rows(first, pos + 1, part, parts);
-                let base = (kv_head as usize * max_positions as usize + a) * hd;
-                let k = self.read(k_cache, base, (b - a) * hd)?;
-                let v = self.read(v_cache, base, (b - a) * hd)?;
-                let mut o = vec![0.0; hd + 2];
-                kernels::attention_partial(qh, kernels::KvRows { k, v, stride: hd }, b - a, &mut o);
+                // Columns f..f + r of each of down's c rows lie in this span.
+                let span = self.read(down, f, (c - 1) * m + r)?;
+                let y: Vec<f32> =
+                    (0..c).map(|o| kernels::dot(&span[o * m..o * m + r], &a)).collect();
+                self.add(out, 0, &y)
+            }
+            TaskOp::Attention { head, head_dim, part, parts, out, .. } => {
+                let o = self.attention_partial(op, part, parts)?;
                 let at = attn_partial_index(head, part, parts, head_dim) as usize;
                 self.write(out, at, &o)
+            }
+            TaskOp::AttentionOut { head, head_dim, weight, cols, weight_cols, outs, .. } => {
+                let partial = self.attention_partial(op, 0, 1)?;
+                let hd = head_dim as usize;
+                let mut o = vec![0.0; hd];
+                kernels::combine_attn_partials(&partial, hd, &mut o);
+                let (c, wc, first) = (cols as usize, weight_cols as usize, head as usize * hd);
+                if c == 0 || first + hd > wc {
+                    return Err(self.err(format!(
+                        "head {head} is not columns of an output projection with {wc} columns"
+                    )));
+                }
+                // Columns first..first + hd of each of the weight's c rows lie in this span.
+                let span = self.read(weight, first, (c - 1) * wc + hd)?;
+                let y: Vec<f32> =
+                    (0..c).map(|r| kernels::dot(&span[r * wc..r * wc + hd], &o)).collect();
+                for out in outs {
+                    self.add(out, 0, &y)?;
+                }
+                Ok(())
             }
             TaskOp::HeadArgmax { input, weight, first_row, rows, cols, logits, partials, slot } => {
                 let x = self.input(&input)?;

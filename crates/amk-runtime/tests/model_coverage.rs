@@ -92,9 +92,14 @@ fn check(name: &str) {
     }
 
     // The verified schedule on the CPU schedule executor against the reference.
-    // Unsplit attention: the executor computes bit for bit what the reference does.
-    let knobs =
-        ScheduleConfig { workers: 7, max_positions: 64, attn_splits: 1, ..Default::default() };
+    // Unsplit attention, unfused MLP: the executor computes bit for bit what the reference does.
+    let knobs = ScheduleConfig {
+        workers: 7,
+        max_positions: 64,
+        attn_splits: 1,
+        fuse_down: false,
+        ..Default::default()
+    };
     let schedule = lower(&model.graph, &knobs).unwrap_or_else(|e| panic!("{name}: {e}"));
     let facts = LaunchFacts { sm_count: 132, blocks_per_sm: 1 };
     let verified = amk_verify::verify(&schedule, &facts).unwrap_or_else(|e| panic!("{name}: {e}"));
@@ -106,8 +111,9 @@ fn check(name: &str) {
     assert_eq!(exec_tokens, want.tokens, "{name}: schedule executor tokens");
     assert_eq!(exec_logits, logits, "{name}: schedule executor logits differ from the reference");
 
-    // Attention split over positions (3 parts): same tokens, logits up to f32 reassociation.
-    let knobs = ScheduleConfig { attn_splits: 3, ..knobs };
+    // Attention split over positions (3 parts) and the fused MLP (atomic adds of the down
+    // projection): same tokens, logits up to f32 reassociation.
+    let knobs = ScheduleConfig { attn_splits: 3, fuse_down: true, ..knobs };
     let schedule = lower(&model.graph, &knobs).unwrap_or_else(|e| panic!("{name}: {e}"));
     let verified = amk_verify::verify(&schedule, &facts).unwrap_or_else(|e| panic!("{name}: {e}"));
     let schedule = Arc::new(verified.into_schedule());

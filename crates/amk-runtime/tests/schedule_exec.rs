@@ -26,10 +26,32 @@ fn config(workers: u32) -> ScheduleConfig {
         mlp_rows: 40,
         down_rows: 32,
         head_rows: 64,
-        // Unsplit attention computes bit for bit what the reference does (split attention is
-        // checked with a tolerance in `split_attention_matches_the_reference`).
+        // Unsplit attention and the unfused MLP compute bit for bit what the reference does
+        // (split attention and the fused MLP's atomic adds reassociate f32 sums: they are
+        // checked with a tolerance in `split_attention_matches_the_reference` and
+        // `fused_down_matches_the_reference`).
         attn_splits: 1,
+        fuse_down: false,
         ..Default::default()
+    }
+}
+
+/// Steps the reference and the executor through `tokens` from position 0: the same next token
+/// at every step, and logits within 1e-5 of the largest (the same f32 sums in another order).
+fn assert_matches_up_to_rounding(
+    cpu: &mut CpuReference,
+    exec: &mut ScheduleExecutor,
+    tokens: &[u32],
+    what: &str,
+) {
+    cpu.reset();
+    for (pos, &t) in tokens.iter().enumerate() {
+        let (a, b) = (cpu.step(t, pos).unwrap(), exec.step(t, pos).unwrap());
+        assert_eq!(a, b, "{what}, position {pos}");
+        let (x, y) = (cpu.logits().unwrap(), exec.logits().unwrap());
+        let scale = x.iter().fold(1f32, |m, v| m.max(v.abs()));
+        let diff = x.iter().zip(y).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+        assert!(diff <= 1e-5 * scale, "{what}, position {pos}: {diff:e}");
     }
 }
 
@@ -241,15 +263,74 @@ fn split_attention_matches_the_reference() {
             let mut exec =
                 ScheduleExecutor::from_model(&model, Arc::new(s), &mut |_, _| {}).unwrap();
             exec.check_regions = true;
-            cpu.reset();
-            for (pos, t) in [7u32, 90, 150, 3, 44, 5, 61, 200, 17, 9].into_iter().enumerate() {
-                let (a, b) = (cpu.step(t, pos).unwrap(), exec.step(t, pos).unwrap());
-                assert_eq!(a, b, "{parts} parts, position {pos}");
-                let (x, y) = (cpu.logits().unwrap(), exec.logits().unwrap());
-                let scale = x.iter().fold(1f32, |m, v| m.max(v.abs()));
-                let diff = x.iter().zip(y).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
-                assert!(diff <= 1e-5 * scale, "{parts} parts, position {pos}: {diff:e}");
-            }
+            let tokens = [7, 90, 150, 3, 44, 5, 61, 200, 17, 9];
+            assert_matches_up_to_rounding(&mut cpu, &mut exec, &tokens, &format!("{parts} parts"));
+        }
+    }
+}
+
+/// The down projection folded into the gate/up tasks (atomic adds into the residual, the
+/// output projection's residual snapshot feeding the MLP's norm) keeps the reference's tokens,
+/// with logits equal up to f32 reassociation, with fused and unfused norms, under every
+/// executor policy (each launch runs the adds in a different order).
+#[test]
+fn fused_down_matches_the_reference() {
+    let (_dir, model) = tiny(SynthSpec { num_layers: 3, seed: 31, ..SynthSpec::tiny() });
+    let mut cpu = CpuReference::from_model(&model, &mut |_, _| {}).unwrap();
+    for (fuse_norm, mlp_rows) in [(true, 8), (false, 5), (true, 64)] {
+        let knobs = ScheduleConfig { fuse_down: true, fuse_norm, mlp_rows, ..config(9) };
+        let s = lower(&model.graph, &knobs).unwrap();
+        assert!(s.tasks.iter().all(|t| !t.name.contains(".down.")), "{knobs:?}");
+        assert!(s.tasks.iter().any(|t| !t.adds.is_empty()), "{knobs:?}");
+        assert_eq!(s.buffers.iter().any(|b| b.name == "resid_mlp"), fuse_norm);
+        let facts = amk_verify::LaunchFacts { sm_count: 132, blocks_per_sm: 1 };
+        amk_verify::verify(&s, &facts).unwrap_or_else(|e| panic!("{knobs:?}: {e}"));
+        let mut exec = ScheduleExecutor::from_model(&model, Arc::new(s), &mut |_, _| {}).unwrap();
+        exec.check_regions = true;
+        let tokens = [7, 90, 150, 3, 44, 5, 61];
+        assert_matches_up_to_rounding(&mut cpu, &mut exec, &tokens, &format!("{knobs:?}"));
+    }
+}
+
+/// The attention output projection folded into whole-head attention tasks (atomic adds into
+/// two versions of the residual, copied from the layer's input by the qkv phase) keeps the
+/// reference's tokens, with logits equal up to f32 reassociation, with and without the fused
+/// MLP and fused norms, under a sliding window too.
+#[test]
+fn fused_o_matches_the_reference() {
+    for (spec, window) in [
+        (SynthSpec { num_layers: 3, seed: 41, ..SynthSpec::tiny() }, None),
+        (
+            SynthSpec {
+                num_layers: 2,
+                seed: 42,
+                architecture: Architecture::Mistral,
+                sliding_window: Some(4),
+                ..SynthSpec::tiny()
+            },
+            Some(4),
+        ),
+    ] {
+        let (_dir, model) = tiny(spec);
+        assert_eq!(model.config.sliding_window, window);
+        let mut cpu = CpuReference::from_model(&model, &mut |_, _| {}).unwrap();
+        for (fuse_down, fuse_norm) in [(true, true), (false, true), (true, false)] {
+            let knobs =
+                ScheduleConfig { fuse_o: true, attn_splits: 1, fuse_down, fuse_norm, ..config(9) };
+            let s = lower(&model.graph, &knobs).unwrap();
+            assert!(s.tasks.iter().all(|t| !t.name.contains(".o.")), "{knobs:?}");
+            let layers = model.config.num_layers;
+            assert_eq!(
+                s.buffers.iter().filter(|b| b.name.starts_with("resid.")).count(),
+                2 * layers + 1
+            );
+            let facts = amk_verify::LaunchFacts { sm_count: 132, blocks_per_sm: 1 };
+            amk_verify::verify(&s, &facts).unwrap_or_else(|e| panic!("{knobs:?}: {e}"));
+            let mut exec =
+                ScheduleExecutor::from_model(&model, Arc::new(s), &mut |_, _| {}).unwrap();
+            exec.check_regions = true;
+            let tokens = [7, 90, 150, 3, 44, 5, 61, 20];
+            assert_matches_up_to_rounding(&mut cpu, &mut exec, &tokens, &format!("{knobs:?}"));
         }
     }
 }

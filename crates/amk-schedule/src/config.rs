@@ -49,6 +49,18 @@ pub struct ScheduleConfig {
     /// Fuse RMSNorm into every projection that reads the residual stream (each task
     /// recomputes it: no sync point), or run it as a task of its own with a phase after it.
     pub fuse_norm: bool,
+    /// Fold the down projection into the gate/up tasks ([`crate::TaskOp::GatedMlp`]): each
+    /// adds its rows' share of the down projection into the residual with atomic adds, so a
+    /// layer has four phases, not five. The attention output projection then also stores a
+    /// snapshot of the residual for the MLP's norm (with fused norms). The f32 sums' order
+    /// over tasks is then not fixed.
+    pub fuse_down: bool,
+    /// Fold the attention output projection into the attention tasks
+    /// ([`crate::TaskOp::AttentionOut`]): each head's task adds its share of the projection
+    /// into the residual with atomic adds, so a layer has one phase fewer. Needs
+    /// `attn_splits: 1` (a head's parts must be combined before the projection), so each
+    /// head's attention runs on one worker: good at short contexts, slow at long ones.
+    pub fuse_o: bool,
     /// Positions the key/value caches hold; 0 means the model's max_position_embeddings.
     pub max_positions: u32,
     /// Parts each attention head is split into over cache positions (flash-decoding): more
@@ -62,9 +74,10 @@ pub struct ScheduleConfig {
 impl Default for ScheduleConfig {
     /// The best knobs `amk search` found for SmolLM2-135M on an H100 (bf16, context 256;
     /// `fixtures/search/smollm2-135m-h100/`): one worker per SM (132); 16-row attention-output
-    /// and down tiles and 24-row gate/up tiles, so each phase spreads over many workers; each
-    /// attention head split over 4 position ranges; tasks dealt round-robin over workers;
-    /// 384-row LM-head tiles (128 of them for a 49152-token vocabulary, one per worker).
+    /// tiles and 24-row fused MLP tiles (gate, up and their share of the down projection), so
+    /// each phase spreads over many workers; each attention head split over 8 position ranges;
+    /// tasks dealt round-robin over workers; 384-row LM-head tiles (128 of them for a
+    /// 49152-token vocabulary, one per worker). `down_rows` only applies without `fuse_down`.
     fn default() -> Self {
         ScheduleConfig {
             workers: 132,
@@ -77,8 +90,10 @@ impl Default for ScheduleConfig {
             assignment: Assignment::RoundRobin,
             task_order: TaskOrder::AsLowered,
             fuse_norm: true,
+            fuse_down: true,
+            fuse_o: false,
             max_positions: 0,
-            attn_splits: 4,
+            attn_splits: 8,
             prefetch_depth: 1,
         }
     }
@@ -131,6 +146,15 @@ impl ScheduleConfig {
                     message: "must be at least 1".into(),
                 });
             }
+        }
+        if self.fuse_o && self.attn_splits != 1 {
+            return Err(ConfigError::Invalid {
+                field: "attn_splits",
+                value: self.attn_splits as u64,
+                message: "`fuse_o` needs one attention part per head (attn_splits: 1): the parts \
+                          must be combined before the output projection"
+                    .into(),
+            });
         }
         if self.workers > 1 << 16 {
             return Err(ConfigError::Invalid {

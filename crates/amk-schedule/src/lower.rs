@@ -12,6 +12,17 @@
 //!    recomputed from the residual);
 //! 5. `down`: row tiles of the down projection, the residual add in the epilogue.
 //!
+//! With `fuse_o` (and one attention part per head), phases 2 and 3 are one: each head's task
+//! attends over all its rows and adds its share of the output projection to the residual with
+//! atomic adds. The residual then has one buffer per version (see `resids` below), and the qkv
+//! phase also copies the layer's input into the two versions the layer adds to.
+//!
+//! With `fuse_down`, phases 4 and 5 are one: each gate/up tile also multiplies its rows by the
+//! matching columns of the down projection and adds the result into the residual with atomic
+//! adds (declared as `adds`, which commute). The MLP's norm then reads `resid_mlp`, a snapshot
+//! of the residual the output projection stores beside its residual add, since the residual
+//! itself changes under the MLP's adds.
+//!
 //! The step opens with the embedding lookup and ends with LM-head tiles that each keep a
 //! partial argmax, then one reduction that writes the next token and position into `io`.
 //! Each phase signals one counter per task; a worker waits for the previous phase's counter
@@ -25,7 +36,7 @@ use crate::ops::{
     PARTIAL_BYTES,
 };
 use crate::schedule::{
-    BufferId, BufferKind, CounterId, CounterReset, Instr, Schedule, TaskId, Worker,
+    BufferId, BufferKind, CounterId, CounterReset, Instr, Region, Schedule, TaskId, Worker,
 };
 use amk_ir::graph::DecodeGraph;
 
@@ -69,9 +80,7 @@ impl Lowerer {
     }
 
     fn task(&mut self, name: String, op: TaskOp, weight_bytes: u64) {
-        let s = &self.s;
-        let (reads, writes) = op.footprint(|b| s.buffers.get(b.index()).map_or(0, |b| b.bytes));
-        let id = self.s.add_task(name, op, reads, writes);
+        let id = self.s.add_task_with_footprint(name, op);
         if let Some(p) = self.phases.last_mut() {
             p.tasks.push((id, weight_bytes));
         }
@@ -137,15 +146,41 @@ pub fn lower(graph: &DecodeGraph, config: &ScheduleConfig) -> Result<Schedule, L
         weight_ids.get(i).copied().unwrap_or(BufferId(u32::MAX))
     };
     let io = l.buffer("io", BufferKind::Io, IO_BYTES);
-    let resid = l.buffer("resid", BufferKind::Activation, h as u64 * ELEM);
+    let fuse_o = config.fuse_o;
+    if fuse_o && c.o_bias {
+        // Each head's task adds its share of the projection; the bias would need one more.
+        return Err(LowerError::Unsupported(
+            "`fuse_o` with an attention output bias (config.json `o_bias`); lower it without \
+             `fuse_o`"
+                .into(),
+        ));
+    }
+    // The residual stream. With `fuse_o`, one buffer per version: `resid.{2L}` enters layer L,
+    // `resid.{2L+1}` adds its attention (the MLP's norm reads it), `resid.{2L+2}` its attention
+    // and MLP (the qkv phase copies `resid.{2L}` into both first), so a phase that adds to one
+    // never overlaps a phase that reads it. Otherwise one buffer, `resid`.
+    let versions = if fuse_o { 2 * c.num_layers + 1 } else { 1 };
+    let resids: Vec<BufferId> = (0..versions)
+        .map(|k| {
+            let name = if fuse_o { format!("resid.{k}") } else { "resid".to_string() };
+            l.buffer(&name, BufferKind::Activation, h as u64 * ELEM)
+        })
+        .collect();
+    let resid = resids[0];
     let q = l.buffer("q", BufferKind::Activation, (nh * hd) as u64 * ELEM);
     let parts = config.attn_splits;
-    let attn = l.buffer(
-        "attn_partials",
-        BufferKind::Activation,
-        (nh as u64 * parts as u64 * attn_partial_len(hd) as u64).saturating_mul(ELEM),
-    );
-    let act = l.buffer("act", BufferKind::Activation, m as u64 * ELEM);
+    let attn = (!fuse_o).then(|| {
+        l.buffer(
+            "attn_partials",
+            BufferKind::Activation,
+            (nh as u64 * parts as u64 * attn_partial_len(hd) as u64).saturating_mul(ELEM),
+        )
+    });
+    let act = (!config.fuse_down).then(|| l.buffer("act", BufferKind::Activation, m as u64 * ELEM));
+    // The residual as the output projection left it, for the MLP's fused norm while the MLP's
+    // adds change `resid` (an unfused norm task reads it before the MLP phase instead).
+    let resid_mlp = (config.fuse_down && config.fuse_norm && !fuse_o)
+        .then(|| l.buffer("resid_mlp", BufferKind::Activation, h as u64 * ELEM));
     let logits = l.buffer("logits", BufferKind::Logits, vocab as u64 * ELEM);
     let head_tiles = vocab.div_ceil(config.head_rows);
     let partials =
@@ -153,12 +188,17 @@ pub fn lower(graph: &DecodeGraph, config: &ScheduleConfig) -> Result<Schedule, L
     let cache_bytes = nkv as u64 * max_pos as u64 * hd as u64 * ELEM;
     // With unfused norms, each norm is one task writing `xn`, which the projections then read.
     let xn = (!config.fuse_norm).then(|| l.buffer("xn", BufferKind::Activation, h as u64 * ELEM));
-    let norm_input = |l: &mut Lowerer, phase: &str, task: String, weight: BufferId| -> ProjInput {
+    let norm_input = |l: &mut Lowerer,
+                      phase: &str,
+                      task: String,
+                      weight: BufferId,
+                      source: BufferId|
+     -> ProjInput {
         match xn {
-            None => ProjInput::RmsNormed { buffer: resid, len: h, weight, eps },
+            None => ProjInput::RmsNormed { buffer: source, len: h, weight, eps },
             Some(xn) => {
                 l.phase(phase);
-                let op = TaskOp::RmsNorm { input: resid, len: h, weight, eps, out: xn };
+                let op = TaskOp::RmsNorm { input: source, len: h, weight, eps, out: xn };
                 l.task(task, op, h as u64 * ELEM);
                 ProjInput::Vector { buffer: xn, len: h }
             }
@@ -171,6 +211,13 @@ pub fn lower(graph: &DecodeGraph, config: &ScheduleConfig) -> Result<Schedule, L
 
     for layer in 0..c.num_layers {
         let lw = |s: &str| wbuf(&format!("model.layers.{layer}.{s}"));
+        // The residual this layer reads, the one its MLP's norm reads, the one it leaves.
+        let (x_in, x_mid, x_out) = if fuse_o {
+            let v = |k: usize| resids[k];
+            (v(2 * layer), v(2 * layer + 1), v(2 * layer + 2))
+        } else {
+            (resid, resid_mlp.unwrap_or(resid), resid)
+        };
         let k_cache = l.buffer(&format!("L{layer}.k_cache"), BufferKind::KvCache, cache_bytes);
         let v_cache = l.buffer(&format!("L{layer}.v_cache"), BufferKind::KvCache, cache_bytes);
         let qkv_bias = |s: &str| c.qkv_bias.then(|| lw(s));
@@ -189,9 +236,20 @@ pub fn lower(graph: &DecodeGraph, config: &ScheduleConfig) -> Result<Schedule, L
             &format!("L{layer}.attn_norm.done"),
             format!("L{layer}.attn_norm"),
             lw("input_layernorm.weight"),
+            x_in,
         );
         l.phase(&format!("L{layer}.qkv.done"));
         let head_bytes = (hd * h) as u64 * ELEM;
+        if fuse_o {
+            // The two versions the attention and the MLP add to start as this layer's input.
+            for (tag, dst) in [("mid", x_mid), ("out", x_out)] {
+                let op = TaskOp::Copy {
+                    src: Region::new(x_in, 0, h as u64 * ELEM),
+                    dst: Region::new(dst, 0, h as u64 * ELEM),
+                };
+                l.task(format!("L{layer}.resid.{tag}"), op, h as u64 * ELEM);
+            }
+        }
         for head in 0..nh {
             let op = TaskOp::Projection {
                 input: attn_in,
@@ -234,41 +292,74 @@ pub fn lower(graph: &DecodeGraph, config: &ScheduleConfig) -> Result<Schedule, L
         }
 
         l.phase(&format!("L{layer}.attn.done"));
-        for head in 0..nh {
-            for part in 0..parts {
-                let op = TaskOp::Attention {
-                    q,
-                    head,
-                    kv_head: head / (nh / nkv),
-                    head_dim: hd,
-                    max_positions: max_pos,
-                    window,
-                    k_cache,
-                    v_cache,
-                    io,
-                    part,
-                    parts,
-                    out: attn,
-                };
-                l.task(format!("L{layer}.attn.h{head}.p{part}"), op, 0);
+        match attn {
+            None => {
+                // Whole heads, each adding its share of the output projection to both
+                // versions of the residual.
+                for head in 0..nh {
+                    let op = TaskOp::AttentionOut {
+                        q,
+                        head,
+                        kv_head: head / (nh / nkv),
+                        head_dim: hd,
+                        max_positions: max_pos,
+                        window,
+                        k_cache,
+                        v_cache,
+                        io,
+                        weight: lw("self_attn.o_proj.weight"),
+                        cols: h,
+                        weight_cols: nh * hd,
+                        outs: [x_mid, x_out],
+                    };
+                    l.task(format!("L{layer}.attn.h{head}"), op, head_bytes);
+                }
             }
-        }
+            Some(attn) => {
+                for head in 0..nh {
+                    for part in 0..parts {
+                        let op = TaskOp::Attention {
+                            q,
+                            head,
+                            kv_head: head / (nh / nkv),
+                            head_dim: hd,
+                            max_positions: max_pos,
+                            window,
+                            k_cache,
+                            v_cache,
+                            io,
+                            part,
+                            parts,
+                            out: attn,
+                        };
+                        l.task(format!("L{layer}.attn.h{head}.p{part}"), op, 0);
+                    }
+                }
 
-        l.phase(&format!("L{layer}.o.done"));
-        for (first, rows) in tiles(h, config.o_rows) {
-            let op = TaskOp::Projection {
-                input: ProjInput::AttnPartials { buffer: attn, heads: nh, head_dim: hd, parts },
-                weight: lw("self_attn.o_proj.weight"),
-                bias: c.o_bias.then(|| lw("self_attn.o_proj.bias")),
-                first_row: first,
-                rows,
-                cols: nh * hd,
-                head_norm: None,
-                rope: None,
-                io,
-                output: ProjOutput::Accumulate { buffer: resid, offset: first },
-            };
-            l.task(format!("L{layer}.o.r{first}"), op, (rows * nh * hd) as u64 * ELEM);
+                l.phase(&format!("L{layer}.o.done"));
+                let input =
+                    ProjInput::AttnPartials { buffer: attn, heads: nh, head_dim: hd, parts };
+                for (first, rows) in tiles(h, config.o_rows) {
+                    let op = TaskOp::Projection {
+                        input,
+                        weight: lw("self_attn.o_proj.weight"),
+                        bias: c.o_bias.then(|| lw("self_attn.o_proj.bias")),
+                        first_row: first,
+                        rows,
+                        cols: nh * hd,
+                        head_norm: None,
+                        rope: None,
+                        io,
+                        output: match resid_mlp {
+                            Some(copy) => {
+                                ProjOutput::AccumulateCopy { buffer: resid, offset: first, copy }
+                            }
+                            None => ProjOutput::Accumulate { buffer: resid, offset: first },
+                        },
+                    };
+                    l.task(format!("L{layer}.o.r{first}"), op, (rows * nh * hd) as u64 * ELEM);
+                }
+            }
         }
 
         let mlp_in = norm_input(
@@ -276,7 +367,26 @@ pub fn lower(graph: &DecodeGraph, config: &ScheduleConfig) -> Result<Schedule, L
             &format!("L{layer}.mlp_norm.done"),
             format!("L{layer}.mlp_norm"),
             lw("post_attention_layernorm.weight"),
+            x_mid,
         );
+        let Some(act) = act else {
+            l.phase(&format!("L{layer}.mlp.done"));
+            for (first, rows) in tiles(m, config.mlp_rows) {
+                let op = TaskOp::GatedMlp {
+                    input: mlp_in,
+                    gate: lw("mlp.gate_proj.weight"),
+                    up: lw("mlp.up_proj.weight"),
+                    down: lw("mlp.down_proj.weight"),
+                    first_row: first,
+                    rows,
+                    cols: h,
+                    inter: m,
+                    out: x_out,
+                };
+                l.task(format!("L{layer}.mlp.r{first}"), op, 3 * (rows * h) as u64 * ELEM);
+            }
+            continue;
+        };
         l.phase(&format!("L{layer}.up.done"));
         for (first, rows) in tiles(m, config.mlp_rows) {
             let op = TaskOp::GatedUp {
@@ -303,15 +413,20 @@ pub fn lower(graph: &DecodeGraph, config: &ScheduleConfig) -> Result<Schedule, L
                 head_norm: None,
                 rope: None,
                 io,
-                output: ProjOutput::Accumulate { buffer: resid, offset: first },
+                output: ProjOutput::Accumulate { buffer: x_out, offset: first },
             };
             l.task(format!("L{layer}.down.r{first}"), op, (rows * m) as u64 * ELEM);
         }
     }
 
     let head_w = if c.tie_word_embeddings { "model.embed_tokens.weight" } else { "lm_head.weight" };
-    let head_in =
-        norm_input(&mut l, "final_norm.done", "final_norm".into(), wbuf("model.norm.weight"));
+    let head_in = norm_input(
+        &mut l,
+        "final_norm.done",
+        "final_norm".into(),
+        wbuf("model.norm.weight"),
+        resids[versions - 1],
+    );
     l.phase("head.done");
     for (slot, (first, rows)) in tiles(vocab, config.head_rows).enumerate() {
         let op = TaskOp::HeadArgmax {

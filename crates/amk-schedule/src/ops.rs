@@ -98,6 +98,10 @@ pub enum ProjOutput {
     Store { buffer: BufferId, offset: u32 },
     /// `buffer[offset + i] += y[i]`: the residual add fused into the epilogue.
     Accumulate { buffer: BufferId, offset: u32 },
+    /// `buffer[offset + i] += y[i]`, the sum also stored at `copy[offset + i]`: a snapshot of
+    /// the residual stream for tasks that read it while others add to `buffer`
+    /// ([`TaskOp::GatedMlp`]).
+    AccumulateCopy { buffer: BufferId, offset: u32, copy: BufferId },
     /// The rows are one key or value head, appended to a cache laid out
     /// `[num_kv_heads, max_positions, head_dim]` at the current position (KV append fused).
     CacheRow { cache: BufferId, kv_head: u32, head_dim: u32, max_positions: u32 },
@@ -171,6 +175,24 @@ pub enum TaskOp {
         cols: u32,
         out: BufferId,
     },
+    /// Rows `first_row..first_row + rows` of the whole SiLU-gated MLP: the [`TaskOp::GatedUp`]
+    /// rows `a = silu(gate @ input) * (up @ input)` (kept by the task), then
+    /// `out[..cols] += down[:, first_row..first_row + rows] @ a` (down `[cols, inter]`) with
+    /// atomic adds, declared as [`crate::schedule::Task::adds`]: the down projection split
+    /// over the gate/up tiles, so it needs no phase of its own. The sum's order over tasks is
+    /// not fixed, so f32 results may differ in the last bits from run to run.
+    GatedMlp {
+        input: ProjInput,
+        gate: BufferId,
+        up: BufferId,
+        down: BufferId,
+        first_row: u32,
+        rows: u32,
+        cols: u32,
+        /// Columns of `down` (rows of gate and up: the MLP's intermediate size).
+        inter: u32,
+        out: BufferId,
+    },
     /// Part `part` of `parts` of one query head attending over cache rows `0..=position` of
     /// its key/value head, or with a sliding `window` W over rows
     /// `max(0, position + 1 - W)..=position`; the part covers the rows [`attn_part_rows`]
@@ -194,6 +216,31 @@ pub enum TaskOp {
         part: u32,
         parts: u32,
         out: BufferId,
+    },
+    /// One query head's whole attention (as [`TaskOp::Attention`] with a single part) followed
+    /// by its share of the attention output projection: `o = softmax(q k^T / sqrt(head_dim)) v`
+    /// over the head's rows, then `outs[k][..cols] += weight[:, head * head_dim..][..head_dim]
+    /// @ o` for both buffers of `outs`, with atomic adds (weight `[cols, weight_cols]`): the
+    /// output projection split over heads, so it needs no phase of its own. Both sums are the
+    /// residual stream: the one the MLP's norm reads and the one the MLP then adds to.
+    AttentionOut {
+        q: BufferId,
+        head: u32,
+        kv_head: u32,
+        head_dim: u32,
+        max_positions: u32,
+        /// Absent from `schedule.ron` when `None` (full causal attention).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        window: Option<u32>,
+        k_cache: BufferId,
+        v_cache: BufferId,
+        io: BufferId,
+        weight: BufferId,
+        /// Rows of `weight` (the model's hidden size).
+        cols: u32,
+        /// Columns of `weight` (heads times head_dim).
+        weight_cols: u32,
+        outs: [BufferId; 2],
     },
     /// Rows of the LM head: stores those logits and the (value, index) of their maximum, first
     /// index on ties, in `partials[slot]`.
@@ -219,6 +266,32 @@ pub fn elems(buffer: BufferId, first: u32, len: u32) -> Region {
     Region::new(buffer, first as u64 * ELEM, len as u64 * ELEM)
 }
 
+/// The fields [`TaskOp::Attention`] and [`TaskOp::AttentionOut`] share: which query head
+/// attends over which key/value head's cache rows, at the position `io` holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AttnGeometry {
+    pub q: BufferId,
+    pub head: u32,
+    pub kv_head: u32,
+    pub head_dim: u32,
+    pub max_positions: u32,
+    pub window: Option<u32>,
+    pub k_cache: BufferId,
+    pub v_cache: BufferId,
+    pub io: BufferId,
+}
+
+/// The byte regions an op touches ([`TaskOp::footprint`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Footprint {
+    /// Regions it may read.
+    pub reads: Vec<Region>,
+    /// Regions it may write.
+    pub writes: Vec<Region>,
+    /// Regions it may add to atomically (and touches in no other way).
+    pub adds: Vec<Region>,
+}
+
 /// Bytes of `rows` rows of `cols` elements. Saturates rather than overflowing on absurd
 /// hand-edited values, so such a region is simply out of bounds for the verifier.
 fn row_bytes(rows: u32, cols: u32) -> u64 {
@@ -229,7 +302,63 @@ fn io_region(io: BufferId) -> Region {
     Region::new(io, 0, IO_BYTES)
 }
 
+impl AttnGeometry {
+    /// The regions an attention reads: its query head, its key/value head's whole cache range
+    /// (a window or a part only narrows the rows read) and `io`.
+    fn footprint(&self, reads: &mut Vec<Region>) {
+        let hd = self.head_dim;
+        reads.push(Region::new(self.q, row_bytes(self.head, hd), hd as u64 * ELEM));
+        let per_head = row_bytes(self.max_positions, hd);
+        let at = (self.kv_head as u64).saturating_mul(per_head);
+        reads.push(Region::new(self.k_cache, at, per_head));
+        reads.push(Region::new(self.v_cache, at, per_head));
+        reads.push(io_region(self.io));
+    }
+}
+
 impl TaskOp {
+    /// The geometry of an [`TaskOp::Attention`] or [`TaskOp::AttentionOut`] task; `None` for
+    /// other ops.
+    pub fn attn_geometry(&self) -> Option<AttnGeometry> {
+        match *self {
+            TaskOp::Attention {
+                q,
+                head,
+                kv_head,
+                head_dim,
+                max_positions,
+                window,
+                k_cache,
+                v_cache,
+                io,
+                ..
+            }
+            | TaskOp::AttentionOut {
+                q,
+                head,
+                kv_head,
+                head_dim,
+                max_positions,
+                window,
+                k_cache,
+                v_cache,
+                io,
+                ..
+            } => Some(AttnGeometry {
+                q,
+                head,
+                kv_head,
+                head_dim,
+                max_positions,
+                window,
+                k_cache,
+                v_cache,
+                io,
+            }),
+            _ => None,
+        }
+    }
+
     /// A short name of the op's kind.
     pub fn kind_name(&self) -> &'static str {
         match self {
@@ -237,18 +366,21 @@ impl TaskOp {
             TaskOp::Embed { .. } => "embed",
             TaskOp::Projection { .. } => "projection",
             TaskOp::GatedUp { .. } => "gated_up",
+            TaskOp::GatedMlp { .. } => "gated_mlp",
             TaskOp::Attention { .. } => "attention",
+            TaskOp::AttentionOut { .. } => "attention_out",
             TaskOp::HeadArgmax { .. } => "head_argmax",
             TaskOp::ArgmaxReduce { .. } => "argmax_reduce",
             TaskOp::RmsNorm { .. } => "rms_norm",
         }
     }
 
-    /// The byte regions the op may read and write, from its fields and the size of each buffer
-    /// (`buffer_bytes`). A task's declared regions must cover these; data-dependent rows (the
-    /// embedding row, the cache row at the current position) are covered by their whole range.
-    pub fn footprint(&self, buffer_bytes: impl Fn(BufferId) -> u64) -> (Vec<Region>, Vec<Region>) {
-        let (mut r, mut w) = (Vec::new(), Vec::new());
+    /// The byte regions the op may read, write and add to, from its fields and the size of
+    /// each buffer (`buffer_bytes`). A task's declared regions must cover these; data-dependent
+    /// rows (the embedding row, the cache row at the current position) are covered by their
+    /// whole range, and a column block of a matrix by the rows it spans.
+    pub fn footprint(&self, buffer_bytes: impl Fn(BufferId) -> u64) -> Footprint {
+        let (mut r, mut w, mut adds) = (Vec::new(), Vec::new(), Vec::new());
         match *self {
             TaskOp::Copy { src, dst } => {
                 r.push(src);
@@ -289,6 +421,11 @@ impl TaskOp {
                         r.push(elems(buffer, offset, rows));
                         w.push(elems(buffer, offset, rows));
                     }
+                    ProjOutput::AccumulateCopy { buffer, offset, copy } => {
+                        r.push(elems(buffer, offset, rows));
+                        w.push(elems(buffer, offset, rows));
+                        w.push(elems(copy, offset, rows));
+                    }
                     ProjOutput::CacheRow { cache, kv_head, head_dim, max_positions } => {
                         let per_head = row_bytes(max_positions, head_dim);
                         w.push(Region::new(
@@ -307,29 +444,39 @@ impl TaskOp {
                 r.push(Region::new(up, off, len));
                 w.push(elems(out, first_row, rows));
             }
-            TaskOp::Attention {
-                q,
-                head,
-                kv_head,
-                head_dim,
-                max_positions,
-                window: _,
-                k_cache,
-                v_cache,
-                io,
-                part,
-                parts,
-                out,
-            } => {
-                // A window or a part only narrows the rows read; the head's range covers them.
-                r.push(Region::new(q, row_bytes(head, head_dim), head_dim as u64 * ELEM));
-                let per_head = row_bytes(max_positions, head_dim);
-                let at = (kv_head as u64).saturating_mul(per_head);
-                r.push(Region::new(k_cache, at, per_head));
-                r.push(Region::new(v_cache, at, per_head));
-                r.push(io_region(io));
+            TaskOp::GatedMlp { input, gate, up, down, first_row, rows, cols, inter, out } => {
+                input.footprint(&mut r);
+                let off = row_bytes(first_row, cols);
+                let len = row_bytes(rows, cols);
+                r.push(Region::new(gate, off, len));
+                r.push(Region::new(up, off, len));
+                // Columns first_row.. of every row of down: from row 0's first to the last
+                // row's last.
+                let span = row_bytes(cols.saturating_sub(1), inter)
+                    .saturating_add((rows as u64).saturating_mul(ELEM));
+                r.push(Region::new(down, (first_row as u64).saturating_mul(ELEM), span));
+                adds.push(elems(out, 0, cols));
+            }
+            TaskOp::Attention { head, head_dim, part, parts, out, .. } => {
+                if let Some(g) = self.attn_geometry() {
+                    g.footprint(&mut r);
+                }
                 let at = attn_partial_index(head, part, parts, head_dim).saturating_mul(ELEM);
                 w.push(Region::new(out, at, attn_partial_len(head_dim) as u64 * ELEM));
+            }
+            TaskOp::AttentionOut { head, head_dim, weight, cols, weight_cols, outs, .. } => {
+                if let Some(g) = self.attn_geometry() {
+                    g.footprint(&mut r);
+                }
+                // Columns head * head_dim.. of every row of the weight: from row 0's first to
+                // the last row's last.
+                let first = row_bytes(head, head_dim);
+                let span = row_bytes(cols.saturating_sub(1), weight_cols)
+                    .saturating_add(head_dim as u64 * ELEM);
+                r.push(Region::new(weight, first, span));
+                for out in outs {
+                    adds.push(elems(out, 0, cols));
+                }
             }
             TaskOp::HeadArgmax { input, weight, first_row, rows, cols, logits, partials, slot } => {
                 input.footprint(&mut r);
@@ -352,6 +499,6 @@ impl TaskOp {
                 w.push(elems(out, 0, len));
             }
         }
-        (r, w)
+        Footprint { reads: r, writes: w, adds }
     }
 }

@@ -386,6 +386,12 @@ pub struct Task {
     pub reads: Vec<Region>,
     /// Every byte range it may write.
     pub writes: Vec<Region>,
+    /// Every byte range it may add to with atomic f32 adds (and neither read nor write
+    /// otherwise). Adds to the same bytes commute, so tasks that only add to a range need no
+    /// order among themselves; an add still conflicts with any read or write of those bytes.
+    /// Absent from `schedule.ron` when empty.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub adds: Vec<Region>,
 }
 
 /// One instruction of a worker's straight-line program.
@@ -578,8 +584,17 @@ impl Schedule {
         reads: Vec<Region>,
         writes: Vec<Region>,
     ) -> TaskId {
-        self.tasks.push(Task { name: name.into(), op, reads, writes });
+        self.tasks.push(Task { name: name.into(), op, reads, writes, adds: Vec::new() });
         TaskId(self.tasks.len() as u32 - 1)
+    }
+
+    /// Appends a task that declares its op's whole [`crate::ops::Footprint`] (reads, writes
+    /// and atomic adds) and returns its id.
+    pub fn add_task_with_footprint(&mut self, name: impl Into<String>, op: TaskOp) -> TaskId {
+        let f = op.footprint(|b| self.buffers.get(b.index()).map_or(0, |b| b.bytes));
+        let id = self.add_task(name, op, f.reads, f.writes);
+        self.tasks[id.index()].adds = f.adds;
+        id
     }
 
     /// Number of `Signal(counter)` instructions over all workers, per counter (ids out of
@@ -677,6 +692,15 @@ impl Schedule {
                     out.push_str(", ");
                 }
                 region(&mut out, r);
+            }
+            if !t.adds.is_empty() {
+                out.push_str("], adds: [");
+                for (i, r) in t.adds.iter().enumerate() {
+                    if i > 0 {
+                        out.push_str(", ");
+                    }
+                    region(&mut out, r);
+                }
             }
             out.push_str("]),\n");
         }

@@ -56,8 +56,8 @@ fn every_fixture_lowers_and_round_trips() {
         // Every task's declared regions cover its op's footprint (the lowering declares the
         // footprint itself).
         for t in &s.tasks {
-            let (r, w) = t.op.footprint(|b| s.buffers[b.index()].bytes);
-            assert_eq!((&r, &w), (&t.reads, &t.writes), "{name}: {}", t.name);
+            let f = t.op.footprint(|b| s.buffers[b.index()].bytes);
+            assert_eq!((&f.reads, &f.writes, &f.adds), (&t.reads, &t.writes, &t.adds), "{name}");
         }
     }
 }
@@ -112,10 +112,10 @@ fn qwen2_biases_q_k_v_but_not_o() {
         let TaskOp::Projection { bias: Some(b), .. } = op(&s, task) else { panic!("{task}") };
         assert_eq!(b.0, buffer(&s, bias), "{task}");
     }
-    let TaskOp::Projection { bias: None, output: ProjOutput::Accumulate { .. }, .. } =
+    let TaskOp::Projection { bias: None, output: ProjOutput::AccumulateCopy { .. }, .. } =
         op(&s, "L0.o.r0")
     else {
-        panic!("o has no bias")
+        panic!("o has no bias (and stores the residual snapshot of the fused MLP)")
     };
 }
 
@@ -137,6 +137,31 @@ fn mlp_bias_is_refused_not_dropped() {
     let err = lower(&g, &ScheduleConfig::default()).unwrap_err();
     assert!(matches!(err, LowerError::Unsupported(_)), "{err:?}");
     assert!(err.to_string().contains("mlp_bias"), "{err}");
+}
+
+/// `fuse_o` needs one attention part per head, and no output-projection bias (each head adds
+/// its own share; the bias would need one more): both refused with what to change.
+#[test]
+fn fuse_o_needs_whole_heads_and_no_o_bias() {
+    let knobs = ScheduleConfig { fuse_o: true, attn_splits: 4, ..ScheduleConfig::default() };
+    let err = lower(&graph("llama2"), &knobs).unwrap_err().to_string();
+    assert!(err.contains("attn_splits") && err.contains("fuse_o"), "{err}");
+    let err = ScheduleConfig::from_ron("(fuse_o: true, attn_splits: 2)").unwrap_err().to_string();
+    assert!(err.contains("attn_splits: 1"), "{err}");
+    let knobs = ScheduleConfig { fuse_o: true, attn_splits: 1, ..ScheduleConfig::default() };
+    let mut g = graph("llama2");
+    g.config.o_bias = true;
+    let g = DecodeGraph::build(&g.config);
+    let err = lower(&g, &knobs).unwrap_err();
+    assert!(matches!(err, LowerError::Unsupported(_)), "{err:?}");
+    assert!(err.to_string().contains("o_bias"), "{err}");
+    // Without a bias: one version of the residual per half layer, no output-projection phase.
+    let s = lower(&graph("llama2"), &knobs).unwrap();
+    let layers = graph("llama2").config.num_layers;
+    let versions = s.buffers.iter().filter(|b| b.name.starts_with("resid.")).count();
+    assert_eq!(versions, 2 * layers + 1);
+    assert!(s.counters.iter().all(|c| !c.name.ends_with(".o.done")));
+    assert!(matches!(op(&s, "L0.attn.h0"), TaskOp::AttentionOut { .. }));
 }
 
 #[test]

@@ -32,6 +32,10 @@ pub enum RegionPlace {
     OpRead(u32),
     /// The i-th region the op writes (`TaskOp::footprint`; for Copy, 0 = dst).
     OpWrite(u32),
+    /// `adds[i]`.
+    Add(u32),
+    /// The i-th region the op adds to atomically (`TaskOp::footprint`).
+    OpAdd(u32),
 }
 
 impl fmt::Display for RegionPlace {
@@ -41,6 +45,8 @@ impl fmt::Display for RegionPlace {
             RegionPlace::Write(i) => write!(f, "writes[{i}]"),
             RegionPlace::OpRead(i) => write!(f, "op read #{i}"),
             RegionPlace::OpWrite(i) => write!(f, "op write #{i}"),
+            RegionPlace::Add(i) => write!(f, "adds[{i}]"),
+            RegionPlace::OpAdd(i) => write!(f, "op add #{i}"),
         }
     }
 }
@@ -67,6 +73,28 @@ impl fmt::Display for ByteRange {
     }
 }
 
+/// How a task touches a region.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum AccessKind {
+    /// A declared read.
+    Read,
+    /// A declared write.
+    Write,
+    /// A declared atomic add (commutes with other adds, conflicts with reads and writes).
+    Add,
+}
+
+impl AccessKind {
+    /// The verb for messages: "reads", "writes" or "adds to".
+    pub fn verb(self) -> &'static str {
+        match self {
+            AccessKind::Read => "reads",
+            AccessKind::Write => "writes",
+            AccessKind::Add => "adds to",
+        }
+    }
+}
+
 /// One side of a race: a task's access to a byte range.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Access {
@@ -76,20 +104,13 @@ pub struct Access {
     pub at: InstrLoc,
     /// The declared region's byte range.
     pub range: ByteRange,
-    /// Whether it is a write (else a read).
-    pub write: bool,
+    /// Read, write or atomic add.
+    pub kind: AccessKind,
 }
 
 impl fmt::Display for Access {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "task `{}` ({}) {} {}",
-            self.task,
-            self.at,
-            if self.write { "writes" } else { "reads" },
-            self.range
-        )
+        write!(f, "task `{}` ({}) {} {}", self.task, self.at, self.kind.verb(), self.range)
     }
 }
 
@@ -189,11 +210,11 @@ pub enum VerifyError {
         total_signals: u64,
     },
     /// A region the op touches (its footprint) is not inside any of the task's declared
-    /// reads (for op reads) or writes (for op writes).
+    /// reads (for op reads), writes (for op writes), or adds or writes (for op adds).
     OpRegionUndeclared {
         /// Task name.
         task: String,
-        /// `OpRead(i)` or `OpWrite(i)`.
+        /// `OpRead(i)`, `OpWrite(i)` or `OpAdd(i)`.
         place: RegionPlace,
         /// Buffer name.
         buffer: String,
@@ -227,8 +248,8 @@ pub enum VerifyError {
         /// Workers that finished.
         finished: usize,
     },
-    /// Two accesses to overlapping bytes, at least one a write, on different workers, not
-    /// ordered by happens-before either way.
+    /// Two accesses to overlapping bytes, not both atomic adds and at least one a write or an
+    /// add, on different workers, not ordered by happens-before either way.
     Race {
         /// Buffer name.
         buffer: String,

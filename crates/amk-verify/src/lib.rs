@@ -19,8 +19,9 @@
 //!    the counter's value there.
 //! 3. **Race-free**: happens-before = program order + signal→wait edges (signal `s` precedes
 //!    `Wait(c, k)` iff fewer than `k` signals to `c` can occur without `s`), closed to a
-//!    fixpoint; any two accesses to overlapping bytes from different workers, at least one a
-//!    write, are ordered by it.
+//!    fixpoint; any two accesses to overlapping bytes from different workers are ordered by
+//!    it, unless both are reads or both are atomic adds (a task's `adds`: f32 adds commute,
+//!    so their order changes at most the rounding). An add conflicts with any read or write.
 //! 4. **Co-resident**: workers <= `sm_count * blocks_per_sm`.
 //! 5. **Launch-to-launch safe**: epoch-offset counters receive exactly their declared signals
 //!    per launch; never-reset counters are not waited on.
@@ -35,7 +36,9 @@ mod error;
 pub mod testing;
 mod verify;
 
-pub use error::{Access, ByteRange, InstrLoc, RegionPlace, Rejection, StuckWorker, VerifyError};
+pub use error::{
+    Access, AccessKind, ByteRange, InstrLoc, RegionPlace, Rejection, StuckWorker, VerifyError,
+};
 
 use amk_schedule::schedule::Schedule;
 use serde::{Deserialize, Serialize};

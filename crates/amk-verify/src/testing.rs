@@ -350,15 +350,29 @@ fn random_tasks(rng: &mut Rng, s: &mut Schedule, p: &SmallParams) -> usize {
         let reads: Vec<Region> = (0..rng.range(1, 2)).map(|_| random_region(rng, s)).collect();
         let writes: Vec<Region> = (0..rng.range(1, 2)).map(|_| random_region(rng, s)).collect();
         let op = copy_op(&reads, &writes);
-        s.add_task(format!("L0.copy.t{t}"), op, reads, writes);
+        let id = s.add_task(format!("L0.copy.t{t}"), op, reads, writes);
+        // Some tasks also add to a region atomically (declared beyond the op's footprint, as
+        // a fused MLP's are), so adds meet adds, reads and writes.
+        if rng.chance(0.4) {
+            let r = random_region(rng, s);
+            s.tasks[id.index()].adds.push(r);
+        }
     }
     nt
 }
 
+/// Whether two tasks' accesses conflict: overlapping bytes, unless both only read or both
+/// only add (atomic adds commute).
 fn conflict(s: &Schedule, a: usize, b: usize) -> bool {
     let (ta, tb) = (&s.tasks[a], &s.tasks[b]);
     let any = |x: &[Region], y: &[Region]| x.iter().any(|r| y.iter().any(|q| r.overlaps(q)));
-    any(&ta.writes, &tb.writes) || any(&ta.writes, &tb.reads) || any(&ta.reads, &tb.writes)
+    any(&ta.writes, &tb.writes)
+        || any(&ta.writes, &tb.reads)
+        || any(&ta.reads, &tb.writes)
+        || any(&ta.adds, &tb.reads)
+        || any(&ta.adds, &tb.writes)
+        || any(&ta.reads, &tb.adds)
+        || any(&ta.writes, &tb.adds)
 }
 
 /// A small random schedule that is safe by construction (deadlock-free, race-free,
@@ -671,11 +685,12 @@ pub fn mutate(
                         continue;
                     }
                     let tu = &s.tasks[u];
+                    // Their writes and adds conflict with our reads too.
                     let theirs = tu
                         .reads
                         .iter()
                         .map(|r| (*r, false))
-                        .chain(tu.writes.iter().map(|r| (*r, true)));
+                        .chain(tu.writes.iter().chain(&tu.adds).map(|r| (*r, true)));
                     for (r, their_write) in theirs {
                         for (k, q) in s.tasks[t].writes.iter().enumerate() {
                             if q.buffer == r.buffer && !q.overlaps(&r) {

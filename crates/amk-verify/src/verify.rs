@@ -2,7 +2,9 @@
 //! over waits, closed to a fixpoint), race freedom (per-buffer sweep over byte segments in
 //! greedy-run order), co-residency and launch-to-launch safety.
 
-use crate::error::{Access, ByteRange, InstrLoc, RegionPlace, StuckWorker, VerifyError};
+use crate::error::{
+    Access, AccessKind, ByteRange, InstrLoc, RegionPlace, StuckWorker, VerifyError,
+};
 use amk_schedule::schedule::{BufferId, CounterReset, Instr, NameKind, Region, Schedule};
 use amk_schedule::TaskOp;
 use std::cmp::Reverse;
@@ -170,13 +172,19 @@ fn well_formed(s: &Schedule, totals: &[u64], errors: &mut Vec<VerifyError>) {
         for (i, r) in task.writes.iter().enumerate() {
             check_region(s, t, RegionPlace::Write(i as u32), r, errors);
         }
+        for (i, r) in task.adds.iter().enumerate() {
+            check_region(s, t, RegionPlace::Add(i as u32), r, errors);
+        }
         // The op's own footprint must be in bounds and covered by the declared regions (the
-        // race check sees only declarations).
+        // race check sees only declarations). An op's add may be declared as a write, which
+        // orders it against everything.
         let bytes = |b: BufferId| s.buffers.get(b.index()).map_or(0, |x| x.bytes);
-        let (op_reads, op_writes) = task.op.footprint(bytes);
+        let op = task.op.footprint(bytes);
+        let adds_or_writes: Vec<Region> = task.adds.iter().chain(&task.writes).copied().collect();
         for (list, declared, place) in [
-            (&op_reads, &task.reads, RegionPlace::OpRead as fn(u32) -> RegionPlace),
-            (&op_writes, &task.writes, RegionPlace::OpWrite as fn(u32) -> RegionPlace),
+            (&op.reads, &task.reads, RegionPlace::OpRead as fn(u32) -> RegionPlace),
+            (&op.writes, &task.writes, RegionPlace::OpWrite as fn(u32) -> RegionPlace),
+            (&op.adds, &adds_or_writes, RegionPlace::OpAdd as fn(u32) -> RegionPlace),
         ] {
             for (i, r) in list.iter().enumerate() {
                 if r.len == 0 {
@@ -589,20 +597,37 @@ struct Acc {
     gid: u32,
     offset: u64,
     len: u64,
-    write: bool,
+    kind: AccessKind,
 }
 
 #[derive(Default)]
 struct Segment {
     last_write: Option<u32>,
+    /// Reads since the last write.
     readers: Vec<u32>,
+    /// Atomic adds since the last write.
+    adders: Vec<u32>,
+}
+
+/// Keeps the latest access of each worker in `list` once it grows past `at`: a worker's later
+/// access happens after its earlier ones, so an access ordered after the later one is
+/// ordered after them all.
+fn compact_per_worker(list: &mut Vec<u32>, accs: &[Acc], at: usize) {
+    if list.len() > at {
+        list.sort_unstable_by_key(|&r| (accs[r as usize].w, Reverse(accs[r as usize].idx)));
+        list.dedup_by_key(|r| accs[*r as usize].w);
+    }
 }
 
 /// Greedy order is a linear extension of happens-before, so an access can only be ordered
-/// AFTER the earlier accesses it conflicts with. For each byte segment it suffices to check a
-/// read against the last write, and a write against the last write and every read since
-/// (the rest follows by transitivity); reads since the last write are kept per worker (a
-/// later read of a worker dominates its earlier ones).
+/// AFTER the earlier accesses it conflicts with. For each byte segment it suffices to check
+/// (the rest follows by transitivity through the last write, which conflicts with everything):
+/// - a read against the last write and every add since;
+/// - an add against the last write and every read since (adds commute with each other);
+/// - a write against the last write and every read and add since.
+///
+/// Reads and adds since the last write are kept per worker (a later access of a worker
+/// dominates its earlier ones).
 fn races(s: &Schedule, run: &GreedyRun, hb: &HappensBefore, errors: &mut Vec<VerifyError>) {
     let nb = s.buffers.len();
     let nt = s.tasks.len();
@@ -618,14 +643,18 @@ fn races(s: &Schedule, run: &GreedyRun, hb: &HappensBefore, errors: &mut Vec<Ver
         }
         let gid = hb.wait_at_or_before(w, i);
         let task = &s.tasks[t.index()];
-        let all =
-            task.reads.iter().map(|r| (r, false)).chain(task.writes.iter().map(|r| (r, true)));
-        for (r, write) in all {
+        let all = task
+            .reads
+            .iter()
+            .map(|r| (r, AccessKind::Read))
+            .chain(task.writes.iter().map(|r| (r, AccessKind::Write)))
+            .chain(task.adds.iter().map(|r| (r, AccessKind::Add)));
+        for (r, kind) in all {
             let b = r.buffer.index();
             if b >= nb || r.len == 0 {
                 continue;
             }
-            has_write[b] |= write;
+            has_write[b] |= kind != AccessKind::Read;
             per_buf[b].push(Acc {
                 task: t.0,
                 w: w as u32,
@@ -633,7 +662,7 @@ fn races(s: &Schedule, run: &GreedyRun, hb: &HappensBefore, errors: &mut Vec<Ver
                 gid,
                 offset: r.offset,
                 len: r.len,
-                write,
+                kind,
             });
         }
     }
@@ -652,14 +681,14 @@ fn races(s: &Schedule, run: &GreedyRun, hb: &HappensBefore, errors: &mut Vec<Ver
         points.dedup();
         let mut segs: Vec<Segment> = Vec::new();
         segs.resize_with(points.len().saturating_sub(1), Segment::default);
-        let mut reported: HashSet<(u32, u32, bool, bool)> = HashSet::new();
+        let mut reported: HashSet<(u32, u32, AccessKind, AccessKind)> = HashSet::new();
         let mut report = |first: &Acc, second: &Acc| {
-            if reported.insert((first.task, second.task, first.write, second.write)) {
+            if reported.insert((first.task, second.task, first.kind, second.kind)) {
                 let acc = |a: &Acc| Access {
                     task: task_name(s, a.task as usize),
                     at: InstrLoc { worker: a.w, index: a.idx },
                     range: ByteRange { offset: a.offset, len: a.len },
-                    write: a.write,
+                    kind: a.kind,
                 };
                 errors.push(VerifyError::Race {
                     buffer: buffer_name(s, b),
@@ -679,23 +708,32 @@ fn races(s: &Schedule, run: &GreedyRun, hb: &HappensBefore, errors: &mut Vec<Ver
                         report(p, a);
                     }
                 }
-                if a.write {
-                    for &r in &seg.readers {
+                let earlier: &[&Vec<u32>] = match a.kind {
+                    AccessKind::Read => &[&seg.adders],
+                    AccessKind::Add => &[&seg.readers],
+                    AccessKind::Write => &[&seg.readers, &seg.adders],
+                };
+                for list in earlier {
+                    for &r in list.iter() {
                         let p = &accs[r as usize];
                         if !after(p) {
                             report(p, a);
                         }
                     }
-                    seg.readers.clear();
-                    seg.last_write = Some(ai as u32);
-                } else {
-                    seg.readers.push(ai as u32);
-                    if seg.readers.len() > compact_at {
-                        // Keep the latest read of each worker.
-                        seg.readers.sort_unstable_by_key(|&r| {
-                            (accs[r as usize].w, Reverse(accs[r as usize].idx))
-                        });
-                        seg.readers.dedup_by_key(|r| accs[*r as usize].w);
+                }
+                match a.kind {
+                    AccessKind::Write => {
+                        seg.readers.clear();
+                        seg.adders.clear();
+                        seg.last_write = Some(ai as u32);
+                    }
+                    AccessKind::Read => {
+                        seg.readers.push(ai as u32);
+                        compact_per_worker(&mut seg.readers, accs, compact_at);
+                    }
+                    AccessKind::Add => {
+                        seg.adders.push(ai as u32);
+                        compact_per_worker(&mut seg.adders, accs, compact_at);
                     }
                 }
             }

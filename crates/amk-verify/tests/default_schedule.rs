@@ -1,7 +1,9 @@
 //! The default schedule for SmolLM2-135M is the best one `amk search` found on the H100
-//! (`fixtures/search/smollm2-135m-h100/`: the knobs, the search log and the certificate of the
-//! schedule it timed, and the log of the same search re-run after the kernel changed). Lowering the model's config with `ScheduleConfig::default()` must give
-//! exactly that schedule (same sha256), and it must verify.
+//! (`fixtures/search/smollm2-135m-h100/`: the knobs, the certificate of the schedule they
+//! lower to, and the logs of three searches: the first, its re-run after the kernel changed,
+//! and the one that found the fused MLP). Lowering the model's config with
+//! `ScheduleConfig::default()` must give exactly that schedule (same sha256), and it must
+//! verify.
 
 use amk_ir::config::{ModelConfig, RawConfig};
 use amk_ir::graph::DecodeGraph;
@@ -24,6 +26,7 @@ fn the_default_schedule_is_the_searched_best() {
         serde_json::from_slice(&std::fs::read(dir.join("search-log.json")).expect("log"))
             .expect("search-log.json parses");
     let (best_ms, default_ms) = (&log["best"]["ms_per_token"], &log["default"]["ms_per_token"]);
+    // (search-log.json is the first search's; its best was the default until the fused MLP.)
     assert!(best_ms.as_f64() < default_ms.as_f64(), "{best_ms} vs {default_ms}");
 
     // The same search re-run after the kernel changed (confirm-log.json) started from these
@@ -34,6 +37,22 @@ fn the_default_schedule_is_the_searched_best() {
     assert_eq!(confirm["best"]["changed"], serde_json::json!({}), "the default stayed the best");
     assert_eq!(confirm["default"]["knobs"], log["best"]["knobs"], "it started from these knobs");
     assert_eq!(confirm["totals"]["wrong_tokens"], 0);
+
+    // The search with the fused MLP (fused-log.json) started from the knobs the re-run
+    // confirmed, and its best (timed again at the end, faster) is today's default.
+    let fused: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("fused-log.json")).expect("log"))
+            .expect("fused-log.json parses");
+    // (The older logs predate `fuse_down`: their knobs ran unfused.)
+    let mut start = fused["default"]["knobs"].clone();
+    let unfused = start.as_object_mut().and_then(|o| o.remove("fuse_down"));
+    assert_eq!(unfused, Some(serde_json::json!(false)));
+    assert_eq!(start, confirm["best"]["knobs"], "it started from the confirmed knobs");
+    let fused_best: ScheduleConfig =
+        serde_json::from_value(fused["best"]["knobs"].clone()).expect("knobs in the log");
+    assert_eq!(fused_best, best, "its best is knobs.ron");
+    assert!(fused["confirmed"]["speedup"].as_f64() > Some(1.0), "{}", fused["confirmed"]);
+    assert_eq!(fused["totals"]["wrong_tokens"], 0);
 
     let cert: serde_json::Value =
         serde_json::from_slice(&std::fs::read(dir.join("certificate.json")).expect("cert"))

@@ -3,7 +3,7 @@
 use amk_schedule::schedule::*;
 use amk_schedule::TaskOp;
 use amk_verify::{
-    schedule_hash, verify, ByteRange, InstrLoc, LaunchFacts, RegionPlace, VerifyError,
+    schedule_hash, verify, AccessKind, ByteRange, InstrLoc, LaunchFacts, RegionPlace, VerifyError,
 };
 
 const FACTS: LaunchFacts = LaunchFacts { sm_count: 132, blocks_per_sm: 1 };
@@ -239,8 +239,14 @@ fn dropped_wait_is_a_race_naming_both_tasks() {
     assert_eq!(e.len(), 1, "{e:?}");
     let VerifyError::Race { buffer, first, second } = &e[0] else { panic!("{e:?}") };
     assert_eq!(buffer, "b");
-    assert_eq!((first.task.as_str(), first.at, first.write), ("L0.prod", at(0, 0), true));
-    assert_eq!((second.task.as_str(), second.at, second.write), ("L0.cons", at(1, 0), false));
+    assert_eq!(
+        (first.task.as_str(), first.at, first.kind),
+        ("L0.prod", at(0, 0), AccessKind::Write)
+    );
+    assert_eq!(
+        (second.task.as_str(), second.at, second.kind),
+        ("L0.cons", at(1, 0), AccessKind::Read)
+    );
     assert_eq!(first.range, ByteRange { offset: 0, len: 32 });
     assert_eq!(second.range, ByteRange { offset: 0, len: 32 });
     let text = verify(&s, &FACTS).unwrap_err().to_string();
@@ -392,6 +398,157 @@ fn layered_schedules_verify_and_mutations_are_caught() {
         e.iter().any(|x| matches!(x, VerifyError::Race { first, second, .. }
         if (first.task == "L0.o.t0" && first.at == at(w as u32, i as u32 - 1))
             || (second.task == "L0.o.t0" && second.at == at(w as u32, i as u32 - 1)))),
+        "{e:?}"
+    );
+}
+
+/// Two workers with no sync between them: worker 0 runs `L0.a`, worker 1 runs `L0.b`; each
+/// copies its own bytes of `x` and touches `acc[0..16)` as `a` and `b` say.
+fn two_unordered(a: AccessKind, b: AccessKind) -> Schedule {
+    let mut s = Schedule::new("adds");
+    let x = s.add_buffer("x", BufferKind::Activation, 64);
+    let acc = s.add_buffer("acc", BufferKind::Activation, 16);
+    for (w, (name, kind)) in [("L0.a", a), ("L0.b", b)].into_iter().enumerate() {
+        let (src, dst) = (Region::new(x, 32 * w as u64, 8), Region::new(x, 32 * w as u64 + 8, 8));
+        let t = s.add_task(name, TaskOp::Copy { src, dst }, vec![src], vec![dst]);
+        let r = Region::new(acc, 0, 16);
+        let task = &mut s.tasks[t.index()];
+        match kind {
+            AccessKind::Read => task.reads.push(r),
+            AccessKind::Write => task.writes.push(r),
+            AccessKind::Add => task.adds.push(r),
+        }
+        s.workers.push(Worker { instrs: vec![Instr::Run(t)] });
+    }
+    s
+}
+
+#[test]
+fn atomic_adds_commute_without_order() {
+    let s = two_unordered(AccessKind::Add, AccessKind::Add);
+    verify(&s, &FACTS).expect("adds to the same bytes need no order");
+    // The adds are written to schedule.ron and read back.
+    let text = s.to_ron_string();
+    assert!(text.contains("adds: [(\"acc\", 0, 16)]"), "{text}");
+    assert_eq!(Schedule::from_ron_str(&text).unwrap(), s);
+}
+
+#[test]
+fn an_add_races_with_an_unordered_read_or_write() {
+    for (a, b) in [
+        (AccessKind::Add, AccessKind::Read),
+        (AccessKind::Read, AccessKind::Add),
+        (AccessKind::Add, AccessKind::Write),
+        (AccessKind::Write, AccessKind::Add),
+    ] {
+        let e = errors(&two_unordered(a, b), &FACTS);
+        assert_eq!(e.len(), 1, "{a:?} {b:?}: {e:?}");
+        let VerifyError::Race { buffer, first, second } = &e[0] else { panic!("{e:?}") };
+        assert_eq!(buffer, "acc");
+        assert_eq!((first.task.as_str(), first.kind), ("L0.a", a));
+        assert_eq!((second.task.as_str(), second.kind), ("L0.b", b));
+        let text = verify(&two_unordered(a, b), &FACTS).unwrap_err().to_string();
+        assert!(text.contains("adds to bytes [0, 16)"), "{text}");
+    }
+}
+
+/// Adds ordered after a write and before a read pass; the same adds with the read's wait
+/// removed race with the read, even though every add is ordered after the write.
+#[test]
+fn adds_are_checked_against_reads_after_them() {
+    let mut s = Schedule::new("adds-chain");
+    let acc = s.add_buffer("acc", BufferKind::Activation, 16);
+    let x = s.add_buffer("x", BufferKind::Activation, 64);
+    let init = s.add_counter("L0.init.done", CounterReset::Zeroed);
+    let added = s.add_counter("L0.add.done", CounterReset::Zeroed);
+    let r = Region::new(acc, 0, 16);
+    let zero = s.add_task(
+        "L0.init",
+        TaskOp::Copy { src: Region::new(x, 0, 16), dst: r },
+        vec![Region::new(x, 0, 16)],
+        vec![r],
+    );
+    let mut workers = vec![Worker { instrs: vec![Instr::Run(zero), Instr::Signal(init)] }];
+    for k in 0..2u64 {
+        let (src, dst) = (Region::new(x, 16 + 16 * k, 8), Region::new(x, 24 + 16 * k, 8));
+        let t = s.add_task(format!("L0.add{k}"), TaskOp::Copy { src, dst }, vec![src], vec![dst]);
+        s.tasks[t.index()].adds.push(r);
+        workers.push(Worker {
+            instrs: vec![
+                Instr::Wait { counter: init, at_least: 1 },
+                Instr::Run(t),
+                Instr::Signal(added),
+            ],
+        });
+    }
+    let dst = Region::new(x, 56, 8);
+    let read = s.add_task(
+        "L0.read",
+        TaskOp::Copy { src: Region::new(acc, 0, 8), dst },
+        vec![r],
+        vec![dst],
+    );
+    workers.push(Worker {
+        instrs: vec![Instr::Wait { counter: added, at_least: 2 }, Instr::Run(read)],
+    });
+    s.workers = workers;
+    verify(&s, &FACTS).expect("init, then both adds, then the read");
+    // The read waits for one add only: the other may still be adding. (Which add signalled
+    // is not known, so the verifier orders the read after neither, nor after the init.)
+    let mut early = s.clone();
+    early.workers[3].instrs[0] = Instr::Wait { counter: added, at_least: 1 };
+    let e = errors(&early, &FACTS);
+    let races: Vec<(&str, AccessKind)> = e
+        .iter()
+        .map(|e| match e {
+            VerifyError::Race { first, second, .. } if second.task == "L0.read" => {
+                (first.task.as_str(), first.kind)
+            }
+            _ => panic!("{e:?}"),
+        })
+        .collect();
+    assert_eq!(
+        races,
+        [
+            ("L0.init", AccessKind::Write),
+            ("L0.add0", AccessKind::Add),
+            ("L0.add1", AccessKind::Add)
+        ]
+    );
+}
+
+/// A fused MLP's atomic adds must be declared, as adds or (stronger) as writes.
+#[test]
+fn undeclared_op_add_is_reported() {
+    use amk_schedule::ops::ProjInput;
+    let mut s = Schedule::new("mlp");
+    let x = s.add_buffer("x", BufferKind::Activation, 16);
+    let gate = s.add_buffer("gate", BufferKind::Weight, 32);
+    let up = s.add_buffer("up", BufferKind::Weight, 32);
+    let down = s.add_buffer("down", BufferKind::Weight, 32);
+    let op = TaskOp::GatedMlp {
+        input: ProjInput::Vector { buffer: x, len: 4 },
+        gate,
+        up,
+        down,
+        first_row: 0,
+        rows: 2,
+        cols: 4,
+        inter: 2,
+        out: x,
+    };
+    let t = s.add_task_with_footprint("L0.mlp", op);
+    assert_eq!(s.tasks[t.index()].adds, vec![Region::new(x, 0, 16)]);
+    s.workers = vec![Worker { instrs: vec![Instr::Run(t)] }];
+    verify(&s, &FACTS).expect("declared as an add");
+    let mut as_write = s.clone();
+    as_write.tasks[0].writes = std::mem::take(&mut as_write.tasks[0].adds);
+    verify(&as_write, &FACTS).expect("declared as a write");
+    let mut undeclared = s.clone();
+    undeclared.tasks[0].adds.clear();
+    let e = errors(&undeclared, &FACTS);
+    assert!(
+        e.iter().any(|e| matches!(e, VerifyError::OpRegionUndeclared { place: RegionPlace::OpAdd(0), buffer, .. } if buffer == "x")),
         "{e:?}"
     );
 }

@@ -180,14 +180,17 @@ pub fn decode_task(d: &[u32]) -> TaskOp {
             if head_norm.is_none() {
                 assert_eq!(d[22], 0, "no head norm, no eps");
             }
+            if d[16] != 3 {
+                assert_eq!(d[29], NONE, "a copy buffer only for accumulate-and-copy");
+            }
             let output = match d[16] {
-                0 | 1 => {
+                0 | 1 | 3 => {
                     assert_eq!(&d[19..21], &[0, 0], "cache words only for a cache row");
                     let (buffer, offset) = (BufferId(d[17]), d[18]);
-                    if d[16] == 0 {
-                        ProjOutput::Store { buffer, offset }
-                    } else {
-                        ProjOutput::Accumulate { buffer, offset }
+                    match d[16] {
+                        0 => ProjOutput::Store { buffer, offset },
+                        1 => ProjOutput::Accumulate { buffer, offset },
+                        _ => ProjOutput::AccumulateCopy { buffer, offset, copy: BufferId(d[29]) },
                     }
                 }
                 2 => ProjOutput::CacheRow {
@@ -211,7 +214,7 @@ pub fn decode_task(d: &[u32]) -> TaskOp {
                     io: BufferId(d[15]),
                     output,
                 },
-                28,
+                30,
             )
         }
         4 => (
@@ -226,6 +229,48 @@ pub fn decode_task(d: &[u32]) -> TaskOp {
             },
             12,
         ),
+        9 => {
+            assert_eq!((d[12], d[13], d[15]), (0, 0, 0), "no int8 scales in f32 or bf16");
+            (
+                TaskOp::GatedMlp {
+                    input: input(d),
+                    gate: BufferId(d[6]),
+                    up: BufferId(d[7]),
+                    down: BufferId(d[14]),
+                    first_row: d[8],
+                    rows: d[9],
+                    cols: d[10],
+                    inter: d[16],
+                    out: BufferId(d[11]),
+                },
+                17,
+            )
+        }
+        10 => {
+            assert_eq!(
+                (d[9], d[11], d[12], d[14]),
+                (NONE, 0, 1, 0),
+                "one part, no partials: {d:?}"
+            );
+            (
+                TaskOp::AttentionOut {
+                    q: BufferId(d[1]),
+                    head: d[2],
+                    kv_head: d[3],
+                    head_dim: d[4],
+                    max_positions: d[5],
+                    window: (d[10] != 0).then_some(d[10]),
+                    k_cache: BufferId(d[6]),
+                    v_cache: BufferId(d[7]),
+                    io: BufferId(d[8]),
+                    weight: BufferId(d[13]),
+                    cols: d[15],
+                    weight_cols: d[18],
+                    outs: [BufferId(d[16]), BufferId(d[17])],
+                },
+                19,
+            )
+        }
         5 => (
             TaskOp::Attention {
                 q: BufferId(d[1]),

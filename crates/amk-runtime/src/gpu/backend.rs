@@ -1,6 +1,6 @@
 //! [`GpuBackend`]: device memory, the co-residency check, and one watched launch per token.
 
-use super::codegen_bridge::{self, CodePlan, Int8Matrix, WeightDType};
+use super::codegen_bridge::{self, CodePlan, Int8Matrix, Transposed, WeightDType};
 use super::driver::{self, check, code_name, DeviceInfo};
 use super::{guarded, nvrtc, GpuError};
 use crate::{Backend, RuntimeError};
@@ -455,7 +455,8 @@ impl GpuBackend {
                     WeightDType::BF16 => WeightLayout::Bf16,
                     WeightDType::Int8 => int8.map_or(WeightLayout::F32, WeightLayout::Int8),
                 };
-                upload_weight(&gpu, p, model, &b.name, b.bytes / ELEM, layout)?;
+                let transposed = plan.transposed.get(i).copied().flatten();
+                upload_weight(&gpu, p, model, &b.name, b.bytes / ELEM, layout, transposed)?;
             }
             addresses.push(p);
         }
@@ -536,7 +537,8 @@ impl GpuBackend {
             .tasks
             .iter()
             .filter_map(|t| match t.op {
-                TaskOp::Attention { max_positions, .. } => Some(max_positions as usize),
+                TaskOp::Attention { max_positions, .. }
+                | TaskOp::AttentionOut { max_positions, .. } => Some(max_positions as usize),
                 _ => None,
             })
             .min()
@@ -1041,7 +1043,17 @@ enum WeightLayout {
     Int8(Int8Matrix),
 }
 
-/// Loads weight `name` from the checkpoint and copies it to `dst` in `layout`.
+/// `[rows, cols]` row-major values as `[cols, rows]`.
+fn transpose<T: Copy>(values: &[T], rows: usize, cols: usize) -> Vec<T> {
+    let mut out = Vec::with_capacity(values.len());
+    for c in 0..cols {
+        out.extend((0..rows).map(|r| values[r * cols + c]));
+    }
+    out
+}
+
+/// Loads weight `name` from the checkpoint and copies it to `dst` in `layout`, transposed
+/// first when the kernel reads it so (int8: quantized per checkpoint row, then transposed).
 fn upload_weight(
     gpu: &Gpu,
     dst: sys::CUdeviceptr,
@@ -1049,6 +1061,7 @@ fn upload_weight(
     name: &str,
     elements: u64,
     layout: WeightLayout,
+    transposed: Option<Transposed>,
 ) -> Result<(), GpuError> {
     let err = |message: String| GpuError::Weight { name: name.to_owned(), message };
     let spec =
@@ -1065,9 +1078,23 @@ fn upload_weight(
     if data.len() as u64 != elements {
         return Err(err(format!("loaded {} elements, expected {elements}", data.len())));
     }
+    if let Some(t) = transposed {
+        if u64::from(t.rows) * u64::from(t.cols) != elements {
+            return Err(err(format!(
+                "the kernel reads it as a transposed [{}, {}] matrix, but it holds {elements}                  elements",
+                t.rows, t.cols
+            )));
+        }
+    }
+    // The value order the kernel reads: as stored, or transposed.
+    let order = |values: Vec<f32>| match transposed {
+        Some(t) => transpose(&values, t.rows as usize, t.cols as usize),
+        None => values,
+    };
     match layout {
-        WeightLayout::F32 => gpu.copy_to(dst, &data),
+        WeightLayout::F32 => gpu.copy_to(dst, &order(data)),
         WeightLayout::Bf16 => {
+            let data = order(data);
             let bits: Vec<u16> = data.iter().map(|&x| half::bf16::from_f32(x).to_bits()).collect();
             gpu.copy_to(dst, &bits)
         }
@@ -1080,8 +1107,12 @@ fn upload_weight(
                 )));
             }
             let q = crate::quant::quantize_rows(&data, m.cols as usize);
+            let values = match transposed {
+                Some(t) => transpose(&q.values, t.rows as usize, t.cols as usize),
+                None => q.values,
+            };
             let mut bytes = vec![0u8; m.bytes() as usize];
-            for (b, &v) in bytes.iter_mut().zip(&q.values) {
+            for (b, &v) in bytes.iter_mut().zip(&values) {
                 *b = v as u8;
             }
             let scales = &mut bytes[m.scales_offset as usize..];

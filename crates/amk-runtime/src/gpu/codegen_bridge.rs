@@ -8,7 +8,7 @@ use amk_codegen_cuda as cg;
 use amk_verify::VerifiedSchedule;
 
 pub(crate) use amk_codegen_cuda::trace_words;
-pub use amk_codegen_cuda::{Int8Matrix, WeightDType};
+pub use amk_codegen_cuda::{Int8Matrix, Transposed, WeightDType};
 
 /// Everything the backend needs from code generation.
 #[derive(Debug, Clone)]
@@ -32,6 +32,8 @@ pub(crate) struct CodePlan {
     pub buffer_bytes: Vec<u64>,
     /// Int8 weights: the layout of each weight matrix, by BufferId.
     pub int8_matrices: Vec<Option<Int8Matrix>>,
+    /// The weight matrices the device holds transposed, by BufferId.
+    pub transposed: Vec<Option<Transposed>>,
 }
 
 /// Generates the kernel for `verified`, to be compiled for `arch` (the device's `sm_XX`), with
@@ -86,5 +88,6 @@ pub(crate) fn generate(
         per_launch: tables.per_launch,
         buffer_bytes: tables.buffer_bytes,
         int8_matrices: tables.int8_matrices,
+        transposed: tables.transposed,
     })
 }

@@ -80,7 +80,7 @@ fn malformed(s: &Schedule) -> Option<String> {
         }
     }
     for t in &s.tasks {
-        for r in t.reads.iter().chain(&t.writes) {
+        for r in t.reads.iter().chain(&t.writes).chain(&t.adds) {
             let Some(b) = s.buffers.get(r.buffer.0 as usize) else {
                 return Some("buffer id".into());
             };
@@ -120,8 +120,15 @@ fn conflicts(s: &Schedule, a: usize, b: usize) -> bool {
     let hit = |x: &Region, y: &Region| {
         x.buffer == y.buffer && x.offset < y.offset + y.len && y.offset < x.offset + x.len
     };
-    ta.writes.iter().any(|x| tb.writes.iter().chain(&tb.reads).any(|y| hit(x, y)))
-        || tb.writes.iter().any(|y| ta.reads.iter().any(|x| hit(x, y)))
+    // Atomic adds commute with each other and conflict with reads and writes.
+    let any = |x: &[Region], y: &[Region]| x.iter().any(|a| y.iter().any(|b| hit(a, b)));
+    any(&ta.writes, &tb.writes)
+        || any(&ta.writes, &tb.reads)
+        || any(&ta.reads, &tb.writes)
+        || any(&ta.adds, &tb.reads)
+        || any(&ta.adds, &tb.writes)
+        || any(&ta.reads, &tb.adds)
+        || any(&ta.writes, &tb.adds)
 }
 
 /// Explores one launch from counter values `base`, waits comparing against `offset + k`.

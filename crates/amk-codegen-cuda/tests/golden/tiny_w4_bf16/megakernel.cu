@@ -5,13 +5,14 @@
 #define AMK_WEIGHT_BF16 1
 #define AMK_WEIGHT_INT8 0
 #define AMK_BLOCK_THREADS 512
-#define AMK_MAX_COLS 160
+#define AMK_MAX_COLS 64
 #define AMK_MAX_HEAD_DIM 16
+#define AMK_MLP_ROWS 24
 #define AMK_WORKERS 4
-#define AMK_TASKS 81
-#define AMK_COUNTERS 13
+#define AMK_TASKS 105
+#define AMK_COUNTERS 11
 #define AMK_BUFFERS 31
-#define AMK_WORKER_WORDS 778
+#define AMK_WORKER_WORDS 990
 #define AMK_STAGE_BYTES 38400
 #define AMK_TRACE 0
 
@@ -34,7 +35,10 @@
 // Weight buffers hold f32 or bf16 elements (AMK_WEIGHT_BF16), or with AMK_WEIGHT_INT8 int8
 // matrices (projection, gate/up, LM-head and embedding weights: rows*cols values, padded to 16
 // bytes, then one f32 scale per row, at the byte offset a descriptor's "scales" word gives; the
-// word is 0 in other modes) and f32 vectors (norm weights, biases). Every other buffer holds
+// word is 0 in other modes) and f32 vectors (norm weights, biases). A fused MLP's down weight
+// and a fused attention's output-projection weight are held transposed, [cols, rows] of
+// their checkpoint matrix (int8: the values transposed, the
+// scales still one per checkpoint row). Every other buffer holds
 // 4-byte words (f32 activations, u32 io and argmax indices).
 // #pragma once (this file is inlined)
 
@@ -60,6 +64,8 @@
 #define AMK_TASK_HEAD_ARGMAX 6u
 #define AMK_TASK_ARGMAX_REDUCE 7u
 #define AMK_TASK_RMSNORM 8u
+#define AMK_TASK_GATED_MLP 9u
+#define AMK_TASK_ATTENTION_OUT 10u
 
 // A projection input (5 words at IN): kind (0 vector, 1 rms-normed, 2 attention partials),
 // buffer, len, norm weight buffer (or AMK_NONE) / parts per head, eps as f32 bits / head_dim.
@@ -71,6 +77,7 @@
 #define AMK_OUT_STORE 0u
 #define AMK_OUT_ACCUMULATE 1u
 #define AMK_OUT_CACHE_ROW 2u
+#define AMK_OUT_ACCUMULATE_COPY 3u
 
 // Word indices of each task kind.
 // COPY:          1 src buffer, 2 src byte offset, 3 dst buffer, 4 dst byte offset, 5 bytes
@@ -82,12 +89,22 @@
 //                kv_head, 19 head_dim (cache row), 20 max_positions (cache row), 21 per-head
 //                RMSNorm weight (or AMK_NONE; 12 is then its head_dim), 22 its eps (f32 bits),
 //                23 llama3 rope (0/1), 24 factor, 25 low_freq_factor, 26 high_freq_factor,
-//                27 original_max_position_embeddings (f32 bits), 28 weight scales
+//                27 original_max_position_embeddings (f32 bits), 28 weight scales, 29 the
+//                copy buffer of an accumulate-and-copy output (or AMK_NONE)
 // GATED_UP:      1..5 input, 6 gate, 7 up, 8 first_row, 9 rows, 10 cols, 11 out, 12 gate
 //                scales, 13 up scales
+// GATED_MLP:     1..13 as GATED_UP, with 11 the buffer its down projection adds into
+//                (out[0..cols], atomic f32 adds), 14 down weight held transposed
+//                ([inter, cols]: the task's rows of it are contiguous), 15 down scales (one
+//                per output element), 16 inter
 // ATTENTION:     1 q, 2 head, 3 kv_head, 4 head_dim, 5 max_positions, 6 k cache, 7 v cache,
 //                8 io, 9 out (attention partials), 10 sliding window in positions (0 = none),
 //                11 part, 12 parts
+// ATTENTION_OUT: 1..12 as ATTENTION with 9 = AMK_NONE, 11 = 0 and 12 = 1 (one part), 13 the
+//                output-projection weight held transposed ([weight_cols, cols]: the head's
+//                rows of it are contiguous), 14 its scales (one per output), 15 cols, 16 and 17
+//                the two buffers the head's share is added to (out[0..cols], atomic f32 adds),
+//                18 weight_cols
 // HEAD_ARGMAX:   1..5 input, 6 weight, 7 first_row, 8 rows, 9 cols, 10 logits, 11 partials,
 //                12 slot, 13 weight scales
 // ARGMAX_REDUCE: 1 partials, 2 count, 3 io
@@ -104,8 +121,9 @@
 //
 // Expects (defined by the generated prologue, numbers only): AMK_WEIGHT_BF16 and
 // AMK_WEIGHT_INT8 (0 or 1; both 0 means f32 weights),
-// AMK_BLOCK_THREADS, AMK_MAX_COLS, AMK_MAX_HEAD_DIM, AMK_STAGE_BYTES (a multiple of 16; 0 turns
-// weight staging off), AMK_COUNTERS and AMK_TRACE (0 or 1).
+// AMK_BLOCK_THREADS, AMK_MAX_COLS, AMK_MAX_HEAD_DIM, AMK_MLP_ROWS (most rows of a fused MLP
+// task, 0 without one), AMK_STAGE_BYTES (a multiple of 16; 0 turns weight staging off),
+// AMK_COUNTERS and AMK_TRACE (0 or 1).
 //
 // Tracing (AMK_TRACE 1): thread 0 of each block writes %globaltimer (ns) before each of its
 // instructions and once after the last, into u64 slots that follow the counters (from word
@@ -113,7 +131,7 @@
 // turns them into per-phase and per-task times.
 //
 // Weight staging: weights do not depend on activations, so each worker copies the weight tiles
-// of its next two stageable tasks (projection, gated-up and LM-head tiles of at most
+// of its next two stageable tasks (projection, gated-up, fused-MLP and LM-head tiles of at most
 // AMK_STAGE_BYTES) into shared memory with cp.async as soon as a slot is free, i.e. before it
 // waits for those tasks' inputs. The weight stream then runs under the sync latency, and a
 // task's dot products read shared memory. Tasks whose tile does not fit read global memory.
@@ -135,12 +153,12 @@
 // Ablation, for measuring where time goes (never in a shipped kernel: the runtime defines it
 // only when the AMK_ABLATE environment variable is set, and results are then wrong): bit 0
 // skips every task body but the embedding and the argmax, bit 1 attention, bit 2 the LM
-// head's tiles, bit 3 projections and gate/up, bit 4 their input loads, bit 5 everything of
+// head's tiles, bit 3 projections, gate/up and fused MLPs, bit 4 their input loads, bit 5 everything of
 // theirs after the input load, bit 6 the wait for a staged tile's copy; bit 7 stages weights
 // with L2's normal eviction priority, bit 8 leaves out the L1 prefetch of small vectors, bit 9
 // loads split attention's partials as a plain vector (no combine), bit 10 leaves out the L2
-// prefetch of an attention part's cache rows.
-// Waits, signals and staging stay.
+// prefetch of an attention part's cache rows, bit 11 a fused attention's output-projection
+// share. Waits, signals and staging stay.
 #ifndef AMK_ABLATE
 #define AMK_ABLATE 0
 #endif
@@ -149,13 +167,14 @@
 #define AMK_HEAD_LANES ((AMK_MAX_HEAD_DIM + 31) / 32)
 #define AMK_NEG_INF __int_as_float(0xff800000)
 
-// Shared memory: a main area (a projection's input vector, or attention's per-warp
-// partial results), 64 words of scratch for block reductions, one head of projected rows (for
+// Shared memory: a main area (a projection's input vector, and after it a fused MLP's row
+// activations; or attention's per-warp partial results), 64 words of scratch for block reductions, one head of projected rows (for
 // per-head norm and rope), the buffer addresses, the worker's instructions and descriptors,
 // then two weight-staging slots. The host sizes the dynamic shared
 // memory as 4 * AMK_SMEM_FLOATS bytes.
 #define AMK_ATTN_FLOATS (AMK_WARPS * (AMK_MAX_HEAD_DIM + 2))
-#define AMK_SMEM_MAIN ((((AMK_MAX_COLS > AMK_ATTN_FLOATS) ? AMK_MAX_COLS : AMK_ATTN_FLOATS) + 3) / 4 * 4)
+#define AMK_SMEM_X_ACT ((AMK_MAX_COLS + 3) / 4 * 4 + AMK_MLP_ROWS)
+#define AMK_SMEM_MAIN ((((AMK_SMEM_X_ACT > AMK_ATTN_FLOATS) ? AMK_SMEM_X_ACT : AMK_ATTN_FLOATS) + 3) / 4 * 4)
 #define AMK_SMEM_SCRATCH_OFFSET AMK_SMEM_MAIN
 #define AMK_SMEM_HEAD_OFFSET (AMK_SMEM_MAIN + 64)
 #define AMK_SMEM_BUFFERS_OFFSET (AMK_SMEM_HEAD_OFFSET + (AMK_MAX_HEAD_DIM + 3) / 4 * 4)
@@ -470,9 +489,16 @@ __device__ __forceinline__ void amk_rope_table(const u32* d, u32 hd, double thet
     if (!same) amk_rope_table_fill(d, hd, theta, pos);  // uniform: every thread read the same words
 }
 
-// The epilogue of one projection output element: store, or add to the residual stream.
-__device__ __forceinline__ void amk_put(float* o, float v, u32 out_kind) {
-    if (out_kind == AMK_OUT_ACCUMULATE) *o = __ldcg(o) + v; else *o = v;
+__device__ __forceinline__ bool amk_accumulates(u32 out_kind) {
+    return out_kind == AMK_OUT_ACCUMULATE || out_kind == AMK_OUT_ACCUMULATE_COPY;
+}
+
+// The epilogue of output element i: store, or add to the residual stream; with a copy
+// buffer `c` (accumulate-and-copy), the result is stored there too.
+__device__ __forceinline__ void amk_put(float* o, float* c, u32 i, float v, u32 out_kind) {
+    if (amk_accumulates(out_kind)) v += __ldcg(o + i);
+    o[i] = v;
+    if (c) c[i] = v;
 }
 
 // Rows of a projection, R per warp at a time (R = 1 for small tiles, so every warp works),
@@ -480,13 +506,13 @@ __device__ __forceinline__ void amk_put(float* o, float v, u32 out_kind) {
 template <int R>
 __device__ __forceinline__ void amk_projection_rows(const amk_w* w, const float* sc, const amk_v* bias_w,
                                                     u32 first, u32 rows, u32 cols, const float* x,
-                                                    float* out, u32 out_kind) {
+                                                    float* out, float* copy, u32 out_kind) {
     const u32 lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     for (u32 r0 = warp * R; r0 < rows; r0 += AMK_WARPS * R) {
         float y[R];
         const u32 n = min((u32)R, rows - r0);
         // The residual, bias and scale do not depend on the dot products: load them first.
-        const float prev = (out_kind == AMK_OUT_ACCUMULATE && lane < n) ? __ldcg(out + r0 + lane) : 0.f;
+        const float prev = (amk_accumulates(out_kind) && lane < n) ? __ldcg(out + r0 + lane) : 0.f;
         const float b = (bias_w && lane < n) ? amk_vload(bias_w, first + r0 + lane) : 0.f;
         const float scale = lane < n ? amk_scale(sc, first + r0 + lane) : 1.f;
         const amk_w* row[R];
@@ -497,7 +523,9 @@ __device__ __forceinline__ void amk_projection_rows(const amk_w* w, const float*
             float v = y[0];
 #pragma unroll
             for (int r = 1; r < R; ++r) if ((u32)r == lane) v = y[r];
-            out[r0 + lane] = prev + (v * scale + b);
+            v = prev + (v * scale + b);
+            out[r0 + lane] = v;
+            if (copy) copy[r0 + lane] = v;
         }
     }
 }
@@ -506,7 +534,7 @@ __device__ __forceinline__ void amk_projection_rows(const amk_w* w, const float*
 // order) bias, per-head RMSNorm (Qwen3's q/k norm), rope, and the epilogue.
 __device__ void amk_projection_heads(const u32* d, const amk_w* w, const float* sc, const amk_v* bias_w,
                                      const float* x, float* ys, float* scratch, float* out,
-                                     u32 out_kind, u32 pos, const u64* buffers) {
+                                     float* copy, u32 out_kind, u32 pos, const u64* buffers) {
     const u32 first = d[8], rows = d[9], cols = d[10], rope = d[11];
     const u32 hd = d[12];
     const double theta = __hiloint2double((int)d[14], (int)d[13]);
@@ -546,11 +574,11 @@ __device__ void amk_projection_heads(const u32* d, const amk_w* w, const float* 
             for (u32 i = threadIdx.x; i < half; i += AMK_BLOCK_THREADS) {
                 const float c = amk_cos_tab[i], s = amk_sin_tab[i];
                 const float a = ys[i], b = ys[i + half];
-                amk_put(out + h0 + i, a * c - b * s, out_kind);
-                amk_put(out + h0 + i + half, b * c + a * s, out_kind);
+                amk_put(out, copy, h0 + i, a * c - b * s, out_kind);
+                amk_put(out, copy, h0 + i + half, b * c + a * s, out_kind);
             }
         } else {
-            for (u32 i = threadIdx.x; i < hd; i += AMK_BLOCK_THREADS) amk_put(out + h0 + i, ys[i], out_kind);
+            for (u32 i = threadIdx.x; i < hd; i += AMK_BLOCK_THREADS) amk_put(out, copy, h0 + i, ys[i], out_kind);
         }
         __syncthreads();
     }
@@ -572,12 +600,13 @@ __device__ void amk_projection(const u32* d, const u64* buffers, float* x, float
     const u32 pos = (rope || out_kind == AMK_OUT_CACHE_ROW) ? __ldcg(io + 1) : 0u;
     u64 dst0 = off;  // element index of output row 0
     if (out_kind == AMK_OUT_CACHE_ROW) dst0 = ((u64)off * d[20] + pos) * d[19];
+    float* copy = d[29] == AMK_NONE ? nullptr : reinterpret_cast<float*>(buffers[d[29]]) + dst0;
     if (rope || d[21] != AMK_NONE) {
-        amk_projection_heads(d, w, sc, bias_w, x, ys, scratch, out + dst0, out_kind, pos, buffers);
+        amk_projection_heads(d, w, sc, bias_w, x, ys, scratch, out + dst0, copy, out_kind, pos, buffers);
     } else if (rows >= 4 * AMK_WARPS) {
-        amk_projection_rows<4>(w, sc, bias_w, first, rows, cols, x, out + dst0, out_kind);
+        amk_projection_rows<4>(w, sc, bias_w, first, rows, cols, x, out + dst0, copy, out_kind);
     } else {
-        amk_projection_rows<1>(w, sc, bias_w, first, rows, cols, x, out + dst0, out_kind);
+        amk_projection_rows<1>(w, sc, bias_w, first, rows, cols, x, out + dst0, copy, out_kind);
     }
 }
 
@@ -606,19 +635,50 @@ __device__ __forceinline__ void amk_gated_rows(const amk_w* gate, const amk_w* u
     }
 }
 
-// `staged`: the gate tile then the up tile in shared memory, or null.
-__device__ void amk_gated_up(const u32* d, const u64* buffers, float* x, float* scratch,
-                             const amk_w* staged) {
+// out[o] += scale[o] * sum_j w[j * cols + o] * act[j] for o < cols (and out2 too, if not
+// null): a fused MLP's rows of the transposed down weight times its row activations, or a
+// fused attention's rows of the transposed output projection times its head's output. Thread
+// t takes outputs t, t + threads, ..., so each warp's weight loads and atomic adds cover
+// consecutive elements (one L2 line per warp add). The adds are atomic: every task of the
+// phase adds to the same outputs.
+__device__ __forceinline__ void amk_down_add(const amk_w* w, const float* sc, u32 rows, u32 cols,
+                                             const float* act, float* out, float* out2) {
+    for (u32 o = threadIdx.x; o < cols; o += AMK_BLOCK_THREADS) {
+        const float scale = amk_scale(sc, o);
+        float acc[4] = {0.f, 0.f, 0.f, 0.f};
+        u32 j = 0;
+        for (; j + 4 <= rows; j += 4) {
+#pragma unroll
+            for (u32 k = 0; k < 4; ++k) acc[k] += amk_w1(w, (u64)(j + k) * cols + o) * act[j + k];
+        }
+        for (; j < rows; ++j) acc[0] += amk_w1(w, (u64)j * cols + o) * act[j];
+        const float v = ((acc[0] + acc[1]) + (acc[2] + acc[3])) * scale;
+        atomicAdd(out + o, v);
+        if (out2) atomicAdd(out2 + o, v);
+    }
+}
+
+// GATED_UP stores its rows' activations in `out`. GATED_MLP keeps them in shared memory
+// after x, then adds its share of the down projection into `out`. `staged`: the gate, up (and
+// transposed down) tiles in shared memory, or null.
+__device__ void amk_gated(const u32* d, const u64* buffers, float* x, float* scratch,
+                          const amk_w* staged) {
     if (!(AMK_ABLATE & 16)) amk_load_input(d, buffers, x, scratch);
     if (AMK_ABLATE & 32) return;
+    const bool mlp = d[0] == AMK_TASK_GATED_MLP;
     const u32 first = d[8], rows = d[9], cols = d[10];
     float* out = reinterpret_cast<float*>(buffers[d[11]]);
     const float* gs = amk_scales(buffers, d[6], d[12]);
     const float* us = amk_scales(buffers, d[7], d[13]);
-    const u64 tile = (u64)rows * cols;
-    const amk_w* gate = staged ? staged - (u64)first * cols : reinterpret_cast<const amk_w*>(buffers[d[6]]);
-    const amk_w* up = staged ? staged + tile - (u64)first * cols : reinterpret_cast<const amk_w*>(buffers[d[7]]);
-    amk_gated_rows(gate, up, gs, us, first, rows, cols, x, out);
+    const u64 tile = (u64)rows * cols, skip = (u64)first * cols;
+    const amk_w* gate = staged ? staged - skip : reinterpret_cast<const amk_w*>(buffers[d[6]]);
+    const amk_w* up = staged ? staged + tile - skip : reinterpret_cast<const amk_w*>(buffers[d[7]]);
+    float* act = x + (cols + 3) / 4 * 4;  // AMK_SMEM_X_ACT: a fused MLP's activations follow x
+    amk_gated_rows(gate, up, gs, us, first, rows, cols, x, mlp ? act - first : out);
+    if (!mlp) return;
+    __syncthreads();
+    const amk_w* down = staged ? staged + 2 * tile : reinterpret_cast<const amk_w*>(buffers[d[14]]) + skip;
+    amk_down_add(down, amk_scales(buffers, d[14], d[15]), rows, cols, act, out, nullptr);
 }
 
 // The cache rows [a, b) that part `part` of `parts` covers of rows start..npos: chunks of
@@ -629,20 +689,50 @@ __device__ __forceinline__ void amk_part_rows(u32 start, u32 npos, u32 part, u32
     b = min(a + chunk, npos);
 }
 
+// A fused attention's end (ATTENTION_OUT, one part): its head's output
+// o[j] = acc[j] / l from the warps' partials (merged as the reference's single-part combine
+// does) into `ys`, then its share of the output projection added to both outputs:
+// out[r] += sum_j Wt[head * hd + j][r] * o[j], `staged` holding the head's rows of Wt.
+__device__ __noinline__ void amk_attention_out(const u32* d, const u64* buffers, const float* part_smem,
+                                               float gm, float* ys, const amk_w* staged) {
+    const u32 head = d[2], hd = d[4], cols = d[15];
+    float l = 0.f;
+    for (u32 w = 0; w < AMK_WARPS; ++w) {
+        const float* pw = part_smem + w * (AMK_MAX_HEAD_DIM + 2);
+        if (pw[1] > 0.f) l += pw[1] * expf(pw[0] - gm);
+    }
+    for (u32 j = threadIdx.x; j < hd; j += AMK_BLOCK_THREADS) {
+        float a = 0.f;
+        for (u32 w = 0; w < AMK_WARPS; ++w) {
+            const float* pw = part_smem + w * (AMK_MAX_HEAD_DIM + 2);
+            if (pw[1] > 0.f) a += pw[2 + j] * expf(pw[0] - gm);
+        }
+        ys[j] = a * (1.0f / l);
+    }
+    __syncthreads();
+    const amk_w* w = staged ? staged : reinterpret_cast<const amk_w*>(buffers[d[13]]) + (u64)head * hd * cols;
+    float* out0 = reinterpret_cast<float*>(buffers[d[16]]);
+    float* out1 = reinterpret_cast<float*>(buffers[d[17]]);
+    if (AMK_ABLATE & 2048) return;
+    amk_down_add(w, amk_scales(buffers, d[13], d[14]), hd, cols, ys, out0, out1);
+}
+
 // Part `part` of `parts` of one query head over its key/value head's cache rows start..=pos
 // (start = 0, or pos + 1 - W under a sliding window of W, word 10): writes the partial softmax
 // {m, l, acc[hd]} of its rows (see abi.cuh). Each warp runs an online softmax over P positions
 // at a time, their key and value loads in flight together with the query (each lane holds the
 // query elements it multiplies, so no shared-memory round trip precedes the loads); warps then
 // merge through shared memory.
-__device__ void amk_attention(const u32* d, const u64* buffers, float* smem) {
+__device__ void amk_attention(const u32* d, const u64* buffers, float* smem, float* ys,
+                              const amk_w* staged) {
     const float* q = reinterpret_cast<const float*>(buffers[d[1]]);
     const u32 head = d[2], kvh = d[3], hd = d[4], maxpos = d[5], window = d[10];
     const u32 part = d[11], parts = d[12];
     const float* kc = reinterpret_cast<const float*>(buffers[d[6]]) + (u64)kvh * maxpos * hd;
     const float* vc = reinterpret_cast<const float*>(buffers[d[7]]) + (u64)kvh * maxpos * hd;
     const u32* io = reinterpret_cast<const u32*>(buffers[d[8]]);
-    float* out = reinterpret_cast<float*>(buffers[d[9]]) + ((u64)head * parts + part) * (hd + 2);
+    float* out = d[9] == AMK_NONE ? nullptr
+        : reinterpret_cast<float*>(buffers[d[9]]) + ((u64)head * parts + part) * (hd + 2);
     const u32 npos = __ldcg(io + 1) + 1;
     const u32 start = (window != 0 && npos > window) ? npos - window : 0u;
     u32 a, b;
@@ -719,6 +809,10 @@ __device__ void amk_attention(const u32* d, const u64* buffers, float* smem) {
     for (u32 w = 0; w < AMK_WARPS; ++w) {
         const float* pw = part_smem + w * (AMK_MAX_HEAD_DIM + 2);
         if (pw[1] > 0.f) gm = fmaxf(gm, pw[0]);
+    }
+    if (d[0] == AMK_TASK_ATTENTION_OUT) {
+        amk_attention_out(d, buffers, part_smem, gm, ys, staged);
+        return;
     }
     for (u32 j = threadIdx.x; j < hd + 2; j += AMK_BLOCK_THREADS) {
         float o = 0.f;
@@ -820,18 +914,30 @@ __device__ __forceinline__ void amk_prefetch(u64 p, u64 bytes) {
         asm volatile("prefetch.global.L2 [%0];" :: "l"(p + off));
 }
 
-// The weight tile of a task: (global address, bytes), bytes = 0 for tasks without one.
-__device__ __forceinline__ void amk_weight_tile(const u32* d, const u64* buffers, u64& addr, u64& bytes) {
+// The weight tile of a task, as parts of equal size from different buffers (gate and up of
+// gated-up tasks, plus the transposed down of fused MLPs; staged one after the other): their
+// global addresses and each part's bytes. Returns the number of parts, 0 without a tile.
+__device__ __forceinline__ u32 amk_weight_parts(const u32* d, const u64* buffers, u64 (&addr)[3], u64& bytes) {
     const u64 es = sizeof(amk_w);
-    addr = 0; bytes = 0;
+    bytes = 0;
     switch (d[0]) {
         case AMK_TASK_PROJECTION:
-            addr = buffers[d[6]] + (u64)d[8] * d[10] * es; bytes = (u64)d[9] * d[10] * es; break;
-        case AMK_TASK_GATED_UP:  // gate and up tiles: staged one after the other
-            addr = buffers[d[6]] + (u64)d[8] * d[10] * es; bytes = 2 * (u64)d[9] * d[10] * es; break;
+            addr[0] = buffers[d[6]] + (u64)d[8] * d[10] * es; bytes = (u64)d[9] * d[10] * es; return 1;
+        case AMK_TASK_GATED_UP:
+        case AMK_TASK_GATED_MLP: {
+            // Rows first.. of [*, cols] in each (the down weight is held [inter, cols]).
+            const u64 off = (u64)d[8] * d[10] * es;
+            addr[0] = buffers[d[6]] + off;
+            addr[1] = buffers[d[7]] + off;
+            addr[2] = d[0] == AMK_TASK_GATED_MLP ? buffers[d[14]] + off : 0;
+            bytes = (u64)d[9] * d[10] * es;
+            return d[0] == AMK_TASK_GATED_MLP ? 3u : 2u;
+        }
         case AMK_TASK_HEAD_ARGMAX:
-            addr = buffers[d[6]] + (u64)d[7] * d[9] * es; bytes = (u64)d[8] * d[9] * es; break;
-        default: break;
+            addr[0] = buffers[d[6]] + (u64)d[7] * d[9] * es; bytes = (u64)d[8] * d[9] * es; return 1;
+        case AMK_TASK_ATTENTION_OUT:  // the head's rows of the transposed output projection
+            addr[0] = buffers[d[13]] + (u64)d[2] * d[4] * d[15] * es; bytes = (u64)d[4] * d[15] * es; return 1;
+        default: return 0;
     }
 }
 
@@ -845,33 +951,38 @@ __device__ __forceinline__ void amk_prefetch_l1(u64 p, u64 bytes) {
 
 __device__ void amk_prefetch_vectors(const u32* d, const u64* buffers) {
     const u32 kind = d[0];
-    if (kind != AMK_TASK_PROJECTION && kind != AMK_TASK_GATED_UP && kind != AMK_TASK_HEAD_ARGMAX
-        && kind != AMK_TASK_RMSNORM) return;
+    if (kind != AMK_TASK_PROJECTION && kind != AMK_TASK_GATED_UP && kind != AMK_TASK_GATED_MLP
+        && kind != AMK_TASK_HEAD_ARGMAX && kind != AMK_TASK_RMSNORM && kind != AMK_TASK_ATTENTION_OUT) return;
+#if AMK_WEIGHT_INT8
+    if (kind == AMK_TASK_ATTENTION_OUT) {
+        if (!(AMK_ABLATE & 256)) amk_prefetch_l1(buffers[d[13]] + d[14], (u64)d[15] * 4);
+        return;
+    }
+#else
+    if (kind == AMK_TASK_ATTENTION_OUT) return;
+#endif
     if (AMK_ABLATE & 256) return;
     if (d[1] == AMK_IN_RMSNORM) amk_prefetch_l1(buffers[d[4]], (u64)d[3] * sizeof(amk_v));
     if (kind == AMK_TASK_PROJECTION && d[7] != AMK_NONE)
         amk_prefetch_l1(buffers[d[7]] + (u64)d[8] * sizeof(amk_v), (u64)d[9] * sizeof(amk_v));
 #if AMK_WEIGHT_INT8
-    // The rows' scales (words: projection 28; gate/up 12 and 13; LM head 13).
+    // The rows' scales (words: projection 28; gate/up 12 and 13; LM head 13), and every
+    // output's scale of a fused MLP's down weight (word 15).
     if (kind == AMK_TASK_PROJECTION) amk_prefetch_l1(buffers[d[6]] + d[28] + (u64)d[8] * 4, (u64)d[9] * 4);
-    if (kind == AMK_TASK_GATED_UP) {
+    if (kind == AMK_TASK_GATED_UP || kind == AMK_TASK_GATED_MLP) {
         amk_prefetch_l1(buffers[d[6]] + d[12] + (u64)d[8] * 4, (u64)d[9] * 4);
         amk_prefetch_l1(buffers[d[7]] + d[13] + (u64)d[8] * 4, (u64)d[9] * 4);
     }
+    if (kind == AMK_TASK_GATED_MLP) amk_prefetch_l1(buffers[d[14]] + d[15], (u64)d[10] * 4);
     if (kind == AMK_TASK_HEAD_ARGMAX) amk_prefetch_l1(buffers[d[6]] + d[13] + (u64)d[7] * 4, (u64)d[8] * 4);
 #endif
 }
 
 __device__ void amk_prefetch_task(const u32* d, const u64* buffers) {
-    u64 addr, bytes;
-    amk_weight_tile(d, buffers, addr, bytes);
-    if (d[0] == AMK_TASK_GATED_UP) {
-        const u64 half = bytes / 2;
-        amk_prefetch(addr, half);
-        amk_prefetch(buffers[d[7]] + (addr - buffers[d[6]]), half);
-    } else if (bytes) {
-        amk_prefetch(addr, bytes);
-    } else if (d[0] == AMK_TASK_ATTENTION && !(AMK_ABLATE & 1024)) {
+    u64 addr[3], bytes;
+    const u32 parts = amk_weight_parts(d, buffers, addr, bytes);
+    for (u32 p = 0; p < parts; ++p) amk_prefetch(addr[p], bytes);
+    if ((d[0] == AMK_TASK_ATTENTION || d[0] == AMK_TASK_ATTENTION_OUT) && !(AMK_ABLATE & 1024)) {
         // The part's cache rows before this step's position are already written: ask L2.
         const u32 hd = d[4], maxpos = d[5];
         const u32 pos = __ldcg(reinterpret_cast<const u32*>(buffers[d[8]]) + 1);
@@ -887,13 +998,14 @@ __device__ void amk_prefetch_task(const u32* d, const u64* buffers) {
 }
 
 #if AMK_STAGE_BYTES > 0
-// Whether task d's weight tile is staged: it fits a slot and is 16-byte aligned for cp.async.
-// Gated-up tiles come from two buffers; each half must be aligned as well.
+// Whether task d's weight tile is staged: all its parts fit a slot, and each is 16-byte
+// aligned for cp.async.
 __device__ __forceinline__ bool amk_stageable(const u32* d, const u64* buffers) {
-    u64 addr, bytes;
-    amk_weight_tile(d, buffers, addr, bytes);
-    if (bytes == 0 || bytes > AMK_STAGE_BYTES || (addr | bytes) % 16 != 0) return false;
-    if (d[0] == AMK_TASK_GATED_UP) return (bytes / 2) % 16 == 0 && (buffers[d[7]] + (addr - buffers[d[6]])) % 16 == 0;
+    u64 addr[3], bytes;
+    const u32 parts = amk_weight_parts(d, buffers, addr, bytes);
+    if (parts == 0 || bytes == 0 || parts * bytes > AMK_STAGE_BYTES || bytes % 16 != 0) return false;
+    for (u32 p = 0; p < parts; ++p)
+        if (addr[p] % 16 != 0) return false;
     return true;
 }
 
@@ -908,19 +1020,18 @@ __device__ __forceinline__ void amk_cp_async16(void* smem_dst, u64 src, u64 poli
 // Issues the copy of task d's tile into `slot` and commits it as one group (every thread
 // commits, so group counts agree across the block).
 __device__ void amk_stage(const u32* d, const u64* buffers, char* slot) {
-    u64 addr, bytes, policy;
-    amk_weight_tile(d, buffers, addr, bytes);
+    u64 addr[3], bytes, policy;
+    const u32 parts = amk_weight_parts(d, buffers, addr, bytes);
     if (AMK_ABLATE & 128) asm("createpolicy.fractional.L2::evict_normal.b64 %0, 1.0;" : "=l"(policy));
     else asm("createpolicy.fractional.L2::evict_first.b64 %0, 1.0;" : "=l"(policy));
-    if (d[0] == AMK_TASK_GATED_UP) {
-        const u64 half = bytes / 2, up = buffers[d[7]] + (addr - buffers[d[6]]);
-        for (u64 o = (u64)threadIdx.x * 16; o < half; o += (u64)AMK_BLOCK_THREADS * 16) {
-            amk_cp_async16(slot + o, addr + o, policy);
-            amk_cp_async16(slot + half + o, up + o, policy);
-        }
-    } else {
+    // One loop per part: with the parts' copies interleaved in one loop, ptxas (CUDA 13.0,
+    // sm_90) encoded the cache-policy operand of a cp.async in an odd uniform register pair,
+    // an illegal instruction at run time.
+    for (u32 p = 0; p < parts; ++p) {
+        char* dst = slot + p * bytes;
+        const u64 src = addr[p];
         for (u64 o = (u64)threadIdx.x * 16; o < bytes; o += (u64)AMK_BLOCK_THREADS * 16)
-            amk_cp_async16(slot + o, addr + o, policy);
+            amk_cp_async16(dst + o, src + o, policy);
     }
     asm volatile("cp.async.commit_group;" ::: "memory");
 }
@@ -1019,12 +1130,15 @@ amk_megakernel(const u64* __restrict__ gbuffers, const u32* __restrict__ gprogra
 #endif
             const u32 kind = d[0];
             const bool skip = ((AMK_ABLATE & 1) && kind != AMK_TASK_EMBED && kind != AMK_TASK_ARGMAX_REDUCE)
-                || ((AMK_ABLATE & 2) && kind == AMK_TASK_ATTENTION) || ((AMK_ABLATE & 4) && kind == AMK_TASK_HEAD_ARGMAX)
-                || ((AMK_ABLATE & 8) && (kind == AMK_TASK_PROJECTION || kind == AMK_TASK_GATED_UP));
+                || ((AMK_ABLATE & 2) && (kind == AMK_TASK_ATTENTION || kind == AMK_TASK_ATTENTION_OUT)) || ((AMK_ABLATE & 4) && kind == AMK_TASK_HEAD_ARGMAX)
+                || ((AMK_ABLATE & 8) && (kind == AMK_TASK_PROJECTION || kind == AMK_TASK_GATED_UP
+                                         || kind == AMK_TASK_GATED_MLP));
             switch (skip ? 0u : kind) {
                 case AMK_TASK_PROJECTION: amk_projection(d, buffers, smem, scratch, ys, staged); break;
-                case AMK_TASK_GATED_UP: amk_gated_up(d, buffers, smem, scratch, staged); break;
-                case AMK_TASK_ATTENTION: amk_attention(d, buffers, smem); break;
+                case AMK_TASK_GATED_UP:
+                case AMK_TASK_GATED_MLP: amk_gated(d, buffers, smem, scratch, staged); break;
+                case AMK_TASK_ATTENTION:
+                case AMK_TASK_ATTENTION_OUT: amk_attention(d, buffers, smem, ys, staged); break;
                 case AMK_TASK_HEAD_ARGMAX: amk_head_argmax(d, buffers, smem, scratch, staged); break;
                 case AMK_TASK_ARGMAX_REDUCE: amk_argmax_reduce(d, buffers, scratch); break;
                 case AMK_TASK_EMBED: amk_embed(d, buffers); break;
