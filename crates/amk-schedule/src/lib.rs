@@ -2,9 +2,9 @@
 //! that synchronise only through monotone counters, and reads and writes `schedule.ron`.
 //!
 //! Contract: [`lower`] turns a [`amk_ir::graph::DecodeGraph`] and a [`ScheduleConfig`] into a
-//! [`Schedule`] whose every task declares the byte regions it reads and writes (its op's
-//! [`TaskOp::footprint`]). A schedule proves nothing by itself: `amk-verify` decides whether
-//! it may run.
+//! [`Schedule`] whose every task declares the byte regions it reads, writes and adds to (its
+//! op's [`TaskOp::footprint`]). A schedule proves nothing by itself: `amk-verify` decides
+//! whether it may run.
 
 pub mod config;
 pub mod lower;

@@ -398,7 +398,8 @@ pub struct Task {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(from = "InstrRepr", into = "InstrRepr")]
 pub enum Instr {
-    /// Runs a task (all its reads and writes happen between the previous and next instruction).
+    /// Runs a task (all its reads, writes and adds happen between the previous and next
+    /// instruction).
     Run(TaskId),
     /// Release-increments a counter by one (after all earlier writes of this worker).
     Signal(CounterId),

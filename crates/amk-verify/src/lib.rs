@@ -6,8 +6,8 @@
 //! `&VerifiedSchedule`) or a [`Rejection`] listing EVERY error found, each with task / counter
 //! / buffer names and worker / instruction indices. It never panics on a malformed in-memory
 //! schedule (ids out of range, regions out of bounds) and never skips a check for size.
-//! Accepting means, for the semantics of DESIGN.md section 3 (Run = a task's reads and writes,
-//! Signal = release-increment after them, Wait = acquire until the counter reaches its
+//! Accepting means, for the semantics of DESIGN.md section 3 (Run = a task's reads, writes and
+//! adds, Signal = release-increment after them, Wait = acquire until the counter reaches its
 //! threshold):
 //!
 //! 1. **Well-formed**: at least one worker; all ids in range; every task run exactly once;
