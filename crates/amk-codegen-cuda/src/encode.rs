@@ -10,7 +10,7 @@
 use crate::abi::{self, word};
 use crate::error::{Access, CodegenError, Problem};
 use crate::{DeviceTables, Int8Matrix, Transposed, WeightDType};
-use amk_schedule::ops::{AttnGeometry, ProjInput, ProjOutput, TaskOp, ELEM};
+use amk_schedule::ops::{ProjInput, ProjOutput, TaskOp, ELEM};
 use amk_schedule::schedule::{BufferId, BufferKind, CounterReset, Instr, Region, Schedule, Task};
 
 /// The tables plus the numbers the source prologue needs.
@@ -321,7 +321,8 @@ fn transposed(s: &Schedule) -> Result<Vec<Option<Transposed>>, CodegenError> {
                     b,
                     "kind",
                     format!(
-                        "task `{}` reads it in its checkpoint layout, but it is a fused MLP's                          down projection, which the device holds transposed",
+                        "task `{}` reads it in its checkpoint layout, but a fused MLP or a fused \
+                         attention reads it too, and the device holds it transposed for them",
                         task.name
                     ),
                 ));
@@ -582,49 +583,37 @@ impl TaskCtx<'_> {
         w: &mut Words,
         stats: &mut Stats,
     ) -> Result<(), CodegenError> {
-        let Some(AttnGeometry {
-            q,
-            head,
-            kv_head,
-            head_dim,
-            max_positions,
-            window,
-            k_cache,
-            v_cache,
-            io,
-        }) = op.attn_geometry()
-        else {
-            return Err(self.rule("kind", "not an attention task".into()));
-        };
+        let g =
+            op.attn_geometry().ok_or_else(|| self.rule("kind", "not an attention task".into()))?;
         use word::attention::*;
         if part >= parts {
             return Err(self.rule("part", format!("is {part}, not below parts ({parts})")));
         }
         w[PART] = part;
         w[PARTS] = parts;
-        w[WINDOW] = match window {
+        w[WINDOW] = match g.window {
             Some(0) => {
                 return Err(self.rule("window", "is 0; a window holds at least one position".into()))
             }
             Some(n) => n,
             None => 0,
         };
-        w[Q] = self.buf("q", q)?;
-        w[HEAD] = head;
-        w[KV_HEAD] = kv_head;
-        w[HEAD_DIM] = head_dim;
-        w[MAX_POSITIONS] = max_positions;
-        w[K_CACHE] = self.buf("k_cache", k_cache)?;
-        w[V_CACHE] = self.buf("v_cache", v_cache)?;
-        w[IO] = self.buf("io", io)?;
-        self.positive("head_dim", head_dim)?;
-        self.positive("max_positions", max_positions)?;
-        let q_end = (u128::from(head) + 1) * u128::from(head_dim);
-        self.fit("head", "(head + 1) * head_dim elements", q_end)?;
-        let cache_end =
-            (u128::from(kv_head) + 1) * u128::from(max_positions) * u128::from(head_dim);
+        w[Q] = self.buf("q", g.q)?;
+        w[HEAD] = g.head;
+        w[KV_HEAD] = g.kv_head;
+        w[HEAD_DIM] = g.head_dim;
+        w[MAX_POSITIONS] = g.max_positions;
+        w[K_CACHE] = self.buf("k_cache", g.k_cache)?;
+        w[V_CACHE] = self.buf("v_cache", g.v_cache)?;
+        w[IO] = self.buf("io", g.io)?;
+        self.positive("head_dim", g.head_dim)?;
+        self.positive("max_positions", g.max_positions)?;
+        let (head, kv_head, hd) =
+            (u128::from(g.head), u128::from(g.kv_head), u128::from(g.head_dim));
+        self.fit("head", "(head + 1) * head_dim elements", (head + 1) * hd)?;
+        let cache_end = (kv_head + 1) * u128::from(g.max_positions) * hd;
         self.fit("kv_head", "(kv_head + 1) * max_positions * head_dim elements", cache_end)?;
-        stats.max_head_dim = stats.max_head_dim.max(head_dim);
+        stats.max_head_dim = stats.max_head_dim.max(g.head_dim);
         Ok(())
     }
 

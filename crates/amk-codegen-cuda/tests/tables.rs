@@ -170,9 +170,7 @@ fn options_parse_and_print() {
 
 #[test]
 fn unfused_norms_decode_to_rms_norm_tasks() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    amk_ir::synth::write_checkpoint(&SynthSpec::tiny(), dir.path()).expect("checkpoint");
-    let model = amk_ir::Model::open(dir.path(), &mut |_| {}).expect("model");
+    let (_dir, model) = common::synth_model(&SynthSpec::tiny());
     let knobs = amk_schedule::ScheduleConfig {
         workers: 5,
         fuse_norm: false,
@@ -257,10 +255,7 @@ fn a_worker_program_too_long_for_shared_memory_is_refused_with_its_size() {
 fn fused_mlp_decodes_with_transposed_down_weights() {
     use amk_schedule::ops::{ProjOutput, TaskOp};
     for fuse_norm in [true, false] {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let spec = SynthSpec { num_layers: 2, ..SynthSpec::tiny() };
-        amk_ir::synth::write_checkpoint(&spec, dir.path()).expect("checkpoint");
-        let model = amk_ir::Model::open(dir.path(), &mut |_| {}).expect("model");
+        let (_dir, model) = common::synth_model(&SynthSpec { num_layers: 2, ..SynthSpec::tiny() });
         let knobs = amk_schedule::ScheduleConfig {
             workers: 6,
             fuse_down: true,
@@ -312,9 +307,7 @@ fn fused_mlp_decodes_with_transposed_down_weights() {
 #[test]
 fn a_transposed_weight_read_row_major_is_refused() {
     use amk_schedule::ops::TaskOp;
-    let dir = tempfile::tempdir().expect("tempdir");
-    amk_ir::synth::write_checkpoint(&SynthSpec::tiny(), dir.path()).expect("checkpoint");
-    let model = amk_ir::Model::open(dir.path(), &mut |_| {}).expect("model");
+    let (_dir, model) = common::synth_model(&SynthSpec::tiny());
     let knobs = amk_schedule::ScheduleConfig { workers: 4, fuse_down: true, ..Default::default() };
     let mut s = amk_schedule::lower(&model.graph, &knobs).expect("lower");
     // Point an output projection at layer 0's down weight, re-declaring its reads.
@@ -337,10 +330,7 @@ fn a_transposed_weight_read_row_major_is_refused() {
 #[test]
 fn fused_attention_decodes_with_a_transposed_output_projection() {
     use amk_schedule::ops::TaskOp;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let spec = SynthSpec { num_layers: 2, ..SynthSpec::tiny() };
-    amk_ir::synth::write_checkpoint(&spec, dir.path()).expect("checkpoint");
-    let model = amk_ir::Model::open(dir.path(), &mut |_| {}).expect("model");
+    let (_dir, model) = common::synth_model(&SynthSpec { num_layers: 2, ..SynthSpec::tiny() });
     let knobs = amk_schedule::ScheduleConfig {
         workers: 6,
         fuse_o: true,

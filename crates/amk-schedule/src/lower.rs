@@ -213,8 +213,7 @@ pub fn lower(graph: &DecodeGraph, config: &ScheduleConfig) -> Result<Schedule, L
         let lw = |s: &str| wbuf(&format!("model.layers.{layer}.{s}"));
         // The residual this layer reads, the one its MLP's norm reads, the one it leaves.
         let (x_in, x_mid, x_out) = if fuse_o {
-            let v = |k: usize| resids[k];
-            (v(2 * layer), v(2 * layer + 1), v(2 * layer + 2))
+            (resids[2 * layer], resids[2 * layer + 1], resids[2 * layer + 2])
         } else {
             (resid, resid_mlp.unwrap_or(resid), resid)
         };

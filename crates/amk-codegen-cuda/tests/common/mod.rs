@@ -11,11 +11,17 @@ use amk_verify::{LaunchFacts, VerifiedSchedule};
 /// The launch facts of an H100 SXM, one block per SM.
 pub const FACTS: LaunchFacts = LaunchFacts { sm_count: 132, blocks_per_sm: 1 };
 
-/// The schedule of `spec` lowered onto `workers` workers (not yet verified).
-pub fn lowered(spec: &SynthSpec, workers: u32) -> Schedule {
+/// A synthetic checkpoint of `spec`, opened; it lives as long as the directory.
+pub fn synth_model(spec: &SynthSpec) -> (tempfile::TempDir, amk_ir::Model) {
     let dir = tempfile::tempdir().expect("tempdir");
     write_checkpoint(spec, dir.path()).expect("synthetic checkpoint");
     let model = amk_ir::Model::open(dir.path(), &mut |_| {}).expect("open the synthetic model");
+    (dir, model)
+}
+
+/// The schedule of `spec` lowered onto `workers` workers (not yet verified).
+pub fn lowered(spec: &SynthSpec, workers: u32) -> Schedule {
+    let (_dir, model) = synth_model(spec);
     let config = ScheduleConfig { workers, ..Default::default() };
     amk_schedule::lower(&model.graph, &config).expect("lower")
 }

@@ -153,12 +153,12 @@
 // Ablation, for measuring where time goes (never in a shipped kernel: the runtime defines it
 // only when the AMK_ABLATE environment variable is set, and results are then wrong): bit 0
 // skips every task body but the embedding and the argmax, bit 1 attention, bit 2 the LM
-// head's tiles, bit 3 projections, gate/up and fused MLPs, bit 4 their input loads, bit 5 everything of
-// theirs after the input load, bit 6 the wait for a staged tile's copy; bit 7 stages weights
-// with L2's normal eviction priority, bit 8 leaves out the L1 prefetch of small vectors, bit 9
-// loads split attention's partials as a plain vector (no combine), bit 10 leaves out the L2
-// prefetch of an attention part's cache rows, bit 11 a fused attention's output-projection
-// share. Waits, signals and staging stay.
+// head's tiles, bit 3 projections, gate/up and fused MLPs, bit 4 their input loads, bit 5
+// everything of theirs after the input load, bit 6 the wait for a staged tile's copy; bit 7
+// stages weights with L2's normal eviction priority, bit 8 leaves out the L1 prefetch of small
+// vectors, bit 9 loads split attention's partials as a plain vector (no combine), bit 10
+// leaves out the L2 prefetch of an attention part's cache rows, bit 11 a fused attention's
+// output-projection share. Waits, signals and staging stay.
 #ifndef AMK_ABLATE
 #define AMK_ABLATE 0
 #endif
@@ -168,10 +168,10 @@
 #define AMK_NEG_INF __int_as_float(0xff800000)
 
 // Shared memory: a main area (a projection's input vector, and after it a fused MLP's row
-// activations; or attention's per-warp partial results), 64 words of scratch for block reductions, one head of projected rows (for
-// per-head norm and rope), the buffer addresses, the worker's instructions and descriptors,
-// then two weight-staging slots. The host sizes the dynamic shared
-// memory as 4 * AMK_SMEM_FLOATS bytes.
+// activations; or attention's per-warp partial results), 64 words of scratch for block
+// reductions, one head of projected rows (for per-head norm and rope), the buffer addresses,
+// the worker's instructions and descriptors, then two weight-staging slots. The host sizes
+// the dynamic shared memory as 4 * AMK_SMEM_FLOATS bytes.
 #define AMK_ATTN_FLOATS (AMK_WARPS * (AMK_MAX_HEAD_DIM + 2))
 #define AMK_SMEM_X_ACT ((AMK_MAX_COLS + 3) / 4 * 4 + AMK_MLP_ROWS)
 #define AMK_SMEM_MAIN ((((AMK_SMEM_X_ACT > AMK_ATTN_FLOATS) ? AMK_SMEM_X_ACT : AMK_ATTN_FLOATS) + 3) / 4 * 4)
