@@ -24,7 +24,7 @@
 #pragma once
 
 #define AMK_INSTR_WORDS 2
-#define AMK_TASK_WORDS 32
+#define AMK_TASK_WORDS 45
 #define AMK_NONE 0xFFFFFFFFu
 
 // Instruction word 0: opcode in the top 4 bits, id (task or counter) in the low 28.
@@ -47,9 +47,15 @@
 #define AMK_TASK_RMSNORM 8u
 #define AMK_TASK_GATED_MLP 9u
 #define AMK_TASK_ATTENTION_OUT 10u
+#define AMK_TASK_QUERY_ATTENTION 11u
+#define AMK_TASK_APPEND_KV 12u
+#define AMK_TASK_HEAD_OUT 13u
 
 // A projection input (5 words at IN): kind (0 vector, 1 rms-normed, 2 attention partials),
-// buffer, len, norm weight buffer (or AMK_NONE) / parts per head, eps as f32 bits / head_dim.
+// buffer, len, norm weight buffer (or AMK_NONE) / parts per head, eps as f32 bits / head_dim;
+// and words 30..32 of the descriptor: an attention-partials input's current row (its query
+// buffer, key/value buffer and key/value heads; all 0 when it has none, as for every other
+// input), see amk-schedule's CurrentRow.
 #define AMK_IN_VECTOR 0u
 #define AMK_IN_RMSNORM 1u
 #define AMK_IN_ATTN_PARTIALS 2u
@@ -86,6 +92,18 @@
 //                rows of it are contiguous), 14 its scales (one per output), 15 cols, 16 and 17
 //                the two buffers the head's share is added to (out[0..cols], atomic f32 adds),
 //                18 weight_cols
+// QUERY_ATTENTION: 1..32 as PROJECTION (the task's query head, whole: output kind STORE, 17
+//                the buffer it also stores the rotated query to, or AMK_NONE), 33..44 as
+//                ATTENTION's 1..12 (33 = AMK_NONE: the query is the projection's), over the
+//                cache rows before the current position only
+// APPEND_KV:     1 kv (the current row's key heads, then value heads), 2 kv_heads, 3 head_dim,
+//                4 max_positions, 5 k cache, 6 v cache, 7 io
+// HEAD_OUT:      1 attention partials, 2 head, 3 head_dim, 4 parts, 5 first dimension, 6
+//                dimensions, 7 the output-projection weight held transposed ([weight_cols,
+//                cols]: the head's dimensions' rows of it are contiguous), 8 its scales (one
+//                per output), 9 cols, 10 weight_cols, 11 and 12 the two buffers the share is
+//                added to (out[0..cols], atomic f32 adds), 13 a bias added to both too (or
+//                AMK_NONE)
 // HEAD_ARGMAX:   1..5 input, 6 weight, 7 first_row, 8 rows, 9 cols, 10 logits, 11 partials,
 //                12 slot, 13 weight scales
 // ARGMAX_REDUCE: 1 partials, 2 count, 3 io

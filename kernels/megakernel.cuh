@@ -7,7 +7,8 @@
 // AMK_WEIGHT_INT8 (0 or 1; both 0 means f32 weights),
 // AMK_BLOCK_THREADS, AMK_MAX_COLS, AMK_MAX_HEAD_DIM, AMK_MLP_ROWS (most rows of a fused MLP
 // task, 0 without one), AMK_STAGE_BYTES (a multiple of 16; 0 turns weight staging off),
-// AMK_COUNTERS and AMK_TRACE (0 or 1).
+// AMK_COUNTERS, AMK_TRACE (0 or 1) and AMK_QUERY_ATTENTION (1 when the schedule has query
+// attentions or combines a current row; 0 leaves that code out, keeping other kernels small).
 //
 // Tracing (AMK_TRACE 1): thread 0 of each block writes %globaltimer (ns) before each of its
 // instructions and once after the last, into u64 slots that follow the counters (from word
@@ -37,7 +38,7 @@
 // Ablation, for measuring where time goes (never in a shipped kernel: the runtime defines it
 // only when the AMK_ABLATE environment variable is set, and results are then wrong): bit 0
 // skips every task body but the embedding and the argmax, bit 1 attention, bit 2 the LM
-// head's tiles, bit 3 projections, gate/up and fused MLPs, bit 4 their input loads, bit 5
+// head's tiles, bit 3 projections (head-split ones too), gate/up and fused MLPs, bit 4 their input loads, bit 5
 // everything of theirs after the input load, bit 6 the wait for a staged tile's copy; bit 7
 // stages weights with L2's normal eviction priority, bit 8 leaves out the L1 prefetch of small
 // vectors, bit 9 loads split attention's partials as a plain vector (no combine), bit 10
@@ -54,7 +55,10 @@
 // Shared memory: a main area (a projection's input vector, and after it a fused MLP's row
 // activations; or attention's per-warp partial results), 64 words of scratch for block
 // reductions, one head of projected rows (for per-head norm and rope), the buffer addresses,
-// the worker's instructions and descriptors, then two weight-staging slots. The host sizes
+// the worker's instructions and descriptors, then two weight-staging slots from a 128-byte
+// boundary of shared memory (the dynamic area is declared 128-byte aligned, whatever static
+// shared memory precedes it): tiles 16 bytes off a 32-byte boundary measured 20 us per token
+// slower (docs/perf.md). The host sizes
 // the dynamic shared memory as 4 * AMK_SMEM_FLOATS bytes.
 #define AMK_ATTN_FLOATS (AMK_WARPS * (AMK_MAX_HEAD_DIM + 2))
 #define AMK_SMEM_X_ACT ((AMK_MAX_COLS + 3) / 4 * 4 + AMK_MLP_ROWS)
@@ -63,7 +67,7 @@
 #define AMK_SMEM_HEAD_OFFSET (AMK_SMEM_MAIN + 64)
 #define AMK_SMEM_BUFFERS_OFFSET (AMK_SMEM_HEAD_OFFSET + (AMK_MAX_HEAD_DIM + 3) / 4 * 4)
 #define AMK_SMEM_PROGRAM_OFFSET (AMK_SMEM_BUFFERS_OFFSET + (2 * AMK_BUFFERS + 3) / 4 * 4)
-#define AMK_SMEM_STAGE_OFFSET (AMK_SMEM_PROGRAM_OFFSET + (AMK_WORKER_WORDS + 3) / 4 * 4)
+#define AMK_SMEM_STAGE_OFFSET ((AMK_SMEM_PROGRAM_OFFSET + AMK_WORKER_WORDS + 31) / 32 * 32)
 #define AMK_SMEM_FLOATS (AMK_SMEM_STAGE_OFFSET + 2 * (AMK_STAGE_BYTES / 4))
 
 typedef unsigned int u32;
@@ -239,55 +243,148 @@ __device__ __forceinline__ void amk_dot_rows(const amk_w* const (&row)[R], u32 c
 // Input elements per thread (the loads are all issued before any is used).
 #define AMK_IN_PER_THREAD ((AMK_MAX_COLS + AMK_BLOCK_THREADS - 1) / AMK_BLOCK_THREADS)
 
+#if AMK_QUERY_ATTENTION
+// The current row of query head h (key/value head g) for element j: returns v[j] and sets
+// `qk` to q . k, or (hd % 32 == 0) to this lane's share of it for a warp sum: a warp's 32
+// elements then share a head, and lane c sums elements c, c + 32, ...
+__device__ __forceinline__ float amk_current_row(const float* cq, const float* ckv, u32 h, u32 j, u32 g,
+                                                 u32 kv_heads, u32 hd, u32 lane, float& qk) {
+    const float* q = cq + (u64)h * hd;
+    const float* k = ckv + (u64)g * hd;
+    qk = 0.f;
+    if (hd % 32 == 0) {
+#pragma unroll 2
+        for (u32 c = lane; c < hd; c += 32) qk += __ldcg(q + c) * __ldcg(k + c);
+    } else {
+#pragma unroll 1
+        for (u32 c = 0; c < hd; ++c) qk += __ldcg(q + c) * __ldcg(k + c);
+    }
+    return __ldcg(ckv + ((u64)kv_heads + g) * hd + j);
+}
+#endif
+
 // Split attention's combine step, as a projection input: x[h * hd + j] is head h's output,
 // (sum_p acc_p[j] c_p) / (sum_p l_p c_p) with c_p = e^(m_p - M) over the parts that saw a row
-// (l_p > 0), M = max m_p, in the CPU reference's order. Each thread loads every part's
-// (m, l, acc[j]) for its elements, all in flight together (a warp's lanes share a head, so the
-// (m, l) loads are broadcasts), and combines in registers: one round trip, no shared memory and
-// no block barrier. More than AMK_COMBINE_PARTS parts take two round trips (maximum, then sums).
+// (l_p > 0), M = max m_p, as the CPU reference defines it. With a current row (words 30..32,
+// kv_heads nonzero), that row is one more part after the others: m = q . k / sqrt(hd),
+// l = 1, acc = v.
+//
+// The weights c_p / L depend on the head and part only, so (up to 8 parts, head_dim >= 16)
+// each warp computes them once for the heads its 32 elements span (at most 3): lanes
+// 8g..8g+7 load part (lane & 7) of the g-th of those heads, reduce M and L over their group
+// with shuffles, and each element then gathers its head's weights by shuffles. Every load
+// (each element's 8 accumulators, the groups' (m, l), the current row) is in flight together:
+// one round trip, one exponential per lane, no shared memory and no block barrier. Other
+// shapes take the general path: per element, every part's (m, l) and two passes.
 #define AMK_COMBINE_PARTS 8
 __device__ __noinline__ void amk_load_attn_partials(const u32* d, const u64* buffers, float* x) {
     const float* src = reinterpret_cast<const float*>(buffers[d[2]]);
     const u32 len = d[3], parts = d[4], hd = d[5];
+    const u32 lane = threadIdx.x & 31;
+#if AMK_QUERY_ATTENTION
+    const u32 kv_heads = d[32];
+    const float* cq = kv_heads ? reinterpret_cast<const float*>(buffers[d[30]]) : nullptr;
+    const float* ckv = kv_heads ? reinterpret_cast<const float*>(buffers[d[31]]) : nullptr;
+    const u32 group = kv_heads ? (len / hd) / kv_heads : 1u;
+    const float scale = 1.0f / sqrtf((float)hd);
+#endif
+    if (parts <= AMK_COMBINE_PARTS && hd >= 16) {
+        // Warp-uniform loop: a warp takes elements base..base + 31.
+        for (u32 base = threadIdx.x - lane; base < len; base += AMK_BLOCK_THREADS) {
+            const u32 i = base + lane, h_lo = base / hd;
+            const bool in = i < len;
+            const u32 h = in ? i / hd : h_lo, j = in ? i - h * hd : 0u;
+            // This lane's (head, part) of the weights.
+            const u32 wh = h_lo + (lane >> 3), wp = lane & 7;
+            const bool wok = wh * hd < len && wp < parts;
+            const float* we = src + ((u64)wh * parts + wp) * (hd + 2);
+            const float m = wok ? __ldcg(we) : 0.f, l = wok ? __ldcg(we + 1) : 0.f;
+            const float* e = src + (u64)h * parts * (hd + 2) + 2 + j;
+            float a[AMK_COMBINE_PARTS];
+#pragma unroll
+            for (u32 p = 0; p < AMK_COMBINE_PARTS; ++p) a[p] = (in && p < parts) ? __ldcg(e + (u64)p * (hd + 2)) : 0.f;
+#if AMK_QUERY_ATTENTION
+            float qk = 0.f, v = 0.f;
+            if (ckv) {
+                // Lane wp of the group sums elements wp, wp + 8, ... of its head's q . k.
+                if (wh * hd < len) {
+                    const float* q = cq + (u64)wh * hd;
+                    const float* k = ckv + (u64)(wh / group) * hd;
+#pragma unroll 8
+                    for (u32 c = wp; c < hd; c += 8) qk += __ldcg(q + c) * __ldcg(k + c);
+                }
+                if (in) v = __ldcg(ckv + ((u64)kv_heads + h / group) * hd + j);
+            }
+#endif
+            float M = l > 0.f ? m : AMK_NEG_INF;
+#pragma unroll
+            for (int o = 1; o < 8; o <<= 1) M = fmaxf(M, __shfl_xor_sync(0xffffffffu, M, o));
+#if AMK_QUERY_ATTENTION
+            float sc = 0.f;
+            if (ckv) {
+#pragma unroll
+                for (int o = 1; o < 8; o <<= 1) qk += __shfl_xor_sync(0xffffffffu, qk, o);
+                sc = qk * scale;
+                M = fmaxf(M, sc);
+            }
+#endif
+            const float c = l > 0.f ? expf(m - M) : 0.f;
+            float L = l * c;
+#pragma unroll
+            for (int o = 1; o < 8; o <<= 1) L += __shfl_xor_sync(0xffffffffu, L, o);
+#if AMK_QUERY_ATTENTION
+            const float cc = ckv ? expf(sc - M) : 0.f;
+            L += cc;
+#endif
+            const float inv = L > 0.f ? 1.0f / L : 0.f;
+            const float w = c * inv;
+            const u32 g0 = 8 * (h - h_lo);
+            float A = 0.f;
+#pragma unroll
+            for (u32 p = 0; p < AMK_COMBINE_PARTS; ++p) A += a[p] * __shfl_sync(0xffffffffu, w, g0 + p);
+#if AMK_QUERY_ATTENTION
+            if (ckv) A += v * __shfl_sync(0xffffffffu, cc * inv, g0);
+#endif
+            if (in) x[i] = A;
+        }
+        __syncthreads();
+        return;
+    }
     for (u32 i = threadIdx.x; i < len; i += AMK_BLOCK_THREADS) {
         const u32 h = i / hd, j = i - h * hd;
         const float* e = src + (u64)h * parts * (hd + 2);
         float M = AMK_NEG_INF, L = 0.f, A = 0.f;
-        if (parts <= AMK_COMBINE_PARTS) {
-            float m[AMK_COMBINE_PARTS], l[AMK_COMBINE_PARTS], a[AMK_COMBINE_PARTS];
-#pragma unroll
-            for (u32 p = 0; p < AMK_COMBINE_PARTS; ++p) {
-                const float* ep = e + (u64)p * (hd + 2);
-                const bool in = p < parts;
-                m[p] = in ? __ldcg(ep) : 0.f;
-                l[p] = in ? __ldcg(ep + 1) : 0.f;
-                a[p] = in ? __ldcg(ep + 2 + j) : 0.f;
-            }
-#pragma unroll
-            for (u32 p = 0; p < AMK_COMBINE_PARTS; ++p) if (l[p] > 0.f) M = fmaxf(M, m[p]);
-#pragma unroll
-            for (u32 p = 0; p < AMK_COMBINE_PARTS; ++p) {
-                if (l[p] > 0.f) {
-                    const float c = expf(m[p] - M);
-                    L += l[p] * c;
-                    A += a[p] * c;
-                }
-            }
-        } else {
-            for (u32 p = 0; p < parts; ++p) {
-                const float* ep = e + (u64)p * (hd + 2);
-                if (__ldcg(ep + 1) > 0.f) M = fmaxf(M, __ldcg(ep));
-            }
-            for (u32 p = 0; p < parts; ++p) {
-                const float* ep = e + (u64)p * (hd + 2);
-                const float lp = __ldcg(ep + 1);
-                if (lp > 0.f) {
-                    const float c = expf(__ldcg(ep) - M);
-                    L += lp * c;
-                    A += __ldcg(ep + 2 + j) * c;
-                }
+#if AMK_QUERY_ATTENTION
+        float cs = 0.f, cv = 0.f;
+        if (ckv) {
+            cv = amk_current_row(cq, ckv, h, j, h / group, kv_heads, hd, lane, cs);
+            if (hd % 32 == 0) cs = amk_warp_sum(cs);
+            cs *= scale;
+        }
+#endif
+        for (u32 p = 0; p < parts; ++p) {
+            const float* ep = e + (u64)p * (hd + 2);
+            if (__ldcg(ep + 1) > 0.f) M = fmaxf(M, __ldcg(ep));
+        }
+#if AMK_QUERY_ATTENTION
+        if (ckv) M = fmaxf(M, cs);
+#endif
+        for (u32 p = 0; p < parts; ++p) {
+            const float* ep = e + (u64)p * (hd + 2);
+            const float lp = __ldcg(ep + 1);
+            if (lp > 0.f) {
+                const float c = expf(__ldcg(ep) - M);
+                L += lp * c;
+                A += __ldcg(ep + 2 + j) * c;
             }
         }
+#if AMK_QUERY_ATTENTION
+        if (ckv) {
+            const float c = expf(cs - M);
+            L += c;
+            A += cv * c;
+        }
+#endif
         x[i] = A * (1.0f / L);
     }
     __syncthreads();
@@ -416,9 +513,12 @@ __device__ __forceinline__ void amk_projection_rows(const amk_w* w, const float*
 
 // Whole heads of a projection: each head's rows go to shared memory, then (in Hugging Face's
 // order) bias, per-head RMSNorm (Qwen3's q/k norm), rope, and the epilogue.
+// With `keep` (a query attention's), each head's final rows also stay in shared memory there
+// (one head: keep may be ys itself); `out` may then be null.
 __device__ void amk_projection_heads(const u32* d, const amk_w* w, const float* sc, const amk_v* bias_w,
                                      const float* x, float* ys, float* scratch, float* out,
-                                     float* copy, u32 out_kind, u32 pos, const u64* buffers) {
+                                     float* copy, u32 out_kind, u32 pos, const u64* buffers,
+                                     float* keep) {
     const u32 first = d[8], rows = d[9], cols = d[10], rope = d[11];
     const u32 hd = d[12];
     const double theta = __hiloint2double((int)d[14], (int)d[13]);
@@ -458,11 +558,21 @@ __device__ void amk_projection_heads(const u32* d, const amk_w* w, const float* 
             for (u32 i = threadIdx.x; i < half; i += AMK_BLOCK_THREADS) {
                 const float c = amk_cos_tab[i], s = amk_sin_tab[i];
                 const float a = ys[i], b = ys[i + half];
-                amk_put(out, copy, h0 + i, a * c - b * s, out_kind);
-                amk_put(out, copy, h0 + i + half, b * c + a * s, out_kind);
+                const float y0 = a * c - b * s, y1 = b * c + a * s;
+                if (out) {
+                    amk_put(out, copy, h0 + i, y0, out_kind);
+                    amk_put(out, copy, h0 + i + half, y1, out_kind);
+                }
+                if (keep) {
+                    keep[i] = y0;
+                    keep[i + half] = y1;
+                }
             }
         } else {
-            for (u32 i = threadIdx.x; i < hd; i += AMK_BLOCK_THREADS) amk_put(out, copy, h0 + i, ys[i], out_kind);
+            for (u32 i = threadIdx.x; i < hd; i += AMK_BLOCK_THREADS) {
+                if (out) amk_put(out, copy, h0 + i, ys[i], out_kind);
+                if (keep) keep[i] = ys[i];
+            }
         }
         __syncthreads();
     }
@@ -486,7 +596,7 @@ __device__ void amk_projection(const u32* d, const u64* buffers, float* x, float
     if (out_kind == AMK_OUT_CACHE_ROW) dst0 = ((u64)off * d[20] + pos) * d[19];
     float* copy = d[29] == AMK_NONE ? nullptr : reinterpret_cast<float*>(buffers[d[29]]) + dst0;
     if (rope || d[21] != AMK_NONE) {
-        amk_projection_heads(d, w, sc, bias_w, x, ys, scratch, out + dst0, copy, out_kind, pos, buffers);
+        amk_projection_heads(d, w, sc, bias_w, x, ys, scratch, out + dst0, copy, out_kind, pos, buffers, nullptr);
     } else if (rows >= 4 * AMK_WARPS) {
         amk_projection_rows<4>(w, sc, bias_w, first, rows, cols, x, out + dst0, copy, out_kind);
     } else {
@@ -539,6 +649,69 @@ __device__ __forceinline__ void amk_down_add(const amk_w* w, const float* sc, u3
         const float v = ((acc[0] + acc[1]) + (acc[2] + acc[3])) * scale;
         atomicAdd(out + o, v);
         if (out2) atomicAdd(out2 + o, v);
+    }
+}
+
+// HEAD_OUT: head `head`'s output for its dimensions first..first + dims, combined from its
+// parts as the CPU reference does (one round trip: each of those threads loads every part's
+// (m, l) and its accumulator together), into `ys`; then those dimensions' rows of the
+// transposed output projection times them (and a bias), added into both outputs. Out of line: the
+// default schedule has no such task, and its kernel stays small.
+__device__ __noinline__ void amk_head_out(const u32* d, const u64* buffers, float* ys, const amk_w* staged) {
+    const float* src = reinterpret_cast<const float*>(buffers[d[1]]);
+    const u32 head = d[2], hd = d[3], parts = d[4], first = d[5], dims = d[6], cols = d[9];
+    const float* e = src + (u64)head * parts * (hd + 2);
+    for (u32 j = threadIdx.x; j < dims; j += AMK_BLOCK_THREADS) {
+        float M = AMK_NEG_INF, L = 0.f, A = 0.f;
+        if (parts <= AMK_COMBINE_PARTS) {
+            float m[AMK_COMBINE_PARTS], l[AMK_COMBINE_PARTS], a[AMK_COMBINE_PARTS];
+#pragma unroll
+            for (u32 p = 0; p < AMK_COMBINE_PARTS; ++p) {
+                const float* ep = e + (u64)p * (hd + 2);
+                const bool in = p < parts;
+                m[p] = in ? __ldcg(ep) : 0.f;
+                l[p] = in ? __ldcg(ep + 1) : 0.f;
+                a[p] = in ? __ldcg(ep + 2 + first + j) : 0.f;
+            }
+#pragma unroll
+            for (u32 p = 0; p < AMK_COMBINE_PARTS; ++p) if (l[p] > 0.f) M = fmaxf(M, m[p]);
+#pragma unroll
+            for (u32 p = 0; p < AMK_COMBINE_PARTS; ++p) {
+                if (l[p] > 0.f) {
+                    const float c = expf(m[p] - M);
+                    L += l[p] * c;
+                    A += a[p] * c;
+                }
+            }
+        } else {
+            for (u32 p = 0; p < parts; ++p) {
+                const float* ep = e + (u64)p * (hd + 2);
+                if (__ldcg(ep + 1) > 0.f) M = fmaxf(M, __ldcg(ep));
+            }
+            for (u32 p = 0; p < parts; ++p) {
+                const float* ep = e + (u64)p * (hd + 2);
+                const float lp = __ldcg(ep + 1);
+                if (lp > 0.f) {
+                    const float c = expf(__ldcg(ep) - M);
+                    L += lp * c;
+                    A += __ldcg(ep + 2 + first + j) * c;
+                }
+            }
+        }
+        ys[j] = A * (1.0f / L);
+    }
+    __syncthreads();
+    const amk_w* w = staged ? staged : reinterpret_cast<const amk_w*>(buffers[d[7]]) + ((u64)head * hd + first) * cols;
+    float* out0 = reinterpret_cast<float*>(buffers[d[11]]);
+    float* out1 = reinterpret_cast<float*>(buffers[d[12]]);
+    amk_down_add(w, amk_scales(buffers, d[7], d[8]), dims, cols, ys, out0, out1);
+    if (d[13] != AMK_NONE) {
+        const amk_v* bias = reinterpret_cast<const amk_v*>(buffers[d[13]]);
+        for (u32 o = threadIdx.x; o < cols; o += AMK_BLOCK_THREADS) {
+            const float b = amk_vload(bias, o);
+            atomicAdd(out0 + o, b);
+            atomicAdd(out1 + o, b);
+        }
     }
 }
 
@@ -607,27 +780,32 @@ __device__ __noinline__ void amk_attention_out(const u32* d, const u64* buffers,
 // at a time, their key and value loads in flight together with the query (each lane holds the
 // query elements it multiplies, so no shared-memory round trip precedes the loads); warps then
 // merge through shared memory.
+//
+// A query attention (QUERY_ATTENTION: attention words from 33, `qs` its query head in shared
+// memory) covers only the rows before pos; the combine adds the current row.
 __device__ void amk_attention(const u32* d, const u64* buffers, float* smem, float* ys,
-                              const amk_w* staged) {
-    const float* q = reinterpret_cast<const float*>(buffers[d[1]]);
-    const u32 head = d[2], kvh = d[3], hd = d[4], maxpos = d[5], window = d[10];
-    const u32 part = d[11], parts = d[12];
-    const float* kc = reinterpret_cast<const float*>(buffers[d[6]]) + (u64)kvh * maxpos * hd;
-    const float* vc = reinterpret_cast<const float*>(buffers[d[7]]) + (u64)kvh * maxpos * hd;
-    const u32* io = reinterpret_cast<const u32*>(buffers[d[8]]);
-    float* out = d[9] == AMK_NONE ? nullptr
-        : reinterpret_cast<float*>(buffers[d[9]]) + ((u64)head * parts + part) * (hd + 2);
-    const u32 npos = __ldcg(io + 1) + 1;
+                              const amk_w* staged, const float* qs) {
+    const bool past_only = AMK_QUERY_ATTENTION && d[0] == AMK_TASK_QUERY_ATTENTION;
+    const u32* t = past_only ? d + 32 : d;
+    const float* q = qs ? nullptr : reinterpret_cast<const float*>(buffers[t[1]]);
+    const u32 head = t[2], kvh = t[3], hd = t[4], maxpos = t[5], window = t[10];
+    const u32 part = t[11], parts = t[12];
+    const float* kc = reinterpret_cast<const float*>(buffers[t[6]]) + (u64)kvh * maxpos * hd;
+    const float* vc = reinterpret_cast<const float*>(buffers[t[7]]) + (u64)kvh * maxpos * hd;
+    const u32* io = reinterpret_cast<const u32*>(buffers[t[8]]);
+    float* out = t[9] == AMK_NONE ? nullptr
+        : reinterpret_cast<float*>(buffers[t[9]]) + ((u64)head * parts + part) * (hd + 2);
+    const u32 pos = __ldcg(io + 1), npos = pos + 1;
     const u32 start = (window != 0 && npos > window) ? npos - window : 0u;
     u32 a, b;
-    amk_part_rows(start, npos, part, parts, a, b);
+    amk_part_rows(start, past_only ? pos : npos, part, parts, a, b);
     const u32 lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     float* part_smem = smem;  // per warp: m, l, acc[hd]
     float qr[AMK_HEAD_LANES];
 #pragma unroll
     for (u32 c = 0; c < AMK_HEAD_LANES; ++c) {
         const u32 j = lane + 32 * c;
-        qr[c] = j < hd ? __ldcg(q + (u64)head * hd + j) : 0.f;
+        qr[c] = j >= hd ? 0.f : qs ? qs[j] : __ldcg(q + (u64)head * hd + j);
     }
     const float scale = 1.0f / sqrtf((float)hd);
     float acc[AMK_HEAD_LANES];
@@ -707,6 +885,40 @@ __device__ void amk_attention(const u32* d, const u64* buffers, float* smem, flo
         out[j] = j == 0 ? gm : o;
     }
 }
+
+#if AMK_QUERY_ATTENTION
+// QUERY_ATTENTION: the projection of the task's query head (as PROJECTION, words 1..32),
+// kept in shared memory (and stored to word 17's buffer unless AMK_NONE), then attention over
+// the rows before the current position with that query (words 33..44).
+__device__ void amk_query_attention(const u32* d, const u64* buffers, float* x, float* scratch,
+                                    float* ys, const amk_w* staged) {
+    if (!(AMK_ABLATE & 8)) {
+        if (!(AMK_ABLATE & 16)) amk_load_input(d, buffers, x, scratch);
+        const u32 first = d[8], cols = d[10];
+        const amk_w* w = staged ? staged - (u64)first * cols : reinterpret_cast<const amk_w*>(buffers[d[6]]);
+        const amk_v* bias_w = d[7] == AMK_NONE ? nullptr : reinterpret_cast<const amk_v*>(buffers[d[7]]);
+        const float* sc = amk_scales(buffers, d[6], d[28]);
+        const u32 pos = __ldcg(reinterpret_cast<const u32*>(buffers[d[15]]) + 1);
+        float* out = d[17] == AMK_NONE ? nullptr : reinterpret_cast<float*>(buffers[d[17]]) + d[18];
+        amk_projection_heads(d, w, sc, bias_w, x, ys, scratch, out, nullptr, AMK_OUT_STORE, pos, buffers, ys);
+    }
+    if (!(AMK_ABLATE & 2)) amk_attention(d, buffers, x, ys, nullptr, ys);
+}
+
+// APPEND_KV: the current row's key and value heads into the caches at the position.
+__device__ void amk_append_kv(const u32* d, const u64* buffers) {
+    const float* kv = reinterpret_cast<const float*>(buffers[d[1]]);
+    const u32 kv_heads = d[2], hd = d[3], maxpos = d[4];
+    float* kc = reinterpret_cast<float*>(buffers[d[5]]);
+    float* vc = reinterpret_cast<float*>(buffers[d[6]]);
+    const u32 pos = __ldcg(reinterpret_cast<const u32*>(buffers[d[7]]) + 1);
+    for (u32 i = threadIdx.x; i < 2 * kv_heads * hd; i += AMK_BLOCK_THREADS) {
+        const u32 r = i / hd, j = i - r * hd, g = r < kv_heads ? r : r - kv_heads;
+        float* cache = r < kv_heads ? kc : vc;
+        cache[((u64)g * maxpos + pos) * hd + j] = __ldcg(kv + i);
+    }
+}
+#endif
 
 __device__ __forceinline__ void amk_head_rows(const amk_w* w, const float* sc, u32 first, u32 rows,
                                               u32 cols, const float* x, float* logits, float& bv,
@@ -806,6 +1018,7 @@ __device__ __forceinline__ u32 amk_weight_parts(const u32* d, const u64* buffers
     bytes = 0;
     switch (d[0]) {
         case AMK_TASK_PROJECTION:
+        case AMK_TASK_QUERY_ATTENTION:
             addr[0] = buffers[d[6]] + (u64)d[8] * d[10] * es; bytes = (u64)d[9] * d[10] * es; return 1;
         case AMK_TASK_GATED_UP:
         case AMK_TASK_GATED_MLP: {
@@ -819,6 +1032,8 @@ __device__ __forceinline__ u32 amk_weight_parts(const u32* d, const u64* buffers
         }
         case AMK_TASK_HEAD_ARGMAX:
             addr[0] = buffers[d[6]] + (u64)d[7] * d[9] * es; bytes = (u64)d[8] * d[9] * es; return 1;
+        case AMK_TASK_HEAD_OUT:  // the head's dimensions' rows of the transposed output projection
+            addr[0] = buffers[d[7]] + ((u64)d[2] * d[3] + d[5]) * d[9] * es; bytes = (u64)d[6] * d[9] * es; return 1;
         case AMK_TASK_ATTENTION_OUT:  // the head's rows of the transposed output projection
             addr[0] = buffers[d[13]] + (u64)d[2] * d[4] * d[15] * es; bytes = (u64)d[4] * d[15] * es; return 1;
         default: return 0;
@@ -835,24 +1050,30 @@ __device__ __forceinline__ void amk_prefetch_l1(u64 p, u64 bytes) {
 
 __device__ void amk_prefetch_vectors(const u32* d, const u64* buffers) {
     const u32 kind = d[0];
-    if (kind != AMK_TASK_PROJECTION && kind != AMK_TASK_GATED_UP && kind != AMK_TASK_GATED_MLP
-        && kind != AMK_TASK_HEAD_ARGMAX && kind != AMK_TASK_RMSNORM && kind != AMK_TASK_ATTENTION_OUT) return;
+    const bool projection = kind == AMK_TASK_PROJECTION || kind == AMK_TASK_QUERY_ATTENTION;
+    if (!projection && kind != AMK_TASK_GATED_UP && kind != AMK_TASK_GATED_MLP
+        && kind != AMK_TASK_HEAD_ARGMAX && kind != AMK_TASK_RMSNORM && kind != AMK_TASK_ATTENTION_OUT
+        && kind != AMK_TASK_HEAD_OUT) return;
 #if AMK_WEIGHT_INT8
     if (kind == AMK_TASK_ATTENTION_OUT) {
         if (!(AMK_ABLATE & 256)) amk_prefetch_l1(buffers[d[13]] + d[14], (u64)d[15] * 4);
         return;
     }
+    if (kind == AMK_TASK_HEAD_OUT) {
+        if (!(AMK_ABLATE & 256)) amk_prefetch_l1(buffers[d[7]] + d[8], (u64)d[9] * 4);
+        return;
+    }
 #else
-    if (kind == AMK_TASK_ATTENTION_OUT) return;
+    if (kind == AMK_TASK_ATTENTION_OUT || kind == AMK_TASK_HEAD_OUT) return;
 #endif
     if (AMK_ABLATE & 256) return;
     if (d[1] == AMK_IN_RMSNORM) amk_prefetch_l1(buffers[d[4]], (u64)d[3] * sizeof(amk_v));
-    if (kind == AMK_TASK_PROJECTION && d[7] != AMK_NONE)
+    if (projection && d[7] != AMK_NONE)
         amk_prefetch_l1(buffers[d[7]] + (u64)d[8] * sizeof(amk_v), (u64)d[9] * sizeof(amk_v));
 #if AMK_WEIGHT_INT8
     // The rows' scales (words: projection 28; gate/up 12 and 13; LM head 13), and every
     // output's scale of a fused MLP's down weight (word 15).
-    if (kind == AMK_TASK_PROJECTION) amk_prefetch_l1(buffers[d[6]] + d[28] + (u64)d[8] * 4, (u64)d[9] * 4);
+    if (projection) amk_prefetch_l1(buffers[d[6]] + d[28] + (u64)d[8] * 4, (u64)d[9] * 4);
     if (kind == AMK_TASK_GATED_UP || kind == AMK_TASK_GATED_MLP) {
         amk_prefetch_l1(buffers[d[6]] + d[12] + (u64)d[8] * 4, (u64)d[9] * 4);
         amk_prefetch_l1(buffers[d[7]] + d[13] + (u64)d[8] * 4, (u64)d[9] * 4);
@@ -866,18 +1087,22 @@ __device__ void amk_prefetch_task(const u32* d, const u64* buffers) {
     u64 addr[3], bytes;
     const u32 parts = amk_weight_parts(d, buffers, addr, bytes);
     for (u32 p = 0; p < parts; ++p) amk_prefetch(addr[p], bytes);
-    if ((d[0] == AMK_TASK_ATTENTION || d[0] == AMK_TASK_ATTENTION_OUT) && !(AMK_ABLATE & 1024)) {
+    const u32 kind = d[0];
+    if ((kind == AMK_TASK_ATTENTION || kind == AMK_TASK_ATTENTION_OUT || kind == AMK_TASK_QUERY_ATTENTION)
+        && !(AMK_ABLATE & 1024)) {
         // The part's cache rows before this step's position are already written: ask L2.
-        const u32 hd = d[4], maxpos = d[5];
-        const u32 pos = __ldcg(reinterpret_cast<const u32*>(buffers[d[8]]) + 1);
-        const u32 start = (d[10] != 0 && pos + 1 > d[10]) ? pos + 1 - d[10] : 0u;
+        const bool past_only = AMK_QUERY_ATTENTION && kind == AMK_TASK_QUERY_ATTENTION;
+        const u32* t = past_only ? d + 32 : d;
+        const u32 hd = t[4], maxpos = t[5];
+        const u32 pos = __ldcg(reinterpret_cast<const u32*>(buffers[t[8]]) + 1);
+        const u32 start = (t[10] != 0 && pos + 1 > t[10]) ? pos + 1 - t[10] : 0u;
         u32 a, b;
-        amk_part_rows(start, pos + 1, d[11], d[12], a, b);
+        amk_part_rows(start, past_only ? pos : pos + 1, t[11], t[12], a, b);
         b = min(b, pos);
-        const u64 row0 = ((u64)d[3] * maxpos + a) * hd * 4;
+        const u64 row0 = ((u64)t[3] * maxpos + a) * hd * 4;
         const u64 bytes = (u64)(b - min(a, b)) * hd * 4;
-        amk_prefetch(buffers[d[6]] + row0, bytes);
-        amk_prefetch(buffers[d[7]] + row0, bytes);
+        amk_prefetch(buffers[t[6]] + row0, bytes);
+        amk_prefetch(buffers[t[7]] + row0, bytes);
     }
 }
 
@@ -906,7 +1131,10 @@ __device__ __forceinline__ void amk_cp_async16(void* smem_dst, u64 src, u64 poli
 __device__ void amk_stage(const u32* d, const u64* buffers, char* slot) {
     u64 addr[3], bytes, policy;
     const u32 parts = amk_weight_parts(d, buffers, addr, bytes);
-    if (AMK_ABLATE & 128) asm("createpolicy.fractional.L2::evict_normal.b64 %0, 1.0;" : "=l"(policy));
+    // A query attention's tile is its head's query rows, which every part of the head reads:
+    // normal priority, so the other parts find it in L2.
+    if ((AMK_ABLATE & 128) || d[0] == AMK_TASK_QUERY_ATTENTION)
+        asm("createpolicy.fractional.L2::evict_normal.b64 %0, 1.0;" : "=l"(policy));
     else asm("createpolicy.fractional.L2::evict_first.b64 %0, 1.0;" : "=l"(policy));
     // One loop per part: with the parts' copies interleaved in one loop, ptxas (CUDA 13.0,
     // sm_90) encoded the cache-policy operand of a cp.async in an odd uniform register pair,
@@ -942,7 +1170,7 @@ amk_megakernel(const u64* __restrict__ gbuffers, const u32* __restrict__ gprogra
                const u32* __restrict__ worker_start, const u32* __restrict__ gtasks,
                const u32* __restrict__ run_start, const u32* __restrict__ per_launch,
                u32* counters, u32 epoch) {
-    extern __shared__ float4 amk_smem4[];
+    extern __shared__ __align__(128) float4 amk_smem4[];  // 128-byte aligned: see the layout
     float* smem = reinterpret_cast<float*>(amk_smem4);
     float* scratch = smem + AMK_SMEM_SCRATCH_OFFSET;
     float* ys = smem + AMK_SMEM_HEAD_OFFSET;
@@ -964,6 +1192,13 @@ amk_megakernel(const u64* __restrict__ gbuffers, const u32* __restrict__ gprogra
             program[AMK_INSTR_WORDS * k + 1] += epoch * per_launch[w0 & AMK_ID_MASK];
     }
     if (threadIdx.x < 8) amk_inv_key[threadIdx.x] = 0u;  // no rope table yet (head_dim 0)
+    // The first rotated projection's descriptor: its rope table is filled at the first wait,
+    // off the path of the task itself (the fill's double-precision math takes microseconds).
+    const u32* rope_d = nullptr;
+    for (u32 k = 0; k < runs && !rope_d; ++k) {
+        const u32* rd = tasks + AMK_TASK_WORDS * k;
+        if ((rd[0] == AMK_TASK_PROJECTION || rd[0] == AMK_TASK_QUERY_ATTENTION) && rd[11]) rope_d = rd;
+    }
 #if AMK_TRACE
     u64* trace = reinterpret_cast<u64*>(counters + ((AMK_COUNTERS + 1) / 2) * 2) + blockIdx.x;
 #endif
@@ -1015,14 +1250,19 @@ amk_megakernel(const u64* __restrict__ gbuffers, const u32* __restrict__ gprogra
             const u32 kind = d[0];
             const bool skip = ((AMK_ABLATE & 1) && kind != AMK_TASK_EMBED && kind != AMK_TASK_ARGMAX_REDUCE)
                 || ((AMK_ABLATE & 2) && (kind == AMK_TASK_ATTENTION || kind == AMK_TASK_ATTENTION_OUT)) || ((AMK_ABLATE & 4) && kind == AMK_TASK_HEAD_ARGMAX)
-                || ((AMK_ABLATE & 8) && (kind == AMK_TASK_PROJECTION || kind == AMK_TASK_GATED_UP
+                || ((AMK_ABLATE & 8) && (kind == AMK_TASK_PROJECTION || kind == AMK_TASK_GATED_UP || kind == AMK_TASK_HEAD_OUT
                                          || kind == AMK_TASK_GATED_MLP));
             switch (skip ? 0u : kind) {
                 case AMK_TASK_PROJECTION: amk_projection(d, buffers, smem, scratch, ys, staged); break;
                 case AMK_TASK_GATED_UP:
                 case AMK_TASK_GATED_MLP: amk_gated(d, buffers, smem, scratch, staged); break;
                 case AMK_TASK_ATTENTION:
-                case AMK_TASK_ATTENTION_OUT: amk_attention(d, buffers, smem, ys, staged); break;
+                case AMK_TASK_ATTENTION_OUT: amk_attention(d, buffers, smem, ys, staged, nullptr); break;
+                case AMK_TASK_HEAD_OUT: amk_head_out(d, buffers, ys, staged); break;
+#if AMK_QUERY_ATTENTION
+                case AMK_TASK_QUERY_ATTENTION: amk_query_attention(d, buffers, smem, scratch, ys, staged); break;
+                case AMK_TASK_APPEND_KV: amk_append_kv(d, buffers); break;
+#endif
                 case AMK_TASK_HEAD_ARGMAX: amk_head_argmax(d, buffers, smem, scratch, staged); break;
                 case AMK_TASK_ARGMAX_REDUCE: amk_argmax_reduce(d, buffers, scratch); break;
                 case AMK_TASK_EMBED: amk_embed(d, buffers); break;
@@ -1046,6 +1286,12 @@ amk_megakernel(const u64* __restrict__ gbuffers, const u32* __restrict__ gprogra
 #if AMK_STAGE_BYTES > 0
             refill();
 #endif
+            if (rope_d) {
+                // The position cannot change before this worker's rotated task has run.
+                const u32 pos = __ldcg(reinterpret_cast<const u32*>(buffers[rope_d[15]]) + 1);
+                amk_rope_table(rope_d, rope_d[12], __hiloint2double((int)rope_d[14], (int)rope_d[13]), pos);
+                rope_d = nullptr;
+            }
             // Before blocking on the next task's inputs: ask L2 for its bytes unless its tile
             // is being staged, and L1 for its small vectors (hints that change no result, only
             // when bytes arrive).
@@ -1064,7 +1310,8 @@ amk_megakernel(const u64* __restrict__ gbuffers, const u32* __restrict__ gprogra
             }
             if (threadIdx.x == 0) {
                 // w1 is this launch's target (set when the kernel started). Acquire polls: a
-                // relaxed poll with one acquire fence after it measured slower (the fence).
+                // relaxed poll with one acquire fence after it measured slower (the fence), and
+                // lane 0 of several warps polling in turn measured no faster (docs/perf.md).
                 while ((int)(amk_load_acquire(counters + id) - w1) < 0) {
                 }
             }

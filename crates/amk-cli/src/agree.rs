@@ -51,6 +51,9 @@ pub struct AgreeArgs {
     /// below this percentage.
     #[arg(long, value_name = "PCT")]
     pub min_teacher_forced: Option<f64>,
+    /// Knobs for lowering the GPU schedule (RON ScheduleConfig); the defaults otherwise.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
 }
 
 /// One reference decode from the golden file.
@@ -242,9 +245,11 @@ fn make_backend(
     model: &Model,
     precision: Precision,
     gpu: bool,
+    config: Option<&PathBuf>,
 ) -> Result<(Box<dyn Backend>, bool)> {
     if gpu {
-        let args = GpuArgs { precision: Some(precision), ..GpuArgs::default() };
+        let args =
+            GpuArgs { precision: Some(precision), config: config.cloned(), ..GpuArgs::default() };
         return Ok((Box::new(crate::gpu::build_backend(model, &args, false)?), false));
     }
     let dtype = precision.weight_dtype();
@@ -378,11 +383,13 @@ pub fn run(args: AgreeArgs) -> Result<()> {
             teacher_forced_percent: 0.0,
             prefix_sum: 0,
         };
-        let measured = make_backend(&model, precision, use_gpu).and_then(|(mut b, emulated)| {
-            run.backend = Some(b.name());
-            run.emulated = emulated;
-            measure_all(b.as_mut(), &cases, &name)
-        });
+        let measured = make_backend(&model, precision, use_gpu, args.config.as_ref()).and_then(
+            |(mut b, emulated)| {
+                run.backend = Some(b.name());
+                run.emulated = emulated;
+                measure_all(b.as_mut(), &cases, &name)
+            },
+        );
         match measured {
             Ok(prompts) => {
                 run.teacher_forced_agree =

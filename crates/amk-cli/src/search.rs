@@ -313,6 +313,20 @@ pub static KNOBS: &[Knob] = &[
         show: flag,
     },
     Knob {
+        name: "fuse_q",
+        domain: |_| vec![0, 1],
+        get: |c| u32::from(c.knobs.fuse_q),
+        set: |c, v| c.knobs.fuse_q = v != 0,
+        show: flag,
+    },
+    Knob {
+        name: "o_by_head",
+        domain: |_| vec![0, 1],
+        get: |c| u32::from(c.knobs.o_by_head),
+        set: |c, v| c.knobs.o_by_head = v != 0,
+        show: flag,
+    },
+    Knob {
         name: "assignment",
         domain: |_| vec![0, 1],
         get: |c| match c.knobs.assignment {
@@ -1467,6 +1481,7 @@ mod tests {
                 + 0.02 * l(c.launch.block_threads, 7.0)
                 + if c.launch.stage { 0.0 } else { 0.05 }
                 + if k.fuse_norm { 0.0 } else { 0.1 }
+                + if k.fuse_q { 0.0 } else { 0.04 }
         }
     }
 
@@ -1691,7 +1706,7 @@ mod tests {
         assert_eq!(best.knobs.workers, 4);
         assert_eq!(best.knobs.mlp_rows, 32);
         assert_eq!(best.launch.block_threads, 256);
-        assert!(best.knobs.fuse_norm && best.launch.stage);
+        assert!(best.knobs.fuse_norm && best.launch.stage && best.knobs.fuse_q);
         assert!(result.best_ms().unwrap() < result.default_ms().unwrap());
         let t = &result.totals;
         // The descent stepped workers up from 8 to 12 on 8 SMs x 1 block: rejected, not run.

@@ -6,7 +6,7 @@
 /// Words per instruction (`op << 28 | id`, then the wait threshold).
 pub const INSTR_WORDS: usize = 2;
 /// Words per task descriptor.
-pub const TASK_WORDS: usize = 32;
+pub const TASK_WORDS: usize = 45;
 /// "No buffer" (e.g. a projection without bias, a vector input without norm weight).
 pub const NONE: u32 = 0xFFFF_FFFF;
 
@@ -41,6 +41,12 @@ pub const TASK_RMSNORM: u32 = 8;
 pub const TASK_GATED_MLP: u32 = 9;
 /// Task kind of [`amk_schedule::TaskOp::AttentionOut`].
 pub const TASK_ATTENTION_OUT: u32 = 10;
+/// Task kind of [`amk_schedule::TaskOp::QueryAttention`].
+pub const TASK_QUERY_ATTENTION: u32 = 11;
+/// Task kind of [`amk_schedule::TaskOp::AppendKv`].
+pub const TASK_APPEND_KV: u32 = 12;
+/// Task kind of [`amk_schedule::TaskOp::HeadOut`].
+pub const TASK_HEAD_OUT: u32 = 13;
 
 /// Projection input kind: the vector as it is.
 pub const IN_VECTOR: u32 = 0;
@@ -82,6 +88,9 @@ pub const MIRRORED: &[(&str, u64)] = &[
     ("AMK_TASK_RMSNORM", TASK_RMSNORM as u64),
     ("AMK_TASK_GATED_MLP", TASK_GATED_MLP as u64),
     ("AMK_TASK_ATTENTION_OUT", TASK_ATTENTION_OUT as u64),
+    ("AMK_TASK_QUERY_ATTENTION", TASK_QUERY_ATTENTION as u64),
+    ("AMK_TASK_APPEND_KV", TASK_APPEND_KV as u64),
+    ("AMK_TASK_HEAD_OUT", TASK_HEAD_OUT as u64),
     ("AMK_IN_VECTOR", IN_VECTOR as u64),
     ("AMK_IN_RMSNORM", IN_RMSNORM as u64),
     ("AMK_IN_ATTN_PARTIALS", IN_ATTN_PARTIALS as u64),
@@ -109,6 +118,13 @@ pub mod word {
         pub const NORM_WEIGHT: usize = 4;
         /// RMSNorm eps as f32 bits (0 for a plain vector); for attention partials, head_dim.
         pub const EPS: usize = 5;
+        /// The current row of an attention-partials input: its query buffer, key/value buffer
+        /// and key/value heads (all three 0 when it has none, and for every other input).
+        pub const CURRENT_Q: usize = 30;
+        /// The current row's key/value buffer (keys, then values).
+        pub const CURRENT_KV: usize = 31;
+        /// The current row's key/value heads.
+        pub const CURRENT_KV_HEADS: usize = 32;
     }
 
     /// `COPY` words.
@@ -267,6 +283,62 @@ pub mod word {
         pub const OUT1: usize = 17;
         /// The weight's checkpoint columns (heads times head_dim).
         pub const WEIGHT_COLS: usize = 18;
+    }
+
+    /// `QUERY_ATTENTION` words: a projection of its query head (words 1..=32, output word 17
+    /// `NONE` when the task stores no copy of the query), then attention words from 33.
+    pub mod query_attention {
+        pub use super::projection::*;
+        /// Attention word k (as [`super::attention`]) is at `ATTENTION_BASE + k`.
+        pub const ATTENTION_BASE: usize = 32;
+    }
+
+    /// A key/value append.
+    pub mod append_kv {
+        /// The current row's keys, then values.
+        pub const KV: usize = 1;
+        /// Key/value heads.
+        pub const KV_HEADS: usize = 2;
+        /// Elements per head.
+        pub const HEAD_DIM: usize = 3;
+        /// Positions per cache head.
+        pub const MAX_POSITIONS: usize = 4;
+        /// Key cache.
+        pub const K_CACHE: usize = 5;
+        /// Value cache.
+        pub const V_CACHE: usize = 6;
+        /// The io buffer (the position).
+        pub const IO: usize = 7;
+    }
+
+    /// `HEAD_OUT` words.
+    pub mod head_out {
+        /// Attention partials.
+        pub const PARTIALS: usize = 1;
+        /// The head.
+        pub const HEAD: usize = 2;
+        /// Elements per head.
+        pub const HEAD_DIM: usize = 3;
+        /// Parts per head.
+        pub const PARTS: usize = 4;
+        /// The first of the task's head dimensions.
+        pub const FIRST: usize = 5;
+        /// The task's head dimensions.
+        pub const DIMS: usize = 6;
+        /// The output projection, held transposed.
+        pub const WEIGHT: usize = 7;
+        /// Its scales (int8: one per output).
+        pub const WEIGHT_SCALES: usize = 8;
+        /// Outputs (the projection's rows).
+        pub const COLS: usize = 9;
+        /// The projection's checkpoint columns.
+        pub const WEIGHT_COLS: usize = 10;
+        /// The two buffers the share is added to.
+        pub const OUT0: usize = 11;
+        /// See [`OUT0`].
+        pub const OUT1: usize = 12;
+        /// The output projection's bias, added once (or `NONE`).
+        pub const BIAS: usize = 13;
     }
 
     /// `HEAD_ARGMAX` words (input at 1..=5).

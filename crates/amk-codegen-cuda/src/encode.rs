@@ -10,7 +10,7 @@
 use crate::abi::{self, word};
 use crate::error::{Access, CodegenError, Problem};
 use crate::{DeviceTables, Int8Matrix, Transposed, WeightDType};
-use amk_schedule::ops::{ProjInput, ProjOutput, TaskOp, ELEM};
+use amk_schedule::ops::{CurrentRow, ProjInput, ProjOutput, TaskOp, ELEM};
 use amk_schedule::schedule::{BufferId, BufferKind, CounterReset, Instr, Region, Schedule, Task};
 
 /// The tables plus the numbers the source prologue needs.
@@ -26,6 +26,9 @@ pub(crate) struct Encoded {
     pub max_mlp_rows: u32,
     /// Weight-tile bytes of every task that has one (the candidates for staging).
     pub stage_tiles: Vec<u64>,
+    /// Whether any task is a query attention or combines a current row (the kernel compiles
+    /// that code only then).
+    pub query_attention: bool,
     /// The most words one worker's instructions and descriptors take
     /// (`INSTR_WORDS * instructions + TASK_WORDS * runs`): the kernel copies them into shared
     /// memory when it starts.
@@ -76,6 +79,7 @@ pub(crate) fn encode(s: &Schedule, dtype: WeightDType) -> Result<Encoded, Codege
         max_head_dim: stats.max_head_dim,
         max_mlp_rows: stats.max_mlp_rows,
         stage_tiles: stats.stage_tiles,
+        query_attention: stats.query_attention,
         max_worker_words,
     })
 }
@@ -135,6 +139,7 @@ struct Stats {
     max_mlp_rows: u32,
     /// Weight-tile bytes (device dtype) of every projection, gated-up and LM-head task.
     stage_tiles: Vec<u64>,
+    query_attention: bool,
 }
 
 fn schedule_err(field: &'static str, problem: Problem) -> CodegenError {
@@ -194,6 +199,8 @@ fn int8_matrices(s: &Schedule) -> Result<Vec<Option<Int8Matrix>>, CodegenError> 
                 vec![(gate, cols), (up, cols), (down, inter)]
             }
             TaskOp::AttentionOut { weight, weight_cols, .. } => vec![(weight, weight_cols)],
+            TaskOp::QueryAttention { weight, cols, .. } => vec![(weight, cols)],
+            TaskOp::HeadOut { weight, weight_cols, .. } => vec![(weight, weight_cols)],
             _ => Vec::new(),
         };
         for (b, c) in uses {
@@ -269,7 +276,8 @@ fn transposed(s: &Schedule) -> Result<Vec<Option<Transposed>>, CodegenError> {
             TaskOp::GatedMlp { down, cols, inter, .. } => {
                 (down, Transposed { rows: cols, cols: inter })
             }
-            TaskOp::AttentionOut { weight, cols, weight_cols, .. } => {
+            TaskOp::AttentionOut { weight, cols, weight_cols, .. }
+            | TaskOp::HeadOut { weight, cols, weight_cols, .. } => {
                 (weight, Transposed { rows: cols, cols: weight_cols })
             }
             _ => continue,
@@ -307,7 +315,9 @@ fn transposed(s: &Schedule) -> Result<Vec<Option<Transposed>>, CodegenError> {
     for task in &s.tasks {
         let row_major: Vec<BufferId> = match task.op {
             TaskOp::Embed { table, .. } => vec![table],
-            TaskOp::Projection { weight, .. } | TaskOp::HeadArgmax { weight, .. } => vec![weight],
+            TaskOp::Projection { weight, .. }
+            | TaskOp::HeadArgmax { weight, .. }
+            | TaskOp::QueryAttention { weight, .. } => vec![weight],
             TaskOp::GatedUp { gate, up, .. } | TaskOp::GatedMlp { gate, up, .. } => {
                 vec![gate, up]
             }
@@ -321,8 +331,9 @@ fn transposed(s: &Schedule) -> Result<Vec<Option<Transposed>>, CodegenError> {
                     b,
                     "kind",
                     format!(
-                        "task `{}` reads it in its checkpoint layout, but a fused MLP or a fused \
-                         attention reads it too, and the device holds it transposed for them",
+                        "task `{}` reads it in its checkpoint layout, but a fused MLP, a fused \
+                         attention or a head-split output projection reads it too, and the \
+                         device holds it transposed for them",
                         task.name
                     ),
                 ));
@@ -539,7 +550,10 @@ impl TaskCtx<'_> {
                 w[word::input::EPS] = eps.to_bits();
                 len
             }
-            ProjInput::AttnPartials { buffer, heads, head_dim, parts } => {
+            ProjInput::AttnPartials { buffer, heads, head_dim, parts, current } => {
+                if let Some(c) = current {
+                    self.current_row(&c, heads, head_dim, w, stats)?;
+                }
                 w[word::input::KIND] = abi::IN_ATTN_PARTIALS;
                 w[word::input::BUFFER] = self.buf("input.buffer", buffer)?;
                 w[word::input::NORM_WEIGHT] = parts;
@@ -565,6 +579,32 @@ impl TaskCtx<'_> {
         Ok(())
     }
 
+    /// Words 30..=32: the current row of an attention-partials input (all 0 without one; its
+    /// `kv_heads` is then 0, which a current row never has).
+    fn current_row(
+        &self,
+        c: &CurrentRow,
+        heads: u32,
+        head_dim: u32,
+        w: &mut Words,
+        stats: &mut Stats,
+    ) -> Result<(), CodegenError> {
+        w[word::input::CURRENT_Q] = self.buf("input.current.q", c.q)?;
+        w[word::input::CURRENT_KV] = self.buf("input.current.kv", c.kv)?;
+        w[word::input::CURRENT_KV_HEADS] = c.kv_heads;
+        stats.query_attention = true;
+        if c.kv_head(0, heads).is_none() {
+            return Err(self.rule(
+                "input.current.kv_heads",
+                format!("is {}, which does not divide the {heads} query heads", c.kv_heads),
+            ));
+        }
+        let end = 2 * u128::from(c.kv_heads) * u128::from(head_dim);
+        self.fit("input.current.kv_heads", "2 * kv_heads * head_dim elements", end)?;
+        stats.max_head_dim = stats.max_head_dim.max(head_dim);
+        Ok(())
+    }
+
     /// Checks that rows `first_row..first_row + rows` of a `[*, cols]` matrix are addressable
     /// with 32-bit element indices.
     fn rows(&self, first_row: u32, rows: u32, cols: u32) -> Result<(), CodegenError> {
@@ -575,17 +615,21 @@ impl TaskCtx<'_> {
     }
 
     /// Words 1..=8 and 10..=12 of an attention task (its geometry, window and part), checked.
+    /// `base` is 0, or [`word::query_attention::ATTENTION_BASE`] for a query attention.
+    #[allow(clippy::too_many_arguments)]
     fn attention(
         &self,
         op: &TaskOp,
         part: u32,
         parts: u32,
-        w: &mut Words,
+        base: usize,
+        words: &mut Words,
         stats: &mut Stats,
     ) -> Result<(), CodegenError> {
         let g =
             op.attn_geometry().ok_or_else(|| self.rule("kind", "not an attention task".into()))?;
         use word::attention::*;
+        let w = &mut words[base..];
         if part >= parts {
             return Err(self.rule("part", format!("is {part}, not below parts ({parts})")));
         }
@@ -598,7 +642,10 @@ impl TaskCtx<'_> {
             Some(n) => n,
             None => 0,
         };
-        w[Q] = self.buf("q", g.q)?;
+        w[Q] = match g.q {
+            Some(q) => self.buf("q", q)?,
+            None => abi::NONE,
+        };
         w[HEAD] = g.head;
         w[KV_HEAD] = g.kv_head;
         w[HEAD_DIM] = g.head_dim;
@@ -614,6 +661,187 @@ impl TaskCtx<'_> {
         let cache_end = (kv_head + 1) * u128::from(g.max_positions) * hd;
         self.fit("kv_head", "(kv_head + 1) * max_positions * head_dim elements", cache_end)?;
         stats.max_head_dim = stats.max_head_dim.max(g.head_dim);
+        Ok(())
+    }
+
+    /// Words 1..=29 of a projection (a query attention's too), checked.
+    fn projection(
+        &self,
+        op: &TaskOp,
+        w: &mut Words,
+        stats: &mut Stats,
+    ) -> Result<(), CodegenError> {
+        let TaskOp::Projection {
+            input,
+            weight,
+            bias,
+            first_row,
+            rows,
+            cols,
+            head_norm,
+            rope,
+            io,
+            output,
+        } = *op
+        else {
+            return Err(self.rule("kind", "not a projection".into()));
+        };
+        use word::projection::*;
+        w[word::KIND] = abi::TASK_PROJECTION;
+        self.input(&input, cols, w, stats)?;
+        w[WEIGHT] = self.buf("weight", weight)?;
+        w[WEIGHT_SCALES] = self.scales(weight);
+        w[BIAS] = match bias {
+            Some(b) => self.buf("bias", b)?,
+            None => abi::NONE,
+        };
+        w[FIRST_ROW] = first_row;
+        w[ROWS] = rows;
+        w[COLS] = cols;
+        self.rows(first_row, rows, cols)?;
+        if let Some(r) = rope {
+            if r.head_dim == 0 || r.head_dim % 2 != 0 {
+                return Err(self.rule(
+                    "rope.head_dim",
+                    format!(
+                        "is {}; rotary embedding rotates pairs within a head, so it must \
+                         be even and at least 2",
+                        r.head_dim
+                    ),
+                ));
+            }
+            let hd = u64::from(r.head_dim);
+            self.multiple("rows", "rows of a rotated projection (whole heads)", rows.into(), hd)?;
+            self.multiple(
+                "first_row",
+                "first row of a rotated projection (whole heads)",
+                first_row.into(),
+                hd,
+            )?;
+            if !(r.theta.is_finite() && r.theta > 0.0) {
+                return Err(self.rule(
+                    "rope.theta",
+                    format!("is {}; it must be finite and positive", r.theta),
+                ));
+            }
+            let bits = r.theta.to_bits();
+            w[ROPE] = 1;
+            w[ROPE_HEAD_DIM] = r.head_dim;
+            w[THETA_LO] = bits as u32;
+            w[THETA_HI] = (bits >> 32) as u32;
+            stats.max_head_dim = stats.max_head_dim.max(r.head_dim);
+            if let Some(l3) = r.llama3 {
+                let params = [
+                    ("rope.llama3.factor", l3.factor),
+                    ("rope.llama3.low_freq_factor", l3.low_freq_factor),
+                    ("rope.llama3.high_freq_factor", l3.high_freq_factor),
+                    (
+                        "rope.llama3.original_max_position_embeddings",
+                        l3.original_max_position_embeddings,
+                    ),
+                ];
+                for (field, v) in params {
+                    if !(v.is_finite() && v > 0.0) {
+                        return Err(
+                            self.rule(field, format!("is {v}; it must be finite and positive"))
+                        );
+                    }
+                }
+                if l3.high_freq_factor == l3.low_freq_factor {
+                    return Err(self.rule(
+                        "rope.llama3.high_freq_factor",
+                        "equals low_freq_factor; the smoothing divides by their \
+                         difference"
+                            .into(),
+                    ));
+                }
+                w[LLAMA3] = 1;
+                w[LLAMA3_FACTOR] = l3.factor.to_bits();
+                w[LLAMA3_LOW] = l3.low_freq_factor.to_bits();
+                w[LLAMA3_HIGH] = l3.high_freq_factor.to_bits();
+                w[LLAMA3_ORIGINAL] = l3.original_max_position_embeddings.to_bits();
+            }
+        }
+        w[HEAD_NORM] = abi::NONE;
+        if let Some(n) = head_norm {
+            if let Some(r) = rope {
+                if r.head_dim != n.head_dim {
+                    return Err(self.rule(
+                        "head_norm.head_dim",
+                        format!(
+                            "is {}, but the rope's head_dim is {}; they must be equal",
+                            n.head_dim, r.head_dim
+                        ),
+                    ));
+                }
+            }
+            self.positive("head_norm.head_dim", n.head_dim)?;
+            let hd = u64::from(n.head_dim);
+            self.multiple(
+                "rows",
+                "rows of a head-normed projection (whole heads)",
+                rows.into(),
+                hd,
+            )?;
+            if !(n.eps.is_finite() && n.eps >= 0.0) {
+                return Err(self.rule(
+                    "head_norm.eps",
+                    format!("is {}; it must be finite and not negative", n.eps),
+                ));
+            }
+            w[HEAD_NORM] = self.buf("head_norm.weight", n.weight)?;
+            w[HEAD_NORM_EPS] = n.eps.to_bits();
+            w[ROPE_HEAD_DIM] = n.head_dim;
+            stats.max_head_dim = stats.max_head_dim.max(n.head_dim);
+        }
+        let es = self.dtype.bytes();
+        stats.stage_tiles.push(u64::from(rows) * u64::from(cols) * es);
+        w[IO] = self.buf("io", io)?;
+        w[OUT_COPY] = abi::NONE;
+        match output {
+            ProjOutput::Store { buffer, offset }
+            | ProjOutput::Accumulate { buffer, offset }
+            | ProjOutput::AccumulateCopy { buffer, offset, .. } => {
+                w[OUT_KIND] = match output {
+                    ProjOutput::Store { .. } => abi::OUT_STORE,
+                    ProjOutput::Accumulate { .. } => abi::OUT_ACCUMULATE,
+                    _ => abi::OUT_ACCUMULATE_COPY,
+                };
+                if let ProjOutput::AccumulateCopy { copy, .. } = output {
+                    w[OUT_COPY] = self.buf("output.copy", copy)?;
+                }
+                w[OUT_BUFFER] = self.buf("output.buffer", buffer)?;
+                w[OUT_OFFSET] = offset;
+                let end = u128::from(offset) + u128::from(rows);
+                self.fit("output.offset", "offset + rows", end)?;
+            }
+            ProjOutput::CacheRow { cache, kv_head, head_dim, max_positions } => {
+                w[OUT_KIND] = abi::OUT_CACHE_ROW;
+                w[OUT_BUFFER] = self.buf("output.cache", cache)?;
+                w[OUT_OFFSET] = kv_head;
+                w[OUT_HEAD_DIM] = head_dim;
+                w[OUT_MAX_POSITIONS] = max_positions;
+                self.positive("output.head_dim", head_dim)?;
+                self.positive("output.max_positions", max_positions)?;
+                if rows != head_dim {
+                    return Err(self.rule(
+                        "rows",
+                        format!(
+                            "is {rows}, but a cache row has head_dim = {head_dim} \
+                             elements; they must be equal"
+                        ),
+                    ));
+                }
+                let end =
+                    (u128::from(kv_head) + 1) * u128::from(max_positions) * u128::from(head_dim);
+                self.fit(
+                    "output.kv_head",
+                    "(kv_head + 1) * max_positions * head_dim elements",
+                    end,
+                )?;
+                stats.max_head_dim = stats.max_head_dim.max(head_dim);
+            }
+        }
         Ok(())
     }
 
@@ -668,181 +896,110 @@ impl TaskCtx<'_> {
                 w[OUT] = self.buf("out", out)?;
                 self.positive("hidden", hidden)?;
             }
-            TaskOp::Projection {
-                input,
-                weight,
+            TaskOp::Projection { .. } => self.projection(op, &mut w, stats)?,
+            TaskOp::QueryAttention { rope, head_dim, head, part, parts, out, q_out, .. } => {
+                let projection = op
+                    .query_projection()
+                    .ok_or_else(|| self.rule("kind", "not a query attention".into()))?;
+                self.projection(&projection, &mut w, stats)?;
+                w[word::KIND] = abi::TASK_QUERY_ATTENTION;
+                stats.query_attention = true;
+                if q_out.is_none() {
+                    w[word::projection::OUT_BUFFER] = abi::NONE;
+                }
+                if rope.head_dim != head_dim {
+                    return Err(self.rule(
+                        "rope.head_dim",
+                        format!(
+                            "is {}, but the attention's head_dim is {head_dim}; they must be equal",
+                            rope.head_dim
+                        ),
+                    ));
+                }
+                let base = word::query_attention::ATTENTION_BASE;
+                self.attention(op, part, parts, base, &mut w, stats)?;
+                w[base + word::attention::OUT] = self.buf("out", out)?;
+                let end = (u128::from(head) * u128::from(parts) + u128::from(part) + 1)
+                    * (u128::from(head_dim) + 2);
+                self.fit("part", "the partial's end, in elements", end)?;
+            }
+            TaskOp::HeadOut {
                 bias,
-                first_row,
-                rows,
+                partials,
+                head,
+                head_dim,
+                parts,
+                first,
+                dims,
+                weight,
                 cols,
-                head_norm,
-                rope,
-                io,
-                output,
+                weight_cols,
+                outs,
             } => {
-                use word::projection::*;
-                w[word::KIND] = abi::TASK_PROJECTION;
-                self.input(&input, cols, &mut w, stats)?;
-                w[WEIGHT] = self.buf("weight", weight)?;
-                w[WEIGHT_SCALES] = self.scales(weight);
+                use word::head_out::*;
                 w[BIAS] = match bias {
                     Some(b) => self.buf("bias", b)?,
                     None => abi::NONE,
                 };
-                w[FIRST_ROW] = first_row;
-                w[ROWS] = rows;
+                w[word::KIND] = abi::TASK_HEAD_OUT;
+                w[PARTIALS] = self.buf("partials", partials)?;
+                w[HEAD] = head;
+                w[HEAD_DIM] = head_dim;
+                w[PARTS] = parts;
+                w[FIRST] = first;
+                w[DIMS] = dims;
+                w[WEIGHT] = self.buf("weight", weight)?;
+                w[WEIGHT_SCALES] = self.scales(weight);
                 w[COLS] = cols;
-                self.rows(first_row, rows, cols)?;
-                if let Some(r) = rope {
-                    if r.head_dim == 0 || r.head_dim % 2 != 0 {
-                        return Err(self.rule(
-                            "rope.head_dim",
-                            format!(
-                                "is {}; rotary embedding rotates pairs within a head, so it must \
-                                 be even and at least 2",
-                                r.head_dim
-                            ),
-                        ));
-                    }
-                    let hd = u64::from(r.head_dim);
-                    self.multiple(
-                        "rows",
-                        "rows of a rotated projection (whole heads)",
-                        rows.into(),
-                        hd,
-                    )?;
-                    self.multiple(
-                        "first_row",
-                        "first row of a rotated projection (whole heads)",
-                        first_row.into(),
-                        hd,
-                    )?;
-                    if !(r.theta.is_finite() && r.theta > 0.0) {
-                        return Err(self.rule(
-                            "rope.theta",
-                            format!("is {}; it must be finite and positive", r.theta),
-                        ));
-                    }
-                    let bits = r.theta.to_bits();
-                    w[ROPE] = 1;
-                    w[ROPE_HEAD_DIM] = r.head_dim;
-                    w[THETA_LO] = bits as u32;
-                    w[THETA_HI] = (bits >> 32) as u32;
-                    stats.max_head_dim = stats.max_head_dim.max(r.head_dim);
-                    if let Some(l3) = r.llama3 {
-                        let params = [
-                            ("rope.llama3.factor", l3.factor),
-                            ("rope.llama3.low_freq_factor", l3.low_freq_factor),
-                            ("rope.llama3.high_freq_factor", l3.high_freq_factor),
-                            (
-                                "rope.llama3.original_max_position_embeddings",
-                                l3.original_max_position_embeddings,
-                            ),
-                        ];
-                        for (field, v) in params {
-                            if !(v.is_finite() && v > 0.0) {
-                                return Err(self.rule(
-                                    field,
-                                    format!("is {v}; it must be finite and positive"),
-                                ));
-                            }
-                        }
-                        if l3.high_freq_factor == l3.low_freq_factor {
-                            return Err(self.rule(
-                                "rope.llama3.high_freq_factor",
-                                "equals low_freq_factor; the smoothing divides by their \
-                                 difference"
-                                    .into(),
-                            ));
-                        }
-                        w[LLAMA3] = 1;
-                        w[LLAMA3_FACTOR] = l3.factor.to_bits();
-                        w[LLAMA3_LOW] = l3.low_freq_factor.to_bits();
-                        w[LLAMA3_HIGH] = l3.high_freq_factor.to_bits();
-                        w[LLAMA3_ORIGINAL] = l3.original_max_position_embeddings.to_bits();
-                    }
+                w[WEIGHT_COLS] = weight_cols;
+                w[OUT0] = self.buf("outs[0]", outs[0])?;
+                w[OUT1] = self.buf("outs[1]", outs[1])?;
+                for (field, v) in
+                    [("head_dim", head_dim), ("parts", parts), ("dims", dims), ("cols", cols)]
+                {
+                    self.positive(field, v)?;
                 }
-                w[HEAD_NORM] = abi::NONE;
-                if let Some(n) = head_norm {
-                    if let Some(r) = rope {
-                        if r.head_dim != n.head_dim {
-                            return Err(self.rule(
-                                "head_norm.head_dim",
-                                format!(
-                                    "is {}, but the rope's head_dim is {}; they must be equal",
-                                    n.head_dim, r.head_dim
-                                ),
-                            ));
-                        }
-                    }
-                    self.positive("head_norm.head_dim", n.head_dim)?;
-                    let hd = u64::from(n.head_dim);
-                    self.multiple(
-                        "rows",
-                        "rows of a head-normed projection (whole heads)",
-                        rows.into(),
-                        hd,
-                    )?;
-                    if !(n.eps.is_finite() && n.eps >= 0.0) {
-                        return Err(self.rule(
-                            "head_norm.eps",
-                            format!("is {}; it must be finite and not negative", n.eps),
-                        ));
-                    }
-                    w[HEAD_NORM] = self.buf("head_norm.weight", n.weight)?;
-                    w[HEAD_NORM_EPS] = n.eps.to_bits();
-                    w[ROPE_HEAD_DIM] = n.head_dim;
-                    stats.max_head_dim = stats.max_head_dim.max(n.head_dim);
+                if u64::from(first) + u64::from(dims) > u64::from(head_dim) {
+                    return Err(self.rule(
+                        "dims",
+                        format!(
+                            "dimensions {first}..{} are not within a head of {head_dim}",
+                            u64::from(first) + u64::from(dims)
+                        ),
+                    ));
                 }
+                let end = (u128::from(head) + 1) * u128::from(parts) * (u128::from(head_dim) + 2);
+                self.fit("head", "the head's partials' end, in elements", end)?;
+                // The transposed weight: rows head * head_dim + first.. of [weight_cols, cols]
+                // (`transposed` checked its size, the verified footprint that the columns lie
+                // inside weight_cols).
+                self.fit(
+                    "weight_cols",
+                    "weight_cols * cols elements",
+                    u128::from(weight_cols) * u128::from(cols),
+                )?;
+                // The kernel keeps the head's output in its one-head area.
+                stats.max_head_dim = stats.max_head_dim.max(head_dim);
                 let es = self.dtype.bytes();
-                stats.stage_tiles.push(u64::from(rows) * u64::from(cols) * es);
+                stats.stage_tiles.push(u64::from(dims) * u64::from(cols) * es);
+            }
+            TaskOp::AppendKv { kv, kv_heads, head_dim, max_positions, k_cache, v_cache, io } => {
+                use word::append_kv::*;
+                w[word::KIND] = abi::TASK_APPEND_KV;
+                stats.query_attention = true;
+                w[KV] = self.buf("kv", kv)?;
+                w[KV_HEADS] = kv_heads;
+                w[HEAD_DIM] = head_dim;
+                w[MAX_POSITIONS] = max_positions;
+                w[K_CACHE] = self.buf("k_cache", k_cache)?;
+                w[V_CACHE] = self.buf("v_cache", v_cache)?;
                 w[IO] = self.buf("io", io)?;
-                w[OUT_COPY] = abi::NONE;
-                match output {
-                    ProjOutput::Store { buffer, offset }
-                    | ProjOutput::Accumulate { buffer, offset }
-                    | ProjOutput::AccumulateCopy { buffer, offset, .. } => {
-                        w[OUT_KIND] = match output {
-                            ProjOutput::Store { .. } => abi::OUT_STORE,
-                            ProjOutput::Accumulate { .. } => abi::OUT_ACCUMULATE,
-                            _ => abi::OUT_ACCUMULATE_COPY,
-                        };
-                        if let ProjOutput::AccumulateCopy { copy, .. } = output {
-                            w[OUT_COPY] = self.buf("output.copy", copy)?;
-                        }
-                        w[OUT_BUFFER] = self.buf("output.buffer", buffer)?;
-                        w[OUT_OFFSET] = offset;
-                        let end = u128::from(offset) + u128::from(rows);
-                        self.fit("output.offset", "offset + rows", end)?;
-                    }
-                    ProjOutput::CacheRow { cache, kv_head, head_dim, max_positions } => {
-                        w[OUT_KIND] = abi::OUT_CACHE_ROW;
-                        w[OUT_BUFFER] = self.buf("output.cache", cache)?;
-                        w[OUT_OFFSET] = kv_head;
-                        w[OUT_HEAD_DIM] = head_dim;
-                        w[OUT_MAX_POSITIONS] = max_positions;
-                        self.positive("output.head_dim", head_dim)?;
-                        self.positive("output.max_positions", max_positions)?;
-                        if rows != head_dim {
-                            return Err(self.rule(
-                                "rows",
-                                format!(
-                                    "is {rows}, but a cache row has head_dim = {head_dim} \
-                                     elements; they must be equal"
-                                ),
-                            ));
-                        }
-                        let end = (u128::from(kv_head) + 1)
-                            * u128::from(max_positions)
-                            * u128::from(head_dim);
-                        self.fit(
-                            "output.kv_head",
-                            "(kv_head + 1) * max_positions * head_dim elements",
-                            end,
-                        )?;
-                        stats.max_head_dim = stats.max_head_dim.max(head_dim);
-                    }
-                }
+                self.positive("kv_heads", kv_heads)?;
+                self.positive("head_dim", head_dim)?;
+                self.positive("max_positions", max_positions)?;
+                let end = u128::from(kv_heads) * u128::from(max_positions) * u128::from(head_dim);
+                self.fit("max_positions", "kv_heads * max_positions * head_dim elements", end)?;
+                self.fit("kv_heads", "2 * kv_heads * head_dim elements", 2 * end)?;
             }
             TaskOp::GatedUp { input, gate, up, first_row, rows, cols, out } => {
                 use word::gated_up::*;
@@ -889,7 +1046,7 @@ impl TaskCtx<'_> {
             TaskOp::Attention { head, head_dim, part, parts, out, .. } => {
                 use word::attention::*;
                 w[word::KIND] = abi::TASK_ATTENTION;
-                self.attention(op, part, parts, &mut w, stats)?;
+                self.attention(op, part, parts, 0, &mut w, stats)?;
                 w[OUT] = self.buf("out", out)?;
                 let end = (u128::from(head) * u128::from(parts) + u128::from(part) + 1)
                     * (u128::from(head_dim) + 2);
@@ -898,7 +1055,7 @@ impl TaskCtx<'_> {
             TaskOp::AttentionOut { head_dim, weight, cols, weight_cols, outs, .. } => {
                 use word::attention_out::*;
                 w[word::KIND] = abi::TASK_ATTENTION_OUT;
-                self.attention(op, 0, 1, &mut w, stats)?;
+                self.attention(op, 0, 1, 0, &mut w, stats)?;
                 w[OUT] = abi::NONE;
                 w[WEIGHT] = self.buf("weight", weight)?;
                 w[WEIGHT_SCALES] = self.scales(weight);
@@ -1006,7 +1163,13 @@ fn field_of(op: &TaskOp, buffer: BufferId, access: Access) -> &'static str {
             ProjInput::RmsNormed { buffer, weight, .. } => {
                 vec![(buffer, "input.buffer"), (weight, "input.weight")]
             }
-            ProjInput::AttnPartials { buffer, .. } => vec![(buffer, "input.buffer")],
+            ProjInput::AttnPartials { buffer, current, .. } => {
+                let mut v = vec![(buffer, "input.buffer")];
+                if let Some(c) = current {
+                    v.extend([(c.q, "input.current.q"), (c.kv, "input.current.kv")]);
+                }
+                v
+            }
         }
     };
     let read = access == Access::Read;
@@ -1064,6 +1227,51 @@ fn field_of(op: &TaskOp, buffer: BufferId, access: Access) -> &'static str {
                 v
             } else {
                 vec![(out, "out")]
+            }
+        }
+        TaskOp::QueryAttention {
+            input: inp,
+            weight,
+            bias,
+            k_cache,
+            v_cache,
+            io,
+            out,
+            q_out,
+            head_norm,
+            ..
+        } => {
+            if read {
+                let mut v = input(&inp);
+                v.push((weight, "weight"));
+                if let Some(b) = bias {
+                    v.push((b, "bias"));
+                }
+                if let Some(n) = head_norm {
+                    v.push((n.weight, "head_norm.weight"));
+                }
+                v.extend([(k_cache, "k_cache"), (v_cache, "v_cache"), (io, "io")]);
+                v
+            } else {
+                let mut v = vec![(out, "out")];
+                v.extend(q_out.map(|q| (q, "q_out")));
+                v
+            }
+        }
+        TaskOp::HeadOut { bias, partials, weight, outs, .. } => {
+            if read {
+                let mut v = vec![(partials, "partials"), (weight, "weight")];
+                v.extend(bias.map(|b| (b, "bias")));
+                v
+            } else {
+                vec![(outs[0], "outs[0]"), (outs[1], "outs[1]")]
+            }
+        }
+        TaskOp::AppendKv { kv, k_cache, v_cache, io, .. } => {
+            if read {
+                vec![(kv, "kv"), (io, "io")]
+            } else {
+                vec![(k_cache, "k_cache"), (v_cache, "v_cache")]
             }
         }
         TaskOp::AttentionOut { q, k_cache, v_cache, io, weight, outs, .. } => {
@@ -1291,7 +1499,7 @@ mod tests {
         }
         // Activations read as a matrix have no scales: refused for int8.
         let mut s = tiny();
-        let resid = s.buffers.iter().position(|b| b.name == "resid").expect("resid");
+        let resid = s.buffers.iter().position(|b| b.name.starts_with("resid")).expect("resid");
         if let TaskOp::HeadArgmax { weight, .. } = op_mut(&mut s, "head.r0") {
             *weight = BufferId(resid as u32);
         }
@@ -1509,7 +1717,7 @@ mod tests {
         assert_eq!(e.tables.program, vec![0, 0, 1, 1]);
         assert_eq!(e.tables.worker_start, vec![0, 2]);
         assert_eq!(e.tables.run_start, vec![0, 2]);
-        assert_eq!(e.max_worker_words, 2 * 2 + 2 * 32);
+        assert_eq!(e.max_worker_words, 2 * 2 + 2 * abi::TASK_WORDS as u32);
     }
 
     #[test]

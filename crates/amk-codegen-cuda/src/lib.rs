@@ -361,6 +361,7 @@ pub fn generate(
         worker_words: encoded.max_worker_words,
         stage_bytes: 0,
         trace: options.trace,
+        query_attention: encoded.query_attention,
     };
     let blocks_per_sm = schedule.certificate().facts.blocks_per_sm.max(1);
     let prologue = source::Prologue {

@@ -35,10 +35,13 @@ pub(crate) struct Prologue {
     pub stage_bytes: u32,
     /// Record a timestamp before every instruction (see kernels/megakernel.cuh).
     pub trace: bool,
+    /// Compile the query-attention code (`fuse_q` schedules only: other kernels stay as
+    /// small as before, which their speed depends on).
+    pub query_attention: bool,
 }
 
 /// Names of the prologue's defines, in order.
-pub const PROLOGUE_DEFINES: [&str; 13] = [
+pub const PROLOGUE_DEFINES: [&str; 14] = [
     "AMK_WEIGHT_BF16",
     "AMK_WEIGHT_INT8",
     "AMK_BLOCK_THREADS",
@@ -52,6 +55,7 @@ pub const PROLOGUE_DEFINES: [&str; 13] = [
     "AMK_WORKER_WORDS",
     "AMK_STAGE_BYTES",
     "AMK_TRACE",
+    "AMK_QUERY_ATTENTION",
 ];
 
 /// Words of shared scratch after the main area (block reductions: two words per warp).
@@ -59,7 +63,7 @@ pub(crate) const SMEM_SCRATCH_WORDS: u64 = 64;
 
 impl Prologue {
     /// `(name, value)` of each define, in [`PROLOGUE_DEFINES`] order.
-    pub fn defines(&self) -> [(&'static str, u64); 13] {
+    pub fn defines(&self) -> [(&'static str, u64); 14] {
         let values = [
             u64::from(self.weight_bf16),
             u64::from(self.weight_int8),
@@ -74,8 +78,9 @@ impl Prologue {
             self.worker_words.into(),
             self.stage_bytes.into(),
             u64::from(self.trace),
+            u64::from(self.query_attention),
         ];
-        let mut out = [("", 0); 13];
+        let mut out = [("", 0); 14];
         for (i, (name, value)) in PROLOGUE_DEFINES.iter().zip(values).enumerate() {
             out[i] = (name, value);
         }
@@ -105,8 +110,9 @@ impl Prologue {
             .div_ceil(4)
             * 4;
         let buffers = (2 * u64::from(self.buffers)).div_ceil(4) * 4;
-        let program = u64::from(self.worker_words).div_ceil(4) * 4;
-        4 * (main + SMEM_SCRATCH_WORDS + hd.div_ceil(4) * 4 + buffers + program)
+        let program = u64::from(self.worker_words);
+        // The staging slots start on a 128-byte boundary (see the kernel's layout).
+        4 * (main + SMEM_SCRATCH_WORDS + hd.div_ceil(4) * 4 + buffers + program).div_ceil(32) * 32
     }
 }
 
@@ -171,6 +177,7 @@ mod tests {
             worker_words: 70,
             stage_bytes: 0,
             trace: false,
+            query_attention: false,
         }
     }
 
@@ -200,17 +207,19 @@ mod tests {
     fn smem_matches_the_kernels_formula() {
         // 512 threads = 16 warps: attention needs 16 * 18 = 288 floats > 160 columns;
         // then 64 words of scratch, one 16-float head, 5 buffer addresses (10 words, 12
-        // rounded) and 70 program words (72 rounded).
-        assert_eq!(prologue().dynamic_smem_bytes(), 4 * (288 + 64 + 16 + 12 + 72));
+        // rounded) and 70 program words, the sum rounded up to 32 words (128 bytes).
+        let base = |words: u64| 4 * words.div_ceil(32) * 32;
+        assert_eq!(prologue().dynamic_smem_bytes(), base(288 + 64 + 16 + 12 + 70));
+        assert_eq!(prologue().dynamic_smem_bytes() % 128, 0);
         let wide = Prologue { max_cols: 2049, ..prologue() };
-        assert_eq!(wide.dynamic_smem_bytes(), 4 * (2052 + 64 + 16 + 12 + 72));
+        assert_eq!(wide.dynamic_smem_bytes(), base(2052 + 64 + 16 + 12 + 70));
         let mlp = Prologue { mlp_rows: 130, ..prologue() };
-        assert_eq!(mlp.dynamic_smem_bytes(), 4 * (292 + 64 + 16 + 12 + 72));
+        assert_eq!(mlp.dynamic_smem_bytes(), base(292 + 64 + 16 + 12 + 70));
         let staged = Prologue { stage_bytes: 4096, ..prologue() };
-        assert_eq!(staged.dynamic_smem_bytes(), 4 * (288 + 64 + 16 + 12 + 72) + 2 * 4096);
+        assert_eq!(staged.dynamic_smem_bytes(), base(288 + 64 + 16 + 12 + 70) + 2 * 4096);
     }
 
-    /// The shared-memory formula above mirrors these lines of kernels/megakernel.cuh; if the
+    /// The shared-memory layout defines, verbatim from kernels/megakernel.cuh: when the
     /// kernel changes them, update `Prologue::dynamic_smem_bytes` and this test together.
     #[test]
     fn smem_formula_mirrors_megakernel_cuh() {
@@ -225,7 +234,7 @@ mod tests {
             "#define AMK_SMEM_HEAD_OFFSET (AMK_SMEM_MAIN + 64)",
             "#define AMK_SMEM_BUFFERS_OFFSET (AMK_SMEM_HEAD_OFFSET + (AMK_MAX_HEAD_DIM + 3) / 4 * 4)",
             "#define AMK_SMEM_PROGRAM_OFFSET (AMK_SMEM_BUFFERS_OFFSET + (2 * AMK_BUFFERS + 3) / 4 * 4)",
-            "#define AMK_SMEM_STAGE_OFFSET (AMK_SMEM_PROGRAM_OFFSET + (AMK_WORKER_WORDS + 3) / 4 * 4)",
+            "#define AMK_SMEM_STAGE_OFFSET ((AMK_SMEM_PROGRAM_OFFSET + AMK_WORKER_WORDS + 31) / 32 * 32)",
             "#define AMK_SMEM_FLOATS (AMK_SMEM_STAGE_OFFSET + 2 * (AMK_STAGE_BYTES / 4))",
         ] {
             assert!(

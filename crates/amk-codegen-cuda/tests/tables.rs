@@ -25,7 +25,7 @@ fn check_tables(v: &VerifiedSchedule, dtype: WeightDType) {
     }
 
     // Tasks: each descriptor decodes to the task's op.
-    assert_eq!(t.tasks.len(), v.tasks.len() * 32, "each task runs once");
+    assert_eq!(t.tasks.len(), v.tasks.len() * common::WORDS, "each task runs once");
     let by_task = common::descriptors_by_task(v, &t.tasks, &t.run_start);
     for (i, (d, task)) in by_task.iter().zip(&v.tasks).enumerate() {
         let d = d.unwrap_or_else(|| panic!("task {i} `{}` has a descriptor", task.name));
@@ -86,7 +86,8 @@ fn biased_untied_model_decodes_on_many_workers() {
     let v = common::verified(&common::lowered(&spec, 7));
     // The biases reach the descriptors (not AMK_NONE).
     let g = generate(&v, &CodegenOptions::default()).expect("generates");
-    let biased = g.tables.tasks.chunks(32).filter(|d| d[0] == 3 && d[7] != u32::MAX).count();
+    let biased =
+        g.tables.tasks.chunks(common::WORDS).filter(|d| d[0] == 3 && d[7] != u32::MAX).count();
     assert!(biased > 0);
     for dtype in [WeightDType::BF16, WeightDType::F32] {
         check_tables(&v, dtype);
@@ -111,34 +112,36 @@ fn tables_do_not_depend_on_arch_or_block_size() {
 #[test]
 fn shared_memory_covers_inputs_and_attention() {
     let v = common::tiny();
-    // After the main area, scratch and the head: the buffer addresses (two words each) and
-    // the longest worker's instructions and descriptors, each rounded up to 4 words.
+    // After the main area, scratch and the head: the buffer addresses (two words each, rounded
+    // up to 4 words) and the longest worker's instructions and descriptors; the whole rounded
+    // up to 32 words (the staging slots start on a 128-byte boundary).
     let control = {
         let t = generate(&v, &CodegenOptions::default()).expect("generates").tables;
         let longest = (0..v.workers.len())
             .map(|w| {
                 let instrs = (t.worker_start[w + 1] - t.worker_start[w]) as u64;
                 let runs = (t.run_start[w + 1] - t.run_start[w]) as u64;
-                2 * instrs + 32 * runs
+                2 * instrs + common::WORDS as u64 * runs
             })
             .max()
             .unwrap_or(0);
-        (2 * v.buffers.len() as u64).div_ceil(4) * 4 + longest.div_ceil(4) * 4
+        (2 * v.buffers.len() as u64).div_ceil(4) * 4 + longest
     };
+    let base = |words: u64| 4 * words.div_ceil(32) * 32;
     // 512 threads = 16 warps; attention: 16 * (16 + 2) = 288 floats > 64 columns plus a
     // fused MLP's 24 rows; then 64 words of scratch and one 16-float head; no staging slots.
     let unstaged = CodegenOptions { stage_weights: false, ..Default::default() };
     let g = generate(&v, &unstaged).expect("generates");
-    assert_eq!(u64::from(g.launch.dynamic_smem_bytes), 4 * (288 + 64 + 16 + control));
+    assert_eq!(u64::from(g.launch.dynamic_smem_bytes), base(288 + 64 + 16 + control));
     let g = generate(&v, &CodegenOptions { block_threads: 64, ..unstaged }).expect("generates");
     // 2 warps: attention 2 * 18 = 36 floats < 64 columns + 24 MLP rows.
-    assert_eq!(u64::from(g.launch.dynamic_smem_bytes), 4 * (88 + 64 + 16 + control));
+    assert_eq!(u64::from(g.launch.dynamic_smem_bytes), base(88 + 64 + 16 + control));
     // Staged: two slots of the largest weight tile that fits (at most half of what remains).
     let g = generate(&v, &CodegenOptions::default()).expect("generates");
     let slot = g.source.lines().find_map(|l| l.strip_prefix("#define AMK_STAGE_BYTES "));
     let slot: u64 = slot.expect("stage define").parse().expect("a number");
     assert!(slot > 0 && slot % 16 == 0, "{slot}");
-    assert_eq!(u64::from(g.launch.dynamic_smem_bytes), 4 * (288 + 64 + 16 + control) + 2 * slot);
+    assert_eq!(u64::from(g.launch.dynamic_smem_bytes), base(288 + 64 + 16 + control) + 2 * slot);
 }
 
 #[test]
@@ -180,7 +183,7 @@ fn unfused_norms_decode_to_rms_norm_tasks() {
     let v = common::verified(&amk_schedule::lower(&model.graph, &knobs).expect("lower"));
     let g = generate(&v, &CodegenOptions::default()).expect("generates");
     // Two norms per layer plus the final one.
-    let norms = g.tables.tasks.chunks(32).filter(|d| d[0] == 8).count();
+    let norms = g.tables.tasks.chunks(common::WORDS).filter(|d| d[0] == 8).count();
     assert_eq!(norms, 2 * 2 + 1);
     for dtype in [WeightDType::BF16, WeightDType::F32] {
         check_tables(&v, dtype);
@@ -261,6 +264,8 @@ fn fused_mlp_decodes_with_transposed_down_weights() {
             fuse_down: true,
             fuse_norm,
             mlp_rows: 24,
+            // Row tiles of the output projection, which store the snapshot.
+            o_by_head: false,
             ..Default::default()
         };
         let v = common::verified(&amk_schedule::lower(&model.graph, &knobs).expect("lower"));
@@ -268,7 +273,7 @@ fn fused_mlp_decodes_with_transposed_down_weights() {
             check_tables(&v, dtype);
         }
         let g = generate(&v, &CodegenOptions::default()).expect("generates");
-        let mlps = g.tables.tasks.chunks(32).filter(|d| d[0] == 9).count();
+        let mlps = g.tables.tasks.chunks(common::WORDS).filter(|d| d[0] == 9).count();
         let m = model.config.intermediate_size as u32;
         assert_eq!(mlps as u32, 2 * m.div_ceil(24));
         assert!(g.source.contains(&format!("#define AMK_MLP_ROWS {}\n", 24.min(m))));
@@ -308,7 +313,13 @@ fn fused_mlp_decodes_with_transposed_down_weights() {
 fn a_transposed_weight_read_row_major_is_refused() {
     use amk_schedule::ops::TaskOp;
     let (_dir, model) = common::synth_model(&SynthSpec::tiny());
-    let knobs = amk_schedule::ScheduleConfig { workers: 4, fuse_down: true, ..Default::default() };
+    // (Row tiles of the output projection: a head-split one reads its weight transposed too.)
+    let knobs = amk_schedule::ScheduleConfig {
+        workers: 4,
+        fuse_down: true,
+        o_by_head: false,
+        ..Default::default()
+    };
     let mut s = amk_schedule::lower(&model.graph, &knobs).expect("lower");
     // Point an output projection at layer 0's down weight, re-declaring its reads.
     let down = s.buffers.iter().position(|b| b.name == "model.layers.0.mlp.down_proj.weight");
@@ -343,7 +354,7 @@ fn fused_attention_decodes_with_a_transposed_output_projection() {
     }
     let g = generate(&v, &CodegenOptions::default()).expect("generates");
     let c = &model.config;
-    let heads = g.tables.tasks.chunks(32).filter(|d| d[0] == 10).count();
+    let heads = g.tables.tasks.chunks(common::WORDS).filter(|d| d[0] == 10).count();
     assert_eq!(heads, c.num_layers * c.num_heads);
     for (i, b) in v.buffers.iter().enumerate() {
         let o = b.name.ends_with("self_attn.o_proj.weight");
@@ -365,6 +376,57 @@ fn fused_attention_decodes_with_a_transposed_output_projection() {
             let mat = g8.tables.int8_matrices[weight.index()].expect("int8 output projection");
             assert_eq!((mat.rows, mat.cols), (u64::from(cols), weight_cols));
             assert_eq!(u64::from(d.expect("descriptor")[14]), mat.scales_offset);
+        }
+    }
+}
+
+/// The head-split output projection (`o_by_head`): its tasks decode back to the schedule,
+/// with the output projection held transposed and int8 keeping one scale per output; and a
+/// `fuse_q` schedule's query attentions, key/value heads, appends and current-row combines
+/// decode back too (the kernel is then compiled with the query-attention code).
+#[test]
+fn head_split_and_query_attention_schedules_decode() {
+    use amk_schedule::ops::TaskOp;
+    let (_dir, model) = common::synth_model(&SynthSpec { num_layers: 2, ..SynthSpec::tiny() });
+    let c = &model.config;
+    for (o_by_head, fuse_q) in [(true, false), (false, true)] {
+        let knobs = amk_schedule::ScheduleConfig {
+            workers: 6,
+            o_by_head,
+            fuse_q,
+            attn_splits: 2,
+            o_rows: 8,
+            ..Default::default()
+        };
+        let v = common::verified(&amk_schedule::lower(&model.graph, &knobs).expect("lower"));
+        for dtype in [WeightDType::BF16, WeightDType::F32] {
+            check_tables(&v, dtype);
+        }
+        let g = generate(&v, &CodegenOptions::default()).expect("generates");
+        assert_eq!(g.source.contains("#define AMK_QUERY_ATTENTION 1"), fuse_q);
+        let kinds = |k: u32| g.tables.tasks.chunks(common::WORDS).filter(|d| d[0] == k).count();
+        if o_by_head {
+            assert_eq!(kinds(13), c.num_layers * c.num_heads * c.head_dim.div_ceil(8));
+            for (i, b) in v.buffers.iter().enumerate() {
+                let transposed = b.name.ends_with("self_attn.o_proj.weight")
+                    || b.name.ends_with("mlp.down_proj.weight");
+                assert_eq!(g.tables.transposed[i].is_some(), transposed, "{}", b.name);
+            }
+            let int8 = CodegenOptions { weight_dtype: WeightDType::Int8, ..Default::default() };
+            let g8 = generate(&v, &int8).expect("generates int8");
+            let by_task = common::descriptors_by_task(&v, &g8.tables.tasks, &g8.tables.run_start);
+            for (d, task) in by_task.iter().zip(&v.tasks) {
+                if let TaskOp::HeadOut { weight, cols, weight_cols, .. } = task.op {
+                    let mat = g8.tables.int8_matrices[weight.index()].expect("int8 projection");
+                    assert_eq!((mat.rows, mat.cols), (u64::from(cols), weight_cols));
+                    assert_eq!(u64::from(d.expect("descriptor")[8]), mat.scales_offset);
+                }
+            }
+        } else {
+            assert_eq!(kinds(11), c.num_layers * c.num_heads * 2);
+            assert_eq!(kinds(12), c.num_layers);
+            let current = g.tables.tasks.chunks(common::WORDS).filter(|d| d[0] == 3 && d[32] != 0);
+            assert_eq!(current.count(), c.num_layers * c.hidden_size.div_ceil(8));
         }
     }
 }

@@ -137,7 +137,9 @@ impl ScheduleExecutor {
             .iter()
             .filter_map(|t| match t.op {
                 TaskOp::Attention { max_positions, .. }
-                | TaskOp::AttentionOut { max_positions, .. } => Some(max_positions as usize),
+                | TaskOp::AttentionOut { max_positions, .. }
+                | TaskOp::QueryAttention { max_positions, .. }
+                | TaskOp::AppendKv { max_positions, .. } => Some(max_positions as usize),
                 _ => None,
             })
             .min()
@@ -438,12 +440,37 @@ impl TaskCtx<'_> {
                 kernels::rms_norm(x, w, eps, &mut out);
                 Ok(out)
             }
-            ProjInput::AttnPartials { buffer, heads, head_dim, parts } => {
+            ProjInput::AttnPartials { buffer, heads, head_dim, parts, current } => {
                 let (hd, per_head) = (head_dim as usize, parts as usize * (head_dim as usize + 2));
                 let all = self.read(buffer, 0, heads as usize * per_head)?;
                 let mut out = vec![0.0; heads as usize * hd];
-                for (p, o) in all.chunks_exact(per_head).zip(out.chunks_exact_mut(hd)) {
-                    kernels::combine_attn_partials(p, hd, o);
+                for (h, (p, o)) in
+                    all.chunks_exact(per_head).zip(out.chunks_exact_mut(hd)).enumerate()
+                {
+                    let Some(c) = current else {
+                        kernels::combine_attn_partials(p, hd, o);
+                        continue;
+                    };
+                    // The current row is one more part, after the others.
+                    let g = c.kv_head(h as u32, heads).ok_or_else(|| {
+                        self.err(format!(
+                            "{} key/value heads do not divide {heads} query heads",
+                            c.kv_heads
+                        ))
+                    })? as usize;
+                    let q = self.read(c.q, h * hd, hd)?;
+                    let k = self.read(c.kv, g * hd, hd)?;
+                    let v = self.read(c.kv, (c.kv_heads as usize + g) * hd, hd)?;
+                    let mut all_parts = p.to_vec();
+                    let mut row = vec![0.0; hd + 2];
+                    kernels::attention_partial(
+                        q,
+                        kernels::KvRows { k, v, stride: hd },
+                        1,
+                        &mut row,
+                    );
+                    all_parts.extend(row);
+                    kernels::combine_attn_partials(&all_parts, hd, o);
                 }
                 Ok(out)
             }
@@ -477,8 +504,15 @@ impl TaskCtx<'_> {
     }
 
     /// The partial softmax `[m, l, acc..]` of part `part` of `parts` of one query head's
-    /// attention at the current position (see [`TaskOp::Attention`]).
-    fn attention_partial(&self, op: &TaskOp, part: u32, parts: u32) -> Result<Vec<f32>, ExecError> {
+    /// attention at the current position (see [`TaskOp::Attention`]), with query `q` (the
+    /// geometry's query buffer's head when `None`).
+    fn attention_partial(
+        &self,
+        op: &TaskOp,
+        q: Option<&[f32]>,
+        part: u32,
+        parts: u32,
+    ) -> Result<Vec<f32>, ExecError> {
         let g = op.attn_geometry().ok_or_else(|| self.err("not an attention task"))?;
         let (_, pos) = self.io(g.io)?;
         if part >= parts {
@@ -492,16 +526,67 @@ impl TaskCtx<'_> {
             return Err(self.err("a sliding window of 0 positions attends to nothing"));
         }
         let hd = g.head_dim as usize;
-        let qh = self.read(g.q, g.head as usize * hd, hd)?;
-        // Only this part's rows of the window `first..=pos` are read.
+        let qh = match (q, g.q) {
+            (Some(q), _) => q,
+            (None, Some(buffer)) => self.read(buffer, g.head as usize * hd, hd)?,
+            (None, None) => return Err(self.err("an attention task without a query")),
+        };
+        if qh.len() != hd {
+            return Err(self.err(format!("the query has {} elements, head_dim is {hd}", qh.len())));
+        }
+        // Only this part's rows of the window `first..=pos` (`first..pos` when the current row
+        // is combined later) are read.
         let first = kernels::window_start(pos, g.window.map(|w| w as usize));
-        let (a, b) = attn_part_rows(first, pos + 1, part, parts);
+        let end = if g.past_only { pos } else { pos + 1 };
+        let (a, b) = attn_part_rows(first, end, part, parts);
         let base = (g.kv_head as usize * g.max_positions as usize + a) * hd;
         let k = self.read(g.k_cache, base, (b - a) * hd)?;
         let v = self.read(g.v_cache, base, (b - a) * hd)?;
         let mut o = vec![0.0; hd + 2];
         kernels::attention_partial(qh, kernels::KvRows { k, v, stride: hd }, b - a, &mut o);
         Ok(o)
+    }
+
+    /// A projection's rows after its bias, per-head norm and rope (not yet stored), and the
+    /// position it read (0 when it needed none).
+    fn project(&self, op: &TaskOp) -> Result<(Vec<f32>, usize), ExecError> {
+        let TaskOp::Projection {
+            input,
+            weight,
+            bias,
+            first_row,
+            rows,
+            cols,
+            head_norm,
+            rope,
+            io,
+            output,
+        } = *op
+        else {
+            return Err(self.err("not a projection"));
+        };
+        let x = self.input(&input)?;
+        let mut y = self.rows(weight, first_row, rows, cols, &x, bias)?;
+        let needs_pos = rope.is_some() || matches!(output, ProjOutput::CacheRow { .. });
+        let pos = if needs_pos { self.io(io)?.1 } else { 0 };
+        if let Some(norm) = head_norm {
+            let hd = norm.head_dim as usize;
+            if hd == 0 || y.len() % hd != 0 {
+                return Err(self.err("head norm tile is not whole heads"));
+            }
+            let w = self.read(norm.weight, 0, hd)?;
+            let mut normed = vec![0.0; y.len()];
+            kernels::head_rms_norm(&y, hd, w, norm.eps, &mut normed);
+            y = normed;
+        }
+        if let Some(rope) = rope {
+            let hd = rope.head_dim as usize;
+            if hd == 0 || hd % 2 != 0 || y.len() % hd != 0 {
+                return Err(self.err("rope tile is not whole heads of even size"));
+            }
+            kernels::rope(&mut y, hd, &rope.inv_freq(), pos);
+        }
+        Ok((y, pos))
     }
 
     fn run(&mut self, op: &TaskOp) -> Result<(), ExecError> {
@@ -527,39 +612,8 @@ impl TaskCtx<'_> {
                 let row = self.read(table, token * h, h)?.to_vec();
                 self.write(out, 0, &row)
             }
-            TaskOp::Projection {
-                input,
-                weight,
-                bias,
-                first_row,
-                rows,
-                cols,
-                head_norm,
-                rope,
-                io,
-                output,
-            } => {
-                let x = self.input(&input)?;
-                let mut y = self.rows(weight, first_row, rows, cols, &x, bias)?;
-                let needs_pos = rope.is_some() || matches!(output, ProjOutput::CacheRow { .. });
-                let pos = if needs_pos { self.io(io)?.1 } else { 0 };
-                if let Some(norm) = head_norm {
-                    let hd = norm.head_dim as usize;
-                    if hd == 0 || y.len() % hd != 0 {
-                        return Err(self.err("head norm tile is not whole heads"));
-                    }
-                    let w = self.read(norm.weight, 0, hd)?;
-                    let mut normed = vec![0.0; y.len()];
-                    kernels::head_rms_norm(&y, hd, w, norm.eps, &mut normed);
-                    y = normed;
-                }
-                if let Some(rope) = rope {
-                    let hd = rope.head_dim as usize;
-                    if hd == 0 || hd % 2 != 0 || y.len() % hd != 0 {
-                        return Err(self.err("rope tile is not whole heads of even size"));
-                    }
-                    kernels::rope(&mut y, hd, &rope.inv_freq(), pos);
-                }
+            TaskOp::Projection { output, .. } => {
+                let (y, pos) = self.project(op)?;
                 match output {
                     ProjOutput::Store { buffer, offset } => self.write(buffer, offset as usize, &y),
                     ProjOutput::Accumulate { buffer, offset } => {
@@ -616,13 +670,81 @@ impl TaskCtx<'_> {
                     (0..c).map(|o| kernels::dot(&span[o * m..o * m + r], &a)).collect();
                 self.add(out, 0, &y)
             }
+            TaskOp::QueryAttention { head, head_dim, part, parts, out, q_out, .. } => {
+                let projection =
+                    op.query_projection().ok_or_else(|| self.err("not a query attention"))?;
+                let (q, _) = self.project(&projection)?;
+                if let Some(q_out) = q_out {
+                    self.write(q_out, (head * head_dim) as usize, &q)?;
+                }
+                let o = self.attention_partial(op, Some(&q), part, parts)?;
+                let at = attn_partial_index(head, part, parts, head_dim) as usize;
+                self.write(out, at, &o)
+            }
+            TaskOp::HeadOut {
+                bias,
+                partials,
+                head,
+                head_dim,
+                parts,
+                first,
+                dims,
+                weight,
+                cols,
+                weight_cols,
+                outs,
+            } => {
+                let hd = head_dim as usize;
+                let per_head = parts as usize * (hd + 2);
+                let p = self.read(partials, head as usize * per_head, per_head)?;
+                let mut o = vec![0.0; hd];
+                kernels::combine_attn_partials(p, hd, &mut o);
+                let (c, wc, f, n) =
+                    (cols as usize, weight_cols as usize, first as usize, dims as usize);
+                let c0 = head as usize * hd + f;
+                if c == 0 || f + n > hd || c0 + n > wc {
+                    return Err(self.err(format!(
+                        "dimensions {f}..{} of head {head} are not columns of an output \
+                         projection with {wc} columns and heads of {hd}",
+                        f + n
+                    )));
+                }
+                // Columns c0..c0 + n of each of the weight's c rows lie in this span.
+                let span = self.read(weight, c0, (c - 1) * wc + n)?;
+                let mut y: Vec<f32> =
+                    (0..c).map(|r| kernels::dot(&span[r * wc..r * wc + n], &o[f..f + n])).collect();
+                if let Some(b) = bias {
+                    for (v, b) in y.iter_mut().zip(self.read(b, 0, c)?) {
+                        *v += b;
+                    }
+                }
+                for out in outs {
+                    self.add(out, 0, &y)?;
+                }
+                Ok(())
+            }
+            TaskOp::AppendKv { kv, kv_heads, head_dim, max_positions, k_cache, v_cache, io } => {
+                let (_, pos) = self.io(io)?;
+                if pos >= max_positions as usize {
+                    return Err(self.err(format!(
+                        "position {pos} is past the cache's {max_positions} positions"
+                    )));
+                }
+                let (hd, n) = (head_dim as usize, kv_heads as usize);
+                let rows = self.read(kv, 0, 2 * n * hd)?.to_vec();
+                for (g, row) in rows.chunks_exact(hd).enumerate() {
+                    let (cache, head) = if g < n { (k_cache, g) } else { (v_cache, g - n) };
+                    self.write(cache, (head * max_positions as usize + pos) * hd, row)?;
+                }
+                Ok(())
+            }
             TaskOp::Attention { head, head_dim, part, parts, out, .. } => {
-                let o = self.attention_partial(op, part, parts)?;
+                let o = self.attention_partial(op, None, part, parts)?;
                 let at = attn_partial_index(head, part, parts, head_dim) as usize;
                 self.write(out, at, &o)
             }
             TaskOp::AttentionOut { head, head_dim, weight, cols, weight_cols, outs, .. } => {
-                let partial = self.attention_partial(op, 0, 1)?;
+                let partial = self.attention_partial(op, None, 0, 1)?;
                 let hd = head_dim as usize;
                 let mut o = vec![0.0; hd];
                 kernels::combine_attn_partials(&partial, hd, &mut o);

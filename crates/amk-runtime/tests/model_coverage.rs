@@ -92,12 +92,14 @@ fn check(name: &str) {
     }
 
     // The verified schedule on the CPU schedule executor against the reference.
-    // Unsplit attention, unfused MLP: the executor computes bit for bit what the reference does.
+    // Unsplit attention, unfused MLP and output projection: the executor computes bit for bit
+    // what the reference does.
     let knobs = ScheduleConfig {
         workers: 7,
         max_positions: 64,
         attn_splits: 1,
         fuse_down: false,
+        o_by_head: false,
         ..Default::default()
     };
     let schedule = lower(&model.graph, &knobs).unwrap_or_else(|e| panic!("{name}: {e}"));
@@ -111,9 +113,9 @@ fn check(name: &str) {
     assert_eq!(exec_tokens, want.tokens, "{name}: schedule executor tokens");
     assert_eq!(exec_logits, logits, "{name}: schedule executor logits differ from the reference");
 
-    // Attention split over positions (3 parts) and the fused MLP (atomic adds of the down
-    // projection): same tokens, logits up to f32 reassociation.
-    let knobs = ScheduleConfig { attn_splits: 3, fuse_down: true, ..knobs };
+    // Attention split over positions (3 parts), the fused MLP and the head-split output
+    // projection (atomic adds): same tokens, logits up to f32 reassociation.
+    let knobs = ScheduleConfig { attn_splits: 3, fuse_down: true, o_by_head: true, ..knobs };
     let schedule = lower(&model.graph, &knobs).unwrap_or_else(|e| panic!("{name}: {e}"));
     let verified = amk_verify::verify(&schedule, &facts).unwrap_or_else(|e| panic!("{name}: {e}"));
     let schedule = Arc::new(verified.into_schedule());

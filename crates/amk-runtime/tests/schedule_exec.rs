@@ -29,9 +29,11 @@ fn config(workers: u32) -> ScheduleConfig {
         // Unsplit attention and the unfused MLP compute bit for bit what the reference does
         // (split attention and the fused MLP's atomic adds reassociate f32 sums: they are
         // checked with a tolerance in `split_attention_matches_the_reference` and
-        // `fused_down_matches_the_reference`).
+        // `fused_down_matches_the_reference`; the head-split output projection's adds in
+        // `head_split_o_matches_the_reference`).
         attn_splits: 1,
         fuse_down: false,
+        o_by_head: false,
         ..Default::default()
     }
 }
@@ -331,6 +333,151 @@ fn fused_o_matches_the_reference() {
             exec.check_regions = true;
             let tokens = [7, 90, 150, 3, 44, 5, 61, 20];
             assert_matches_up_to_rounding(&mut cpu, &mut exec, &tokens, &format!("{knobs:?}"));
+        }
+    }
+}
+
+/// The query projection folded into the attention parts (each part projects its head's query
+/// and attends over the rows before the position; the output projection's combine adds the
+/// current row from the key/value heads the same phase projected, and a later task appends
+/// them) keeps the reference's tokens, with logits equal up to f32 reassociation: across the
+/// architecture features (grouped and per-head key/value heads, biases, Qwen3's q/k norms,
+/// llama3 rope, a sliding window that binds), with one or several parts, fused and unfused
+/// norms and MLPs, under every executor policy.
+#[test]
+fn fused_q_matches_the_reference() {
+    let specs = [
+        SynthSpec { num_layers: 3, seed: 51, ..SynthSpec::tiny() },
+        SynthSpec {
+            num_heads: 6,
+            num_kv_heads: 2,
+            head_dim: 16,
+            hidden_size: 96,
+            tie_word_embeddings: false,
+            attention_bias: true,
+            seed: 52,
+            ..SynthSpec::tiny()
+        },
+        SynthSpec {
+            architecture: Architecture::Mistral,
+            sliding_window: Some(3),
+            seed: 53,
+            ..SynthSpec::tiny()
+        },
+        SynthSpec {
+            architecture: Architecture::Qwen3,
+            num_kv_heads: 4,
+            seed: 54,
+            ..SynthSpec::tiny()
+        },
+        SynthSpec {
+            rope_llama3: Some(Llama3RopeScaling {
+                factor: 8.0,
+                low_freq_factor: 1.0,
+                high_freq_factor: 4.0,
+                original_max_position_embeddings: 16.0,
+            }),
+            seed: 55,
+            ..SynthSpec::tiny()
+        },
+    ];
+    for spec in specs {
+        let (_dir, model) = tiny(spec.clone());
+        let mut cpu = CpuReference::from_model(&model, &mut |_, _| {}).unwrap();
+        for (attn_splits, fuse_down, fuse_norm) in
+            [(1, false, true), (3, true, true), (2, true, false)]
+        {
+            let knobs =
+                ScheduleConfig { fuse_q: true, attn_splits, fuse_down, fuse_norm, ..config(9) };
+            let s = lower(&model.graph, &knobs).unwrap();
+            assert!(s.tasks.iter().all(|t| !t.name.contains(".q.")), "{knobs:?}");
+            assert!(
+                s.counters.iter().all(|c| !c.name.contains(".qkv.")),
+                "no qkv phase: {knobs:?}"
+            );
+            let facts = amk_verify::LaunchFacts { sm_count: 132, blocks_per_sm: 1 };
+            amk_verify::verify(&s, &facts).unwrap_or_else(|e| panic!("{spec:?} {knobs:?}: {e}"));
+            let s = Arc::new(s);
+            let tokens = [7, 90, 150, 3, 44, 5, 61, 20];
+            for policy in [Policy::LowestFirst, Policy::HighestFirst, Policy::Random(3)] {
+                let mut exec =
+                    ScheduleExecutor::from_model(&model, s.clone(), &mut |_, _| {}).unwrap();
+                exec.check_regions = true;
+                exec.policy = Some(policy);
+                let what = format!("{spec:?} {knobs:?} {policy:?}");
+                assert_matches_up_to_rounding(&mut cpu, &mut exec, &tokens, &what);
+            }
+        }
+    }
+}
+
+/// The output projection split over heads (each task combines one head's partials for some of
+/// its dimensions and adds their columns' share into two residual versions with atomic adds)
+/// keeps the reference's tokens, with logits equal up to f32 reassociation: with one or
+/// several parts, head dimensions split or whole, fused and unfused MLPs and norms, grouped
+/// heads and a sliding window, under every executor policy.
+#[test]
+fn head_split_o_matches_the_reference() {
+    let specs = [
+        SynthSpec { num_layers: 3, seed: 61, ..SynthSpec::tiny() },
+        SynthSpec {
+            num_heads: 6,
+            num_kv_heads: 2,
+            head_dim: 16,
+            hidden_size: 96,
+            tie_word_embeddings: false,
+            attention_bias: true,
+            seed: 62,
+            ..SynthSpec::tiny()
+        },
+        SynthSpec {
+            architecture: Architecture::Mistral,
+            sliding_window: Some(3),
+            seed: 63,
+            ..SynthSpec::tiny()
+        },
+    ];
+    for spec in specs {
+        let (_dir, model) = tiny(spec.clone());
+        let mut cpu = CpuReference::from_model(&model, &mut |_, _| {}).unwrap();
+        for (attn_splits, o_rows, fuse_down, fuse_norm) in
+            [(1, 16, false, true), (3, 5, true, true), (2, 8, true, false)]
+        {
+            let knobs = ScheduleConfig {
+                o_by_head: true,
+                attn_splits,
+                o_rows,
+                fuse_down,
+                fuse_norm,
+                ..config(9)
+            };
+            let s = lower(&model.graph, &knobs).unwrap();
+            let layers = model.config.num_layers;
+            assert_eq!(
+                s.buffers.iter().filter(|b| b.name.starts_with("resid.")).count(),
+                2 * layers + 1
+            );
+            let head_outs = s.tasks.iter().filter(|t| t.op.kind_name() == "head_out").count();
+            let biased = s
+                .tasks
+                .iter()
+                .filter(|t| matches!(t.op, amk_schedule::TaskOp::HeadOut { bias: Some(_), .. }))
+                .count();
+            assert_eq!(biased, if model.config.o_bias { layers } else { 0 }, "{knobs:?}");
+            let per_head = model.config.head_dim.div_ceil(o_rows as usize);
+            assert_eq!(head_outs, layers * model.config.num_heads * per_head, "{knobs:?}");
+            let facts = amk_verify::LaunchFacts { sm_count: 132, blocks_per_sm: 1 };
+            amk_verify::verify(&s, &facts).unwrap_or_else(|e| panic!("{spec:?} {knobs:?}: {e}"));
+            let s = Arc::new(s);
+            let tokens = [7, 90, 150, 3, 44, 5, 61, 20];
+            for policy in [Policy::LowestFirst, Policy::HighestFirst, Policy::Random(5)] {
+                let mut exec =
+                    ScheduleExecutor::from_model(&model, s.clone(), &mut |_, _| {}).unwrap();
+                exec.check_regions = true;
+                exec.policy = Some(policy);
+                let what = format!("{spec:?} {knobs:?} {policy:?}");
+                assert_matches_up_to_rounding(&mut cpu, &mut exec, &tokens, &what);
+            }
         }
     }
 }

@@ -34,7 +34,8 @@ pub struct ScheduleConfig {
     pub blocks_per_sm: u32,
     /// SMs of the target GPU.
     pub sm_count: u32,
-    /// Rows per task of the attention output projection.
+    /// Rows per task of the attention output projection (with `o_by_head`, head dimensions
+    /// per task).
     pub o_rows: u32,
     /// Rows per task of the gate/up projections (each task computes both for its rows).
     pub mlp_rows: u32,
@@ -61,6 +62,19 @@ pub struct ScheduleConfig {
     /// `attn_splits: 1` (a head's parts must be combined before the projection), so each
     /// head's attention runs on one worker: good at short contexts, slow at long ones.
     pub fuse_o: bool,
+    /// Fold the query projection into the attention parts ([`crate::TaskOp::QueryAttention`]):
+    /// each part projects its head's query itself and attends over the rows before the
+    /// current position, while the key and value heads are projected in the same phase; the
+    /// output projection's combine adds the current row. A layer then has one phase fewer,
+    /// at the price of each head's query rows being computed once per part.
+    pub fuse_q: bool,
+    /// Split the attention output projection over heads ([`crate::TaskOp::HeadOut`]): each
+    /// task combines one head's attention partials for `o_rows` of its dimensions and adds
+    /// their share of the projection into the residual with atomic adds, instead of every
+    /// row tile combining every head's partials. The residual then has one buffer per
+    /// version, as with `fuse_o`. Ignored with `fuse_o` (no separate projection) or `fuse_q`
+    /// (whose row tiles add the current row to every head), which take its place.
+    pub o_by_head: bool,
     /// Positions the key/value caches hold; 0 means the model's max_position_embeddings.
     pub max_positions: u32,
     /// Parts each attention head is split into over cache positions (flash-decoding): more
@@ -73,18 +87,19 @@ pub struct ScheduleConfig {
 
 impl Default for ScheduleConfig {
     /// The best knobs `amk search` found for SmolLM2-135M on an H100 (bf16, context 256;
-    /// `fixtures/search/smollm2-135m-h100/`): one worker per SM (132); 16-row attention-output
-    /// tiles and 24-row fused MLP tiles (gate, up and their share of the down projection), so
-    /// each phase spreads over many workers; each attention head split over 8 position ranges;
-    /// tasks dealt round-robin over workers; 384-row LM-head tiles (128 of them for a
-    /// 49152-token vocabulary, one per worker). `down_rows` only applies without `fuse_down`.
+    /// `fixtures/search/smollm2-135m-h100/`): one worker per SM (132); the output projection
+    /// split over heads, 16 head dimensions per task (36 tasks for 9 heads of 64), and 16-row
+    /// fused MLP tiles (gate, up and their share of the down projection), so each phase
+    /// spreads over many workers; each attention head split over 8 position ranges; tasks
+    /// dealt round-robin over workers; 384-row LM-head tiles (128 of them for a 49152-token
+    /// vocabulary, one per worker). `down_rows` only applies without `fuse_down`.
     fn default() -> Self {
         ScheduleConfig {
             workers: 132,
             blocks_per_sm: 1,
             sm_count: 132,
             o_rows: 16,
-            mlp_rows: 24,
+            mlp_rows: 16,
             down_rows: 16,
             head_rows: 384,
             assignment: Assignment::RoundRobin,
@@ -92,6 +107,8 @@ impl Default for ScheduleConfig {
             fuse_norm: true,
             fuse_down: true,
             fuse_o: false,
+            fuse_q: false,
+            o_by_head: true,
             max_positions: 0,
             attn_splits: 8,
             prefetch_depth: 1,
@@ -153,6 +170,15 @@ impl ScheduleConfig {
                 value: self.attn_splits as u64,
                 message: "`fuse_o` needs one attention part per head (attn_splits: 1): the parts \
                           must be combined before the output projection"
+                    .into(),
+            });
+        }
+        if self.fuse_q && self.fuse_o {
+            return Err(ConfigError::Invalid {
+                field: "fuse_q",
+                value: 1,
+                message: "`fuse_q` and `fuse_o` cannot both be set: `fuse_q` combines the \
+                          attention parts in the output projection, which `fuse_o` removes"
                     .into(),
             });
         }

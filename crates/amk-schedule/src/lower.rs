@@ -17,6 +17,16 @@
 //! atomic adds. The residual then has one buffer per version (see `resids` below), and the qkv
 //! phase also copies the layer's input into the two versions the layer adds to.
 //!
+//! With `o_by_head`, phase 3's tasks are (head, dimensions) pairs instead of row tiles: each
+//! combines one head's partials and adds its columns' share of the projection into the
+//! residual with atomic adds (versioned residual buffers, as with `fuse_o`), so no task
+//! combines every head's partials.
+//!
+//! With `fuse_q`, phases 1 and 2 are one: each attention part projects its own query head and
+//! attends over the rows before the current position, while the key and value heads go to
+//! `kv_new`; the output projection's combine adds the current row, and an append task copies
+//! `kv_new` into the caches.
+//!
 //! With `fuse_down`, phases 4 and 5 are one: each gate/up tile also multiplies its rows by the
 //! matching columns of the down projection and adds the result into the residual with atomic
 //! adds (declared as `adds`, which commute). The MLP's norm then reads `resid_mlp`, a snapshot
@@ -32,8 +42,8 @@
 
 use crate::config::{Assignment, ScheduleConfig, TaskOrder};
 use crate::ops::{
-    attn_partial_len, HeadNorm, ProjInput, ProjOutput, RopeSpec, TaskOp, ELEM, IO_BYTES,
-    PARTIAL_BYTES,
+    attn_partial_len, CurrentRow, HeadNorm, ProjInput, ProjOutput, RopeSpec, TaskOp, ELEM,
+    IO_BYTES, PARTIAL_BYTES,
 };
 use crate::schedule::{
     BufferId, BufferKind, CounterId, CounterReset, Instr, Region, Schedule, TaskId, Worker,
@@ -147,6 +157,11 @@ pub fn lower(graph: &DecodeGraph, config: &ScheduleConfig) -> Result<Schedule, L
     };
     let io = l.buffer("io", BufferKind::Io, IO_BYTES);
     let fuse_o = config.fuse_o;
+    // Adds into the residual from the attention side (a fused or head-split output
+    // projection) need one residual buffer per version.
+    // (`o_by_head` gives way to `fuse_o` and `fuse_q`, which replace that projection.)
+    let o_by_head = config.o_by_head && !fuse_o && !config.fuse_q;
+    let versioned = fuse_o || o_by_head;
     if fuse_o && c.o_bias {
         // Each head's task adds its share of the projection; the bias would need one more.
         return Err(LowerError::Unsupported(
@@ -159,10 +174,10 @@ pub fn lower(graph: &DecodeGraph, config: &ScheduleConfig) -> Result<Schedule, L
     // `resid.{2L+1}` adds its attention (the MLP's norm reads it), `resid.{2L+2}` its attention
     // and MLP (the qkv phase copies `resid.{2L}` into both first), so a phase that adds to one
     // never overlaps a phase that reads it. Otherwise one buffer, `resid`.
-    let versions = if fuse_o { 2 * c.num_layers + 1 } else { 1 };
+    let versions = if versioned { 2 * c.num_layers + 1 } else { 1 };
     let resids: Vec<BufferId> = (0..versions)
         .map(|k| {
-            let name = if fuse_o { format!("resid.{k}") } else { "resid".to_string() };
+            let name = if versioned { format!("resid.{k}") } else { "resid".to_string() };
             l.buffer(&name, BufferKind::Activation, h as u64 * ELEM)
         })
         .collect();
@@ -176,10 +191,15 @@ pub fn lower(graph: &DecodeGraph, config: &ScheduleConfig) -> Result<Schedule, L
             (nh as u64 * parts as u64 * attn_partial_len(hd) as u64).saturating_mul(ELEM),
         )
     });
+    // With `fuse_q`, the current position's key and value heads (keys first), projected in
+    // the attention phase and appended to the caches in the next.
+    let kv_new = config
+        .fuse_q
+        .then(|| l.buffer("kv_new", BufferKind::Activation, (2 * nkv * hd) as u64 * ELEM));
     let act = (!config.fuse_down).then(|| l.buffer("act", BufferKind::Activation, m as u64 * ELEM));
     // The residual as the output projection left it, for the MLP's fused norm while the MLP's
     // adds change `resid` (an unfused norm task reads it before the MLP phase instead).
-    let resid_mlp = (config.fuse_down && config.fuse_norm && !fuse_o)
+    let resid_mlp = (config.fuse_down && config.fuse_norm && !versioned)
         .then(|| l.buffer("resid_mlp", BufferKind::Activation, h as u64 * ELEM));
     let logits = l.buffer("logits", BufferKind::Logits, vocab as u64 * ELEM);
     let head_tiles = vocab.div_ceil(config.head_rows);
@@ -205,6 +225,32 @@ pub fn lower(graph: &DecodeGraph, config: &ScheduleConfig) -> Result<Schedule, L
         }
     };
 
+    // The output projection's row tiles, each combining the attention partials (and, with
+    // `fuse_q`, the current row) as it loads its input, the residual add in the epilogue.
+    let o_projection = |l: &mut Lowerer, layer: usize, attn: BufferId, current| {
+        let input =
+            ProjInput::AttnPartials { buffer: attn, heads: nh, head_dim: hd, parts, current };
+        let lw = |s: &str| wbuf(&format!("model.layers.{layer}.{s}"));
+        for (first, rows) in tiles(h, config.o_rows) {
+            let op = TaskOp::Projection {
+                input,
+                weight: lw("self_attn.o_proj.weight"),
+                bias: c.o_bias.then(|| lw("self_attn.o_proj.bias")),
+                first_row: first,
+                rows,
+                cols: nh * hd,
+                head_norm: None,
+                rope: None,
+                io,
+                output: match resid_mlp {
+                    Some(copy) => ProjOutput::AccumulateCopy { buffer: resid, offset: first, copy },
+                    None => ProjOutput::Accumulate { buffer: resid, offset: first },
+                },
+            };
+            l.task(format!("L{layer}.o.r{first}"), op, (rows * nh * hd) as u64 * ELEM);
+        }
+    };
+
     l.phase("embed.done");
     let table = wbuf("model.embed_tokens.weight");
     l.task("embed".into(), TaskOp::Embed { table, hidden: h, io, out: resid }, h as u64 * ELEM);
@@ -212,7 +258,7 @@ pub fn lower(graph: &DecodeGraph, config: &ScheduleConfig) -> Result<Schedule, L
     for layer in 0..c.num_layers {
         let lw = |s: &str| wbuf(&format!("model.layers.{layer}.{s}"));
         // The residual this layer reads, the one its MLP's norm reads, the one it leaves.
-        let (x_in, x_mid, x_out) = if fuse_o {
+        let (x_in, x_mid, x_out) = if versioned {
             (resids[2 * layer], resids[2 * layer + 1], resids[2 * layer + 2])
         } else {
             (resid, resid_mlp.unwrap_or(resid), resid)
@@ -237,126 +283,195 @@ pub fn lower(graph: &DecodeGraph, config: &ScheduleConfig) -> Result<Schedule, L
             lw("input_layernorm.weight"),
             x_in,
         );
-        l.phase(&format!("L{layer}.qkv.done"));
         let head_bytes = (hd * h) as u64 * ELEM;
-        if fuse_o {
-            // The two versions the attention and the MLP add to start as this layer's input.
-            for (tag, dst) in [("mid", x_mid), ("out", x_out)] {
-                let op = TaskOp::Copy {
-                    src: Region::new(x_in, 0, h as u64 * ELEM),
-                    dst: Region::new(dst, 0, h as u64 * ELEM),
-                };
-                l.task(format!("L{layer}.resid.{tag}"), op, h as u64 * ELEM);
-            }
-        }
-        for head in 0..nh {
-            let op = TaskOp::Projection {
-                input: attn_in,
-                weight: lw("self_attn.q_proj.weight"),
-                bias: qkv_bias("self_attn.q_proj.bias"),
-                first_row: head * hd,
-                rows: hd,
-                cols: h,
-                head_norm: head_norm("q"),
-                rope: Some(rope),
-                io,
-                output: ProjOutput::Store { buffer: q, offset: head * hd },
-            };
-            l.task(format!("L{layer}.q.h{head}"), op, head_bytes);
-        }
-        for (tag, proj, cache, norm, rope) in [
-            ("k", "k_proj", k_cache, head_norm("k"), Some(rope)),
-            ("v", "v_proj", v_cache, None, None),
-        ] {
-            for kv_head in 0..nkv {
-                let op = TaskOp::Projection {
-                    input: attn_in,
-                    weight: lw(&format!("self_attn.{proj}.weight")),
-                    bias: qkv_bias(&format!("self_attn.{proj}.bias")),
-                    first_row: kv_head * hd,
-                    rows: hd,
-                    cols: h,
-                    head_norm: norm,
-                    rope,
-                    io,
-                    output: ProjOutput::CacheRow {
-                        cache,
-                        kv_head,
-                        head_dim: hd,
-                        max_positions: max_pos,
-                    },
-                };
-                l.task(format!("L{layer}.{tag}.h{kv_head}"), op, head_bytes);
-            }
-        }
-
-        l.phase(&format!("L{layer}.attn.done"));
-        match attn {
-            None => {
-                // Whole heads, each adding its share of the output projection to both
-                // versions of the residual.
-                for head in 0..nh {
-                    let op = TaskOp::AttentionOut {
-                        q,
+        let kv_head_of = |head: u32| head / (nh / nkv);
+        if let (Some(kv_new), Some(attn)) = (kv_new, attn) {
+            // One phase: each attention part projects its query head; the key and value heads
+            // go to `kv_new`, which the output projection's combine and the append read.
+            l.phase(&format!("L{layer}.attn.done"));
+            for head in 0..nh {
+                for part in 0..parts {
+                    let op = TaskOp::QueryAttention {
+                        input: attn_in,
+                        weight: lw("self_attn.q_proj.weight"),
+                        bias: qkv_bias("self_attn.q_proj.bias"),
+                        cols: h,
+                        head_norm: head_norm("q"),
+                        rope,
                         head,
-                        kv_head: head / (nh / nkv),
+                        kv_head: kv_head_of(head),
                         head_dim: hd,
                         max_positions: max_pos,
                         window,
                         k_cache,
                         v_cache,
                         io,
-                        weight: lw("self_attn.o_proj.weight"),
-                        cols: h,
-                        weight_cols: nh * hd,
-                        outs: [x_mid, x_out],
+                        part,
+                        parts,
+                        out: attn,
+                        q_out: (part == 0).then_some(q),
                     };
-                    l.task(format!("L{layer}.attn.h{head}"), op, head_bytes);
+                    l.task(format!("L{layer}.attn.h{head}.p{part}"), op, head_bytes);
                 }
             }
-            Some(attn) => {
-                for head in 0..nh {
-                    for part in 0..parts {
-                        let op = TaskOp::Attention {
+            for (tag, proj, norm, rope, base) in
+                [("k", "k_proj", head_norm("k"), Some(rope), 0), ("v", "v_proj", None, None, nkv)]
+            {
+                for kv_head in 0..nkv {
+                    let op = TaskOp::Projection {
+                        input: attn_in,
+                        weight: lw(&format!("self_attn.{proj}.weight")),
+                        bias: qkv_bias(&format!("self_attn.{proj}.bias")),
+                        first_row: kv_head * hd,
+                        rows: hd,
+                        cols: h,
+                        head_norm: norm,
+                        rope,
+                        io,
+                        output: ProjOutput::Store { buffer: kv_new, offset: (base + kv_head) * hd },
+                    };
+                    l.task(format!("L{layer}.{tag}.h{kv_head}"), op, head_bytes);
+                }
+            }
+            l.phase(&format!("L{layer}.o.done"));
+            let current = Some(CurrentRow { q, kv: kv_new, kv_heads: nkv });
+            o_projection(&mut l, layer, attn, current);
+            let op = TaskOp::AppendKv {
+                kv: kv_new,
+                kv_heads: nkv,
+                head_dim: hd,
+                max_positions: max_pos,
+                k_cache,
+                v_cache,
+                io,
+            };
+            l.task(format!("L{layer}.kv_append"), op, 0);
+        } else {
+            l.phase(&format!("L{layer}.qkv.done"));
+            if versioned {
+                // The two versions the attention and the MLP add to start as this layer's input.
+                for (tag, dst) in [("mid", x_mid), ("out", x_out)] {
+                    let op = TaskOp::Copy {
+                        src: Region::new(x_in, 0, h as u64 * ELEM),
+                        dst: Region::new(dst, 0, h as u64 * ELEM),
+                    };
+                    l.task(format!("L{layer}.resid.{tag}"), op, h as u64 * ELEM);
+                }
+            }
+            for head in 0..nh {
+                let op = TaskOp::Projection {
+                    input: attn_in,
+                    weight: lw("self_attn.q_proj.weight"),
+                    bias: qkv_bias("self_attn.q_proj.bias"),
+                    first_row: head * hd,
+                    rows: hd,
+                    cols: h,
+                    head_norm: head_norm("q"),
+                    rope: Some(rope),
+                    io,
+                    output: ProjOutput::Store { buffer: q, offset: head * hd },
+                };
+                l.task(format!("L{layer}.q.h{head}"), op, head_bytes);
+            }
+            for (tag, proj, cache, norm, rope) in [
+                ("k", "k_proj", k_cache, head_norm("k"), Some(rope)),
+                ("v", "v_proj", v_cache, None, None),
+            ] {
+                for kv_head in 0..nkv {
+                    let op = TaskOp::Projection {
+                        input: attn_in,
+                        weight: lw(&format!("self_attn.{proj}.weight")),
+                        bias: qkv_bias(&format!("self_attn.{proj}.bias")),
+                        first_row: kv_head * hd,
+                        rows: hd,
+                        cols: h,
+                        head_norm: norm,
+                        rope,
+                        io,
+                        output: ProjOutput::CacheRow {
+                            cache,
+                            kv_head,
+                            head_dim: hd,
+                            max_positions: max_pos,
+                        },
+                    };
+                    l.task(format!("L{layer}.{tag}.h{kv_head}"), op, head_bytes);
+                }
+            }
+
+            l.phase(&format!("L{layer}.attn.done"));
+            match attn {
+                None => {
+                    // Whole heads, each adding its share of the output projection to both
+                    // versions of the residual.
+                    for head in 0..nh {
+                        let op = TaskOp::AttentionOut {
                             q,
                             head,
-                            kv_head: head / (nh / nkv),
+                            kv_head: kv_head_of(head),
                             head_dim: hd,
                             max_positions: max_pos,
                             window,
                             k_cache,
                             v_cache,
                             io,
-                            part,
-                            parts,
-                            out: attn,
+                            weight: lw("self_attn.o_proj.weight"),
+                            cols: h,
+                            weight_cols: nh * hd,
+                            outs: [x_mid, x_out],
                         };
-                        l.task(format!("L{layer}.attn.h{head}.p{part}"), op, 0);
+                        l.task(format!("L{layer}.attn.h{head}"), op, head_bytes);
                     }
                 }
-
-                l.phase(&format!("L{layer}.o.done"));
-                let input =
-                    ProjInput::AttnPartials { buffer: attn, heads: nh, head_dim: hd, parts };
-                for (first, rows) in tiles(h, config.o_rows) {
-                    let op = TaskOp::Projection {
-                        input,
-                        weight: lw("self_attn.o_proj.weight"),
-                        bias: c.o_bias.then(|| lw("self_attn.o_proj.bias")),
-                        first_row: first,
-                        rows,
-                        cols: nh * hd,
-                        head_norm: None,
-                        rope: None,
-                        io,
-                        output: match resid_mlp {
-                            Some(copy) => {
-                                ProjOutput::AccumulateCopy { buffer: resid, offset: first, copy }
+                Some(attn) => {
+                    for head in 0..nh {
+                        for part in 0..parts {
+                            let op = TaskOp::Attention {
+                                q,
+                                head,
+                                kv_head: kv_head_of(head),
+                                head_dim: hd,
+                                max_positions: max_pos,
+                                window,
+                                k_cache,
+                                v_cache,
+                                io,
+                                part,
+                                parts,
+                                out: attn,
+                            };
+                            l.task(format!("L{layer}.attn.h{head}.p{part}"), op, 0);
+                        }
+                    }
+                    l.phase(&format!("L{layer}.o.done"));
+                    if o_by_head {
+                        // Each task: one head's partials, some of its dimensions, their
+                        // columns of the projection added to both residual versions.
+                        for head in 0..nh {
+                            for (first, dims) in tiles(hd, config.o_rows) {
+                                // The first task of the layer also adds the bias.
+                                let first_task = head == 0 && first == 0;
+                                let op = TaskOp::HeadOut {
+                                    bias: (c.o_bias && first_task)
+                                        .then(|| lw("self_attn.o_proj.bias")),
+                                    partials: attn,
+                                    head,
+                                    head_dim: hd,
+                                    parts,
+                                    first,
+                                    dims,
+                                    weight: lw("self_attn.o_proj.weight"),
+                                    cols: h,
+                                    weight_cols: nh * hd,
+                                    outs: [x_mid, x_out],
+                                };
+                                let name = format!("L{layer}.o.h{head}.d{first}");
+                                l.task(name, op, (dims * h) as u64 * ELEM);
                             }
-                            None => ProjOutput::Accumulate { buffer: resid, offset: first },
-                        },
-                    };
-                    l.task(format!("L{layer}.o.r{first}"), op, (rows * nh * hd) as u64 * ELEM);
+                        }
+                    } else {
+                        o_projection(&mut l, layer, attn, None);
+                    }
                 }
             }
         }

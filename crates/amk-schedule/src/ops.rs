@@ -34,8 +34,40 @@ pub enum ProjInput {
     /// of [`TaskOp::Attention`] tasks (`parts` per head, laid out as [`attn_partial_index`]):
     /// element `h * head_dim + j` is `sum_p acc_p[j] e^(m_p - M) / sum_p l_p e^(m_p - M)` with
     /// `M = max_p m_p` over the parts that saw a position (split attention's combine step
-    /// fused into the output projection: no sync point for it).
-    AttnPartials { buffer: BufferId, heads: u32, head_dim: u32, parts: u32 },
+    /// fused into the output projection: no sync point for it). With `current`, each head's
+    /// row at the current position is one more part, after the others: `m = q . k / sqrt(hd)`,
+    /// `l = 1`, `acc = v` (the parts then cover only the rows before it; see
+    /// [`TaskOp::QueryAttention`]).
+    AttnPartials {
+        buffer: BufferId,
+        heads: u32,
+        head_dim: u32,
+        parts: u32,
+        /// Absent from `schedule.ron` when `None`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        current: Option<CurrentRow>,
+    },
+}
+
+/// The current position's query, key and value heads, for an attention-partials input whose
+/// parts attend only to the rows before it: query head `h` is `q[h * hd..][..hd]`, its key
+/// `kv[g * hd..][..hd]` and its value `kv[(kv_heads + g) * hd..][..hd]` with
+/// `g = h / (heads / kv_heads)` (grouped-query attention).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CurrentRow {
+    pub q: BufferId,
+    pub kv: BufferId,
+    pub kv_heads: u32,
+}
+
+impl CurrentRow {
+    /// The key/value head query head `head` of `heads` reads, if the head counts are valid.
+    pub fn kv_head(&self, head: u32, heads: u32) -> Option<u32> {
+        if self.kv_heads == 0 || heads % self.kv_heads != 0 {
+            return None;
+        }
+        Some(head / (heads / self.kv_heads))
+    }
 }
 
 /// Elements of one attention partial: `m`, `l`, then `head_dim` accumulators.
@@ -81,11 +113,19 @@ impl ProjInput {
                 reads.push(elems(buffer, 0, len));
                 reads.push(elems(weight, 0, len));
             }
-            ProjInput::AttnPartials { buffer, heads, head_dim, parts } => {
+            ProjInput::AttnPartials { buffer, heads, head_dim, parts, current } => {
                 let len = (heads as u64)
                     .saturating_mul(parts as u64)
                     .saturating_mul(attn_partial_len(head_dim) as u64);
                 reads.push(Region::new(buffer, 0, len.saturating_mul(ELEM)));
+                if let Some(c) = current {
+                    reads.push(Region::new(c.q, 0, row_bytes(heads, head_dim)));
+                    reads.push(Region::new(
+                        c.kv,
+                        0,
+                        row_bytes(c.kv_heads.saturating_mul(2), head_dim),
+                    ));
+                }
             }
         }
     }
@@ -242,6 +282,79 @@ pub enum TaskOp {
         weight_cols: u32,
         outs: [BufferId; 2],
     },
+    /// The output projection split over heads: head `head`'s attention output, combined
+    /// from its `parts` partials as [`ProjInput::AttnPartials`] combines them, restricted to
+    /// its dimensions `first..first + dims`, times the matching columns of the output
+    /// projection: `outs[k][..cols] += weight[:, head * head_dim + first..][..dims] @
+    /// o[first..first + dims]` for both buffers of `outs`, with atomic adds (weight `[cols,
+    /// weight_cols]`, held transposed by the device). Each task reads one head's partials,
+    /// not every head's, which is what a row tile of the projection must combine. With
+    /// `bias` (set on one task of a layer), that task also adds `bias[..cols]` to both.
+    HeadOut {
+        /// Absent from `schedule.ron` when `None`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        bias: Option<BufferId>,
+        partials: BufferId,
+        head: u32,
+        head_dim: u32,
+        parts: u32,
+        first: u32,
+        dims: u32,
+        weight: BufferId,
+        /// Rows of `weight` (the model's hidden size).
+        cols: u32,
+        /// Columns of `weight` (heads times head_dim).
+        weight_cols: u32,
+        outs: [BufferId; 2],
+    },
+    /// Part `part` of `parts` of one query head's attention, its query projected by the task
+    /// itself: rows `head * head_dim..` of `weight @ input (+ bias)`, normed per head and
+    /// rotated as a [`TaskOp::Projection`] of that head would be, then attention as
+    /// [`TaskOp::Attention`] but over the cache rows before the current position only. The
+    /// current row's key and value are projected in the same phase, so the combine adds that
+    /// row ([`ProjInput::AttnPartials`] with `current`) and [`TaskOp::AppendKv`] appends it
+    /// later: the query projection and the attention then need no sync point between them.
+    /// `q_out` (set on one part per head) also receives the rotated query head at
+    /// `q_out[head * head_dim..]`, for that combine.
+    QueryAttention {
+        input: ProjInput,
+        weight: BufferId,
+        bias: Option<BufferId>,
+        /// Columns of `weight` (the input's length).
+        cols: u32,
+        /// Absent from `schedule.ron` when `None`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        head_norm: Option<HeadNorm>,
+        rope: RopeSpec,
+        head: u32,
+        kv_head: u32,
+        head_dim: u32,
+        max_positions: u32,
+        /// Absent from `schedule.ron` when `None` (full causal attention).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        window: Option<u32>,
+        k_cache: BufferId,
+        v_cache: BufferId,
+        io: BufferId,
+        part: u32,
+        parts: u32,
+        out: BufferId,
+        /// Absent from `schedule.ron` when `None`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        q_out: Option<BufferId>,
+    },
+    /// Appends the current position's key and value rows of every key/value head to the
+    /// caches (laid out `[kv_heads, max_positions, head_dim]`): `k_cache[g][position] =
+    /// kv[g * head_dim..]` and `v_cache[g][position] = kv[(kv_heads + g) * head_dim..]`.
+    AppendKv {
+        kv: BufferId,
+        kv_heads: u32,
+        head_dim: u32,
+        max_positions: u32,
+        k_cache: BufferId,
+        v_cache: BufferId,
+        io: BufferId,
+    },
     /// Rows of the LM head: stores those logits and the (value, index) of their maximum, first
     /// index on ties, in `partials[slot]`.
     HeadArgmax {
@@ -266,11 +379,13 @@ pub fn elems(buffer: BufferId, first: u32, len: u32) -> Region {
     Region::new(buffer, first as u64 * ELEM, len as u64 * ELEM)
 }
 
-/// The fields [`TaskOp::Attention`] and [`TaskOp::AttentionOut`] share: which query head
-/// attends over which key/value head's cache rows, at the position `io` holds.
+/// The fields the attention ops share: which query head attends over which key/value head's
+/// cache rows, at the position `io` holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct AttnGeometry {
-    pub q: BufferId,
+    /// Where the query head is read; `None` when the task projects it itself
+    /// ([`TaskOp::QueryAttention`]).
+    pub q: Option<BufferId>,
     pub head: u32,
     pub kv_head: u32,
     pub head_dim: u32,
@@ -279,6 +394,8 @@ pub struct AttnGeometry {
     pub k_cache: BufferId,
     pub v_cache: BufferId,
     pub io: BufferId,
+    /// Whether the rows end before the current position (the current row is combined later).
+    pub past_only: bool,
 }
 
 /// The byte regions an op touches ([`TaskOp::footprint`]).
@@ -298,6 +415,12 @@ fn row_bytes(rows: u32, cols: u32) -> u64 {
     (rows as u64).saturating_mul(cols as u64).saturating_mul(ELEM)
 }
 
+/// Buffer sizes for footprints that do not depend on them (a plain fn, so the recursive
+/// call in [`TaskOp::footprint`] instantiates one copy).
+fn no_sizes(_: BufferId) -> u64 {
+    0
+}
+
 fn io_region(io: BufferId) -> Region {
     Region::new(io, 0, IO_BYTES)
 }
@@ -307,7 +430,9 @@ impl AttnGeometry {
     /// (a window or a part only narrows the rows read) and `io`.
     fn footprint(&self, reads: &mut Vec<Region>) {
         let hd = self.head_dim;
-        reads.push(Region::new(self.q, row_bytes(self.head, hd), hd as u64 * ELEM));
+        if let Some(q) = self.q {
+            reads.push(Region::new(q, row_bytes(self.head, hd), hd as u64 * ELEM));
+        }
         let per_head = row_bytes(self.max_positions, hd);
         let at = (self.kv_head as u64).saturating_mul(per_head);
         reads.push(Region::new(self.k_cache, at, per_head));
@@ -317,8 +442,8 @@ impl AttnGeometry {
 }
 
 impl TaskOp {
-    /// The geometry of an [`TaskOp::Attention`] or [`TaskOp::AttentionOut`] task; `None` for
-    /// other ops.
+    /// The geometry of an [`TaskOp::Attention`], [`TaskOp::AttentionOut`] or
+    /// [`TaskOp::QueryAttention`] task; `None` for other ops.
     pub fn attn_geometry(&self) -> Option<AttnGeometry> {
         match *self {
             TaskOp::Attention {
@@ -345,7 +470,7 @@ impl TaskOp {
                 io,
                 ..
             } => Some(AttnGeometry {
-                q,
+                q: Some(q),
                 head,
                 kv_head,
                 head_dim,
@@ -354,9 +479,69 @@ impl TaskOp {
                 k_cache,
                 v_cache,
                 io,
+                past_only: false,
+            }),
+            TaskOp::QueryAttention {
+                head,
+                kv_head,
+                head_dim,
+                max_positions,
+                window,
+                k_cache,
+                v_cache,
+                io,
+                ..
+            } => Some(AttnGeometry {
+                q: None,
+                head,
+                kv_head,
+                head_dim,
+                max_positions,
+                window,
+                k_cache,
+                v_cache,
+                io,
+                past_only: true,
             }),
             _ => None,
         }
+    }
+
+    /// The query projection of a [`TaskOp::QueryAttention`] as the [`TaskOp::Projection`] of
+    /// its head it equals (whose footprint, encoding and arithmetic it shares). Its output
+    /// stores the head into `q_out`; without `q_out` the task stores nothing, and the output
+    /// names `out` only as a placeholder. `None` for other ops.
+    pub fn query_projection(&self) -> Option<TaskOp> {
+        let TaskOp::QueryAttention {
+            input,
+            weight,
+            bias,
+            cols,
+            head_norm,
+            rope,
+            head,
+            head_dim,
+            io,
+            out,
+            q_out,
+            ..
+        } = *self
+        else {
+            return None;
+        };
+        let offset = head.saturating_mul(head_dim);
+        Some(TaskOp::Projection {
+            input,
+            weight,
+            bias,
+            first_row: offset,
+            rows: head_dim,
+            cols,
+            head_norm,
+            rope: Some(rope),
+            io,
+            output: ProjOutput::Store { buffer: q_out.unwrap_or(out), offset },
+        })
     }
 
     /// A short name of the op's kind.
@@ -369,6 +554,9 @@ impl TaskOp {
             TaskOp::GatedMlp { .. } => "gated_mlp",
             TaskOp::Attention { .. } => "attention",
             TaskOp::AttentionOut { .. } => "attention_out",
+            TaskOp::QueryAttention { .. } => "query_attention",
+            TaskOp::HeadOut { .. } => "head_out",
+            TaskOp::AppendKv { .. } => "append_kv",
             TaskOp::HeadArgmax { .. } => "head_argmax",
             TaskOp::ArgmaxReduce { .. } => "argmax_reduce",
             TaskOp::RmsNorm { .. } => "rms_norm",
@@ -463,6 +651,58 @@ impl TaskOp {
                 }
                 let at = attn_partial_index(head, part, parts, head_dim).saturating_mul(ELEM);
                 w.push(Region::new(out, at, attn_partial_len(head_dim) as u64 * ELEM));
+            }
+            TaskOp::QueryAttention { head, head_dim, part, parts, out, q_out, .. } => {
+                if let Some(p) = self.query_projection() {
+                    // A projection's regions do not depend on buffer sizes.
+                    let f = p.footprint(no_sizes as fn(BufferId) -> u64);
+                    r.extend(f.reads);
+                    if q_out.is_some() {
+                        w.extend(f.writes);
+                    }
+                }
+                if let Some(g) = self.attn_geometry() {
+                    g.footprint(&mut r);
+                }
+                let at = attn_partial_index(head, part, parts, head_dim).saturating_mul(ELEM);
+                w.push(Region::new(out, at, attn_partial_len(head_dim) as u64 * ELEM));
+            }
+            TaskOp::HeadOut {
+                bias,
+                partials,
+                head,
+                head_dim,
+                parts,
+                first,
+                dims,
+                weight,
+                cols,
+                weight_cols,
+                outs,
+            } => {
+                let per_head = (parts as u64).saturating_mul(attn_partial_len(head_dim) as u64);
+                let at = (head as u64).saturating_mul(per_head).saturating_mul(ELEM);
+                r.push(Region::new(partials, at, per_head.saturating_mul(ELEM)));
+                // Columns head * head_dim + first.. of every row of the weight: from row 0's
+                // first to the last row's last.
+                let c0 = (head as u64).saturating_mul(head_dim as u64).saturating_add(first as u64);
+                let span = row_bytes(cols.saturating_sub(1), weight_cols)
+                    .saturating_add(dims as u64 * ELEM);
+                r.push(Region::new(weight, c0.saturating_mul(ELEM), span));
+                if let Some(b) = bias {
+                    r.push(elems(b, 0, cols));
+                }
+                for out in outs {
+                    adds.push(elems(out, 0, cols));
+                }
+            }
+            TaskOp::AppendKv { kv, kv_heads, head_dim, max_positions, k_cache, v_cache, io } => {
+                r.push(Region::new(kv, 0, row_bytes(kv_heads.saturating_mul(2), head_dim)));
+                r.push(io_region(io));
+                // The row depends on the position: each cache's whole range may be written.
+                let all = row_bytes(kv_heads, head_dim).saturating_mul(max_positions as u64);
+                w.push(Region::new(k_cache, 0, all));
+                w.push(Region::new(v_cache, 0, all));
             }
             TaskOp::AttentionOut { head, head_dim, weight, cols, weight_cols, outs, .. } => {
                 if let Some(g) = self.attn_geometry() {

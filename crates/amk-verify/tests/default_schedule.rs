@@ -1,7 +1,7 @@
 //! The default schedule for SmolLM2-135M is the best one `amk search` found on the H100
 //! (`fixtures/search/smollm2-135m-h100/`: the knobs, the certificate of the schedule they
-//! lower to, and the logs of three searches: the first, its re-run after the kernel changed,
-//! and the one that found the fused MLP). Lowering the model's config with
+//! lower to, and the logs of four searches: the first, its re-run after the kernel changed,
+//! the one that found the fused MLP and the one that found the head-split output projection). Lowering the model's config with
 //! `ScheduleConfig::default()` must give exactly that schedule (same sha256), and it must
 //! verify.
 
@@ -39,7 +39,7 @@ fn the_default_schedule_is_the_searched_best() {
     assert_eq!(confirm["totals"]["wrong_tokens"], 0);
 
     // The search with the fused MLP (fused-log.json) started from the knobs the re-run
-    // confirmed, and its best (timed again at the end, faster) is today's default.
+    // confirmed, and its best was timed again at the end, faster.
     let fused: serde_json::Value =
         serde_json::from_slice(&std::fs::read(dir.join("fused-log.json")).expect("log"))
             .expect("fused-log.json parses");
@@ -48,11 +48,29 @@ fn the_default_schedule_is_the_searched_best() {
     let unfused = start.as_object_mut().and_then(|o| o.remove("fuse_down"));
     assert_eq!(unfused, Some(serde_json::json!(false)));
     assert_eq!(start, confirm["best"]["knobs"], "it started from the confirmed knobs");
-    let fused_best: ScheduleConfig =
-        serde_json::from_value(fused["best"]["knobs"].clone()).expect("knobs in the log");
-    assert_eq!(fused_best, best, "its best is knobs.ron");
+    // (fused-log.json predates `fuse_q` and `o_by_head`: its knobs ran without them.)
+    let mut fused_best = fused["best"]["knobs"].clone();
+    if let Some(o) = fused_best.as_object_mut() {
+        o.insert("fuse_q".into(), serde_json::json!(false));
+        o.insert("o_by_head".into(), serde_json::json!(false));
+    }
+    let fused_best: ScheduleConfig = serde_json::from_value(fused_best).expect("knobs in the log");
     assert!(fused["confirmed"]["speedup"].as_f64() > Some(1.0), "{}", fused["confirmed"]);
     assert_eq!(fused["totals"]["wrong_tokens"], 0);
+
+    // The search with the head-split output projection (head-log.json) started from that
+    // best, and its best (timed again at the end, faster) is today's default.
+    let head: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("head-log.json")).expect("log"))
+            .expect("head-log.json parses");
+    let head_start: ScheduleConfig =
+        serde_json::from_value(head["default"]["knobs"].clone()).expect("knobs in the log");
+    assert_eq!(head_start, fused_best, "it started from the fused MLP's best");
+    let head_best: ScheduleConfig =
+        serde_json::from_value(head["best"]["knobs"].clone()).expect("knobs in the log");
+    assert_eq!(head_best, best, "its best is knobs.ron");
+    assert!(head["confirmed"]["speedup"].as_f64() > Some(1.0), "{}", head["confirmed"]);
+    assert_eq!(head["totals"]["wrong_tokens"], 0);
 
     let cert: serde_json::Value =
         serde_json::from_slice(&std::fs::read(dir.join("certificate.json")).expect("cert"))

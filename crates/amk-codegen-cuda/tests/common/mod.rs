@@ -3,7 +3,7 @@
 #![allow(dead_code)]
 
 use amk_ir::synth::{write_checkpoint, SynthSpec};
-use amk_schedule::ops::{HeadNorm, ProjInput, ProjOutput, RopeSpec, TaskOp};
+use amk_schedule::ops::{CurrentRow, HeadNorm, ProjInput, ProjOutput, RopeSpec, TaskOp};
 use amk_schedule::schedule::{BufferId, CounterId, Instr, Region, Schedule, TaskId};
 use amk_schedule::ScheduleConfig;
 use amk_verify::{LaunchFacts, VerifiedSchedule};
@@ -39,6 +39,8 @@ pub fn tiny() -> VerifiedSchedule {
 // ---- an independent decoder of abi.cuh's tables ----
 
 const NONE: u32 = 0xFFFF_FFFF;
+/// Words per task descriptor.
+pub const WORDS: usize = 45;
 
 /// Each task's descriptor, by task id, found through the run-ordered table: worker `w`'s
 /// `k`-th `Run` reads descriptor `run_start[w] + k`.
@@ -48,13 +50,13 @@ pub fn descriptors_by_task<'a>(
     run_start: &[u32],
 ) -> Vec<Option<&'a [u32]>> {
     assert_eq!(run_start.len(), s.workers.len() + 1);
-    assert_eq!(run_start.last().map(|&x| x as usize * 32), Some(tasks.len()));
+    assert_eq!(run_start.last().map(|&x| x as usize * WORDS), Some(tasks.len()));
     let mut out = vec![None; s.tasks.len()];
     for (w, worker) in s.workers.iter().enumerate() {
         let mut k = run_start[w] as usize;
         for instr in &worker.instrs {
             if let Instr::Run(t) = instr {
-                out[t.index()] = Some(&tasks[32 * k..32 * (k + 1)]);
+                out[t.index()] = Some(&tasks[WORDS * k..WORDS * (k + 1)]);
                 k += 1;
             }
         }
@@ -123,16 +125,24 @@ fn input(d: &[u32]) -> ProjInput {
                 heads: d[3] / d[5],
                 head_dim: d[5],
                 parts: d[4],
+                current: (d[32] != 0).then(|| CurrentRow {
+                    q: BufferId(d[30]),
+                    kv: BufferId(d[31]),
+                    kv_heads: d[32],
+                }),
             }
         }
         k => panic!("unknown input kind {k}"),
     }
 }
 
-/// One task descriptor (32 words), decoded back to the op it encodes; also checks that every
+/// One task descriptor (45 words), decoded back to the op it encodes; also checks that every
 /// word the kind does not use is 0.
 pub fn decode_task(d: &[u32]) -> TaskOp {
-    assert_eq!(d.len(), 32);
+    assert_eq!(d.len(), WORDS);
+    if d[0] != 3 && d[0] != 11 {
+        assert_eq!(&d[30..33], &[0, 0, 0], "a current row only on projection inputs: {d:?}");
+    }
     let (op, used) = match d[0] {
         1 => (
             TaskOp::Copy {
@@ -220,9 +230,112 @@ pub fn decode_task(d: &[u32]) -> TaskOp {
                     io: BufferId(d[15]),
                     output,
                 },
-                30,
+                33,
             )
         }
+        11 => {
+            // A query attention: the projection of its query head, then attention words.
+            let mut p = d.to_vec();
+            p[0] = 3;
+            let q_out = (d[17] != NONE).then_some(BufferId(d[17]));
+            if q_out.is_none() {
+                p[17] = 0; // the decoder's projection needs a buffer: any will do
+            }
+            p[33..].iter_mut().for_each(|w| *w = 0);
+            let TaskOp::Projection {
+                input,
+                weight,
+                bias,
+                first_row,
+                cols,
+                head_norm,
+                rope,
+                io,
+                ..
+            } = decode_task(&p)
+            else {
+                unreachable!()
+            };
+            let mut a = vec![0u32; WORDS];
+            a[0] = 5;
+            a[1..13].copy_from_slice(&d[33..45]);
+            assert_eq!(a[1], NONE, "a query attention reads no query buffer: {d:?}");
+            a[1] = 0;
+            let TaskOp::Attention {
+                head,
+                kv_head,
+                head_dim,
+                max_positions,
+                window,
+                k_cache,
+                v_cache,
+                io: io2,
+                part,
+                parts,
+                out,
+                ..
+            } = decode_task(&a)
+            else {
+                unreachable!()
+            };
+            assert_eq!(io, io2, "one io buffer: {d:?}");
+            assert_eq!(first_row, head * head_dim, "the query rows are the head's: {d:?}");
+            let rope = rope.expect("a query attention rotates its query");
+            (
+                TaskOp::QueryAttention {
+                    input,
+                    weight,
+                    bias,
+                    cols,
+                    head_norm,
+                    rope,
+                    head,
+                    kv_head,
+                    head_dim,
+                    max_positions,
+                    window,
+                    k_cache,
+                    v_cache,
+                    io,
+                    part,
+                    parts,
+                    out,
+                    q_out,
+                },
+                WORDS,
+            )
+        }
+        13 => {
+            assert_eq!(d[8], 0, "no int8 scales in f32 or bf16");
+            (
+                TaskOp::HeadOut {
+                    bias: opt(d[13]),
+                    partials: BufferId(d[1]),
+                    head: d[2],
+                    head_dim: d[3],
+                    parts: d[4],
+                    first: d[5],
+                    dims: d[6],
+                    weight: BufferId(d[7]),
+                    cols: d[9],
+                    weight_cols: d[10],
+                    outs: [BufferId(d[11]), BufferId(d[12])],
+                },
+                14,
+            )
+        }
+        12 => (
+            TaskOp::AppendKv {
+                kv: BufferId(d[1]),
+                kv_heads: d[2],
+                head_dim: d[3],
+                max_positions: d[4],
+                k_cache: BufferId(d[5]),
+                v_cache: BufferId(d[6]),
+                io: BufferId(d[7]),
+            },
+            8,
+        ),
         4 => (
             TaskOp::GatedUp {
                 input: input(d),
