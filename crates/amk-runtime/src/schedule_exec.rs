@@ -547,6 +547,24 @@ impl TaskCtx<'_> {
         Ok(o)
     }
 
+    /// `y[r] = weight[r][first..first + x.len()] . x` for each of `rows` rows of `row_len`
+    /// elements: a block of a matrix's columns (the fused MLP's down share, a fused or
+    /// head-split output projection's share). The caller checked that `rows > 0` and that the
+    /// block lies inside a row.
+    fn column_block(
+        &self,
+        weight: BufferId,
+        rows: usize,
+        row_len: usize,
+        first: usize,
+        x: &[f32],
+    ) -> Result<Vec<f32>, ExecError> {
+        let n = x.len();
+        // Columns first..first + n of each of the rows lie in this span.
+        let span = self.read(weight, first, (rows - 1) * row_len + n)?;
+        Ok((0..rows).map(|r| kernels::dot(&span[r * row_len..r * row_len + n], x)).collect())
+    }
+
     /// A projection's rows after its bias, per-head norm and rope (not yet stored), and the
     /// position it read (0 when it needed none).
     fn project(&self, op: &TaskOp) -> Result<(Vec<f32>, usize), ExecError> {
@@ -664,10 +682,7 @@ impl TaskCtx<'_> {
                         f + r
                     )));
                 }
-                // Columns f..f + r of each of down's c rows lie in this span.
-                let span = self.read(down, f, (c - 1) * m + r)?;
-                let y: Vec<f32> =
-                    (0..c).map(|o| kernels::dot(&span[o * m..o * m + r], &a)).collect();
+                let y = self.column_block(down, c, m, f, &a)?;
                 self.add(out, 0, &y)
             }
             TaskOp::QueryAttention { head, head_dim, part, parts, out, q_out, .. } => {
@@ -709,10 +724,7 @@ impl TaskCtx<'_> {
                         f + n
                     )));
                 }
-                // Columns c0..c0 + n of each of the weight's c rows lie in this span.
-                let span = self.read(weight, c0, (c - 1) * wc + n)?;
-                let mut y: Vec<f32> =
-                    (0..c).map(|r| kernels::dot(&span[r * wc..r * wc + n], &o[f..f + n])).collect();
+                let mut y = self.column_block(weight, c, wc, c0, &o[f..f + n])?;
                 if let Some(b) = bias {
                     for (v, b) in y.iter_mut().zip(self.read(b, 0, c)?) {
                         *v += b;
@@ -754,10 +766,7 @@ impl TaskCtx<'_> {
                         "head {head} is not columns of an output projection with {wc} columns"
                     )));
                 }
-                // Columns first..first + hd of each of the weight's c rows lie in this span.
-                let span = self.read(weight, first, (c - 1) * wc + hd)?;
-                let y: Vec<f32> =
-                    (0..c).map(|r| kernels::dot(&span[r * wc..r * wc + hd], &o)).collect();
+                let y = self.column_block(weight, c, wc, first, &o)?;
                 for out in outs {
                     self.add(out, 0, &y)?;
                 }

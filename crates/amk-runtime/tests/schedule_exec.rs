@@ -57,6 +57,27 @@ fn assert_matches_up_to_rounding(
     }
 }
 
+/// Verifies `s`, then runs it on the executor under the lowest-first, highest-first and a
+/// random (`seed`) policy, each against the reference with [`assert_matches_up_to_rounding`].
+fn assert_verified_and_every_policy_matches(
+    model: &Model,
+    cpu: &mut CpuReference,
+    s: Schedule,
+    seed: u64,
+    what: &str,
+) {
+    let facts = amk_verify::LaunchFacts { sm_count: 132, blocks_per_sm: 1 };
+    amk_verify::verify(&s, &facts).unwrap_or_else(|e| panic!("{what}: {e}"));
+    let s = Arc::new(s);
+    let tokens = [7, 90, 150, 3, 44, 5, 61, 20];
+    for policy in [Policy::LowestFirst, Policy::HighestFirst, Policy::Random(seed)] {
+        let mut exec = ScheduleExecutor::from_model(model, s.clone(), &mut |_, _| {}).unwrap();
+        exec.check_regions = true;
+        exec.policy = Some(policy);
+        assert_matches_up_to_rounding(cpu, &mut exec, &tokens, &format!("{what} {policy:?}"));
+    }
+}
+
 #[test]
 fn every_interleaving_matches_the_reference() {
     let shapes = [
@@ -395,18 +416,8 @@ fn fused_q_matches_the_reference() {
                 s.counters.iter().all(|c| !c.name.contains(".qkv.")),
                 "no qkv phase: {knobs:?}"
             );
-            let facts = amk_verify::LaunchFacts { sm_count: 132, blocks_per_sm: 1 };
-            amk_verify::verify(&s, &facts).unwrap_or_else(|e| panic!("{spec:?} {knobs:?}: {e}"));
-            let s = Arc::new(s);
-            let tokens = [7, 90, 150, 3, 44, 5, 61, 20];
-            for policy in [Policy::LowestFirst, Policy::HighestFirst, Policy::Random(3)] {
-                let mut exec =
-                    ScheduleExecutor::from_model(&model, s.clone(), &mut |_, _| {}).unwrap();
-                exec.check_regions = true;
-                exec.policy = Some(policy);
-                let what = format!("{spec:?} {knobs:?} {policy:?}");
-                assert_matches_up_to_rounding(&mut cpu, &mut exec, &tokens, &what);
-            }
+            let what = format!("{spec:?} {knobs:?}");
+            assert_verified_and_every_policy_matches(&model, &mut cpu, s, 3, &what);
         }
     }
 }
@@ -466,18 +477,8 @@ fn head_split_o_matches_the_reference() {
             assert_eq!(biased, if model.config.o_bias { layers } else { 0 }, "{knobs:?}");
             let per_head = model.config.head_dim.div_ceil(o_rows as usize);
             assert_eq!(head_outs, layers * model.config.num_heads * per_head, "{knobs:?}");
-            let facts = amk_verify::LaunchFacts { sm_count: 132, blocks_per_sm: 1 };
-            amk_verify::verify(&s, &facts).unwrap_or_else(|e| panic!("{spec:?} {knobs:?}: {e}"));
-            let s = Arc::new(s);
-            let tokens = [7, 90, 150, 3, 44, 5, 61, 20];
-            for policy in [Policy::LowestFirst, Policy::HighestFirst, Policy::Random(5)] {
-                let mut exec =
-                    ScheduleExecutor::from_model(&model, s.clone(), &mut |_, _| {}).unwrap();
-                exec.check_regions = true;
-                exec.policy = Some(policy);
-                let what = format!("{spec:?} {knobs:?} {policy:?}");
-                assert_matches_up_to_rounding(&mut cpu, &mut exec, &tokens, &what);
-            }
+            let what = format!("{spec:?} {knobs:?}");
+            assert_verified_and_every_policy_matches(&model, &mut cpu, s, 5, &what);
         }
     }
 }

@@ -398,6 +398,30 @@ __device__ __forceinline__ float amk_current_row(const float* cq, const float* c
 }
 #endif
 
+// One element (accumulator `at`) of one head's split-attention combine over its `parts`
+// partials at `e`, for any number of parts: M = the largest m_p of the parts that saw a row (at
+// least `m0`: a current row's score, or -inf), then L = sum l_p e^(m_p - M) and A = sum
+// acc_p[at] e^(m_p - M) over those parts, in the CPU reference's order; two passes of loads.
+__device__ __forceinline__ void amk_combine_general(const float* e, u32 parts, u32 hd, u32 at, float m0,
+                                                    float& M, float& L, float& A) {
+    M = m0;
+    L = 0.f;
+    A = 0.f;
+    for (u32 p = 0; p < parts; ++p) {
+        const float* ep = e + (u64)p * (hd + 2);
+        if (__ldcg(ep + 1) > 0.f) M = fmaxf(M, __ldcg(ep));
+    }
+    for (u32 p = 0; p < parts; ++p) {
+        const float* ep = e + (u64)p * (hd + 2);
+        const float lp = __ldcg(ep + 1);
+        if (lp > 0.f) {
+            const float c = expf(__ldcg(ep) - M);
+            L += lp * c;
+            A += __ldcg(ep + 2 + at) * c;
+        }
+    }
+}
+
 // Split attention's combine step, as a projection input: x[h * hd + j] is head h's output,
 // (sum_p acc_p[j] c_p) / (sum_p l_p c_p) with c_p = e^(m_p - M) over the parts that saw a row
 // (l_p > 0), M = max m_p, as the CPU reference defines it. With a current row (words 30..32,
@@ -488,31 +512,17 @@ __device__ __noinline__ void amk_load_attn_partials(const u32* d, const u64* buf
     for (u32 i = threadIdx.x; i < len; i += AMK_BLOCK_THREADS) {
         const u32 h = i / hd, j = i - h * hd;
         const float* e = src + (u64)h * parts * (hd + 2);
-        float M = AMK_NEG_INF, L = 0.f, A = 0.f;
+        float m0 = AMK_NEG_INF, M, L, A;
 #if AMK_QUERY_ATTENTION
         float cs = 0.f, cv = 0.f;
         if (ckv) {
             cv = amk_current_row(cq, ckv, h, j, h / group, kv_heads, hd, lane, cs);
             if (hd % 32 == 0) cs = amk_warp_sum(cs);
             cs *= scale;
+            m0 = cs;
         }
 #endif
-        for (u32 p = 0; p < parts; ++p) {
-            const float* ep = e + (u64)p * (hd + 2);
-            if (__ldcg(ep + 1) > 0.f) M = fmaxf(M, __ldcg(ep));
-        }
-#if AMK_QUERY_ATTENTION
-        if (ckv) M = fmaxf(M, cs);
-#endif
-        for (u32 p = 0; p < parts; ++p) {
-            const float* ep = e + (u64)p * (hd + 2);
-            const float lp = __ldcg(ep + 1);
-            if (lp > 0.f) {
-                const float c = expf(__ldcg(ep) - M);
-                L += lp * c;
-                A += __ldcg(ep + 2 + j) * c;
-            }
-        }
+        amk_combine_general(e, parts, hd, j, m0, M, L, A);
 #if AMK_QUERY_ATTENTION
         if (ckv) {
             const float c = expf(cs - M);
@@ -819,19 +829,7 @@ __device__ __noinline__ void amk_head_out(const u32* d, const u64* buffers, floa
                 }
             }
         } else {
-            for (u32 p = 0; p < parts; ++p) {
-                const float* ep = e + (u64)p * (hd + 2);
-                if (__ldcg(ep + 1) > 0.f) M = fmaxf(M, __ldcg(ep));
-            }
-            for (u32 p = 0; p < parts; ++p) {
-                const float* ep = e + (u64)p * (hd + 2);
-                const float lp = __ldcg(ep + 1);
-                if (lp > 0.f) {
-                    const float c = expf(__ldcg(ep) - M);
-                    L += lp * c;
-                    A += __ldcg(ep + 2 + first + j) * c;
-                }
-            }
+            amk_combine_general(e, parts, hd, first + j, AMK_NEG_INF, M, L, A);
         }
         ys[j] = A * (1.0f / L);
     }
