@@ -37,8 +37,8 @@
 // matrices (projection, gate/up, LM-head and embedding weights: rows*cols values, padded to 16
 // bytes, then one f32 scale per row, at the byte offset a descriptor's "scales" word gives; the
 // word is 0 in other modes) and f32 vectors (norm weights, biases). A fused MLP's down weight
-// and a fused attention's output-projection weight are held transposed, [cols, rows] of
-// their checkpoint matrix (int8: the values transposed, the
+// and the output-projection weight of a fused attention or a head-split projection are held
+// transposed, [cols, rows] of their checkpoint matrix (int8: the values transposed, the
 // scales still one per checkpoint row). Every other buffer holds
 // 4-byte words (f32 activations, u32 io and argmax indices).
 // #pragma once (this file is inlined)
