@@ -170,7 +170,7 @@ pub fn lower(graph: &DecodeGraph, config: &ScheduleConfig) -> Result<Schedule, L
                 .into(),
         ));
     }
-    // The residual stream. With `fuse_o`, one buffer per version: `resid.{2L}` enters layer L,
+    // The residual stream. With `fuse_o` or `o_by_head`, one buffer per version: `resid.{2L}` enters layer L,
     // `resid.{2L+1}` adds its attention (the MLP's norm reads it), `resid.{2L+2}` its attention
     // and MLP (the qkv phase copies `resid.{2L}` into both first), so a phase that adds to one
     // never overlaps a phase that reads it. Otherwise one buffer, `resid`.
@@ -285,6 +285,30 @@ pub fn lower(graph: &DecodeGraph, config: &ScheduleConfig) -> Result<Schedule, L
         );
         let head_bytes = (hd * h) as u64 * ELEM;
         let kv_head_of = |head: u32| head / (nh / nkv);
+        // The key heads (per-head norm and rope), then the value heads, each head's rows going
+        // where `output(value, kv_head)` says.
+        let kv_projections = |l: &mut Lowerer, output: &dyn Fn(bool, u32) -> ProjOutput| {
+            for (value, proj, norm, rope) in
+                [(false, "k_proj", head_norm("k"), Some(rope)), (true, "v_proj", None, None)]
+            {
+                let tag = if value { "v" } else { "k" };
+                for kv_head in 0..nkv {
+                    let op = TaskOp::Projection {
+                        input: attn_in,
+                        weight: lw(&format!("self_attn.{proj}.weight")),
+                        bias: qkv_bias(&format!("self_attn.{proj}.bias")),
+                        first_row: kv_head * hd,
+                        rows: hd,
+                        cols: h,
+                        head_norm: norm,
+                        rope,
+                        io,
+                        output: output(value, kv_head),
+                    };
+                    l.task(format!("L{layer}.{tag}.h{kv_head}"), op, head_bytes);
+                }
+            }
+        };
         if let (Some(kv_new), Some(attn)) = (kv_new, attn) {
             // One phase: each attention part projects its query head; the key and value heads
             // go to `kv_new`, which the output projection's combine and the append read.
@@ -314,25 +338,10 @@ pub fn lower(graph: &DecodeGraph, config: &ScheduleConfig) -> Result<Schedule, L
                     l.task(format!("L{layer}.attn.h{head}.p{part}"), op, head_bytes);
                 }
             }
-            for (tag, proj, norm, rope, base) in
-                [("k", "k_proj", head_norm("k"), Some(rope), 0), ("v", "v_proj", None, None, nkv)]
-            {
-                for kv_head in 0..nkv {
-                    let op = TaskOp::Projection {
-                        input: attn_in,
-                        weight: lw(&format!("self_attn.{proj}.weight")),
-                        bias: qkv_bias(&format!("self_attn.{proj}.bias")),
-                        first_row: kv_head * hd,
-                        rows: hd,
-                        cols: h,
-                        head_norm: norm,
-                        rope,
-                        io,
-                        output: ProjOutput::Store { buffer: kv_new, offset: (base + kv_head) * hd },
-                    };
-                    l.task(format!("L{layer}.{tag}.h{kv_head}"), op, head_bytes);
-                }
-            }
+            kv_projections(&mut l, &|value, kv_head| {
+                let base = if value { nkv } else { 0 };
+                ProjOutput::Store { buffer: kv_new, offset: (base + kv_head) * hd }
+            });
             l.phase(&format!("L{layer}.o.done"));
             let current = Some(CurrentRow { q, kv: kv_new, kv_heads: nkv });
             o_projection(&mut l, layer, attn, current);
@@ -373,31 +382,12 @@ pub fn lower(graph: &DecodeGraph, config: &ScheduleConfig) -> Result<Schedule, L
                 };
                 l.task(format!("L{layer}.q.h{head}"), op, head_bytes);
             }
-            for (tag, proj, cache, norm, rope) in [
-                ("k", "k_proj", k_cache, head_norm("k"), Some(rope)),
-                ("v", "v_proj", v_cache, None, None),
-            ] {
-                for kv_head in 0..nkv {
-                    let op = TaskOp::Projection {
-                        input: attn_in,
-                        weight: lw(&format!("self_attn.{proj}.weight")),
-                        bias: qkv_bias(&format!("self_attn.{proj}.bias")),
-                        first_row: kv_head * hd,
-                        rows: hd,
-                        cols: h,
-                        head_norm: norm,
-                        rope,
-                        io,
-                        output: ProjOutput::CacheRow {
-                            cache,
-                            kv_head,
-                            head_dim: hd,
-                            max_positions: max_pos,
-                        },
-                    };
-                    l.task(format!("L{layer}.{tag}.h{kv_head}"), op, head_bytes);
-                }
-            }
+            kv_projections(&mut l, &|value, kv_head| ProjOutput::CacheRow {
+                cache: if value { v_cache } else { k_cache },
+                kv_head,
+                head_dim: hd,
+                max_positions: max_pos,
+            });
 
             l.phase(&format!("L{layer}.attn.done"));
             match attn {
