@@ -43,7 +43,8 @@
 // stages weights with L2's normal eviction priority, bit 8 leaves out the L1 prefetch of small
 // vectors, bit 9 loads split attention's partials as a plain vector (no combine), bit 10
 // leaves out the L2 prefetch of an attention part's cache rows, bit 11 a fused attention's
-// output-projection share. Waits, signals and staging stay.
+// output-projection share, bit 12 the norm weights' preload at waits. Waits, signals and
+// staging stay.
 #ifndef AMK_ABLATE
 #define AMK_ABLATE 0
 #endif
@@ -61,7 +62,7 @@
 // slower (docs/perf.md). The host sizes
 // the dynamic shared memory as 4 * AMK_SMEM_FLOATS bytes.
 #define AMK_ATTN_FLOATS (AMK_WARPS * (AMK_MAX_HEAD_DIM + 2))
-#define AMK_SMEM_X_ACT ((AMK_MAX_COLS + 3) / 4 * 4 + AMK_MLP_ROWS)
+#define AMK_SMEM_X_ACT ((AMK_MAX_COLS + 15) / 16 * 16 + AMK_MLP_ROWS)
 #define AMK_SMEM_MAIN ((((AMK_SMEM_X_ACT > AMK_ATTN_FLOATS) ? AMK_SMEM_X_ACT : AMK_ATTN_FLOATS) + 3) / 4 * 4)
 #define AMK_SMEM_SCRATCH_OFFSET AMK_SMEM_MAIN
 #define AMK_SMEM_HEAD_OFFSET (AMK_SMEM_MAIN + 64)
@@ -135,6 +136,25 @@ __device__ __forceinline__ float amk_i8dot4(u32 w, float4 x) {
 __device__ __forceinline__ uint4 amk_w16(const amk_w* p) { return *reinterpret_cast<const uint4*>(p); }
 __device__ __forceinline__ float amk_w1(const amk_w* p, u64 i) { return amk_wload_any(p, i); }
 
+// A projection input x in shared memory is read by dot products in chunks of AMK_XV elements
+// (16 bytes of weights), lane c taking chunks c, c + 32, ...: stored plainly, a warp's
+// float4 loads of its chunks would be AMK_XV * 4 bytes apart, several times the bank
+// wavefronts of contiguous ones. So x is stored in AMK_XV / 4 planes: plane p holds float4 p
+// of every chunk, and a warp's loads of one plane are contiguous. Element i of x lives at
+// x[amk_xi(i)]; the planes span AMK_XFLOATS floats (the maximum row length rounded up to 16).
+#if AMK_WEIGHT_INT8
+#define AMK_XV 16
+#elif AMK_WEIGHT_BF16
+#define AMK_XV 8
+#else
+#define AMK_XV 4
+#endif
+#define AMK_XFLOATS ((AMK_MAX_COLS + 15) / 16 * 16)
+#define AMK_XCHUNKS (AMK_XFLOATS / AMK_XV)
+__device__ __forceinline__ u32 amk_xi(u32 i) {
+    return (((i % AMK_XV) >> 2) * AMK_XCHUNKS + i / AMK_XV) * 4 + (i & 3);
+}
+
 __device__ __forceinline__ float amk_warp_sum(float v) {
 #pragma unroll
     for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
@@ -177,7 +197,7 @@ __device__ void amk_block_argmax(float& bv, u32& bi, float* scratch) {
 // at a time: out of line, so the common path's code stays small.
 __device__ __noinline__ float amk_dot_unaligned(const amk_w* w, u32 cols, const float* x) {
     float acc = 0.f;
-    for (u32 j = threadIdx.x & 31; j < cols; j += 32) acc += amk_w1(w, j) * x[j];
+    for (u32 j = threadIdx.x & 31; j < cols; j += 32) acc += amk_w1(w, j) * x[amk_xi(j)];
     return acc;
 }
 
@@ -205,11 +225,11 @@ __device__ __forceinline__ void amk_dot_rows(const amk_w* const (&row)[R], u32 c
         const u32 nv = cols / vec;
 #pragma unroll 2
         for (u32 j = lane; j < nv; j += 32) {
-            const float4* xv = reinterpret_cast<const float4*>(x) + j * (vec / 4);
+            const float4* xv = reinterpret_cast<const float4*>(x) + j;  // planes: see amk_xi
 #if AMK_WEIGHT_INT8
-            const float4 x0 = xv[0], x1 = xv[1], x2 = xv[2], x3 = xv[3];
+            const float4 x0 = xv[0], x1 = xv[AMK_XCHUNKS], x2 = xv[2 * AMK_XCHUNKS], x3 = xv[3 * AMK_XCHUNKS];
 #elif AMK_WEIGHT_BF16
-            const float4 x0 = xv[0], x1 = xv[1];
+            const float4 x0 = xv[0], x1 = xv[AMK_XCHUNKS];
 #else
             const float4 x0 = xv[0];
 #endif
@@ -369,7 +389,7 @@ __device__ __noinline__ void amk_load_attn_partials(const u32* d, const u64* buf
 #if AMK_QUERY_ATTENTION
             if (ckv) A += v * __shfl_sync(0xffffffffu, cc * inv, g0);
 #endif
-            if (in) x[i] = A;
+            if (in) x[amk_xi(i)] = A;
         }
         __syncthreads();
         return;
@@ -395,42 +415,72 @@ __device__ __noinline__ void amk_load_attn_partials(const u32* d, const u64* buf
             A += cv * c;
         }
 #endif
-        x[i] = A * (1.0f / L);
+        x[amk_xi(i)] = A * (1.0f / L);
     }
     __syncthreads();
 }
 
-// Loads a projection input (words 1..5 of a descriptor) into shared memory x[0..len). The
-// activations and the norm weights are loaded together: one round trip, not two.
-__device__ __noinline__ void amk_load_input(const u32* d, const u64* buffers, float* x, float* scratch) {
+// The norm weights of the input of the task a wait precedes, in shared memory: copied by
+// warps 1.. while warp 0 polls (weights do not depend on activations), so the task does not
+// load them after its wait. (An L1 prefetch would not survive the wait: the poll's acquire
+// invalidates L1.) `amk_nvec_src` is the address they came from, 0 for none.
+__shared__ float amk_nvec[AMK_MAX_COLS];
+__shared__ u64 amk_nvec_src;
+
+__device__ __forceinline__ bool amk_reads_input(u32 kind) {
+    return kind == AMK_TASK_PROJECTION || kind == AMK_TASK_GATED_UP || kind == AMK_TASK_GATED_MLP
+        || kind == AMK_TASK_HEAD_ARGMAX || kind == AMK_TASK_RMSNORM || kind == AMK_TASK_QUERY_ATTENTION;
+}
+
+// Called by threads 32.. only.
+__device__ __noinline__ void amk_preload_norm(const u32* d, const u64* buffers) {
+    if (!amk_reads_input(d[0]) || d[1] != AMK_IN_RMSNORM || d[3] > AMK_MAX_COLS) return;
+    const u64 src = buffers[d[4]];
+    const amk_v* nw = reinterpret_cast<const amk_v*>(src);
+    for (u32 i = threadIdx.x - 32; i < d[3]; i += AMK_BLOCK_THREADS - 32) amk_nvec[i] = amk_vload(nw, i);
+    if (threadIdx.x == 32) amk_nvec_src = src;
+}
+
+// Loads a projection input (words 1..5 of a descriptor) into shared memory x[0..len) and
+// returns the scale every dot product with it is to be multiplied by. The activations and the
+// norm weights are loaded together: one round trip, not two. With an RMSNorm, x holds
+// weight * activation and the returned scale is 1 / rms: the scale is one number per task, so
+// it is applied to the dot products' results rather than to every element before them, and
+// its sum of squares needs no block reduction of its own (each warp's share goes to `scratch`
+// before the barrier that publishes x; every thread adds the shares after it).
+__device__ __noinline__ float amk_load_input(const u32* d, const u64* buffers, float* x, float* scratch) {
     const u32 kind = d[1], len = d[3];
     const float* src = reinterpret_cast<const float*>(buffers[d[2]]);
     const amk_v* nw = kind == AMK_IN_RMSNORM ? reinterpret_cast<const amk_v*>(buffers[d[4]]) : nullptr;
     if (kind == AMK_IN_ATTN_PARTIALS && !(AMK_ABLATE & 512)) {
         amk_load_attn_partials(d, buffers, x);
-        return;
+        return 1.f;
     }
+    const bool pre = nw && amk_nvec_src == reinterpret_cast<u64>(nw);  // uniform
     float v[AMK_IN_PER_THREAD], g[AMK_IN_PER_THREAD];
 #pragma unroll
     for (u32 k = 0; k < AMK_IN_PER_THREAD; ++k) {
         const u32 i = threadIdx.x + k * AMK_BLOCK_THREADS;
         v[k] = i < len ? __ldcg(src + i) : 0.f;
-        g[k] = (nw && i < len) ? amk_vload(nw, i) : 1.f;
-    }
-    float ss = 0.f;
-#pragma unroll
-    for (u32 k = 0; k < AMK_IN_PER_THREAD; ++k) ss += v[k] * v[k];
-    float inv = 1.f;
-    if (nw) {
-        const float total = amk_block_sum(ss, scratch);
-        inv = 1.0f / sqrtf(total / (float)len + __uint_as_float(d[5]));
+        g[k] = (nw && i < len) ? (pre ? amk_nvec[i] : amk_vload(nw, i)) : 1.f;
     }
 #pragma unroll
     for (u32 k = 0; k < AMK_IN_PER_THREAD; ++k) {
         const u32 i = threadIdx.x + k * AMK_BLOCK_THREADS;
-        if (i < len) x[i] = nw ? g[k] * (v[k] * inv) : v[k];
+        if (i < len) x[amk_xi(i)] = nw ? g[k] * v[k] : v[k];
+    }
+    if (nw) {
+        float ss = 0.f;
+#pragma unroll
+        for (u32 k = 0; k < AMK_IN_PER_THREAD; ++k) ss += v[k] * v[k];
+        ss = amk_warp_sum(ss);
+        if ((threadIdx.x & 31) == 0) scratch[threadIdx.x >> 5] = ss;
     }
     __syncthreads();
+    if (!nw) return 1.f;
+    float total = 0.f;
+    for (u32 w = 0; w < AMK_WARPS; ++w) total += scratch[w];
+    return 1.0f / sqrtf(total / (float)len + __uint_as_float(d[5]));
 }
 
 // 1 / theta^(2i/d), in double and rounded to f32 as the reference's f32 inv_freq is; exp2/log2
@@ -496,7 +546,7 @@ __device__ __forceinline__ void amk_put(float* o, float* c, u32 i, float v, u32 
 // with bias and the store or residual-add epilogue.
 template <int R>
 __device__ __forceinline__ void amk_projection_rows(const amk_w* w, const float* sc, const amk_v* bias_w,
-                                                    u32 first, u32 rows, u32 cols, const float* x,
+                                                    u32 first, u32 rows, u32 cols, const float* x, float inv,
                                                     float* out, float* copy, u32 out_kind) {
     const u32 lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     for (u32 r0 = warp * R; r0 < rows; r0 += AMK_WARPS * R) {
@@ -505,7 +555,7 @@ __device__ __forceinline__ void amk_projection_rows(const amk_w* w, const float*
         // The residual, bias and scale do not depend on the dot products: load them first.
         const float prev = (amk_accumulates(out_kind) && lane < n) ? __ldcg(out + r0 + lane) : 0.f;
         const float b = (bias_w && lane < n) ? amk_vload(bias_w, first + r0 + lane) : 0.f;
-        const float scale = lane < n ? amk_scale(sc, first + r0 + lane) : 1.f;
+        const float scale = lane < n ? amk_scale(sc, first + r0 + lane) * inv : inv;
         const amk_w* row[R];
 #pragma unroll
         for (int r = 0; r < R; ++r) row[r] = w + (u64)(first + r0 + r) * cols;
@@ -526,7 +576,7 @@ __device__ __forceinline__ void amk_projection_rows(const amk_w* w, const float*
 // With `keep` (a query attention's), each head's final rows also stay in shared memory there
 // (one head: keep may be ys itself); `out` may then be null.
 __device__ void amk_projection_heads(const u32* d, const amk_w* w, const float* sc, const amk_v* bias_w,
-                                     const float* x, float* ys, float* scratch, float* out,
+                                     const float* x, float inv, float* ys, float* scratch, float* out,
                                      float* copy, u32 out_kind, u32 pos, const u64* buffers,
                                      float* keep) {
     const u32 first = d[8], rows = d[9], cols = d[10], rope = d[11];
@@ -539,7 +589,7 @@ __device__ void amk_projection_heads(const u32* d, const amk_w* w, const float* 
             float y[4];
             const u32 n = min(4u, hd - r0);
             // The scale and bias do not depend on the dot products: load them first.
-            const float scale = lane < n ? amk_scale(sc, first + h0 + r0 + lane) : 1.f;
+            const float scale = lane < n ? amk_scale(sc, first + h0 + r0 + lane) * inv : inv;
             const float b = (bias_w && lane < n) ? amk_vload(bias_w, first + h0 + r0 + lane) : 0.f;
             const amk_w* row[4];
 #pragma unroll
@@ -591,7 +641,7 @@ __device__ void amk_projection_heads(const u32* d, const amk_w* w, const float* 
 // `staged`: the task's weight tile in shared memory, or null to read global memory.
 __device__ void amk_projection(const u32* d, const u64* buffers, float* x, float* scratch,
                                float* ys, const amk_w* staged) {
-    if (!(AMK_ABLATE & 16)) amk_load_input(d, buffers, x, scratch);
+    const float inv = (AMK_ABLATE & 16) ? 1.f : amk_load_input(d, buffers, x, scratch);
     if (AMK_ABLATE & 32) return;
     const u32 first = d[8], rows = d[9], cols = d[10], rope = d[11];
     const amk_w* w = staged ? staged - (u64)first * cols : reinterpret_cast<const amk_w*>(buffers[d[6]]);
@@ -606,17 +656,17 @@ __device__ void amk_projection(const u32* d, const u64* buffers, float* x, float
     if (out_kind == AMK_OUT_CACHE_ROW) dst0 = ((u64)off * d[20] + pos) * d[19];
     float* copy = d[29] == AMK_NONE ? nullptr : reinterpret_cast<float*>(buffers[d[29]]) + dst0;
     if (rope || d[21] != AMK_NONE) {
-        amk_projection_heads(d, w, sc, bias_w, x, ys, scratch, out + dst0, copy, out_kind, pos, buffers, nullptr);
+        amk_projection_heads(d, w, sc, bias_w, x, inv, ys, scratch, out + dst0, copy, out_kind, pos, buffers, nullptr);
     } else if (rows >= 4 * AMK_WARPS) {
-        amk_projection_rows<4>(w, sc, bias_w, first, rows, cols, x, out + dst0, copy, out_kind);
+        amk_projection_rows<4>(w, sc, bias_w, first, rows, cols, x, inv, out + dst0, copy, out_kind);
     } else {
-        amk_projection_rows<1>(w, sc, bias_w, first, rows, cols, x, out + dst0, copy, out_kind);
+        amk_projection_rows<1>(w, sc, bias_w, first, rows, cols, x, inv, out + dst0, copy, out_kind);
     }
 }
 
 __device__ __forceinline__ void amk_gated_rows(const amk_w* gate, const amk_w* up, const float* gs,
                                                const float* us, u32 first, u32 rows, u32 cols,
-                                               const float* x, float* out) {
+                                               const float* x, float inv, float* out) {
     const u32 lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     // Each warp takes rows r and r + AMK_WARPS: four dot products (two gate, two up) whose
     // loads and sums overlap, rather than one after another.
@@ -626,7 +676,7 @@ __device__ __forceinline__ void amk_gated_rows(const amk_w* gate, const amk_w* u
                                gate + (u64)(first + r1) * cols, up + (u64)(first + r1) * cols};
         // Lane k < n holds the scale of dot product k, loaded before the dot products.
         const u32 rl = lane < 2 ? r : r1;
-        const float scale = lane < n ? amk_scale((lane & 1) ? us : gs, first + rl) : 1.f;
+        const float scale = lane < n ? amk_scale((lane & 1) ? us : gs, first + rl) * inv : inv;
         float y[4];
         amk_dot_rows<4>(row, cols, n, x, y);
 #pragma unroll
@@ -718,7 +768,7 @@ __device__ __noinline__ void amk_head_out(const u32* d, const u64* buffers, floa
 // transposed down) tiles in shared memory, or null.
 __device__ void amk_gated(const u32* d, const u64* buffers, float* x, float* scratch,
                           const amk_w* staged) {
-    if (!(AMK_ABLATE & 16)) amk_load_input(d, buffers, x, scratch);
+    const float inv = (AMK_ABLATE & 16) ? 1.f : amk_load_input(d, buffers, x, scratch);
     if (AMK_ABLATE & 32) return;
     const bool mlp = d[0] == AMK_TASK_GATED_MLP;
     const u32 first = d[8], rows = d[9], cols = d[10];
@@ -728,8 +778,8 @@ __device__ void amk_gated(const u32* d, const u64* buffers, float* x, float* scr
     const u64 tile = (u64)rows * cols, skip = (u64)first * cols;
     const amk_w* gate = staged ? staged - skip : reinterpret_cast<const amk_w*>(buffers[d[6]]);
     const amk_w* up = staged ? staged + tile - skip : reinterpret_cast<const amk_w*>(buffers[d[7]]);
-    float* act = x + (cols + 3) / 4 * 4;  // AMK_SMEM_X_ACT: a fused MLP's activations follow x
-    amk_gated_rows(gate, up, gs, us, first, rows, cols, x, mlp ? act - first : out);
+    float* act = x + AMK_XFLOATS;  // AMK_SMEM_X_ACT: a fused MLP's activations follow x
+    amk_gated_rows(gate, up, gs, us, first, rows, cols, x, inv, mlp ? act - first : out);
     if (!mlp) return;
     __syncthreads();
     const amk_w* down = staged ? staged + 2 * tile : reinterpret_cast<const amk_w*>(buffers[d[14]]) + skip;
@@ -891,14 +941,14 @@ __device__ void amk_attention(const u32* d, const u64* buffers, float* smem, flo
 __device__ void amk_query_attention(const u32* d, const u64* buffers, float* x, float* scratch,
                                     float* ys, const amk_w* staged) {
     if (!(AMK_ABLATE & 8)) {
-        if (!(AMK_ABLATE & 16)) amk_load_input(d, buffers, x, scratch);
+        const float inv = (AMK_ABLATE & 16) ? 1.f : amk_load_input(d, buffers, x, scratch);
         const u32 first = d[8], cols = d[10];
         const amk_w* w = staged ? staged - (u64)first * cols : reinterpret_cast<const amk_w*>(buffers[d[6]]);
         const amk_v* bias_w = d[7] == AMK_NONE ? nullptr : reinterpret_cast<const amk_v*>(buffers[d[7]]);
         const float* sc = amk_scales(buffers, d[6], d[28]);
         const u32 pos = __ldcg(reinterpret_cast<const u32*>(buffers[d[15]]) + 1);
         float* out = d[17] == AMK_NONE ? nullptr : reinterpret_cast<float*>(buffers[d[17]]) + d[18];
-        amk_projection_heads(d, w, sc, bias_w, x, ys, scratch, out, nullptr, AMK_OUT_STORE, pos, buffers, ys);
+        amk_projection_heads(d, w, sc, bias_w, x, inv, ys, scratch, out, nullptr, AMK_OUT_STORE, pos, buffers, ys);
     }
     if (!(AMK_ABLATE & 2)) amk_attention(d, buffers, x, ys, nullptr, ys);
 }
@@ -919,7 +969,7 @@ __device__ void amk_append_kv(const u32* d, const u64* buffers) {
 #endif
 
 __device__ __forceinline__ void amk_head_rows(const amk_w* w, const float* sc, u32 first, u32 rows,
-                                              u32 cols, const float* x, float* logits, float& bv,
+                                              u32 cols, const float* x, float inv, float* logits, float& bv,
                                               u32& bi) {
     const u32 lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int R = 4;
@@ -927,7 +977,7 @@ __device__ __forceinline__ void amk_head_rows(const amk_w* w, const float* sc, u
         float y[R], scale[R];
         const u32 n = min((u32)R, rows - r0);
 #pragma unroll
-        for (int r = 0; r < R; ++r) scale[r] = (u32)r < n ? amk_scale(sc, first + r0 + r) : 1.f;
+        for (int r = 0; r < R; ++r) scale[r] = (u32)r < n ? amk_scale(sc, first + r0 + r) * inv : inv;
         const amk_w* row[R];
 #pragma unroll
         for (int r = 0; r < R; ++r) row[r] = w + (u64)(first + r0 + r) * cols;
@@ -945,7 +995,7 @@ __device__ __forceinline__ void amk_head_rows(const amk_w* w, const float* sc, u
 
 __device__ void amk_head_argmax(const u32* d, const u64* buffers, float* x, float* scratch,
                                 const amk_w* staged) {
-    amk_load_input(d, buffers, x, scratch);
+    const float inv = amk_load_input(d, buffers, x, scratch);
     const u32 first = d[7], rows = d[8], cols = d[9];
     float* logits = reinterpret_cast<float*>(buffers[d[10]]);
     u32* partials = reinterpret_cast<u32*>(buffers[d[11]]);
@@ -954,7 +1004,7 @@ __device__ void amk_head_argmax(const u32* d, const u64* buffers, float* x, floa
     u32 bi = 0xFFFFFFFFu;
     const float* sc = amk_scales(buffers, d[6], d[13]);
     const amk_w* w = staged ? staged - (u64)first * cols : reinterpret_cast<const amk_w*>(buffers[d[6]]);
-    amk_head_rows(w, sc, first, rows, cols, x, logits, bv, bi);
+    amk_head_rows(w, sc, first, rows, cols, x, inv, logits, bv, bi);
     amk_block_argmax(bv, bi, scratch);
     if (threadIdx.x == 0) {
         partials[2 * slot] = __float_as_uint(bv);
@@ -980,9 +1030,9 @@ __device__ void amk_argmax_reduce(const u32* d, const u64* buffers, float* scrat
 
 // RMSNorm as a task of its own (unfused schedules): out = rms_norm(input) * weight.
 __device__ void amk_rms_norm(const u32* d, const u64* buffers, float* x, float* scratch) {
-    amk_load_input(d, buffers, x, scratch);
+    const float inv = amk_load_input(d, buffers, x, scratch);
     float* out = reinterpret_cast<float*>(buffers[d[6]]);
-    for (u32 i = threadIdx.x; i < d[3]; i += AMK_BLOCK_THREADS) out[i] = x[i];
+    for (u32 i = threadIdx.x; i < d[3]; i += AMK_BLOCK_THREADS) out[i] = x[amk_xi(i)] * inv;
 }
 
 __device__ void amk_embed(const u32* d, const u64* buffers) {
@@ -1038,9 +1088,10 @@ __device__ __forceinline__ u32 amk_weight_parts(const u32* d, const u64* buffers
     }
 }
 
-// Asks L1 for the small constant vectors task d reads after its wait (the norm weights of an
-// rms-normed input, a projection's bias rows, int8 rows' scales), so they are not a round trip
-// on its path.
+// Asks L1 for the small constant vectors task d reads after its wait (a projection's bias
+// rows, int8 rows' scales), so they are not a round trip on its path; lines that the wait's
+// acquire invalidates in L1 still come from L2, not memory. (Norm weights are preloaded
+// into shared memory instead: amk_preload_norm.)
 __device__ __forceinline__ void amk_prefetch_l1(u64 p, u64 bytes) {
     for (u64 off = (u64)threadIdx.x * 128; off < bytes; off += (u64)AMK_BLOCK_THREADS * 128)
         asm volatile("prefetch.global.L1 [%0];" :: "l"(p + off));
@@ -1065,7 +1116,6 @@ __device__ void amk_prefetch_vectors(const u32* d, const u64* buffers) {
     if (kind == AMK_TASK_ATTENTION_OUT || kind == AMK_TASK_HEAD_OUT) return;
 #endif
     if (AMK_ABLATE & 256) return;
-    if (d[1] == AMK_IN_RMSNORM) amk_prefetch_l1(buffers[d[4]], (u64)d[3] * sizeof(amk_v));
     if (projection && d[7] != AMK_NONE)
         amk_prefetch_l1(buffers[d[7]] + (u64)d[8] * sizeof(amk_v), (u64)d[9] * sizeof(amk_v));
 #if AMK_WEIGHT_INT8
@@ -1190,6 +1240,7 @@ amk_megakernel(const u64* __restrict__ gbuffers, const u32* __restrict__ gprogra
             program[AMK_INSTR_WORDS * k + 1] += epoch * per_launch[w0 & AMK_ID_MASK];
     }
     if (threadIdx.x < 8) amk_inv_key[threadIdx.x] = 0u;  // no rope table yet (head_dim 0)
+    if (threadIdx.x == 0) amk_nvec_src = 0ull;
     // The first rotated projection's descriptor: its rope table is filled at the first wait,
     // off the path of the task itself (the fill's double-precision math takes microseconds).
     const u32* rope_d = nullptr;
@@ -1293,6 +1344,7 @@ amk_megakernel(const u64* __restrict__ gbuffers, const u32* __restrict__ gprogra
             // Before blocking on the next task's inputs: ask L2 for its bytes unless its tile
             // is being staged, and L1 for its small vectors (hints that change no result, only
             // when bytes arrive).
+            const u32* next_d = nullptr;
             for (u32 k = i + 1; k < count; ++k) {
                 const u32 nk = program[AMK_INSTR_WORDS * k];
                 if ((nk >> AMK_OP_SHIFT) == AMK_OP_RUN) {
@@ -1301,11 +1353,13 @@ amk_megakernel(const u64* __restrict__ gbuffers, const u32* __restrict__ gprogra
                     for (u32 q = 0; q < queued; ++q) staging |= queue[(consumed_total + q) % 2] == k;
 #endif
                     const u32* nd = tasks + AMK_TASK_WORDS * program[AMK_INSTR_WORDS * k + 1];
+                    next_d = nd;
                     if (!staging) amk_prefetch_task(nd, buffers);
                     amk_prefetch_vectors(nd, buffers);
                     break;
                 }
             }
+            if (next_d && threadIdx.x >= 32 && !(AMK_ABLATE & 4096)) amk_preload_norm(next_d, buffers);
             if (threadIdx.x == 0) {
                 // w1 is this launch's target (set when the kernel started). Acquire polls: a
                 // relaxed poll with one acquire fence after it measured slower (the fence), and

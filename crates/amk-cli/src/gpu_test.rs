@@ -38,7 +38,7 @@ pub struct GpuTestArgs {
     /// greedy tokens must match to the end.
     #[arg(long)]
     pub fixtures: Option<PathBuf>,
-    /// Only compare the GPU's exact and int8 modes with the CPU reference (holding the same
+    /// Only compare the GPU's exact, bf16 and int8 modes with the CPU reference (holding the same
     /// weights) on synthetic models of several shapes (seeded random weights; no checkpoint).
     #[arg(long)]
     pub synthetic: bool,
@@ -95,9 +95,9 @@ fn decode_all(
     Ok(out)
 }
 
-/// GPU exact mode, and int8 mode, against the CPU reference holding the same weights (f32, or
-/// the dequantized int8 rows) on synthetic models: same tokens, logits within 1e-4 of the
-/// largest logit, at every step.
+/// GPU exact, bf16 and int8 modes against the CPU reference holding the same weights (f32, the
+/// bf16-rounded values, or the dequantized int8 rows) on synthetic models: same tokens, logits
+/// within 1e-4 of the largest logit, at every step.
 fn synthetic(args: &GpuTestArgs) -> Result<()> {
     use amk_ir::synth::{write_checkpoint, SynthSpec};
     use amk_runtime::cpu::CpuReference;
@@ -131,8 +131,9 @@ fn synthetic(args: &GpuTestArgs) -> Result<()> {
     ];
     let mut failed = 0;
     let mut checks = 0;
-    for ((name, spec), precision) in
-        specs.iter().flat_map(|s| [(s.clone(), Precision::F32), (s.clone(), Precision::Int8)])
+    for ((name, spec), precision) in specs
+        .iter()
+        .flat_map(|s| [Precision::F32, Precision::Bf16, Precision::Int8].map(|p| (s.clone(), p)))
     {
         checks += 1;
         let dir = scratch_dir("amk-gpu-test")?;

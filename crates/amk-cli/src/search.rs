@@ -327,6 +327,13 @@ pub static KNOBS: &[Knob] = &[
         show: flag,
     },
     Knob {
+        name: "head_waits",
+        domain: |_| vec![0, 1],
+        get: |c| u32::from(c.knobs.head_waits),
+        set: |c, v| c.knobs.head_waits = v != 0,
+        show: flag,
+    },
+    Knob {
         name: "assignment",
         domain: |_| vec![0, 1],
         get: |c| match c.knobs.assignment {

@@ -415,10 +415,11 @@ pub fn generate(
 /// shared memory in this architecture's per-block share when `blocks_per_sm` blocks share an
 /// SM. Tasks with larger tiles read global memory. 0 when no tile fits.
 fn stage_slot_bytes(p: &source::Prologue, tiles: &[u64], arch: Arch, blocks_per_sm: u32) -> u32 {
-    // 4 KiB stay free for the kernel's static shared memory (the rope tables and their key:
-    // 288 B as compiled for sm_90 with head_dim 64; the margin covers larger head dims).
-    let budget =
-        (u64::from(arch.max_dynamic_smem_bytes()) / u64::from(blocks_per_sm)).saturating_sub(4096);
+    // The kernel's static shared memory stays free: the norm weights preloaded at waits (one
+    // f32 per input column) and 4 KiB more for the rope tables and their key (288 B as
+    // compiled for sm_90 with head_dim 64; the margin covers larger head dims).
+    let budget = (u64::from(arch.max_dynamic_smem_bytes()) / u64::from(blocks_per_sm))
+        .saturating_sub(4096 + 4 * u64::from(p.max_cols));
     let cap = budget.saturating_sub(p.base_smem_bytes()) / 2 / 16 * 16;
     let best = tiles.iter().copied().filter(|&t| t % 16 == 0 && t <= cap).max().unwrap_or(0);
     best as u32

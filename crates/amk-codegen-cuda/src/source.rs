@@ -105,7 +105,8 @@ impl Prologue {
         let warps = u64::from(self.block_threads / 32);
         let hd = u64::from(self.max_head_dim);
         let attn = warps * (hd + 2);
-        let main = (u64::from(self.max_cols).div_ceil(4) * 4 + u64::from(self.mlp_rows))
+        // The projection input's planes span the longest row rounded up to 16 columns.
+        let main = (u64::from(self.max_cols).div_ceil(16) * 16 + u64::from(self.mlp_rows))
             .max(attn)
             .div_ceil(4)
             * 4;
@@ -212,7 +213,7 @@ mod tests {
         assert_eq!(prologue().dynamic_smem_bytes(), base(288 + 64 + 16 + 12 + 70));
         assert_eq!(prologue().dynamic_smem_bytes() % 128, 0);
         let wide = Prologue { max_cols: 2049, ..prologue() };
-        assert_eq!(wide.dynamic_smem_bytes(), base(2052 + 64 + 16 + 12 + 70));
+        assert_eq!(wide.dynamic_smem_bytes(), base(2064 + 64 + 16 + 12 + 70));
         let mlp = Prologue { mlp_rows: 130, ..prologue() };
         assert_eq!(mlp.dynamic_smem_bytes(), base(292 + 64 + 16 + 12 + 70));
         let staged = Prologue { stage_bytes: 4096, ..prologue() };
@@ -229,7 +230,7 @@ mod tests {
         for expected in [
             "#define AMK_WARPS (AMK_BLOCK_THREADS / 32)",
             "#define AMK_ATTN_FLOATS (AMK_WARPS * (AMK_MAX_HEAD_DIM + 2))",
-            "#define AMK_SMEM_X_ACT ((AMK_MAX_COLS + 3) / 4 * 4 + AMK_MLP_ROWS)",
+            "#define AMK_SMEM_X_ACT ((AMK_MAX_COLS + 15) / 16 * 16 + AMK_MLP_ROWS)",
             "#define AMK_SMEM_MAIN ((((AMK_SMEM_X_ACT > AMK_ATTN_FLOATS) ? AMK_SMEM_X_ACT : AMK_ATTN_FLOATS) + 3) / 4 * 4)",
             "#define AMK_SMEM_HEAD_OFFSET (AMK_SMEM_MAIN + 64)",
             "#define AMK_SMEM_BUFFERS_OFFSET (AMK_SMEM_HEAD_OFFSET + (AMK_MAX_HEAD_DIM + 3) / 4 * 4)",

@@ -69,15 +69,21 @@ pub struct TraceReport {
 #[error("the trace does not fit the schedule: {0}")]
 pub struct TraceError(String);
 
-/// `L12.qkv.done` → `qkv.done`.
+/// `L12.qkv.done` → `qkv.done`; a group's counter (`head_waits`) goes with its phase:
+/// `L12.attn.h3.done` → `attn.done`, `L12.qkv.kv0.done` → `qkv.done`.
 fn phase_kind(counter: &str) -> String {
-    match counter.strip_prefix('L') {
+    let kind = match counter.strip_prefix('L') {
         Some(rest) => match rest.split_once('.') {
-            Some((layer, kind)) if layer.bytes().all(|b| b.is_ascii_digit()) => kind.to_owned(),
-            _ => counter.to_owned(),
+            Some((layer, kind)) if layer.bytes().all(|b| b.is_ascii_digit()) => kind,
+            _ => counter,
         },
-        None => counter.to_owned(),
-    }
+        None => counter,
+    };
+    let group = |part: &str| {
+        let digits = part.strip_prefix("kv").or_else(|| part.strip_prefix('h'));
+        digits.is_some_and(|d| !d.is_empty() && d.bytes().all(|b| b.is_ascii_digit()))
+    };
+    kind.split('.').filter(|p| !group(p)).collect::<Vec<_>>().join(".")
 }
 
 /// Reads `stamps` (ns; worker w's from `worker_start[w] + w`, one per instruction and one after
@@ -226,6 +232,15 @@ mod tests {
     use super::*;
     use amk_schedule::ops::TaskOp;
     use amk_schedule::schedule::{BufferKind, CounterReset, Region, Worker};
+
+    #[test]
+    fn group_counters_go_with_their_phase() {
+        assert_eq!(phase_kind("L12.qkv.done"), "qkv.done");
+        assert_eq!(phase_kind("L12.attn.h3.done"), "attn.done");
+        assert_eq!(phase_kind("L0.qkv.kv10.done"), "qkv.done");
+        assert_eq!(phase_kind("head.done"), "head.done");
+        assert_eq!(phase_kind("L1.heads.done"), "heads.done");
+    }
 
     /// Two workers: w0 runs a, signals c; w1 waits on c, runs b, signals d.
     fn two_phase() -> Schedule {

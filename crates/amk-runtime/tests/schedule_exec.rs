@@ -482,3 +482,70 @@ fn head_split_o_matches_the_reference() {
         }
     }
 }
+
+/// Per-head waits (`head_waits`): the qkv and attention phases get one counter per key/value
+/// head and per head, attention parts wait only for their key/value head's projections and
+/// head-split output-projection tasks only for their head's parts; the schedule verifies and
+/// every interleaving computes what the reference does.
+#[test]
+fn head_waits_match_the_reference() {
+    let specs = [
+        SynthSpec { seed: 71, ..SynthSpec::tiny() },
+        SynthSpec {
+            num_heads: 6,
+            num_kv_heads: 2,
+            head_dim: 16,
+            hidden_size: 96,
+            attention_bias: true,
+            seed: 72,
+            ..SynthSpec::tiny()
+        },
+    ];
+    for spec in specs {
+        let (_dir, model) = tiny(spec.clone());
+        let mut cpu = CpuReference::from_model(&model, &mut |_, _| {}).unwrap();
+        let (layers, heads) = (model.config.num_layers, model.config.num_heads);
+        let kv_heads = model.config.num_kv_heads;
+        for (o_by_head, attn_splits, fuse_down) in
+            [(true, 3, true), (false, 2, false), (true, 1, true)]
+        {
+            let knobs = ScheduleConfig {
+                head_waits: true,
+                o_by_head,
+                attn_splits,
+                fuse_down,
+                o_rows: 8,
+                ..config(9)
+            };
+            let s = lower(&model.graph, &knobs).unwrap();
+            let named = |part: &str| s.counters.iter().filter(|c| c.name.contains(part)).count();
+            assert_eq!(named(".qkv.kv"), layers * kv_heads, "{knobs:?}");
+            assert_eq!(named(".attn.h"), layers * heads, "{knobs:?}");
+            // An attention part waits for one key/value head's counter, never another phase's.
+            for w in &s.workers {
+                let mut waits = Vec::new();
+                for i in &w.instrs {
+                    match i {
+                        Instr::Wait { counter, .. } => {
+                            waits.push(s.counters[counter.index()].name.clone())
+                        }
+                        Instr::Run(t) => {
+                            let task = &s.tasks[t.index()];
+                            if task.op.kind_name() == "attention" {
+                                let layer = task.name.split('.').next().unwrap_or("");
+                                assert!(
+                                    waits.iter().any(|c| c.starts_with(&format!("{layer}.qkv.kv"))),
+                                    "{} ran after waits {waits:?}",
+                                    task.name
+                                );
+                            }
+                        }
+                        Instr::Signal(_) => {}
+                    }
+                }
+            }
+            let what = format!("{spec:?} {knobs:?}");
+            assert_verified_and_every_policy_matches(&model, &mut cpu, s, 11, &what);
+        }
+    }
+}

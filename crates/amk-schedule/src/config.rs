@@ -75,6 +75,13 @@ pub struct ScheduleConfig {
     /// version, as with `fuse_o`. Ignored with `fuse_o` (no separate projection) or `fuse_q`
     /// (whose row tiles add the current row to every head), which take its place.
     pub o_by_head: bool,
+    /// Per-head waits instead of whole-phase ones where the data allow: the qkv phase signals
+    /// one counter per key/value head (its query heads, key and value), each attention part
+    /// waits only for its key/value head's counter and signals its own head's, and (with
+    /// `o_by_head`) each head-split output-projection task waits only for its head's parts.
+    /// A head's work then starts when its inputs are ready, not when the slowest task of the
+    /// phase before finishes. Ignored with `fuse_q`.
+    pub head_waits: bool,
     /// Positions the key/value caches hold; 0 means the model's max_position_embeddings.
     pub max_positions: u32,
     /// Parts each attention head is split into over cache positions (flash-decoding): more
@@ -90,7 +97,8 @@ impl Default for ScheduleConfig {
     /// `fixtures/search/smollm2-135m-h100/`): one worker per SM (132); the output projection
     /// split over heads, 16 head dimensions per task (36 tasks for 9 heads of 64), and 16-row
     /// fused MLP tiles (gate, up and their share of the down projection), so each phase
-    /// spreads over many workers; each attention head split over 8 position ranges; tasks
+    /// spreads over many workers; each attention head split over 8 position ranges, with
+    /// per-head waits between the qkv, attention and output-projection phases; tasks
     /// dealt round-robin over workers; 384-row LM-head tiles (128 of them for a 49152-token
     /// vocabulary, one per worker). `down_rows` only applies without `fuse_down`.
     fn default() -> Self {
@@ -109,6 +117,7 @@ impl Default for ScheduleConfig {
             fuse_o: false,
             fuse_q: false,
             o_by_head: true,
+            head_waits: true,
             max_positions: 0,
             attn_splits: 8,
             prefetch_depth: 1,

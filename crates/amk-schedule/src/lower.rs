@@ -37,8 +37,10 @@
 //! partial argmax, then one reduction that writes the next token and position into `io`.
 //! Each phase signals one counter per task; a worker waits for the previous phase's counter
 //! to reach its task count before its first task of a phase, so every task of a phase happens
-//! after every task of the phase before. Counters are epoch-offset, so no reset is needed
-//! between launches.
+//! after every task of the phase before. With `head_waits`, the qkv and attention phases have
+//! one counter per key/value head and per head instead (`L3.qkv.kv0.done`, `L3.attn.h4.done`),
+//! and the attention parts and head-split output-projection tasks wait only for the counter
+//! their inputs come from. Counters are epoch-offset, so no reset is needed between launches.
 
 use crate::config::{Assignment, ScheduleConfig, TaskOrder};
 use crate::ops::{
@@ -67,10 +69,25 @@ pub enum LowerError {
     Unsupported(String),
 }
 
-/// One phase under construction: its tasks (in order) and their weight bytes.
+/// Which of its phase's counters a task signals.
+#[derive(Clone, Copy)]
+enum Signals {
+    One(usize),
+    All,
+}
+
+/// Which of the previous phase's counters a task waits for.
+#[derive(Clone, Copy)]
+enum Needs {
+    All,
+    One(usize),
+}
+
+/// One phase under construction: its counters (one, or one per group of tasks) and its tasks
+/// (in order) with their weight bytes and synchronization.
 struct Phase {
-    counter: CounterId,
-    tasks: Vec<(TaskId, u64)>,
+    counters: Vec<CounterId>,
+    tasks: Vec<(TaskId, u64, Signals, Needs)>,
 }
 
 struct Lowerer {
@@ -84,15 +101,36 @@ impl Lowerer {
     }
 
     fn phase(&mut self, name: &str) {
+        self.phase_groups(&[name.to_string()]);
+    }
+
+    /// A phase with one counter per name (groups of its tasks).
+    fn phase_groups(&mut self, names: &[String]) {
         // Epoch counts are filled in once the phase is complete.
-        let counter = self.s.add_counter(name, CounterReset::Epoch { signals_per_launch: 0 });
-        self.phases.push(Phase { counter, tasks: Vec::new() });
+        let counters = names
+            .iter()
+            .map(|n| self.s.add_counter(n, CounterReset::Epoch { signals_per_launch: 0 }))
+            .collect();
+        self.phases.push(Phase { counters, tasks: Vec::new() });
     }
 
     fn task(&mut self, name: String, op: TaskOp, weight_bytes: u64) {
+        self.task_synced(name, op, weight_bytes, Signals::One(0), Needs::All);
+    }
+
+    fn task_synced(
+        &mut self,
+        name: String,
+        op: TaskOp,
+        bytes: u64,
+        signals: Signals,
+        needs: Needs,
+    ) {
         let id = self.s.add_task_with_footprint(name, op);
         if let Some(p) = self.phases.last_mut() {
-            p.tasks.push((id, weight_bytes));
+            // A phase of one counter has no groups: every task signals it.
+            let signals = if p.counters.len() == 1 { Signals::One(0) } else { signals };
+            p.tasks.push((id, bytes, signals, needs));
         }
     }
 }
@@ -161,6 +199,7 @@ pub fn lower(graph: &DecodeGraph, config: &ScheduleConfig) -> Result<Schedule, L
     // projection) need one residual buffer per version.
     // (`o_by_head` gives way to `fuse_o` and `fuse_q`, which replace that projection.)
     let o_by_head = config.o_by_head && !fuse_o && !config.fuse_q;
+    let head_waits = config.head_waits && !config.fuse_q;
     let versioned = fuse_o || o_by_head;
     if fuse_o && c.o_bias {
         // Each head's task adds its share of the projection; the bias would need one more.
@@ -305,7 +344,8 @@ pub fn lower(graph: &DecodeGraph, config: &ScheduleConfig) -> Result<Schedule, L
                         io,
                         output: output(value, kv_head),
                     };
-                    l.task(format!("L{layer}.{tag}.h{kv_head}"), op, head_bytes);
+                    let name = format!("L{layer}.{tag}.h{kv_head}");
+                    l.task_synced(name, op, head_bytes, Signals::One(kv_head as usize), Needs::All);
                 }
             }
         };
@@ -356,7 +396,13 @@ pub fn lower(graph: &DecodeGraph, config: &ScheduleConfig) -> Result<Schedule, L
             };
             l.task(format!("L{layer}.kv_append"), op, 0);
         } else {
-            l.phase(&format!("L{layer}.qkv.done"));
+            if head_waits {
+                let names: Vec<String> =
+                    (0..nkv).map(|g| format!("L{layer}.qkv.kv{g}.done")).collect();
+                l.phase_groups(&names);
+            } else {
+                l.phase(&format!("L{layer}.qkv.done"));
+            }
             if versioned {
                 // The two versions the attention and the MLP add to start as this layer's input.
                 for (tag, dst) in [("mid", x_mid), ("out", x_out)] {
@@ -364,7 +410,9 @@ pub fn lower(graph: &DecodeGraph, config: &ScheduleConfig) -> Result<Schedule, L
                         src: Region::new(x_in, 0, h as u64 * ELEM),
                         dst: Region::new(dst, 0, h as u64 * ELEM),
                     };
-                    l.task(format!("L{layer}.resid.{tag}"), op, h as u64 * ELEM);
+                    // Every group's attention may add to these: each waits for the copies.
+                    let name = format!("L{layer}.resid.{tag}");
+                    l.task_synced(name, op, h as u64 * ELEM, Signals::All, Needs::All);
                 }
             }
             for head in 0..nh {
@@ -380,7 +428,8 @@ pub fn lower(graph: &DecodeGraph, config: &ScheduleConfig) -> Result<Schedule, L
                     io,
                     output: ProjOutput::Store { buffer: q, offset: head * hd },
                 };
-                l.task(format!("L{layer}.q.h{head}"), op, head_bytes);
+                let group = Signals::One(kv_head_of(head) as usize);
+                l.task_synced(format!("L{layer}.q.h{head}"), op, head_bytes, group, Needs::All);
             }
             kv_projections(&mut l, &|value, kv_head| ProjOutput::CacheRow {
                 cache: if value { v_cache } else { k_cache },
@@ -389,7 +438,21 @@ pub fn lower(graph: &DecodeGraph, config: &ScheduleConfig) -> Result<Schedule, L
                 max_positions: max_pos,
             });
 
-            l.phase(&format!("L{layer}.attn.done"));
+            if head_waits && attn.is_some() {
+                let names: Vec<String> =
+                    (0..nh).map(|h| format!("L{layer}.attn.h{h}.done")).collect();
+                l.phase_groups(&names);
+            } else {
+                l.phase(&format!("L{layer}.attn.done"));
+            }
+            // What an attention task of `head` waits for: its key/value head's projections.
+            let attn_needs = |head: u32| {
+                if head_waits {
+                    Needs::One(kv_head_of(head) as usize)
+                } else {
+                    Needs::All
+                }
+            };
             match attn {
                 None => {
                     // Whole heads, each adding its share of the output projection to both
@@ -410,7 +473,8 @@ pub fn lower(graph: &DecodeGraph, config: &ScheduleConfig) -> Result<Schedule, L
                             weight_cols: nh * hd,
                             outs: [x_mid, x_out],
                         };
-                        l.task(format!("L{layer}.attn.h{head}"), op, head_bytes);
+                        let name = format!("L{layer}.attn.h{head}");
+                        l.task_synced(name, op, head_bytes, Signals::One(0), attn_needs(head));
                     }
                 }
                 Some(attn) => {
@@ -430,7 +494,9 @@ pub fn lower(graph: &DecodeGraph, config: &ScheduleConfig) -> Result<Schedule, L
                                 parts,
                                 out: attn,
                             };
-                            l.task(format!("L{layer}.attn.h{head}.p{part}"), op, 0);
+                            let name = format!("L{layer}.attn.h{head}.p{part}");
+                            let signals = Signals::One(head as usize);
+                            l.task_synced(name, op, 0, signals, attn_needs(head));
                         }
                     }
                     l.phase(&format!("L{layer}.o.done"));
@@ -456,7 +522,10 @@ pub fn lower(graph: &DecodeGraph, config: &ScheduleConfig) -> Result<Schedule, L
                                     outs: [x_mid, x_out],
                                 };
                                 let name = format!("L{layer}.o.h{head}.d{first}");
-                                l.task(name, op, (dims * h) as u64 * ELEM);
+                                let needs =
+                                    if head_waits { Needs::One(head as usize) } else { Needs::All };
+                                let bytes = (dims * h) as u64 * ELEM;
+                                l.task_synced(name, op, bytes, Signals::One(0), needs);
                             }
                         }
                     } else {
@@ -558,18 +627,20 @@ fn place(mut l: Lowerer, config: &ScheduleConfig) -> Schedule {
     let mut workers = vec![Worker::default(); w];
     let mut load = vec![0u64; w];
     let mut next_rr = 0usize;
-    let mut prev: Option<(CounterId, u32)> = None;
+    // The previous phase's counters with their signal counts.
+    let mut prev: Vec<(CounterId, u32)> = Vec::new();
     for phase in &l.phases {
-        let mut waited = vec![false; w];
+        // Per worker, which of `prev` it has waited for in this phase.
+        let mut waited = vec![vec![false; prev.len()]; w];
         // Tasks of one phase run in parallel only on distinct workers, so a phase is spread
         // first; bytes are balanced among the workers with the fewest tasks in the phase.
         let mut in_phase = vec![0u32; w];
         let mut order = phase.tasks.clone();
         if config.task_order == TaskOrder::LargestFirst {
             // Stable: equal tiles keep their lowered order.
-            order.sort_by_key(|&(_, bytes)| std::cmp::Reverse(bytes));
+            order.sort_by_key(|&(_, bytes, _, _)| std::cmp::Reverse(bytes));
         }
-        for &(task, bytes) in &order {
+        for &(task, bytes, signals, needs) in &order {
             let wi = match config.assignment {
                 Assignment::RoundRobin => {
                     next_rr = (next_rr + 1) % w;
@@ -581,17 +652,42 @@ fn place(mut l: Lowerer, config: &ScheduleConfig) -> Schedule {
             };
             in_phase[wi] += 1;
             load[wi] += bytes.max(1);
-            if let (Some((counter, count)), false) = (prev, waited[wi]) {
-                workers[wi].instrs.push(Instr::Wait { counter, at_least: count });
-                waited[wi] = true;
+            let needed: Vec<usize> = match needs {
+                Needs::All => (0..prev.len()).collect(),
+                Needs::One(k) => vec![k.min(prev.len().saturating_sub(1))],
+            };
+            for k in needed {
+                if let (Some(&(counter, count)), false) = (prev.get(k), waited[wi][k]) {
+                    workers[wi].instrs.push(Instr::Wait { counter, at_least: count });
+                    waited[wi][k] = true;
+                }
             }
             workers[wi].instrs.push(Instr::Run(task));
-            workers[wi].instrs.push(Instr::Signal(phase.counter));
+            match signals {
+                Signals::One(k) => workers[wi].instrs.push(Instr::Signal(phase.counters[k])),
+                Signals::All => {
+                    for &c in &phase.counters {
+                        workers[wi].instrs.push(Instr::Signal(c));
+                    }
+                }
+            }
         }
-        let count = phase.tasks.len() as u32;
-        l.s.counters[phase.counter.index()].reset =
-            CounterReset::Epoch { signals_per_launch: count };
-        prev = Some((phase.counter, count));
+        prev = phase
+            .counters
+            .iter()
+            .enumerate()
+            .map(|(k, &c)| {
+                let count = phase
+                    .tasks
+                    .iter()
+                    .filter(|t| {
+                        matches!(t.2, Signals::All) || matches!(t.2, Signals::One(j) if j == k)
+                    })
+                    .count() as u32;
+                l.s.counters[c.index()].reset = CounterReset::Epoch { signals_per_launch: count };
+                (c, count)
+            })
+            .collect();
     }
     l.s.workers = workers;
     l.s

@@ -1,7 +1,8 @@
 //! The default schedule for SmolLM2-135M is the best one `amk search` found on the H100
 //! (`fixtures/search/smollm2-135m-h100/`: the knobs, the certificate of the schedule they
-//! lower to, and the logs of four searches: the first, its re-run after the kernel changed,
-//! the one that found the fused MLP and the one that found the head-split output projection). Lowering the model's config with
+//! lower to, and the logs of five searches: the first, its re-run after the kernel changed,
+//! the ones that found the fused MLP, the head-split output projection and per-head waits).
+//! Lowering the model's config with
 //! `ScheduleConfig::default()` must give exactly that schedule (same sha256), and it must
 //! verify.
 
@@ -13,6 +14,16 @@ use std::path::{Path, PathBuf};
 
 fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures")
+}
+
+/// The knobs a log records, with the knobs added after it (absent from it) off, as it ran.
+fn as_ran(knobs: &serde_json::Value, later: &[&str]) -> ScheduleConfig {
+    let mut knobs = knobs.clone();
+    let o = knobs.as_object_mut().expect("knobs are an object");
+    for k in later {
+        assert!(o.insert((*k).into(), serde_json::json!(false)).is_none(), "the log has {k}");
+    }
+    serde_json::from_value(knobs).expect("knobs in the log")
 }
 
 #[test]
@@ -49,12 +60,7 @@ fn the_default_schedule_is_the_searched_best() {
     assert_eq!(unfused, Some(serde_json::json!(false)));
     assert_eq!(start, confirm["best"]["knobs"], "it started from the confirmed knobs");
     // (fused-log.json predates `fuse_q` and `o_by_head`: its knobs ran without them.)
-    let mut fused_best = fused["best"]["knobs"].clone();
-    if let Some(o) = fused_best.as_object_mut() {
-        o.insert("fuse_q".into(), serde_json::json!(false));
-        o.insert("o_by_head".into(), serde_json::json!(false));
-    }
-    let fused_best: ScheduleConfig = serde_json::from_value(fused_best).expect("knobs in the log");
+    let fused_best = as_ran(&fused["best"]["knobs"], &["fuse_q", "o_by_head", "head_waits"]);
     assert!(fused["confirmed"]["speedup"].as_f64() > Some(1.0), "{}", fused["confirmed"]);
     assert_eq!(fused["totals"]["wrong_tokens"], 0);
 
@@ -63,14 +69,27 @@ fn the_default_schedule_is_the_searched_best() {
     let head: serde_json::Value =
         serde_json::from_slice(&std::fs::read(dir.join("head-log.json")).expect("log"))
             .expect("head-log.json parses");
-    let head_start: ScheduleConfig =
-        serde_json::from_value(head["default"]["knobs"].clone()).expect("knobs in the log");
+    // (head-log.json predates `head_waits`.)
+    let head_start = as_ran(&head["default"]["knobs"], &["head_waits"]);
     assert_eq!(head_start, fused_best, "it started from the fused MLP's best");
-    let head_best: ScheduleConfig =
-        serde_json::from_value(head["best"]["knobs"].clone()).expect("knobs in the log");
-    assert_eq!(head_best, best, "its best is knobs.ron");
+    let head_best = as_ran(&head["best"]["knobs"], &["head_waits"]);
     assert!(head["confirmed"]["speedup"].as_f64() > Some(1.0), "{}", head["confirmed"]);
     assert_eq!(head["totals"]["wrong_tokens"], 0);
+
+    // The search with per-head waits (waits-log.json) started from that best (the log
+    // predates `head_waits`, which it ran without), and its best (timed again at the end,
+    // faster) is today's default.
+    let waits: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("waits-log.json")).expect("log"))
+            .expect("waits-log.json parses");
+    let waits_start: ScheduleConfig =
+        serde_json::from_value(waits["default"]["knobs"].clone()).expect("knobs in the log");
+    assert_eq!(waits_start, head_best, "it started from the head-split search's best");
+    let waits_best: ScheduleConfig =
+        serde_json::from_value(waits["best"]["knobs"].clone()).expect("knobs in the log");
+    assert_eq!(waits_best, best, "its best is knobs.ron");
+    assert!(waits["confirmed"]["speedup"].as_f64() > Some(1.0), "{}", waits["confirmed"]);
+    assert_eq!(waits["totals"]["wrong_tokens"], 0);
 
     let cert: serde_json::Value =
         serde_json::from_slice(&std::fs::read(dir.join("certificate.json")).expect("cert"))
