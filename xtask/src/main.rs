@@ -38,8 +38,9 @@ enum Task {
         /// The model's short name (known: smollm2).
         name: String,
     },
-    /// Run the GPU checks with the release binary (needs a CUDA GPU): the synthetic exact-mode
-    /// comparison, then the golden decodes, refusals, launch count and speed on SmolLM2.
+    /// Run the GPU checks with the release binary (needs a CUDA GPU): the synthetic exact, bf16
+    /// and int8 comparisons with the CPU reference, then the golden decodes, refusals, launch
+    /// count and speed on SmolLM2.
     GpuTest,
     /// Benchmark amk against PyTorch/transformers baselines on this machine's GPU (issue 6):
     /// fetch SmolLM2, build amk in release mode and run `amk bench` on the real model and the
