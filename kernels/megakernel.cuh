@@ -1100,9 +1100,7 @@ __device__ __forceinline__ void amk_prefetch_l1(u64 p, u64 bytes) {
 __device__ void amk_prefetch_vectors(const u32* d, const u64* buffers) {
     const u32 kind = d[0];
     const bool projection = kind == AMK_TASK_PROJECTION || kind == AMK_TASK_QUERY_ATTENTION;
-    if (!projection && kind != AMK_TASK_GATED_UP && kind != AMK_TASK_GATED_MLP
-        && kind != AMK_TASK_HEAD_ARGMAX && kind != AMK_TASK_RMSNORM && kind != AMK_TASK_ATTENTION_OUT
-        && kind != AMK_TASK_HEAD_OUT) return;
+    if (!amk_reads_input(kind) && kind != AMK_TASK_ATTENTION_OUT && kind != AMK_TASK_HEAD_OUT) return;
 #if AMK_WEIGHT_INT8
     if (kind == AMK_TASK_ATTENTION_OUT) {
         if (!(AMK_ABLATE & 256)) amk_prefetch_l1(buffers[d[13]] + d[14], (u64)d[15] * 4);

@@ -11,7 +11,9 @@
 use crate::kernels;
 use crate::{Backend, RuntimeError};
 use amk_ir::synth::SplitMix;
-use amk_schedule::ops::{attn_part_rows, attn_partial_index, ProjInput, ProjOutput, TaskOp, ELEM};
+use amk_schedule::ops::{
+    attn_part_rows, attn_partial_index, attn_partial_len, ProjInput, ProjOutput, TaskOp, ELEM,
+};
 use amk_schedule::schedule::{BufferId, BufferKind, CounterReset, Instr, Region, Schedule, TaskId};
 use std::sync::Arc;
 
@@ -441,7 +443,8 @@ impl TaskCtx<'_> {
                 Ok(out)
             }
             ProjInput::AttnPartials { buffer, heads, head_dim, parts, current } => {
-                let (hd, per_head) = (head_dim as usize, parts as usize * (head_dim as usize + 2));
+                let hd = head_dim as usize;
+                let per_head = parts as usize * attn_partial_len(head_dim) as usize;
                 let all = self.read(buffer, 0, heads as usize * per_head)?;
                 let mut out = vec![0.0; heads as usize * hd];
                 for (h, (p, o)) in
@@ -710,7 +713,7 @@ impl TaskCtx<'_> {
                 outs,
             } => {
                 let hd = head_dim as usize;
-                let per_head = parts as usize * (hd + 2);
+                let per_head = parts as usize * attn_partial_len(head_dim) as usize;
                 let p = self.read(partials, head as usize * per_head, per_head)?;
                 let mut o = vec![0.0; hd];
                 kernels::combine_attn_partials(p, hd, &mut o);

@@ -653,8 +653,9 @@ fn place(mut l: Lowerer, config: &ScheduleConfig) -> Schedule {
             in_phase[wi] += 1;
             load[wi] += bytes.max(1);
             let needed: Vec<usize> = match needs {
-                Needs::All => (0..prev.len()).collect(),
-                Needs::One(k) => vec![k.min(prev.len().saturating_sub(1))],
+                Needs::One(k) if prev.len() > 1 => vec![k],
+                // A previous phase of one counter has no groups: every task waits for it.
+                _ => (0..prev.len()).collect(),
             };
             for k in needed {
                 if let (Some(&(counter, count)), false) = (prev.get(k), waited[wi][k]) {
