@@ -19,7 +19,10 @@
 // word is 0 in other modes) and f32 vectors (norm weights, biases). A fused MLP's down weight
 // and the output-projection weight of a fused attention or a head-split projection are held
 // transposed, [cols, rows] of their checkpoint matrix (int8: the values transposed, the
-// scales still one per checkpoint row). Every other buffer holds
+// scales still one per checkpoint row). A tagged buffer (amk-schedule's BufferKind::Tagged)
+// holds 8-byte words {f32 value, u32 tag}: the tag is epoch + 1 of the launch that stored
+// the value (one relaxed 64-bit store), and a reader polls each word until its tag is this
+// launch's; element i of a tagged buffer is at byte 8 * i. Every other buffer holds
 // 4-byte words (f32 activations, u32 io and argmax indices).
 #pragma once
 
@@ -65,6 +68,13 @@
 #define AMK_OUT_ACCUMULATE 1u
 #define AMK_OUT_CACHE_ROW 2u
 #define AMK_OUT_ACCUMULATE_COPY 3u
+// Store into a tagged buffer.
+#define AMK_OUT_STORE_TAGGED 4u
+
+// Bits of an attention's word 15: which of its buffers are tagged.
+#define AMK_TAGGED_Q 1u
+#define AMK_TAGGED_OUT 2u
+#define AMK_TAGGED_CURRENT 4u
 
 // Word indices of each task kind.
 // COPY:          1 src buffer, 2 src byte offset, 3 dst buffer, 4 dst byte offset, 5 bytes
@@ -86,7 +96,8 @@
 //                per output element), 16 inter
 // ATTENTION:     1 q, 2 head, 3 kv_head, 4 head_dim, 5 max_positions, 6 k cache, 7 v cache,
 //                8 io, 9 out (attention partials), 10 sliding window in positions (0 = none),
-//                11 part, 12 parts
+//                11 part, 12 parts, 13 the current row's key/value buffer (or AMK_NONE: the
+//                caches hold it), 14 its key/value heads, 15 AMK_TAGGED_* bits
 // ATTENTION_OUT: 1..12 as ATTENTION with 9 = AMK_NONE, 11 = 0 and 12 = 1 (one part), 13 the
 //                output-projection weight held transposed ([weight_cols, cols]: the head's
 //                rows of it are contiguous), 14 its scales (one per output), 15 cols, 16 and 17
@@ -97,13 +108,13 @@
 //                ATTENTION's 1..12 (33 = AMK_NONE: the query is the projection's), over the
 //                cache rows before the current position only
 // APPEND_KV:     1 kv (the current row's key heads, then value heads), 2 kv_heads, 3 head_dim,
-//                4 max_positions, 5 k cache, 6 v cache, 7 io
+//                4 max_positions, 5 k cache, 6 v cache, 7 io, 8 1 if kv is tagged
 // HEAD_OUT:      1 attention partials, 2 head, 3 head_dim, 4 parts, 5 first dimension, 6
 //                dimensions, 7 the output-projection weight held transposed ([weight_cols,
 //                cols]: the head's dimensions' rows of it are contiguous), 8 its scales (one
 //                per output), 9 cols, 10 weight_cols, 11 and 12 the two buffers the share is
 //                added to (out[0..cols], atomic f32 adds), 13 a bias added to both too (or
-//                AMK_NONE)
+//                AMK_NONE), 14 1 if the partials are tagged
 // HEAD_ARGMAX:   1..5 input, 6 weight, 7 first_row, 8 rows, 9 cols, 10 logits, 11 partials,
 //                12 slot, 13 weight scales
 // ARGMAX_REDUCE: 1 partials, 2 count, 3 io

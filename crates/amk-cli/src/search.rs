@@ -334,6 +334,13 @@ pub static KNOBS: &[Knob] = &[
         show: flag,
     },
     Knob {
+        name: "tagged",
+        domain: |_| vec![0, 1],
+        get: |c| u32::from(c.knobs.tagged),
+        set: |c, v| c.knobs.tagged = v != 0,
+        show: flag,
+    },
+    Knob {
         name: "assignment",
         domain: |_| vec![0, 1],
         get: |c| match c.knobs.assignment {

@@ -63,6 +63,15 @@ pub const OUT_ACCUMULATE: u32 = 1;
 pub const OUT_CACHE_ROW: u32 = 2;
 /// Projection output kind: accumulate, and store the sum in a second buffer too.
 pub const OUT_ACCUMULATE_COPY: u32 = 3;
+/// Projection output kind: store into a tagged buffer (value and launch tag per element).
+pub const OUT_STORE_TAGGED: u32 = 4;
+
+/// Attention flag bit (word [`word::attention::TAGGED`]): the query buffer is tagged.
+pub const TAGGED_Q: u32 = 1;
+/// Attention flag bit: the partials buffer is tagged.
+pub const TAGGED_OUT: u32 = 2;
+/// Attention flag bit: the current row's key/value buffer is tagged.
+pub const TAGGED_CURRENT: u32 = 4;
 
 // The id bits and the opcode bits tile the word.
 const _: () = assert!(ID_MASK == (1 << OP_SHIFT) - 1);
@@ -98,6 +107,10 @@ pub const MIRRORED: &[(&str, u64)] = &[
     ("AMK_OUT_ACCUMULATE", OUT_ACCUMULATE as u64),
     ("AMK_OUT_CACHE_ROW", OUT_CACHE_ROW as u64),
     ("AMK_OUT_ACCUMULATE_COPY", OUT_ACCUMULATE_COPY as u64),
+    ("AMK_OUT_STORE_TAGGED", OUT_STORE_TAGGED as u64),
+    ("AMK_TAGGED_Q", TAGGED_Q as u64),
+    ("AMK_TAGGED_OUT", TAGGED_OUT as u64),
+    ("AMK_TAGGED_CURRENT", TAGGED_CURRENT as u64),
 ];
 
 /// Word indices of each task kind's descriptor (abi.cuh's "Word indices" table). Word 0 is
@@ -265,6 +278,13 @@ pub mod word {
         pub const PART: usize = 11;
         /// Parts per head.
         pub const PARTS: usize = 12;
+        /// The current row's key/value buffer, or `NONE` when the caches hold it
+        /// (`ATTENTION` only).
+        pub const CURRENT_KV: usize = 13;
+        /// Its key/value heads (`ATTENTION` only).
+        pub const CURRENT_KV_HEADS: usize = 14;
+        /// Which buffers are tagged: `TAGGED_*` bits (`ATTENTION` only).
+        pub const TAGGED: usize = 15;
     }
 
     /// `ATTENTION_OUT` words: those of `ATTENTION` (one part of one, no partials buffer:
@@ -309,6 +329,8 @@ pub mod word {
         pub const V_CACHE: usize = 6;
         /// The io buffer (the position).
         pub const IO: usize = 7;
+        /// 1 if the key/value buffer is tagged, else 0.
+        pub const TAGGED: usize = 8;
     }
 
     /// `HEAD_OUT` words.
@@ -339,6 +361,8 @@ pub mod word {
         pub const OUT1: usize = 12;
         /// The output projection's bias, added once (or `NONE`).
         pub const BIAS: usize = 13;
+        /// 1 if the partials buffer is tagged, else 0.
+        pub const TAGGED: usize = 14;
     }
 
     /// `HEAD_ARGMAX` words (input at 1..=5).

@@ -29,6 +29,8 @@ pub(crate) struct Encoded {
     /// Whether any task is a query attention or combines a current row (the kernel compiles
     /// that code only then).
     pub query_attention: bool,
+    /// Whether any buffer is tagged (the kernel compiles that code only then).
+    pub tagged: bool,
     /// The most words one worker's instructions and descriptors take
     /// (`INSTR_WORDS * instructions + TASK_WORDS * runs`): the kernel copies them into shared
     /// memory when it starts.
@@ -80,6 +82,7 @@ pub(crate) fn encode(s: &Schedule, dtype: WeightDType) -> Result<Encoded, Codege
         max_mlp_rows: stats.max_mlp_rows,
         stage_tiles: stats.stage_tiles,
         query_attention: stats.query_attention,
+        tagged: s.buffers.iter().any(|b| b.kind == BufferKind::Tagged),
         max_worker_words,
     })
 }
@@ -362,6 +365,12 @@ fn buffers(
         .iter()
         .enumerate()
         .map(|(i, b)| {
+            if b.kind == BufferKind::Tagged {
+                // A launch tag beside every 4-byte value.
+                return b.bytes.checked_mul(2).ok_or_else(|| {
+                    buffer_rule(s, BufferId(i as u32), "bytes", "is too large to tag".into())
+                });
+            }
             if b.kind != BufferKind::Weight {
                 return Ok(b.bytes);
             }
@@ -511,6 +520,43 @@ impl TaskCtx<'_> {
         } else {
             Err(self.err(field, Problem::NotMultiple { what, value, multiple: of }))
         }
+    }
+
+    /// Whether `b` names a tagged buffer.
+    fn tagged(&self, b: BufferId) -> bool {
+        self.s.buffers.get(b.index()).is_some_and(|b| b.kind == BufferKind::Tagged)
+    }
+
+    /// Refuses every footprint region of `op` in a tagged buffer except those of `allowed`
+    /// (the operands the kernel reads or stores with tags): anything else would read a
+    /// tagged buffer as plain words, or add to one.
+    fn tagged_operands(&self, op: &TaskOp, allowed: &[BufferId]) -> Result<(), CodegenError> {
+        let f = op.footprint(|b| self.s.buffers.get(b.index()).map_or(0, |b| b.bytes));
+        for (access, regions) in
+            [(Access::Read, f.reads), (Access::Write, f.writes), (Access::Add, f.adds)]
+        {
+            for r in regions {
+                if self.tagged(r.buffer) && !(access != Access::Add && allowed.contains(&r.buffer))
+                {
+                    let name = &self.s.buffers[r.buffer.index()].name;
+                    return Err(self.rule(
+                        field_of(op, r.buffer, access),
+                        format!(
+                            "is tagged buffer `{name}`, which this operand cannot {}: tagged \
+                             buffers take only stored projection rows, an attention's query, \
+                             current row and partials, a head-split projection's partials and \
+                             an append's rows",
+                            match access {
+                                Access::Read => "read",
+                                Access::Write => "write",
+                                Access::Add => "add to",
+                            }
+                        ),
+                    ));
+                }
+            }
+        }
+        Ok(())
     }
 
     /// The scales word of a matrix operand: its scales' byte offset for int8 weights, else 0
@@ -803,6 +849,7 @@ impl TaskCtx<'_> {
             | ProjOutput::Accumulate { buffer, offset }
             | ProjOutput::AccumulateCopy { buffer, offset, .. } => {
                 w[OUT_KIND] = match output {
+                    ProjOutput::Store { .. } if self.tagged(buffer) => abi::OUT_STORE_TAGGED,
                     ProjOutput::Store { .. } => abi::OUT_STORE,
                     ProjOutput::Accumulate { .. } => abi::OUT_ACCUMULATE,
                     _ => abi::OUT_ACCUMULATE_COPY,
@@ -847,6 +894,20 @@ impl TaskCtx<'_> {
 
     fn encode(&self, op: &TaskOp, stats: &mut Stats) -> Result<Words, CodegenError> {
         let mut w: Words = [0; abi::TASK_WORDS];
+        // The operands the kernel reads or stores with tags; any other in a tagged buffer is
+        // refused.
+        let taggable = match *op {
+            TaskOp::Projection { output: ProjOutput::Store { buffer, .. }, .. } => vec![buffer],
+            TaskOp::Attention { q, out, current, .. } => {
+                let mut v = vec![q, out];
+                v.extend(current.map(|c| c.kv));
+                v
+            }
+            TaskOp::HeadOut { partials, .. } => vec![partials],
+            TaskOp::AppendKv { kv, .. } => vec![kv],
+            _ => Vec::new(),
+        };
+        self.tagged_operands(op, &taggable)?;
         match *op {
             TaskOp::Copy { src, dst } => {
                 use word::copy::*;
@@ -954,6 +1015,7 @@ impl TaskCtx<'_> {
                 w[WEIGHT_COLS] = weight_cols;
                 w[OUT0] = self.buf("outs[0]", outs[0])?;
                 w[OUT1] = self.buf("outs[1]", outs[1])?;
+                w[TAGGED] = u32::from(self.tagged(partials));
                 for (field, v) in
                     [("head_dim", head_dim), ("parts", parts), ("dims", dims), ("cols", cols)]
                 {
@@ -986,8 +1048,8 @@ impl TaskCtx<'_> {
             TaskOp::AppendKv { kv, kv_heads, head_dim, max_positions, k_cache, v_cache, io } => {
                 use word::append_kv::*;
                 w[word::KIND] = abi::TASK_APPEND_KV;
-                stats.query_attention = true;
                 w[KV] = self.buf("kv", kv)?;
+                w[TAGGED] = u32::from(self.tagged(kv));
                 w[KV_HEADS] = kv_heads;
                 w[HEAD_DIM] = head_dim;
                 w[MAX_POSITIONS] = max_positions;
@@ -1043,11 +1105,35 @@ impl TaskCtx<'_> {
                 stats.stage_tiles.push(3 * u64::from(rows) * u64::from(cols) * es);
                 stats.max_mlp_rows = stats.max_mlp_rows.max(rows);
             }
-            TaskOp::Attention { head, head_dim, part, parts, out, .. } => {
+            TaskOp::Attention { q, head_dim, head, kv_head, part, parts, out, current, .. } => {
                 use word::attention::*;
                 w[word::KIND] = abi::TASK_ATTENTION;
                 self.attention(op, part, parts, 0, &mut w, stats)?;
                 w[OUT] = self.buf("out", out)?;
+                w[CURRENT_KV] = abi::NONE;
+                let mut tagged = 0;
+                if let Some(c) = current {
+                    w[CURRENT_KV] = self.buf("current.kv", c.kv)?;
+                    w[CURRENT_KV_HEADS] = c.kv_heads;
+                    if kv_head >= c.kv_heads {
+                        return Err(self.rule(
+                            "current.kv_heads",
+                            format!("is {}, not above kv_head ({kv_head})", c.kv_heads),
+                        ));
+                    }
+                    let end = 2 * u128::from(c.kv_heads) * u128::from(head_dim);
+                    self.fit("current.kv_heads", "2 * kv_heads * head_dim elements", end)?;
+                    if self.tagged(c.kv) {
+                        tagged |= abi::TAGGED_CURRENT;
+                    }
+                }
+                if self.tagged(q) {
+                    tagged |= abi::TAGGED_Q;
+                }
+                if self.tagged(out) {
+                    tagged |= abi::TAGGED_OUT;
+                }
+                w[TAGGED] = tagged;
                 let end = (u128::from(head) * u128::from(parts) + u128::from(part) + 1)
                     * (u128::from(head_dim) + 2);
                 self.fit("part", "the partial's end, in elements", end)?;
@@ -1287,9 +1373,11 @@ fn field_of(op: &TaskOp, buffer: BufferId, access: Access) -> &'static str {
                 vec![(outs[0], "outs[0]"), (outs[1], "outs[1]")]
             }
         }
-        TaskOp::Attention { q, k_cache, v_cache, io, out, .. } => {
+        TaskOp::Attention { q, k_cache, v_cache, io, out, current, .. } => {
             if read {
-                vec![(q, "q"), (k_cache, "k_cache"), (v_cache, "v_cache"), (io, "io")]
+                let mut v = vec![(q, "q"), (k_cache, "k_cache"), (v_cache, "v_cache"), (io, "io")];
+                v.extend(current.map(|c| (c.kv, "current.kv")));
+                v
             } else {
                 vec![(out, "out")]
             }
@@ -1360,6 +1448,35 @@ mod tests {
                 problem
             }
             other => panic!("expected a task error on {task}.{field}, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn tagged_buffers_take_only_tagged_operands() {
+        // A tagged lowering encodes, its query heads stored with tags...
+        let dir = tempfile::tempdir().expect("tempdir");
+        amk_ir::synth::write_checkpoint(&amk_ir::synth::SynthSpec::tiny(), dir.path())
+            .expect("synthetic checkpoint");
+        let model = amk_ir::Model::open(dir.path(), &mut |_| {}).expect("open model");
+        let config = ScheduleConfig { workers: 4, tagged: true, ..Default::default() };
+        let s = amk_schedule::lower(&model.graph, &config).expect("lower");
+        let e = encode(&s, WeightDType::F32).expect("a tagged schedule encodes");
+        let q = s.task_by_name("L0.q.h0").expect("a query head task");
+        let words = &e.tables.tasks;
+        assert!(
+            words.chunks(abi::TASK_WORDS).any(|d| d[word::KIND] == abi::TASK_PROJECTION
+                && d[word::projection::OUT_KIND] == abi::OUT_STORE_TAGGED),
+            "no projection stores tagged rows (task {q:?})"
+        );
+        // ...but a residual made tagged (copied into, added to, read as a norm input) is not.
+        let mut s = tiny();
+        let resid = s.buffer_by_name("resid.1").expect("a versioned residual");
+        s.buffers[resid.index()].kind = BufferKind::Tagged;
+        match encode(&s, WeightDType::F32) {
+            Err(CodegenError::Task { problem: Problem::Rule(m), .. }) => {
+                assert!(m.contains("tagged buffer `resid.1`"), "{m}")
+            }
+            other => panic!("expected a tagged-operand error, got {other:?}"),
         }
     }
 

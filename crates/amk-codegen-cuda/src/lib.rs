@@ -362,6 +362,7 @@ pub fn generate(
         stage_bytes: 0,
         trace: options.trace,
         query_attention: encoded.query_attention,
+        tagged: encoded.tagged,
     };
     let blocks_per_sm = schedule.certificate().facts.blocks_per_sm.max(1);
     let prologue = source::Prologue {

@@ -38,10 +38,12 @@ pub(crate) struct Prologue {
     /// Compile the query-attention code (`fuse_q` schedules only: other kernels stay as
     /// small as before, which their speed depends on).
     pub query_attention: bool,
+    /// Compile the tagged-buffer code (`tagged` schedules only, for the same reason).
+    pub tagged: bool,
 }
 
 /// Names of the prologue's defines, in order.
-pub const PROLOGUE_DEFINES: [&str; 14] = [
+pub const PROLOGUE_DEFINES: [&str; 15] = [
     "AMK_WEIGHT_BF16",
     "AMK_WEIGHT_INT8",
     "AMK_BLOCK_THREADS",
@@ -56,6 +58,7 @@ pub const PROLOGUE_DEFINES: [&str; 14] = [
     "AMK_STAGE_BYTES",
     "AMK_TRACE",
     "AMK_QUERY_ATTENTION",
+    "AMK_TAGGED",
 ];
 
 /// Words of shared scratch after the main area (block reductions: two words per warp).
@@ -63,7 +66,7 @@ pub(crate) const SMEM_SCRATCH_WORDS: u64 = 64;
 
 impl Prologue {
     /// `(name, value)` of each define, in [`PROLOGUE_DEFINES`] order.
-    pub fn defines(&self) -> [(&'static str, u64); 14] {
+    pub fn defines(&self) -> [(&'static str, u64); 15] {
         let values = [
             u64::from(self.weight_bf16),
             u64::from(self.weight_int8),
@@ -79,8 +82,9 @@ impl Prologue {
             self.stage_bytes.into(),
             u64::from(self.trace),
             u64::from(self.query_attention),
+            u64::from(self.tagged),
         ];
-        let mut out = [("", 0); 14];
+        let mut out = [("", 0); 15];
         for (i, (name, value)) in PROLOGUE_DEFINES.iter().zip(values).enumerate() {
             out[i] = (name, value);
         }
@@ -179,6 +183,7 @@ mod tests {
             stage_bytes: 0,
             trace: false,
             query_attention: false,
+            tagged: false,
         }
     }
 

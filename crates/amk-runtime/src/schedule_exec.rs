@@ -12,7 +12,8 @@ use crate::kernels;
 use crate::{Backend, RuntimeError};
 use amk_ir::synth::SplitMix;
 use amk_schedule::ops::{
-    attn_part_rows, attn_partial_index, attn_partial_len, ProjInput, ProjOutput, TaskOp, ELEM,
+    attn_part_rows, attn_partial_index, attn_partial_len, NewRow, ProjInput, ProjOutput, TaskOp,
+    ELEM,
 };
 use amk_schedule::schedule::{BufferId, BufferKind, CounterReset, Instr, Region, Schedule, TaskId};
 use std::sync::Arc;
@@ -33,9 +34,11 @@ pub enum Policy {
 pub enum ExecError {
     #[error(
         "the schedule deadlocked: {}",
-        stuck.iter().map(|s| s.to_string()).collect::<Vec<_>>().join("; ")
+        stuck.iter().map(|s| s.to_string())
+            .chain(blocked.iter().map(|b| b.to_string()))
+            .collect::<Vec<_>>().join("; ")
     )]
-    Deadlock { stuck: Vec<StuckWorker> },
+    Deadlock { stuck: Vec<StuckWorker>, blocked: Vec<BlockedRun> },
     #[error(
         "task `{task}` {kind} bytes {start}..{end} of buffer `{buffer}`, outside the regions it \
          declares"
@@ -67,6 +70,29 @@ impl std::fmt::Display for StuckWorker {
     }
 }
 
+/// A worker whose next task reads tagged values not yet written in this launch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BlockedRun {
+    pub worker: usize,
+    pub instr: usize,
+    pub task: String,
+    /// The tagged buffer and the element range of it still unwritten.
+    pub buffer: String,
+    pub first: usize,
+    pub end: usize,
+}
+
+impl std::fmt::Display for BlockedRun {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "worker {} at instruction {} runs `{}`, which reads elements {}..{} of tagged `{}` \
+             that no task has written in this launch",
+            self.worker, self.instr, self.task, self.first, self.end, self.buffer
+        )
+    }
+}
+
 impl From<ExecError> for RuntimeError {
     fn from(e: ExecError) -> Self {
         RuntimeError::Schedule(e.to_string())
@@ -78,6 +104,9 @@ pub struct ScheduleExecutor {
     schedule: Arc<Schedule>,
     /// Every buffer as 4-byte words (f32 values or u32 bit patterns).
     mem: Vec<Vec<f32>>,
+    /// For each [`BufferKind::Tagged`] buffer, the launch (plus one) that last wrote each
+    /// word, as the device's tags; empty for other buffers.
+    tags: Vec<Vec<u64>>,
     /// Absolute counter values (never reset; epoch offsets apply to waits).
     counters: Vec<u64>,
     launches: u64,
@@ -146,7 +175,14 @@ impl ScheduleExecutor {
             })
             .min()
             .unwrap_or(max_positions);
+        let tags = schedule
+            .buffers
+            .iter()
+            .zip(&mem)
+            .map(|(b, m)| if b.kind == BufferKind::Tagged { vec![0; m.len()] } else { Vec::new() })
+            .collect();
         Ok(ScheduleExecutor {
+            tags,
             counters: vec![0; schedule.counters.len()],
             launches: 0,
             io: BufferId(io as u32),
@@ -251,7 +287,8 @@ impl ScheduleExecutor {
                         }
                         self.counters[c] >= base(c) + at_least as u64
                     }
-                    _ => true,
+                    Instr::Run(task) => self.unwritten(&s, task).is_none(),
+                    Instr::Signal(_) => true,
                 };
                 if can {
                     ready.push(w);
@@ -276,7 +313,26 @@ impl ScheduleExecutor {
                         _ => None,
                     })
                     .collect();
-                return Err(ExecError::Deadlock { stuck });
+                let blocked = s
+                    .workers
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(w, worker)| match worker.instrs.get(pc[w]) {
+                        Some(&Instr::Run(task)) => {
+                            let (b, first, end) = self.unwritten(&s, task)?;
+                            Some(BlockedRun {
+                                worker: w,
+                                instr: pc[w],
+                                task: s.tasks[task.index()].name.clone(),
+                                buffer: s.buffers[b].name.clone(),
+                                first,
+                                end,
+                            })
+                        }
+                        _ => None,
+                    })
+                    .collect();
+                return Err(ExecError::Deadlock { stuck, blocked });
             }
             let w = match policy {
                 Policy::LowestFirst => ready[0],
@@ -311,6 +367,22 @@ impl ScheduleExecutor {
         }
         self.launches += 1;
         Ok(())
+    }
+
+    /// The first run of tagged words task `id` declares reading that this launch has not
+    /// written yet: (buffer, first element, end), or `None` when it may run.
+    fn unwritten(&self, s: &Schedule, id: TaskId) -> Option<(usize, usize, usize)> {
+        let now = self.launches + 1;
+        let task = s.tasks.get(id.index())?;
+        task.reads.iter().find_map(|r| {
+            let tags = self.tags.get(r.buffer.index())?;
+            let first = (r.offset / ELEM) as usize;
+            let end = (r.end()?.div_ceil(ELEM) as usize).min(tags.len());
+            let k = tags.get(first..end)?.iter().position(|&t| t != now)?;
+            let stop =
+                tags[first + k..end].iter().position(|&t| t == now).map_or(end, |j| first + k + j);
+            Some((r.buffer.index(), first + k, stop))
+        })
     }
 
     fn run_task(&mut self, s: &Schedule, id: TaskId) -> Result<(), ExecError> {
@@ -406,12 +478,27 @@ impl TaskCtx<'_> {
 
     fn read(&self, buffer: BufferId, first: usize, len: usize) -> Result<&[f32], ExecError> {
         self.check(Touch::Read, buffer, first, len)?;
+        // A tagged read sees only this launch's values (the device would wait for them).
+        let tags = &self.exec.tags[buffer.index()];
+        if !tags.is_empty() && tags[first..first + len].iter().any(|&t| t != self.exec.launches + 1)
+        {
+            return Err(self.err(format!(
+                "reads elements {first}..{} of tagged `{}` before they are written in this \
+                 launch (its declared reads must cover every tagged value it reads)",
+                first + len,
+                self.s.buffers[buffer.index()].name
+            )));
+        }
         Ok(&self.exec.mem[buffer.index()][first..first + len])
     }
 
     fn write(&mut self, buffer: BufferId, first: usize, data: &[f32]) -> Result<(), ExecError> {
         self.check(Touch::Write, buffer, first, data.len())?;
         self.exec.mem[buffer.index()][first..first + data.len()].copy_from_slice(data);
+        let now = self.exec.launches + 1;
+        if let Some(tags) = self.exec.tags.get_mut(buffer.index()).filter(|t| !t.is_empty()) {
+            tags[first..first + data.len()].fill(now);
+        }
         Ok(())
     }
 
@@ -419,6 +506,10 @@ impl TaskCtx<'_> {
     /// order the executor's policy runs the tasks).
     fn add(&mut self, buffer: BufferId, first: usize, data: &[f32]) -> Result<(), ExecError> {
         self.check(Touch::Add, buffer, first, data.len())?;
+        if !self.exec.tags[buffer.index()].is_empty() {
+            let name = &self.s.buffers[buffer.index()].name;
+            return Err(self.err(format!("adds to tagged `{name}`, which only takes stores")));
+        }
         let dst = &mut self.exec.mem[buffer.index()][first..first + data.len()];
         for (d, v) in dst.iter_mut().zip(data) {
             *d += v;
@@ -543,10 +634,24 @@ impl TaskCtx<'_> {
         let end = if g.past_only { pos } else { pos + 1 };
         let (a, b) = attn_part_rows(first, end, part, parts);
         let base = (g.kv_head as usize * g.max_positions as usize + a) * hd;
-        let k = self.read(g.k_cache, base, (b - a) * hd)?;
-        let v = self.read(g.v_cache, base, (b - a) * hd)?;
         let mut o = vec![0.0; hd + 2];
-        kernels::attention_partial(qh, kernels::KvRows { k, v, stride: hd }, b - a, &mut o);
+        let current = match *op {
+            TaskOp::Attention { current, .. } => current,
+            _ => None,
+        };
+        let Some(NewRow { kv, kv_heads }) = current.filter(|_| (a..b).contains(&pos)) else {
+            let k = self.read(g.k_cache, base, (b - a) * hd)?;
+            let v = self.read(g.v_cache, base, (b - a) * hd)?;
+            kernels::attention_partial(qh, kernels::KvRows { k, v, stride: hd }, b - a, &mut o);
+            return Ok(o);
+        };
+        // The rows before the position from the caches, the position's from `kv`, in order.
+        let (g_kv, n) = (g.kv_head as usize, kv_heads as usize);
+        let mut k = self.read(g.k_cache, base, (pos - a) * hd)?.to_vec();
+        let mut v = self.read(g.v_cache, base, (pos - a) * hd)?.to_vec();
+        k.extend_from_slice(self.read(kv, g_kv * hd, hd)?);
+        v.extend_from_slice(self.read(kv, (n + g_kv) * hd, hd)?);
+        kernels::attention_partial(qh, kernels::KvRows { k: &k, v: &v, stride: hd }, b - a, &mut o);
         Ok(o)
     }
 

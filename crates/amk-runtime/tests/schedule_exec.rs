@@ -8,7 +8,7 @@ use amk_ir::Model;
 use amk_runtime::cpu::CpuReference;
 use amk_runtime::schedule_exec::{ExecError, Policy, ScheduleExecutor};
 use amk_runtime::{generate, Backend, GenerateOptions};
-use amk_schedule::schedule::Instr;
+use amk_schedule::schedule::{BufferKind, Instr};
 use amk_schedule::{lower, Schedule, ScheduleConfig};
 use std::sync::Arc;
 
@@ -182,7 +182,7 @@ fn lost_signal_is_a_reported_deadlock() {
     let mut exec = ScheduleExecutor::from_model(&model, Arc::new(s), &mut |_, _| {}).unwrap();
     exec.check_regions = true;
     let err = exec.launch(Policy::Random(3)).unwrap_err();
-    let ExecError::Deadlock { stuck } = &err else { panic!("expected a deadlock, got {err}") };
+    let ExecError::Deadlock { stuck, .. } = &err else { panic!("expected a deadlock, got {err}") };
     assert!(!stuck.is_empty());
     assert!(err.to_string().contains("embed.done"), "{err}");
 }
@@ -541,6 +541,73 @@ fn head_waits_match_the_reference() {
                             }
                         }
                         Instr::Signal(_) => {}
+                    }
+                }
+            }
+            let what = format!("{spec:?} {knobs:?}");
+            assert_verified_and_every_policy_matches(&model, &mut cpu, s, 11, &what);
+        }
+    }
+}
+
+/// Tagged hand-offs (`tagged`): queries, current key/value rows and attention partials go
+/// through per-layer tagged buffers, attention parts wait on no counter, head-split
+/// output-projection tasks wait only for the residual copies, and the cache appends run at
+/// the step's end; the schedule verifies and every interleaving computes what the reference
+/// does, over steps that cross every attention part's row range.
+#[test]
+fn tagged_handoffs_match_the_reference() {
+    let specs = [
+        SynthSpec { seed: 81, ..SynthSpec::tiny() },
+        SynthSpec {
+            num_heads: 6,
+            num_kv_heads: 2,
+            head_dim: 16,
+            hidden_size: 96,
+            attention_bias: true,
+            seed: 82,
+            ..SynthSpec::tiny()
+        },
+        SynthSpec {
+            architecture: Architecture::Mistral,
+            sliding_window: Some(3),
+            seed: 83,
+            ..SynthSpec::tiny()
+        },
+    ];
+    for spec in specs {
+        let (_dir, model) = tiny(spec.clone());
+        let mut cpu = CpuReference::from_model(&model, &mut |_, _| {}).unwrap();
+        let layers = model.config.num_layers;
+        for (head_waits, attn_splits, fuse_down) in
+            [(true, 3, true), (false, 2, false), (true, 1, true)]
+        {
+            let knobs = ScheduleConfig {
+                tagged: true,
+                o_by_head: true,
+                head_waits,
+                attn_splits,
+                fuse_down,
+                o_rows: 8,
+                ..config(9)
+            };
+            let s = lower(&model.graph, &knobs).unwrap();
+            let tagged = s.buffers.iter().filter(|b| b.kind == BufferKind::Tagged).count();
+            assert_eq!(tagged, 3 * layers, "{knobs:?}");
+            let appends = s.tasks.iter().filter(|t| t.op.kind_name() == "append_kv").count();
+            assert_eq!(appends, layers, "{knobs:?}");
+            // No attention part waits for the projections (it polls them), only for the
+            // residual copies.
+            for w in &s.workers {
+                for pair in w.instrs.windows(2) {
+                    if let [Instr::Wait { counter, .. }, Instr::Run(t)] = pair {
+                        let task = &s.tasks[t.index()];
+                        let counter = &s.counters[counter.index()].name;
+                        assert!(
+                            task.op.kind_name() != "attention" || counter.ends_with(".resid.done"),
+                            "{} waits for `{counter}`",
+                            task.name,
+                        );
                     }
                 }
             }

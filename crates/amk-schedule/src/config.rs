@@ -82,6 +82,16 @@ pub struct ScheduleConfig {
     /// A head's work then starts when its inputs are ready, not when the slowest task of the
     /// phase before finishes. Ignored with `fuse_q`.
     pub head_waits: bool,
+    /// Tagged hand-offs (needs `o_by_head`; ignored with `fuse_o` or `fuse_q`): the query,
+    /// key and value heads and the attention partials go to per-layer
+    /// [`crate::BufferKind::Tagged`] buffers, so an attention part polls its query and current
+    /// row directly and a head-split output-projection task its head's partials, instead of
+    /// waiting for a counter (whose release fence and acquire cost a round trip each) and then
+    /// loading the data. Attention parts then read only the cache rows before the position;
+    /// append tasks at the end of the step copy the current rows into the caches. The
+    /// counters stay (the appends, the residual copies and the step's end still wait on them),
+    /// but no phase boundary of the attention waits on one.
+    pub tagged: bool,
     /// Positions the key/value caches hold; 0 means the model's max_position_embeddings.
     pub max_positions: u32,
     /// Parts each attention head is split into over cache positions (flash-decoding): more
@@ -118,6 +128,7 @@ impl Default for ScheduleConfig {
             fuse_q: false,
             o_by_head: true,
             head_waits: true,
+            tagged: false,
             max_positions: 0,
             attn_splits: 8,
             prefetch_depth: 1,

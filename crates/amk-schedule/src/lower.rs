@@ -41,10 +41,17 @@
 //! one counter per key/value head and per head instead (`L3.qkv.kv0.done`, `L3.attn.h4.done`),
 //! and the attention parts and head-split output-projection tasks wait only for the counter
 //! their inputs come from. Counters are epoch-offset, so no reset is needed between launches.
+//!
+//! With `tagged` (and `o_by_head`), the query heads, the current key/value rows and the
+//! attention partials go to per-layer [`BufferKind::Tagged`] buffers: attention parts and
+//! head-split output-projection tasks poll them instead of waiting for the phase before
+//! (they wait only for the residual copies, long done when they start), the caches get the
+//! current rows from append tasks at the step's end, and the projections and parts signal
+//! their counters after their worker's next task, since only those appends wait for them.
 
 use crate::config::{Assignment, ScheduleConfig, TaskOrder};
 use crate::ops::{
-    attn_partial_len, CurrentRow, HeadNorm, ProjInput, ProjOutput, RopeSpec, TaskOp, ELEM,
+    attn_partial_len, CurrentRow, HeadNorm, NewRow, ProjInput, ProjOutput, RopeSpec, TaskOp, ELEM,
     IO_BYTES, PARTIAL_BYTES,
 };
 use crate::schedule::{
@@ -74,13 +81,18 @@ pub enum LowerError {
 enum Signals {
     One(usize),
     All,
+    /// Counter `k`, but after the worker's next task (or before its next wait): for counters
+    /// only the step's end waits for, so their release fence does not delay the task after.
+    Late(usize),
 }
 
-/// Which of the previous phase's counters a task waits for.
-#[derive(Clone, Copy)]
+/// Which counters a task waits for: all or one of the previous phase's, or named counters
+/// of earlier phases (a task whose inputs are tagged, see [`BufferKind::Tagged`]).
+#[derive(Clone)]
 enum Needs {
     All,
     One(usize),
+    Counters(Vec<CounterId>),
 }
 
 /// One phase under construction: its counters (one, or one per group of tasks) and its tasks
@@ -118,6 +130,11 @@ impl Lowerer {
         self.task_synced(name, op, weight_bytes, Signals::One(0), Needs::All);
     }
 
+    /// The counters of the phase opened last.
+    fn counters(&self) -> Vec<CounterId> {
+        self.phases.last().map(|p| p.counters.clone()).unwrap_or_default()
+    }
+
     fn task_synced(
         &mut self,
         name: String,
@@ -129,7 +146,11 @@ impl Lowerer {
         let id = self.s.add_task_with_footprint(name, op);
         if let Some(p) = self.phases.last_mut() {
             // A phase of one counter has no groups: every task signals it.
-            let signals = if p.counters.len() == 1 { Signals::One(0) } else { signals };
+            let signals = match signals {
+                Signals::Late(_) if p.counters.len() == 1 => Signals::Late(0),
+                _ if p.counters.len() == 1 => Signals::One(0),
+                _ => signals,
+            };
             p.tasks.push((id, bytes, signals, needs));
         }
     }
@@ -201,6 +222,9 @@ pub fn lower(graph: &DecodeGraph, config: &ScheduleConfig) -> Result<Schedule, L
     let o_by_head = config.o_by_head && !fuse_o && !config.fuse_q;
     let head_waits = config.head_waits && !config.fuse_q;
     let versioned = fuse_o || o_by_head;
+    // Tagged hand-offs replace the attention's counter waits (with head-split output
+    // projections only, whose combine reads one head's partials).
+    let tagged = config.tagged && o_by_head;
     if fuse_o && c.o_bias {
         // Each head's task adds its share of the projection; the bias would need one more.
         return Err(LowerError::Unsupported(
@@ -290,6 +314,8 @@ pub fn lower(graph: &DecodeGraph, config: &ScheduleConfig) -> Result<Schedule, L
         }
     };
 
+    // Tagged: each layer's append task and the attention counter it waits for.
+    let (mut appends, mut attn_done) = (Vec::new(), Vec::new());
     l.phase("embed.done");
     let table = wbuf("model.embed_tokens.weight");
     l.task("embed".into(), TaskOp::Embed { table, hidden: h, io, out: resid }, h as u64 * ELEM);
@@ -345,7 +371,9 @@ pub fn lower(graph: &DecodeGraph, config: &ScheduleConfig) -> Result<Schedule, L
                         output: output(value, kv_head),
                     };
                     let name = format!("L{layer}.{tag}.h{kv_head}");
-                    l.task_synced(name, op, head_bytes, Signals::One(kv_head as usize), Needs::All);
+                    let signal =
+                        if tagged { Signals::Late(1) } else { Signals::One(kv_head as usize) };
+                    l.task_synced(name, op, head_bytes, signal, Needs::All);
                 }
             }
         };
@@ -396,13 +424,45 @@ pub fn lower(graph: &DecodeGraph, config: &ScheduleConfig) -> Result<Schedule, L
             };
             l.task(format!("L{layer}.kv_append"), op, 0);
         } else {
-            if head_waits {
+            // With tagged hand-offs: this layer's query heads, current key/value rows and
+            // attention partials, each written once per step.
+            let handoff = tagged.then(|| {
+                let tb = |l: &mut Lowerer, what: &str, values: u64| {
+                    l.buffer(&format!("L{layer}.{what}"), BufferKind::Tagged, values * ELEM)
+                };
+                let partials = nh as u64 * parts as u64 * attn_partial_len(hd) as u64;
+                (
+                    tb(&mut l, "q", (nh * hd) as u64),
+                    tb(&mut l, "kv_new", (2 * nkv * hd) as u64),
+                    tb(&mut l, "attn_partials", partials),
+                )
+            });
+            let q = handoff.map_or(q, |t| t.0);
+            // Tagged: the residual copies signal a counter of their own, which the attention
+            // parts and head-split projections wait for (long satisfied when they start), and
+            // the projections another, which only the step's end waits for.
+            if let Some((_, kv_new, _)) = handoff {
+                appends.push(TaskOp::AppendKv {
+                    kv: kv_new,
+                    kv_heads: nkv,
+                    head_dim: hd,
+                    max_positions: max_pos,
+                    k_cache,
+                    v_cache,
+                    io,
+                });
+            }
+            if tagged {
+                let names = [format!("L{layer}.resid.done"), format!("L{layer}.qkv.done")];
+                l.phase_groups(&names);
+            } else if head_waits {
                 let names: Vec<String> =
                     (0..nkv).map(|g| format!("L{layer}.qkv.kv{g}.done")).collect();
                 l.phase_groups(&names);
             } else {
                 l.phase(&format!("L{layer}.qkv.done"));
             }
+            let qkv_counters = l.counters();
             if versioned {
                 // The two versions the attention and the MLP add to start as this layer's input.
                 for (tag, dst) in [("mid", x_mid), ("out", x_out)] {
@@ -412,7 +472,8 @@ pub fn lower(graph: &DecodeGraph, config: &ScheduleConfig) -> Result<Schedule, L
                     };
                     // Every group's attention may add to these: each waits for the copies.
                     let name = format!("L{layer}.resid.{tag}");
-                    l.task_synced(name, op, h as u64 * ELEM, Signals::All, Needs::All);
+                    let signals = if tagged { Signals::One(0) } else { Signals::All };
+                    l.task_synced(name, op, h as u64 * ELEM, signals, Needs::All);
                 }
             }
             for head in 0..nh {
@@ -428,26 +489,41 @@ pub fn lower(graph: &DecodeGraph, config: &ScheduleConfig) -> Result<Schedule, L
                     io,
                     output: ProjOutput::Store { buffer: q, offset: head * hd },
                 };
-                let group = Signals::One(kv_head_of(head) as usize);
+                let group =
+                    if tagged { Signals::Late(1) } else { Signals::One(kv_head_of(head) as usize) };
                 l.task_synced(format!("L{layer}.q.h{head}"), op, head_bytes, group, Needs::All);
             }
-            kv_projections(&mut l, &|value, kv_head| ProjOutput::CacheRow {
-                cache: if value { v_cache } else { k_cache },
-                kv_head,
-                head_dim: hd,
-                max_positions: max_pos,
+            kv_projections(&mut l, &|value, kv_head| match handoff {
+                Some((_, kv_new, _)) => {
+                    let base = if value { nkv } else { 0 };
+                    ProjOutput::Store { buffer: kv_new, offset: (base + kv_head) * hd }
+                }
+                None => ProjOutput::CacheRow {
+                    cache: if value { v_cache } else { k_cache },
+                    kv_head,
+                    head_dim: hd,
+                    max_positions: max_pos,
+                },
             });
 
-            if head_waits && attn.is_some() {
+            if tagged {
+                // Nothing waits on the parts (and on the projections) but the cache appends
+                // at the step's end.
+                l.phase(&format!("L{layer}.attn.done"));
+                attn_done.push([l.counters()[0], qkv_counters[1]]);
+            } else if head_waits && attn.is_some() {
                 let names: Vec<String> =
                     (0..nh).map(|h| format!("L{layer}.attn.h{h}.done")).collect();
                 l.phase_groups(&names);
             } else {
                 l.phase(&format!("L{layer}.attn.done"));
             }
-            // What an attention task of `head` waits for: its key/value head's projections.
+            // What an attention task of `head` waits for: its key/value head's projections
+            // (tagged: nothing, it polls them).
             let attn_needs = |head: u32| {
-                if head_waits {
+                if tagged {
+                    Needs::Counters(vec![qkv_counters[0]])
+                } else if head_waits {
                     Needs::One(kv_head_of(head) as usize)
                 } else {
                     Needs::All
@@ -478,6 +554,7 @@ pub fn lower(graph: &DecodeGraph, config: &ScheduleConfig) -> Result<Schedule, L
                     }
                 }
                 Some(attn) => {
+                    let attn = handoff.map_or(attn, |t| t.2);
                     for head in 0..nh {
                         for part in 0..parts {
                             let op = TaskOp::Attention {
@@ -493,9 +570,11 @@ pub fn lower(graph: &DecodeGraph, config: &ScheduleConfig) -> Result<Schedule, L
                                 part,
                                 parts,
                                 out: attn,
+                                current: handoff.map(|(_, kv, _)| NewRow { kv, kv_heads: nkv }),
                             };
                             let name = format!("L{layer}.attn.h{head}.p{part}");
-                            let signals = Signals::One(head as usize);
+                            let signals =
+                                if tagged { Signals::Late(0) } else { Signals::One(head as usize) };
                             l.task_synced(name, op, 0, signals, attn_needs(head));
                         }
                     }
@@ -522,8 +601,15 @@ pub fn lower(graph: &DecodeGraph, config: &ScheduleConfig) -> Result<Schedule, L
                                     outs: [x_mid, x_out],
                                 };
                                 let name = format!("L{layer}.o.h{head}.d{first}");
-                                let needs =
-                                    if head_waits { Needs::One(head as usize) } else { Needs::All };
+                                // Tagged: the partials are polled; the wait is for the
+                                // residual copies (signalled to every qkv counter).
+                                let needs = if tagged {
+                                    Needs::Counters(vec![qkv_counters[0]])
+                                } else if head_waits {
+                                    Needs::One(head as usize)
+                                } else {
+                                    Needs::All
+                                };
                                 let bytes = (dims * h) as u64 * ELEM;
                                 l.task_synced(name, op, bytes, Signals::One(0), needs);
                             }
@@ -615,8 +701,23 @@ pub fn lower(graph: &DecodeGraph, config: &ScheduleConfig) -> Result<Schedule, L
         l.task(format!("head.r{first}"), op, (rows * h) as u64 * ELEM);
     }
 
+    let head_done = l.counters();
+    // Tagged: each layer's current key/value rows into its caches, once every attention part
+    // of the layer (which reads the caches) is done; the reduction that writes the next
+    // position waits for them.
+    let mut argmax_needs = Needs::All;
+    if !appends.is_empty() {
+        l.phase("append.done");
+        let append_done = l.counters();
+        for (layer, (op, done)) in appends.into_iter().zip(attn_done).enumerate() {
+            let name = format!("L{layer}.kv_append");
+            l.task_synced(name, op, 0, Signals::One(0), Needs::Counters(done.to_vec()));
+        }
+        argmax_needs = Needs::Counters([head_done, append_done].concat());
+    }
     l.phase("argmax.done");
-    l.task("argmax".into(), TaskOp::ArgmaxReduce { partials, count: head_tiles, io }, 0);
+    let op = TaskOp::ArgmaxReduce { partials, count: head_tiles, io };
+    l.task_synced("argmax".into(), op, 0, Signals::One(0), argmax_needs);
 
     Ok(place(l, config))
 }
@@ -629,9 +730,12 @@ fn place(mut l: Lowerer, config: &ScheduleConfig) -> Schedule {
     let mut next_rr = 0usize;
     // The previous phase's counters with their signal counts.
     let mut prev: Vec<(CounterId, u32)> = Vec::new();
+    // Per worker, the counters it has waited for so far: a later wait for one of them is
+    // already satisfied (counters only grow within a launch), so it is left out.
+    let mut waited: Vec<Vec<CounterId>> = vec![Vec::new(); w];
+    // Per worker, late signals waiting for its next task to be placed.
+    let mut late_signals: Vec<Vec<CounterId>> = vec![Vec::new(); w];
     for phase in &l.phases {
-        // Per worker, which of `prev` it has waited for in this phase.
-        let mut waited = vec![vec![false; prev.len()]; w];
         // Tasks of one phase run in parallel only on distinct workers, so a phase is spread
         // first; bytes are balanced among the workers with the fewest tasks in the phase.
         let mut in_phase = vec![0u32; w];
@@ -640,7 +744,7 @@ fn place(mut l: Lowerer, config: &ScheduleConfig) -> Schedule {
             // Stable: equal tiles keep their lowered order.
             order.sort_by_key(|&(_, bytes, _, _)| std::cmp::Reverse(bytes));
         }
-        for &(task, bytes, signals, needs) in &order {
+        for (task, bytes, signals, needs) in order.iter().cloned() {
             let wi = match config.assignment {
                 Assignment::RoundRobin => {
                     next_rr = (next_rr + 1) % w;
@@ -652,18 +756,30 @@ fn place(mut l: Lowerer, config: &ScheduleConfig) -> Schedule {
             };
             in_phase[wi] += 1;
             load[wi] += bytes.max(1);
-            let needed: Vec<usize> = match needs {
-                Needs::One(k) if prev.len() > 1 => vec![k],
+            let needed: Vec<(CounterId, u32)> = match needs {
+                Needs::One(k) if prev.len() > 1 => prev.get(k).copied().into_iter().collect(),
+                // Counters of earlier phases: their signal counts are known by now.
+                Needs::Counters(cs) => cs
+                    .into_iter()
+                    .map(|c| match l.s.counters[c.index()].reset {
+                        CounterReset::Epoch { signals_per_launch } => (c, signals_per_launch),
+                        _ => (c, 0),
+                    })
+                    .collect(),
                 // A previous phase of one counter has no groups: every task waits for it.
-                _ => (0..prev.len()).collect(),
+                _ => prev.clone(),
             };
-            for k in needed {
-                if let (Some(&(counter, count)), false) = (prev.get(k), waited[wi][k]) {
+            for (counter, count) in needed {
+                if !waited[wi].contains(&counter) {
+                    // Late signals go out before the worker blocks: the wait may need them.
+                    let late = std::mem::take(&mut late_signals[wi]);
+                    workers[wi].instrs.extend(late.into_iter().map(Instr::Signal));
                     workers[wi].instrs.push(Instr::Wait { counter, at_least: count });
-                    waited[wi][k] = true;
+                    waited[wi].push(counter);
                 }
             }
             workers[wi].instrs.push(Instr::Run(task));
+            let late = std::mem::take(&mut late_signals[wi]);
             match signals {
                 Signals::One(k) => workers[wi].instrs.push(Instr::Signal(phase.counters[k])),
                 Signals::All => {
@@ -671,7 +787,9 @@ fn place(mut l: Lowerer, config: &ScheduleConfig) -> Schedule {
                         workers[wi].instrs.push(Instr::Signal(c));
                     }
                 }
+                Signals::Late(k) => late_signals[wi].push(phase.counters[k]),
             }
+            workers[wi].instrs.extend(late.into_iter().map(Instr::Signal));
         }
         prev = phase
             .counters
@@ -682,13 +800,17 @@ fn place(mut l: Lowerer, config: &ScheduleConfig) -> Schedule {
                     .tasks
                     .iter()
                     .filter(|t| {
-                        matches!(t.2, Signals::All) || matches!(t.2, Signals::One(j) if j == k)
+                        matches!(t.2, Signals::All)
+                            || matches!(t.2, Signals::One(j) | Signals::Late(j) if j == k)
                     })
                     .count() as u32;
                 l.s.counters[c.index()].reset = CounterReset::Epoch { signals_per_launch: count };
                 (c, count)
             })
             .collect();
+    }
+    for (worker, late) in workers.iter_mut().zip(late_signals) {
+        worker.instrs.extend(late.into_iter().map(Instr::Signal));
     }
     l.s.workers = workers;
     l.s

@@ -60,6 +60,15 @@ pub struct CurrentRow {
     pub kv_heads: u32,
 }
 
+/// The current position's key and value heads in a buffer of their own (keys first): key
+/// head `g` is `kv[g * hd..][..hd]`, its value `kv[(kv_heads + g) * hd..][..hd]`. An attention
+/// that reads its current row from here does not depend on the cache append of this launch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NewRow {
+    pub kv: BufferId,
+    pub kv_heads: u32,
+}
+
 impl CurrentRow {
     /// The key/value head query head `head` of `heads` reads, if the head counts are valid.
     pub fn kv_head(&self, head: u32, heads: u32) -> Option<u32> {
@@ -256,6 +265,11 @@ pub enum TaskOp {
         part: u32,
         parts: u32,
         out: BufferId,
+        /// Where the current position's key and value rows come from when not from the
+        /// caches (rows before the position still do). Absent from `schedule.ron` when
+        /// `None`: the caches already hold the current row.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        current: Option<NewRow>,
     },
     /// One query head's whole attention (as [`TaskOp::Attention`] with a single part) followed
     /// by its share of the attention output projection: `o = softmax(q k^T / sqrt(head_dim)) v`
@@ -645,9 +659,14 @@ impl TaskOp {
                 r.push(Region::new(down, (first_row as u64).saturating_mul(ELEM), span));
                 adds.push(elems(out, 0, cols));
             }
-            TaskOp::Attention { head, head_dim, part, parts, out, .. } => {
+            TaskOp::Attention { head, kv_head, head_dim, part, parts, out, current, .. } => {
                 if let Some(g) = self.attn_geometry() {
                     g.footprint(&mut r);
+                }
+                if let Some(NewRow { kv, kv_heads }) = current {
+                    r.push(elems(kv, kv_head.saturating_mul(head_dim), head_dim));
+                    let v = kv_heads.saturating_add(kv_head).saturating_mul(head_dim);
+                    r.push(elems(kv, v, head_dim));
                 }
                 let at = attn_partial_index(head, part, parts, head_dim).saturating_mul(ELEM);
                 w.push(Region::new(out, at, attn_partial_len(head_dim) as u64 * ELEM));

@@ -260,6 +260,14 @@ pub enum BufferKind {
     Io,
     /// Scratch space private to the kernel (partial sums, argmax candidates).
     Scratch,
+    /// Activations handed from the one task that writes them to the tasks that read them
+    /// without a counter: on the device each 4-byte value sits beside the launch's tag (so
+    /// the buffer takes twice its `bytes`), and a read of a value waits until it carries this
+    /// launch's tag. The reader learns of each value as it lands, with no release fence and no
+    /// second round trip; in exchange every byte has at most one writing task per launch,
+    /// nothing adds to it, and a tagged read orders nothing but the values it reads (the
+    /// verifier checks all three).
+    Tagged,
 }
 
 /// A named device buffer of `bytes` bytes.

@@ -78,6 +78,7 @@ fn schedule() -> impl Strategy<Value = Schedule> {
                     BufferKind::Logits,
                     BufferKind::Io,
                     BufferKind::Scratch,
+                    BufferKind::Tagged,
                 ]),
                 any::<u64>(),
             ),

@@ -130,6 +130,50 @@ pub struct StuckWorker {
     pub pending_signals: Vec<InstrLoc>,
 }
 
+/// A worker stuck at a `Run` whose task reads tagged bytes that are not written yet (a
+/// tagged read blocks inside the `Run` until every value it reads carries this launch's tag).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BlockedRun {
+    /// The blocked `Run` instruction.
+    pub at: InstrLoc,
+    /// The reading task.
+    pub task: String,
+    /// The tagged buffer.
+    pub buffer: String,
+    /// The bytes it waits for (the first of its reads not written yet; one writer's share).
+    pub range: ByteRange,
+    /// The task that writes them; `None` if no task does.
+    pub writer: Option<String>,
+    /// Where the writer's (first) `Run` is; `None` if no worker runs it. It has not run.
+    pub writer_at: Option<InstrLoc>,
+}
+
+impl fmt::Display for BlockedRun {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} runs task `{}`, which reads {} of tagged buffer `{}`",
+            self.at, self.task, self.range, self.buffer
+        )?;
+        match (&self.writer, self.writer_at) {
+            (None, _) => write!(f, ", which no task writes"),
+            (Some(w), None) => {
+                write!(f, " before task `{w}` writes them, and no worker runs `{w}`")
+            }
+            (Some(_), Some(l)) if l == self.at => {
+                write!(f, ", which it writes itself (a task cannot wait for its own tagged writes)")
+            }
+            (Some(w), Some(l)) if l.worker == self.at.worker => write!(
+                f,
+                " before task `{w}` writes them at {l}, later on the same worker (run `{w}` first)"
+            ),
+            (Some(w), Some(l)) => {
+                write!(f, " before task `{w}` writes them at {l}, which has not run")
+            }
+        }
+    }
+}
+
 /// One reason a schedule is not proven safe.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum VerifyError {
@@ -241,10 +285,49 @@ pub enum VerifyError {
         /// Second index.
         second: usize,
     },
+    /// A task adds to a tagged buffer (declared in its `adds`, or an op add declared as a
+    /// write): tagged values are written once, never added to.
+    TaggedAdd {
+        /// Task name.
+        task: String,
+        /// `Add(i)` or `OpAdd(i)`.
+        place: RegionPlace,
+        /// Buffer name.
+        buffer: String,
+        /// The added-to range.
+        range: ByteRange,
+    },
+    /// Two tasks write overlapping bytes of a tagged buffer: every tagged byte has at most one
+    /// writing task per launch.
+    TaggedWrittenTwice {
+        /// Buffer name.
+        buffer: String,
+        /// The task whose write starts first.
+        first: String,
+        /// The other task.
+        second: String,
+        /// Bytes both write (where the first overlap found lies).
+        range: ByteRange,
+    },
+    /// A task reads bytes of a tagged buffer that no task writes: the read waits forever.
+    TaggedUnwrittenRead {
+        /// Task name.
+        task: String,
+        /// `Read(i)`.
+        place: RegionPlace,
+        /// Buffer name.
+        buffer: String,
+        /// A maximal range of the read that no task writes.
+        range: ByteRange,
+    },
     /// The greedy run sticks: every interleaving deadlocks in this state.
     Deadlock {
-        /// Every worker that has not finished, at its blocking wait.
+        /// Every worker that has not finished and is stuck at a wait.
         stuck: Vec<StuckWorker>,
+        /// Every worker that has not finished and is stuck at a `Run` whose tagged reads are
+        /// not written yet. Absent from the JSON when empty.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        blocked: Vec<BlockedRun>,
         /// Workers that finished.
         finished: usize,
     },
@@ -342,11 +425,23 @@ impl fmt::Display for VerifyError {
                 f,
                 "malformed: {kind}s #{first} and #{second} are both named `{name}`; schedule.ron refers by name, so names must be unique."
             ),
-            Deadlock { stuck, finished } => {
+            TaggedAdd { task, place, buffer, range } => write!(
+                f,
+                "malformed: task `{task}` {place} adds to {range} of tagged buffer `{buffer}`; a tagged value is written once by one task, never added to (add into a non-tagged buffer)."
+            ),
+            TaggedWrittenTwice { buffer, first, second, range } => write!(
+                f,
+                "malformed: tasks `{first}` and `{second}` both write {range} of tagged buffer `{buffer}`; every tagged byte has at most one writing task per launch (give each its own bytes, or make the buffer non-tagged and order the writes with a counter)."
+            ),
+            TaggedUnwrittenRead { task, place, buffer, range } => write!(
+                f,
+                "malformed: task `{task}` {place} reads {range} of tagged buffer `{buffer}`, which no task writes: the read would wait forever (write those bytes in some task, or narrow the read)."
+            ),
+            Deadlock { stuck, blocked, finished } => {
                 write!(
                     f,
                     "deadlock: every interleaving gets stuck ({finished} workers finish, {} are stuck):",
-                    stuck.len()
+                    stuck.len() + blocked.len()
                 )?;
                 for s in stuck {
                     write!(
@@ -357,8 +452,11 @@ impl fmt::Display for VerifyError {
                     if s.pending_signals.is_empty() {
                         write!(f, "; no worker has a signal to it left")?;
                     } else {
-                        write!(f, "; its remaining signals are behind stuck waits at {}", locs(&s.pending_signals))?;
+                        write!(f, "; its remaining signals are behind stuck workers at {}", locs(&s.pending_signals))?;
                     }
+                }
+                for b in blocked {
+                    write!(f, "\n  {b}")?;
                 }
                 write!(f, ".")
             }
@@ -384,8 +482,9 @@ impl fmt::Display for VerifyError {
 }
 
 impl VerifyError {
-    /// Whether this is a malformed-input error (bad ids, bounds, names, run counts), as
-    /// opposed to a semantic hazard (deadlock, race, residency, launch-to-launch).
+    /// Whether this is a malformed-input error (bad ids, bounds, names, run counts, the rules
+    /// of tagged buffers), as opposed to a semantic hazard (deadlock, race, residency,
+    /// launch-to-launch).
     pub fn is_malformed(&self) -> bool {
         !matches!(
             self,

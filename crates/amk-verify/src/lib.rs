@@ -13,18 +13,25 @@
 //! 1. **Well-formed**: at least one worker; all ids in range; every task run exactly once;
 //!    regions non-empty and inside their buffer (no u64 overflow); no wait above the total
 //!    number of signals its counter can receive; a Copy's src / dst inside the task's declared
-//!    reads / writes, of equal length; names unique (the file refers by name).
-//! 2. **Deadlock-free**: counters are monotone, so a greedy run decides it for all
-//!    interleavings; a counterexample lists each stuck worker, its instruction, the wait and
-//!    the counter's value there.
+//!    reads / writes, of equal length; names unique (the file refers by name). Tagged buffers
+//!    (`BufferKind::Tagged`, whose reads block until the values carry this launch's tag):
+//!    nothing adds to them, no byte is written by two tasks, every byte read is written.
+//! 2. **Deadlock-free**: a `Run` whose task reads tagged bytes goes only once their writer
+//!    has run; that and the counters are monotone, so a greedy run decides it for all
+//!    interleavings. A counterexample lists each stuck worker and its instruction: the wait
+//!    and the counter's value there, or the tagged bytes its task reads and where their
+//!    writer sits.
 //! 3. **Race-free**: happens-before = program order + signal→wait edges (signal `s` precedes
 //!    `Wait(c, k)` iff fewer than `k` signals to `c` can occur without `s`), closed to a
 //!    fixpoint; any two accesses to overlapping bytes from different workers are ordered by
 //!    it, unless both are reads or both are atomic adds (a task's `adds`: f32 adds commute,
 //!    so their order changes at most the rounding). An add conflicts with any read or write.
+//!    A tagged read adds no edge (it orders only the values it reads); tagged buffers need no
+//!    check, as each read follows the one write of its bytes.
 //! 4. **Co-resident**: workers <= `sm_count * blocks_per_sm`.
 //! 5. **Launch-to-launch safe**: epoch-offset counters receive exactly their declared signals
-//!    per launch; never-reset counters are not waited on.
+//!    per launch; never-reset counters are not waited on. (Tagged buffers need nothing: the
+//!    tag tells one launch's values from the last one's.)
 //!
 //! The [`Certificate`] records what was proven and the sha256 of the canonical
 //! `schedule.ron`, so the runtime can check ([`Certificate::matches`]) that it launches the
@@ -37,7 +44,8 @@ pub mod testing;
 mod verify;
 
 pub use error::{
-    Access, AccessKind, ByteRange, InstrLoc, RegionPlace, Rejection, StuckWorker, VerifyError,
+    Access, AccessKind, BlockedRun, ByteRange, InstrLoc, RegionPlace, Rejection, StuckWorker,
+    VerifyError,
 };
 
 use amk_schedule::schedule::Schedule;

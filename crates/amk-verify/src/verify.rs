@@ -1,11 +1,20 @@
-//! The checks: well-formedness, deadlock freedom (greedy run), happens-before (vector clocks
-//! over waits, closed to a fixpoint), race freedom (per-buffer sweep over byte segments in
-//! greedy-run order), co-residency and launch-to-launch safety.
+//! The checks: well-formedness (with the rules of tagged buffers), deadlock freedom (greedy
+//! run), happens-before (vector clocks over waits, closed to a fixpoint), race freedom
+//! (per-buffer sweep over byte segments in greedy-run order), co-residency and
+//! launch-to-launch safety.
+//!
+//! Tagged buffers ([`BufferKind::Tagged`]): a `Run` whose task reads tagged bytes blocks until
+//! the task that writes them has run; that blocking is part of the greedy run but adds no
+//! happens-before edge (a tagged read orders only the values it reads). Those buffers need no
+//! race check: nothing adds to them, each byte has one writing task, and every read of it
+//! follows that write.
 
 use crate::error::{
-    Access, AccessKind, ByteRange, InstrLoc, RegionPlace, StuckWorker, VerifyError,
+    Access, AccessKind, BlockedRun, ByteRange, InstrLoc, RegionPlace, StuckWorker, VerifyError,
 };
-use amk_schedule::schedule::{BufferId, CounterReset, Instr, NameKind, Region, Schedule};
+use amk_schedule::schedule::{
+    BufferId, BufferKind, CounterReset, Instr, NameKind, Region, Schedule,
+};
 use amk_schedule::TaskOp;
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, HashSet};
@@ -41,8 +50,9 @@ pub(crate) fn check_all(
 ) -> Outcome {
     let totals = s.signal_counts();
     well_formed(s, &totals, errors);
-    let run = greedy(s);
-    deadlock(s, &run, errors);
+    let handoffs = tagged(s, errors);
+    let run = greedy(s, &handoffs);
+    deadlock(s, &run, &handoffs, errors);
     let hb = HappensBefore::build(s, &run);
     races(s, &run, &hb, errors);
     residency(s, capacity, errors);
@@ -214,32 +224,198 @@ fn well_formed(s: &Schedule, totals: &[u64], errors: &mut Vec<VerifyError>) {
 }
 
 // ------------------------------------------------------------------------------------------
+// 1b. Tagged buffers
+// ------------------------------------------------------------------------------------------
+
+/// A piece of a task's tagged read: bytes `[offset, offset + len)` of `buffer`, written by task
+/// `writer` (`NONE`: by no task). The reader's `Run` blocks until the writer has run.
+#[derive(Clone, Copy)]
+pub(crate) struct Handoff {
+    writer: u32,
+    buffer: u32,
+    offset: u64,
+    len: u64,
+}
+
+fn is_tagged(s: &Schedule, b: BufferId) -> bool {
+    s.buffers.get(b.index()).is_some_and(|x| x.kind == BufferKind::Tagged)
+}
+
+/// Checks the rules of tagged buffers (nothing adds to them, no byte has two writing tasks,
+/// every byte read has a writer) and returns, per task, the hand-offs of its tagged reads.
+fn tagged(s: &Schedule, errors: &mut Vec<VerifyError>) -> Vec<Vec<Handoff>> {
+    let mut handoffs = vec![Vec::new(); s.tasks.len()];
+    if !s.buffers.iter().any(|b| b.kind == BufferKind::Tagged) {
+        return handoffs;
+    }
+    // Per tagged buffer, its writes `(offset, end, task)`; an add is an error of its own.
+    let mut writes: Vec<Vec<(u64, u64, u32)>> = vec![Vec::new(); s.buffers.len()];
+    let bytes = |b: BufferId| s.buffers.get(b.index()).map_or(0, |x| x.bytes);
+    for (t, task) in s.tasks.iter().enumerate() {
+        // Declared adds, and op adds declared as writes (on the device they are still adds).
+        let op_adds = task.op.footprint(bytes).adds;
+        let declared = task.adds.iter().enumerate().map(|(i, r)| (RegionPlace::Add(i as u32), r));
+        let undeclared = op_adds
+            .iter()
+            .enumerate()
+            .filter(|(_, r)| r.len > 0 && !task.adds.iter().any(|d| d.contains(r)))
+            .map(|(i, r)| (RegionPlace::OpAdd(i as u32), r));
+        for (place, r) in declared.chain(undeclared) {
+            if is_tagged(s, r.buffer) {
+                errors.push(VerifyError::TaggedAdd {
+                    task: task.name.clone(),
+                    place,
+                    buffer: buffer_name(s, r.buffer.index()),
+                    range: ByteRange { offset: r.offset, len: r.len },
+                });
+            }
+        }
+        for r in &task.writes {
+            if r.len > 0 && is_tagged(s, r.buffer) {
+                let end = r.offset.saturating_add(r.len);
+                writes[r.buffer.index()].push((r.offset, end, t as u32));
+            }
+        }
+    }
+    // Write-once: a sweep in offset order over the writes that reach the current offset.
+    // `reach[j]` = the furthest end among writes `0..=j` (for the readers' lookups below).
+    let mut reach: Vec<Vec<u64>> = vec![Vec::new(); s.buffers.len()];
+    for (b, ws) in writes.iter_mut().enumerate() {
+        ws.sort_unstable();
+        let mut open: Vec<(u64, u64, u32)> = Vec::new();
+        let mut reported: HashSet<(u32, u32)> = HashSet::new();
+        for &(offset, end, t) in ws.iter() {
+            open.retain(|&(_, e, _)| e > offset);
+            for &(_, e, u) in &open {
+                if u != t && reported.insert((u.min(t), u.max(t))) {
+                    errors.push(VerifyError::TaggedWrittenTwice {
+                        buffer: buffer_name(s, b),
+                        first: task_name(s, u as usize),
+                        second: task_name(s, t as usize),
+                        range: ByteRange { offset, len: e.min(end) - offset },
+                    });
+                }
+            }
+            open.push((offset, end, t));
+        }
+        reach[b] = ws
+            .iter()
+            .scan(0, |m, w| {
+                *m = w.1.max(*m);
+                Some(*m)
+            })
+            .collect();
+    }
+    // Every read: the writers of its bytes, and the bytes no task writes.
+    for (t, task) in s.tasks.iter().enumerate() {
+        for (i, r) in task.reads.iter().enumerate() {
+            if r.len == 0 || !is_tagged(s, r.buffer) {
+                continue;
+            }
+            // (Bytes past the buffer's end are reported as out of bounds.)
+            let (b, lo) = (r.buffer.index(), r.offset);
+            let hi = r.offset.saturating_add(r.len).min(s.buffers[b].bytes);
+            if lo >= hi {
+                continue;
+            }
+            let (ws, reach) = (&writes[b], &reach[b]);
+            let mut pieces = Vec::new();
+            let mut j = ws.partition_point(|w| w.0 < hi);
+            while j > 0 && reach[j - 1] > lo {
+                j -= 1;
+                let (offset, end, writer) = ws[j];
+                if end > lo {
+                    let offset = offset.max(lo);
+                    pieces.push(Handoff {
+                        writer,
+                        buffer: b as u32,
+                        offset,
+                        len: end.min(hi) - offset,
+                    });
+                }
+            }
+            pieces.sort_unstable_by_key(|h| h.offset);
+            // The gaps between the pieces: unwritten, so the read waits for them forever.
+            let mut gaps = Vec::new();
+            let mut covered = lo;
+            for h in &pieces {
+                if h.offset > covered {
+                    gaps.push((covered, h.offset));
+                }
+                covered = covered.max(h.offset + h.len);
+            }
+            if covered < hi {
+                gaps.push((covered, hi));
+            }
+            for (offset, end) in gaps {
+                let len = end - offset;
+                errors.push(VerifyError::TaggedUnwrittenRead {
+                    task: task.name.clone(),
+                    place: RegionPlace::Read(i as u32),
+                    buffer: buffer_name(s, b),
+                    range: ByteRange { offset, len },
+                });
+                pieces.push(Handoff { writer: NONE, buffer: b as u32, offset, len });
+            }
+            handoffs[t].extend(pieces);
+        }
+    }
+    handoffs
+}
+
+// ------------------------------------------------------------------------------------------
 // 2. Deadlock: the greedy run
 // ------------------------------------------------------------------------------------------
 
 /// The result of the greedy run: how far each worker got, the order in which instructions
-/// ran (a linear extension of every sound happens-before), and the final counter values.
-/// Instructions with out-of-range ids act as no-ops (they are reported as malformed).
+/// ran (a linear extension of every sound happens-before), the final counter values and which
+/// tasks ran. Instructions with out-of-range ids act as no-ops (they are reported as
+/// malformed). A worker stops at a wait below its threshold and at a `Run` whose tagged reads
+/// have a writer that has not run (or none).
 pub(crate) struct GreedyRun {
     pub pc: Vec<usize>,
     pub order: Vec<InstrLoc>,
     pub values: Vec<u64>,
+    pub ran: Vec<bool>,
 }
 
-pub(crate) fn greedy(s: &Schedule) -> GreedyRun {
+pub(crate) fn greedy(s: &Schedule, handoffs: &[Vec<Handoff>]) -> GreedyRun {
     let nw = s.workers.len();
     let nc = s.counters.len();
+    let nt = s.tasks.len();
     let total: usize = s.workers.iter().map(|w| w.instrs.len()).sum();
     let mut pc = vec![0usize; nw];
     let mut values = vec![0u64; nc];
     let mut blocked: Vec<BinaryHeap<Reverse<(u32, u32)>>> = Vec::new();
     blocked.resize_with(nc, BinaryHeap::new);
+    let mut ran = vec![false; nt];
+    // Per task: its first hand-off whose writer may not have run; the workers whose `Run`
+    // waits for it to run.
+    let mut next = vec![0usize; nt];
+    let mut readers: Vec<Vec<usize>> = vec![Vec::new(); nt];
     let mut ready: Vec<usize> = (0..nw).rev().collect();
     let mut order = Vec::with_capacity(total);
     while let Some(w) = ready.pop() {
         let instrs = &s.workers[w].instrs;
         while pc[w] < instrs.len() {
             match instrs[pc[w]] {
+                Instr::Run(t) if t.index() < nt => {
+                    let (t, hs) = (t.index(), &handoffs[t.index()]);
+                    while hs
+                        .get(next[t])
+                        .is_some_and(|h| h.writer != NONE && ran[h.writer as usize])
+                    {
+                        next[t] += 1;
+                    }
+                    if let Some(h) = hs.get(next[t]) {
+                        if h.writer != NONE {
+                            readers[h.writer as usize].push(w);
+                        }
+                        break;
+                    }
+                    ran[t] = true;
+                    ready.append(&mut readers[t]);
+                }
                 Instr::Run(_) => {}
                 Instr::Signal(c) => {
                     if c.index() < nc {
@@ -267,20 +443,54 @@ pub(crate) fn greedy(s: &Schedule) -> GreedyRun {
             pc[w] += 1;
         }
     }
-    GreedyRun { pc, order, values }
+    GreedyRun { pc, order, values, ran }
 }
 
-fn deadlock(s: &Schedule, run: &GreedyRun, errors: &mut Vec<VerifyError>) {
+fn deadlock(
+    s: &Schedule,
+    run: &GreedyRun,
+    handoffs: &[Vec<Handoff>],
+    errors: &mut Vec<VerifyError>,
+) {
     let stuck_workers: Vec<usize> =
         (0..s.workers.len()).filter(|&w| run.pc[w] < s.workers[w].instrs.len()).collect();
     if stuck_workers.is_empty() {
         return;
     }
+    // Where each task's first `Run` is (to say where a missing tagged write sits).
+    let mut run_at: Vec<Option<InstrLoc>> = vec![None; s.tasks.len()];
+    for (w, worker) in s.workers.iter().enumerate() {
+        for (i, instr) in worker.instrs.iter().enumerate() {
+            if let Instr::Run(t) = instr {
+                if let Some(at @ None) = run_at.get_mut(t.index()) {
+                    *at = Some(loc(w, i));
+                }
+            }
+        }
+    }
     let mut stuck = Vec::new();
+    let mut blocked = Vec::new();
     for &w in &stuck_workers {
         let i = run.pc[w];
-        let Instr::Wait { counter, at_least } = s.workers[w].instrs[i] else {
-            unreachable!("greedy runs stop only at waits")
+        let (counter, at_least) = match s.workers[w].instrs[i] {
+            Instr::Wait { counter, at_least } => (counter, at_least),
+            Instr::Run(t) => {
+                let h = handoffs[t.index()]
+                    .iter()
+                    .find(|h| h.writer == NONE || !run.ran[h.writer as usize])
+                    .expect("greedy runs stop at a Run only for a writer that has not run");
+                let writer = (h.writer != NONE).then_some(h.writer as usize);
+                blocked.push(BlockedRun {
+                    at: loc(w, i),
+                    task: task_name(s, t.index()),
+                    buffer: buffer_name(s, h.buffer as usize),
+                    range: ByteRange { offset: h.offset, len: h.len },
+                    writer: writer.map(|u| task_name(s, u)),
+                    writer_at: writer.and_then(|u| run_at[u]),
+                });
+                continue;
+            }
+            Instr::Signal(_) => unreachable!("greedy runs stop only at waits and runs"),
         };
         let mut pending = Vec::new();
         for &v in &stuck_workers {
@@ -299,7 +509,8 @@ fn deadlock(s: &Schedule, run: &GreedyRun, errors: &mut Vec<VerifyError>) {
             pending_signals: pending,
         });
     }
-    errors.push(VerifyError::Deadlock { stuck, finished: s.workers.len() - stuck_workers.len() });
+    let finished = s.workers.len() - stuck_workers.len();
+    errors.push(VerifyError::Deadlock { stuck, blocked, finished });
 }
 
 // ------------------------------------------------------------------------------------------
@@ -628,6 +839,10 @@ fn compact_per_worker(list: &mut Vec<u32>, accs: &[Acc], at: usize) {
 ///
 /// Reads and adds since the last write are kept per worker (a later access of a worker
 /// dominates its earlier ones).
+///
+/// Tagged buffers are skipped: nothing adds to them and no byte has two writing tasks (or
+/// [`tagged`] reported it), and every read follows the write of its bytes (the greedy run
+/// blocks it until then, and so does the device).
 fn races(s: &Schedule, run: &GreedyRun, hb: &HappensBefore, errors: &mut Vec<VerifyError>) {
     let nb = s.buffers.len();
     let nt = s.tasks.len();
@@ -651,7 +866,7 @@ fn races(s: &Schedule, run: &GreedyRun, hb: &HappensBefore, errors: &mut Vec<Ver
             .chain(task.adds.iter().map(|r| (r, AccessKind::Add)));
         for (r, kind) in all {
             let b = r.buffer.index();
-            if b >= nb || r.len == 0 {
+            if b >= nb || r.len == 0 || s.buffers[b].kind == BufferKind::Tagged {
                 continue;
             }
             has_write[b] |= kind != AccessKind::Read;

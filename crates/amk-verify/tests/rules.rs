@@ -212,8 +212,8 @@ fn deadlock_cycle_is_reported_with_stuck_workers() {
     s.workers[0].instrs.insert(0, Instr::Wait { counter: back, at_least: 1 });
     s.workers[1].instrs.push(Instr::Signal(back));
     let e = errors(&s, &FACTS);
-    let VerifyError::Deadlock { stuck, finished } = &e[0] else { panic!("{e:?}") };
-    assert_eq!(*finished, 0);
+    let VerifyError::Deadlock { stuck, blocked, finished } = &e[0] else { panic!("{e:?}") };
+    assert_eq!((*finished, blocked.len()), (0, 0));
     assert_eq!(stuck.len(), 2);
     assert_eq!(stuck[0].at, at(0, 0));
     assert_eq!(stuck[0].counter, "L0.cons.done");

@@ -404,8 +404,10 @@ pub fn decode_task(d: &[u32]) -> TaskOp {
                 part: d[11],
                 parts: d[12],
                 out: BufferId(d[9]),
+                current: (d[13] != NONE)
+                    .then(|| amk_schedule::ops::NewRow { kv: BufferId(d[13]), kv_heads: d[14] }),
             },
-            13,
+            16,
         ),
         6 => (
             TaskOp::HeadArgmax {

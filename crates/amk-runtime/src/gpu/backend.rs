@@ -931,6 +931,8 @@ fn check_plan(plan: &CodePlan, s: &Schedule, dtype: WeightDType) -> Result<(), G
             (BufferKind::Weight, WeightDType::Int8, Some(m)) => m.bytes(),
             (BufferKind::Weight, WeightDType::Int8, None) => b.bytes,
             (BufferKind::Weight, dtype, _) => b.bytes / ELEM * dtype.bytes(),
+            // A launch tag beside every value.
+            (BufferKind::Tagged, _, _) => b.bytes.saturating_mul(2),
             _ => b.bytes,
         };
         let ok = match b.kind {

@@ -11,10 +11,16 @@
 //! for a SECOND launch that starts after the first completes, with counters carried over by
 //! their reset policy (zeroed: back to 0; epoch: carried, thresholds offset by one epoch;
 //! never: carried). Malformed schedules are unsafe by definition.
+//!
+//! Tagged buffers: a task in flight may end only once every task that writes bytes of a
+//! tagged buffer it reads has ended (its reads wait for the values); accesses to tagged bytes
+//! never race. That wait orders nothing else (no fence), so races on other buffers are also
+//! looked for in a second exploration without it. Malformed: an add to a tagged buffer, a
+//! tagged byte written by two tasks, a tagged byte read but written by none.
 
 #![allow(dead_code)]
 
-use amk_schedule::schedule::{CounterReset, Instr, Region, Schedule};
+use amk_schedule::schedule::{BufferKind, CounterReset, Instr, Region, Schedule};
 use amk_schedule::TaskOp;
 use std::collections::HashSet;
 
@@ -112,13 +118,65 @@ fn malformed(s: &Schedule) -> Option<String> {
             return Some("copy regions".into());
         }
     }
+    // Tagged buffers, byte by byte: who writes each byte.
+    for (b, buf) in s.buffers.iter().enumerate() {
+        if buf.kind != BufferKind::Tagged {
+            continue;
+        }
+        assert!(buf.bytes <= 1 << 16, "explorer: tagged buffer too big");
+        let mut writer: Vec<Option<usize>> = vec![None; buf.bytes as usize];
+        for (t, task) in s.tasks.iter().enumerate() {
+            if task.adds.iter().any(|r| r.buffer.0 as usize == b) {
+                return Some("add to tagged".into());
+            }
+            for r in task.writes.iter().filter(|r| r.buffer.0 as usize == b) {
+                for x in &mut writer[r.offset as usize..(r.offset + r.len) as usize] {
+                    match x {
+                        Some(u) if *u != t => return Some("tagged written twice".into()),
+                        _ => *x = Some(t),
+                    }
+                }
+            }
+        }
+        for task in &s.tasks {
+            for r in task.reads.iter().filter(|r| r.buffer.0 as usize == b) {
+                if writer[r.offset as usize..(r.offset + r.len) as usize].contains(&None) {
+                    return Some("tagged read unwritten".into());
+                }
+            }
+        }
+    }
     None
+}
+
+fn tagged(s: &Schedule, r: &Region) -> bool {
+    s.buffers[r.buffer.0 as usize].kind == BufferKind::Tagged
+}
+
+/// The tasks that write tagged bytes task `t` reads (maybe `t` itself).
+fn tagged_writers(s: &Schedule, t: usize) -> Vec<usize> {
+    let hit = |x: &Region, y: &Region| {
+        x.buffer == y.buffer && x.offset < y.offset + y.len && y.offset < x.offset + x.len
+    };
+    (0..s.tasks.len())
+        .filter(|&u| {
+            s.tasks[t]
+                .reads
+                .iter()
+                .filter(|r| tagged(s, r))
+                .any(|r| s.tasks[u].writes.iter().any(|w| hit(r, w)))
+        })
+        .collect()
 }
 
 fn conflicts(s: &Schedule, a: usize, b: usize) -> bool {
     let (ta, tb) = (&s.tasks[a], &s.tasks[b]);
+    // (Tagged bytes never race: each read waits for the one write.)
     let hit = |x: &Region, y: &Region| {
-        x.buffer == y.buffer && x.offset < y.offset + y.len && y.offset < x.offset + x.len
+        x.buffer == y.buffer
+            && x.offset < y.offset + y.len
+            && y.offset < x.offset + x.len
+            && !tagged(s, x)
     };
     // Atomic adds commute with each other and conflict with reads and writes.
     let any = |x: &[Region], y: &[Region]| x.iter().any(|a| y.iter().any(|b| hit(a, b)));
@@ -131,8 +189,15 @@ fn conflicts(s: &Schedule, a: usize, b: usize) -> bool {
         || any(&ta.writes, &tb.adds)
 }
 
-/// Explores one launch from counter values `base`, waits comparing against `offset + k`.
-fn explore_launch(s: &Schedule, base: &[u64], offset: &[u64], launch: u32) -> Option<Truth> {
+/// Explores one launch from counter values `base`, waits comparing against `offset + k`;
+/// tagged reads wait for their writers if `tagged_waits`.
+fn explore_launch(
+    s: &Schedule,
+    base: &[u64],
+    offset: &[u64],
+    launch: u32,
+    tagged_waits: bool,
+) -> Option<Truth> {
     let nw = s.workers.len();
     assert!(nw <= 8, "explorer: too many workers");
     let nc = s.counters.len();
@@ -155,6 +220,16 @@ fn explore_launch(s: &Schedule, base: &[u64], offset: &[u64], launch: u32) -> Op
             rows
         })
         .collect();
+    // Where each task runs, and the tasks whose tagged writes it waits for.
+    let mut at = vec![(0usize, 0usize); s.tasks.len()];
+    for (w, worker) in s.workers.iter().enumerate() {
+        for (i, instr) in worker.instrs.iter().enumerate() {
+            if let Instr::Run(t) = instr {
+                at[t.0 as usize] = (w, i);
+            }
+        }
+    }
+    let writers: Vec<Vec<usize>> = (0..s.tasks.len()).map(|t| tagged_writers(s, t)).collect();
     let pc_of = |st: u64, w: usize| ((st >> (8 * w)) & 0x7f) as usize;
     let fl_of = |st: u64, w: usize| (st >> (8 * w + 7)) & 1 == 1;
     let mut seen: HashSet<u64> = HashSet::new();
@@ -191,8 +266,11 @@ fn explore_launch(s: &Schedule, base: &[u64], offset: &[u64], launch: u32) -> Op
             }
             all_done = false;
             let next = if fl_of(st, w) {
-                // end of the task: clear flag, advance
-                Some((st & !(0xffu64 << (8 * w))) | (((pc + 1) as u64) << (8 * w)))
+                // end of the task (once its tagged reads are written): clear flag, advance
+                let Instr::Run(t) = instrs[pc] else { unreachable!() };
+                let ended = |u: usize| pc_of(st, at[u].0) > at[u].1;
+                (!tagged_waits || writers[t.0 as usize].iter().all(|&u| ended(u)))
+                    .then(|| (st & !(0xffu64 << (8 * w))) | (((pc + 1) as u64) << (8 * w)))
             } else {
                 match instrs[pc] {
                     Instr::Run(_) => Some(st | (1u64 << (8 * w + 7))),
@@ -224,8 +302,13 @@ pub fn explore(s: &Schedule, capacity: u64) -> Truth {
         return Truth::Malformed(why);
     }
     let nc = s.counters.len();
+    let tagged = s.buffers.iter().any(|b| b.kind == BufferKind::Tagged);
+    let launch = |base: &[u64], offset: &[u64], launch: u32| {
+        explore_launch(s, base, offset, launch, true)
+            .or_else(|| tagged.then(|| explore_launch(s, base, offset, launch, false)).flatten())
+    };
     let zero = vec![0u64; nc];
-    if let Some(t) = explore_launch(s, &zero, &zero, 0) {
+    if let Some(t) = launch(&zero, &zero, 0) {
         return t;
     }
     // Launch 2: the first launch completed, so every signal ran once.
@@ -249,7 +332,7 @@ pub fn explore(s: &Schedule, capacity: u64) -> Truth {
             CounterReset::Never => base[c] = totals[c],
         }
     }
-    if let Some(t) = explore_launch(s, &base, &offset, 1) {
+    if let Some(t) = launch(&base, &offset, 1) {
         return t;
     }
     if s.workers.len() as u64 > capacity {

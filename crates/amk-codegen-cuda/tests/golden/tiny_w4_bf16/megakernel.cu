@@ -16,6 +16,7 @@
 #define AMK_STAGE_BYTES 38400
 #define AMK_TRACE 0
 #define AMK_QUERY_ATTENTION 0
+#define AMK_TAGGED 0
 
 // ---- kernels/abi.cuh ----
 // amk megakernel ABI: the layout of the tables the host uploads and the kernel interprets.
@@ -39,7 +40,10 @@
 // word is 0 in other modes) and f32 vectors (norm weights, biases). A fused MLP's down weight
 // and the output-projection weight of a fused attention or a head-split projection are held
 // transposed, [cols, rows] of their checkpoint matrix (int8: the values transposed, the
-// scales still one per checkpoint row). Every other buffer holds
+// scales still one per checkpoint row). A tagged buffer (amk-schedule's BufferKind::Tagged)
+// holds 8-byte words {f32 value, u32 tag}: the tag is epoch + 1 of the launch that stored
+// the value (one relaxed 64-bit store), and a reader polls each word until its tag is this
+// launch's; element i of a tagged buffer is at byte 8 * i. Every other buffer holds
 // 4-byte words (f32 activations, u32 io and argmax indices).
 // #pragma once (this file is inlined)
 
@@ -85,6 +89,13 @@
 #define AMK_OUT_ACCUMULATE 1u
 #define AMK_OUT_CACHE_ROW 2u
 #define AMK_OUT_ACCUMULATE_COPY 3u
+// Store into a tagged buffer.
+#define AMK_OUT_STORE_TAGGED 4u
+
+// Bits of an attention's word 15: which of its buffers are tagged.
+#define AMK_TAGGED_Q 1u
+#define AMK_TAGGED_OUT 2u
+#define AMK_TAGGED_CURRENT 4u
 
 // Word indices of each task kind.
 // COPY:          1 src buffer, 2 src byte offset, 3 dst buffer, 4 dst byte offset, 5 bytes
@@ -106,7 +117,8 @@
 //                per output element), 16 inter
 // ATTENTION:     1 q, 2 head, 3 kv_head, 4 head_dim, 5 max_positions, 6 k cache, 7 v cache,
 //                8 io, 9 out (attention partials), 10 sliding window in positions (0 = none),
-//                11 part, 12 parts
+//                11 part, 12 parts, 13 the current row's key/value buffer (or AMK_NONE: the
+//                caches hold it), 14 its key/value heads, 15 AMK_TAGGED_* bits
 // ATTENTION_OUT: 1..12 as ATTENTION with 9 = AMK_NONE, 11 = 0 and 12 = 1 (one part), 13 the
 //                output-projection weight held transposed ([weight_cols, cols]: the head's
 //                rows of it are contiguous), 14 its scales (one per output), 15 cols, 16 and 17
@@ -117,13 +129,13 @@
 //                ATTENTION's 1..12 (33 = AMK_NONE: the query is the projection's), over the
 //                cache rows before the current position only
 // APPEND_KV:     1 kv (the current row's key heads, then value heads), 2 kv_heads, 3 head_dim,
-//                4 max_positions, 5 k cache, 6 v cache, 7 io
+//                4 max_positions, 5 k cache, 6 v cache, 7 io, 8 1 if kv is tagged
 // HEAD_OUT:      1 attention partials, 2 head, 3 head_dim, 4 parts, 5 first dimension, 6
 //                dimensions, 7 the output-projection weight held transposed ([weight_cols,
 //                cols]: the head's dimensions' rows of it are contiguous), 8 its scales (one
 //                per output), 9 cols, 10 weight_cols, 11 and 12 the two buffers the share is
 //                added to (out[0..cols], atomic f32 adds), 13 a bias added to both too (or
-//                AMK_NONE)
+//                AMK_NONE), 14 1 if the partials are tagged
 // HEAD_ARGMAX:   1..5 input, 6 weight, 7 first_row, 8 rows, 9 cols, 10 logits, 11 partials,
 //                12 slot, 13 weight scales
 // ARGMAX_REDUCE: 1 partials, 2 count, 3 io
@@ -290,6 +302,36 @@ __device__ __forceinline__ u32 amk_xi(u32 i) {
     return (((i % AMK_XV) >> 2) * AMK_XCHUNKS + i / AMK_XV) * 4 + (i & 3);
 }
 
+// Tagged buffers (abi.cuh): this launch's tag, epoch + 1, set when the kernel starts.
+__shared__ u32 amk_tag;
+
+// Stores element i of a tagged buffer: value and tag in one relaxed 64-bit store (single-copy
+// atomic), so a reader that sees this launch's tag sees the value. No fence: the reader
+// learns of the value by the value itself.
+__device__ __forceinline__ void amk_store_tagged(float* base, u64 i, float v) {
+    const u64 word = ((u64)amk_tag << 32) | __float_as_uint(v);
+    asm volatile("st.relaxed.gpu.global.b64 [%0], %1;" :: "l"(base + 2 * i), "l"(word) : "memory");
+}
+
+// Word i of a tagged buffer as it is now (relaxed, from L2: a poll must not hit a stale L1
+// line). No memory clobber: a batch of these is issued back to back before any is checked.
+__device__ __forceinline__ u64 amk_tagged_word(const float* base, u64 i) {
+    u64 word;
+    asm volatile("ld.relaxed.gpu.global.b64 %0, [%1];" : "=l"(word) : "l"(base + 2 * i));
+    return word;
+}
+
+__device__ __forceinline__ bool amk_tag_ok(u64 word, u32 tag) { return (u32)(word >> 32) == tag; }
+__device__ __forceinline__ float amk_tag_value(u64 word) { return __uint_as_float((u32)word); }
+
+// Element i of a tagged buffer, polled until this launch has stored it.
+__device__ __forceinline__ float amk_load_tagged(const float* base, u64 i) {
+    const u32 tag = amk_tag;
+    u64 word = amk_tagged_word(base, i);
+    while (!amk_tag_ok(word, tag)) word = amk_tagged_word(base, i);
+    return amk_tag_value(word);
+}
+
 __device__ __forceinline__ float amk_warp_sum(float v) {
 #pragma unroll
     for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
@@ -422,22 +464,24 @@ __device__ __forceinline__ float amk_current_row(const float* cq, const float* c
 // partials at `e`, for any number of parts: M = the largest m_p of the parts that saw a row (at
 // least `m0`: a current row's score, or -inf), then L = sum l_p e^(m_p - M) and A = sum
 // acc_p[at] e^(m_p - M) over those parts, in the CPU reference's order; two passes of loads.
+// `tagged`: the partials are a tagged buffer (e in 8-byte words), each value polled.
 __device__ __forceinline__ void amk_combine_general(const float* e, u32 parts, u32 hd, u32 at, float m0,
-                                                    float& M, float& L, float& A) {
+                                                    float& M, float& L, float& A, bool tagged = false) {
+    auto ld = [&](u64 i) { return (AMK_TAGGED && tagged) ? amk_load_tagged(e, i) : __ldcg(e + i); };
     M = m0;
     L = 0.f;
     A = 0.f;
     for (u32 p = 0; p < parts; ++p) {
-        const float* ep = e + (u64)p * (hd + 2);
-        if (__ldcg(ep + 1) > 0.f) M = fmaxf(M, __ldcg(ep));
+        const u64 ep = (u64)p * (hd + 2);
+        if (ld(ep + 1) > 0.f) M = fmaxf(M, ld(ep));
     }
     for (u32 p = 0; p < parts; ++p) {
-        const float* ep = e + (u64)p * (hd + 2);
-        const float lp = __ldcg(ep + 1);
+        const u64 ep = (u64)p * (hd + 2);
+        const float lp = ld(ep + 1);
         if (lp > 0.f) {
-            const float c = expf(__ldcg(ep) - M);
+            const float c = expf(ld(ep) - M);
             L += lp * c;
-            A += __ldcg(ep + 2 + at) * c;
+            A += ld(ep + 2 + at) * c;
         }
     }
 }
@@ -672,6 +716,10 @@ __device__ __forceinline__ bool amk_accumulates(u32 out_kind) {
 // The epilogue of output element i: store, or add to the residual stream; with a copy
 // buffer `c` (accumulate-and-copy), the result is stored there too.
 __device__ __forceinline__ void amk_put(float* o, float* c, u32 i, float v, u32 out_kind) {
+    if (AMK_TAGGED && out_kind == AMK_OUT_STORE_TAGGED) {
+        amk_store_tagged(o, i, v);
+        return;
+    }
     if (amk_accumulates(out_kind)) v += __ldcg(o + i);
     o[i] = v;
     if (c) c[i] = v;
@@ -700,8 +748,12 @@ __device__ __forceinline__ void amk_projection_rows(const amk_w* w, const float*
 #pragma unroll
             for (int r = 1; r < R; ++r) if ((u32)r == lane) v = y[r];
             v = prev + (v * scale + b);
-            out[r0 + lane] = v;
-            if (copy) copy[r0 + lane] = v;
+            if (AMK_TAGGED && out_kind == AMK_OUT_STORE_TAGGED) {
+                amk_store_tagged(out, r0 + lane, v);
+            } else {
+                out[r0 + lane] = v;
+                if (copy) copy[r0 + lane] = v;
+            }
         }
     }
 }
@@ -790,6 +842,7 @@ __device__ void amk_projection(const u32* d, const u64* buffers, float* x, float
     u64 dst0 = off;  // element index of output row 0
     if (out_kind == AMK_OUT_CACHE_ROW) dst0 = ((u64)off * d[20] + pos) * d[19];
     float* copy = d[29] == AMK_NONE ? nullptr : reinterpret_cast<float*>(buffers[d[29]]) + dst0;
+    if (AMK_TAGGED && out_kind == AMK_OUT_STORE_TAGGED) dst0 *= 2;  // 8-byte words
     if (rope || d[21] != AMK_NONE) {
         amk_projection_heads(d, w, sc, bias_w, x, inv, ys, scratch, out + dst0, copy, out_kind, pos, buffers, nullptr);
     } else if (rows >= 4 * AMK_WARPS) {
@@ -855,18 +908,42 @@ __device__ __forceinline__ void amk_down_add(const amk_w* w, const float* sc, u3
 __device__ __noinline__ void amk_head_out(const u32* d, const u64* buffers, float* ys, const amk_w* staged) {
     const float* src = reinterpret_cast<const float*>(buffers[d[1]]);
     const u32 head = d[2], hd = d[3], parts = d[4], first = d[5], dims = d[6], cols = d[9];
-    const float* e = src + (u64)head * parts * (hd + 2);
+    const bool tagged = AMK_TAGGED && d[14] != 0;
+    const float* e = src + (u64)head * parts * (hd + 2) * (tagged ? 2 : 1);
     for (u32 j = threadIdx.x; j < dims; j += AMK_BLOCK_THREADS) {
         float M = AMK_NEG_INF, L = 0.f, A = 0.f;
         if (parts <= AMK_COMBINE_PARTS) {
             float m[AMK_COMBINE_PARTS], l[AMK_COMBINE_PARTS], a[AMK_COMBINE_PARTS];
+            if (tagged) {
+                // Every part's (m, l) and accumulator polled together until all carry this
+                // launch's tag.
+                const u32 tag = amk_tag;
+                for (bool ok = false; !ok;) {
+                    ok = true;
 #pragma unroll
-            for (u32 p = 0; p < AMK_COMBINE_PARTS; ++p) {
-                const float* ep = e + (u64)p * (hd + 2);
-                const bool in = p < parts;
-                m[p] = in ? __ldcg(ep) : 0.f;
-                l[p] = in ? __ldcg(ep + 1) : 0.f;
-                a[p] = in ? __ldcg(ep + 2 + first + j) : 0.f;
+                    for (u32 p = 0; p < AMK_COMBINE_PARTS; ++p) {
+                        if (p >= parts) {
+                            m[p] = l[p] = a[p] = 0.f;
+                            continue;
+                        }
+                        const u64 at = (u64)p * (hd + 2);
+                        const u64 wm = amk_tagged_word(e, at), wl = amk_tagged_word(e, at + 1);
+                        const u64 wa = amk_tagged_word(e, at + 2 + first + j);
+                        ok &= amk_tag_ok(wm, tag) && amk_tag_ok(wl, tag) && amk_tag_ok(wa, tag);
+                        m[p] = amk_tag_value(wm);
+                        l[p] = amk_tag_value(wl);
+                        a[p] = amk_tag_value(wa);
+                    }
+                }
+            } else {
+#pragma unroll
+                for (u32 p = 0; p < AMK_COMBINE_PARTS; ++p) {
+                    const float* ep = e + (u64)p * (hd + 2);
+                    const bool in = p < parts;
+                    m[p] = in ? __ldcg(ep) : 0.f;
+                    l[p] = in ? __ldcg(ep + 1) : 0.f;
+                    a[p] = in ? __ldcg(ep + 2 + first + j) : 0.f;
+                }
             }
 #pragma unroll
             for (u32 p = 0; p < AMK_COMBINE_PARTS; ++p) if (l[p] > 0.f) M = fmaxf(M, m[p]);
@@ -879,7 +956,7 @@ __device__ __noinline__ void amk_head_out(const u32* d, const u64* buffers, floa
                 }
             }
         } else {
-            amk_combine_general(e, parts, hd, first + j, AMK_NEG_INF, M, L, A);
+            amk_combine_general(e, parts, hd, first + j, AMK_NEG_INF, M, L, A, tagged);
         }
         ys[j] = A * (1.0f / L);
     }
@@ -976,19 +1053,54 @@ __device__ void amk_attention(const u32* d, const u64* buffers, float* smem, flo
     const float* kc = reinterpret_cast<const float*>(buffers[t[6]]) + (u64)kvh * maxpos * hd;
     const float* vc = reinterpret_cast<const float*>(buffers[t[7]]) + (u64)kvh * maxpos * hd;
     const u32* io = reinterpret_cast<const u32*>(buffers[t[8]]);
+    // (A tagged partials buffer has 8-byte words: see `tagged` below.)
     float* out = t[9] == AMK_NONE ? nullptr
-        : reinterpret_cast<float*>(buffers[t[9]]) + ((u64)head * parts + part) * (hd + 2);
+        : reinterpret_cast<float*>(buffers[t[9]])
+              + ((u64)head * parts + part) * (hd + 2)
+                    * ((AMK_TAGGED && d[0] == AMK_TASK_ATTENTION && (d[15] & AMK_TAGGED_OUT)) ? 2 : 1);
     const u32 pos = __ldcg(io + 1), npos = pos + 1;
     const u32 start = (window != 0 && npos > window) ? npos - window : 0u;
     u32 a, b;
     amk_part_rows(start, past_only ? pos : npos, part, parts, a, b);
     const u32 lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     float* part_smem = smem;  // per warp: m, l, acc[hd]
+    // An ATTENTION's words 13..15: the current row's buffer (the caches then hold only the
+    // rows before it) and which buffers are tagged.
+    const bool plain = AMK_TAGGED && d[0] == AMK_TASK_ATTENTION;
+    const u32 tagged = plain ? d[15] : 0u;
+    const float* cur = (plain && d[13] != AMK_NONE) ? reinterpret_cast<const float*>(buffers[d[13]]) : nullptr;
+    // With a current row, whether this part covers it; the cache rows end before it.
+    const bool has_cur = cur && a <= pos && pos < b;
+    const u32 b_cache = cur ? min(b, pos) : b;
     float qr[AMK_HEAD_LANES];
+    if (tagged & AMK_TAGGED_Q) {
+        // Warp 0 polls the query (every warp polling would crowd the L2 lines its writer
+        // stores to) and hands it to the others through shared memory.
+        if (warp == 0) {
+            const u32 tag = amk_tag;
+            u64 wq[AMK_HEAD_LANES];
+            for (bool ok = false; !ok;) {
+                ok = true;
 #pragma unroll
-    for (u32 c = 0; c < AMK_HEAD_LANES; ++c) {
-        const u32 j = lane + 32 * c;
-        qr[c] = j >= hd ? 0.f : qs ? qs[j] : __ldcg(q + (u64)head * hd + j);
+                for (u32 c = 0; c < AMK_HEAD_LANES; ++c) {
+                    const u32 j = lane + 32 * c;
+                    wq[c] = j < hd ? amk_tagged_word(q, (u64)head * hd + j) : 0ull;
+                    ok &= j >= hd || amk_tag_ok(wq[c], tag);
+                }
+            }
+#pragma unroll
+            for (u32 c = 0; c < AMK_HEAD_LANES; ++c)
+                if (lane + 32 * c < hd) ys[lane + 32 * c] = amk_tag_value(wq[c]);
+        }
+        __syncthreads();
+#pragma unroll
+        for (u32 c = 0; c < AMK_HEAD_LANES; ++c) qr[c] = lane + 32 * c < hd ? ys[lane + 32 * c] : 0.f;
+    } else {
+#pragma unroll
+        for (u32 c = 0; c < AMK_HEAD_LANES; ++c) {
+            const u32 j = lane + 32 * c;
+            qr[c] = j >= hd ? 0.f : qs ? qs[j] : __ldcg(q + (u64)head * hd + j);
+        }
     }
     const float scale = 1.0f / sqrtf((float)hd);
     float acc[AMK_HEAD_LANES];
@@ -997,7 +1109,8 @@ __device__ void amk_attention(const u32* d, const u64* buffers, float* smem, flo
     float m = AMK_NEG_INF, l = 0.f;
     // Positions per warp step: their key and value loads are in flight together.
     const int P = AMK_HEAD_LANES <= 2 ? 8 : 4;
-    for (u32 t0 = a + warp * P; t0 < b; t0 += AMK_WARPS * P) {
+    for (u32 t0 = a + warp * P; t0 < b_cache; t0 += AMK_WARPS * P) {
+        const u32 b = b_cache;
         float kv[P][AMK_HEAD_LANES], vv[P][AMK_HEAD_LANES];
 #pragma unroll
         for (int k = 0; k < P; ++k) {
@@ -1041,6 +1154,43 @@ __device__ void amk_attention(const u32* d, const u64* buffers, float* smem, flo
         }
         m = m2;
     }
+    if (has_cur && warp == AMK_WARPS - 1) {
+        // The current row (key head kvh, then its value head kv_heads + kvh), after this warp's
+        // cache rows: one more online-softmax step.
+        const u32 kv_heads = d[14];
+        const bool tc = tagged & AMK_TAGGED_CURRENT;
+        const float* ck = cur + (u64)kvh * hd * (tc ? 2 : 1);
+        const float* cv = cur + (u64)(kv_heads + kvh) * hd * (tc ? 2 : 1);
+        float kr[AMK_HEAD_LANES], vr[AMK_HEAD_LANES];
+        const u32 tag = amk_tag;
+        for (bool ok = false; !ok;) {
+            ok = true;
+#pragma unroll
+            for (u32 c = 0; c < AMK_HEAD_LANES; ++c) {
+                const u32 j = lane + 32 * c;
+                if (j >= hd) {
+                    kr[c] = vr[c] = 0.f;
+                } else if (tc) {
+                    const u64 wk = amk_tagged_word(ck, j), wv = amk_tagged_word(cv, j);
+                    ok &= amk_tag_ok(wk, tag) && amk_tag_ok(wv, tag);
+                    kr[c] = amk_tag_value(wk);
+                    vr[c] = amk_tag_value(wv);
+                } else {
+                    kr[c] = __ldcg(ck + j);
+                    vr[c] = __ldcg(cv + j);
+                }
+            }
+        }
+        float x = 0.f;
+#pragma unroll
+        for (u32 c = 0; c < AMK_HEAD_LANES; ++c) x += qr[c] * kr[c];
+        const float sc = amk_warp_sum(x) * scale;
+        const float m2 = fmaxf(m, sc), corr = expf(m - m2), p = expf(sc - m2);
+        l = l * corr + p;
+#pragma unroll
+        for (u32 c = 0; c < AMK_HEAD_LANES; ++c) acc[c] = acc[c] * corr + p * vr[c];
+        m = m2;
+    }
     float* mine = part_smem + warp * (AMK_MAX_HEAD_DIM + 2);
     if (lane == 0) { mine[0] = m; mine[1] = l; }
 #pragma unroll
@@ -1065,7 +1215,8 @@ __device__ void amk_attention(const u32* d, const u64* buffers, float* smem, flo
             const float* pw = part_smem + w * (AMK_MAX_HEAD_DIM + 2);
             if (pw[1] > 0.f) o += pw[j] * expf(pw[0] - gm);
         }
-        out[j] = j == 0 ? gm : o;
+        if (tagged & AMK_TAGGED_OUT) amk_store_tagged(out, j, j == 0 ? gm : o);
+        else out[j] = j == 0 ? gm : o;
     }
 }
 
@@ -1088,20 +1239,23 @@ __device__ void amk_query_attention(const u32* d, const u64* buffers, float* x, 
     if (!(AMK_ABLATE & 2)) amk_attention(d, buffers, x, ys, nullptr, ys);
 }
 
-// APPEND_KV: the current row's key and value heads into the caches at the position.
+#endif
+
+// APPEND_KV: the current row's key and value heads (word 8: tagged) into the caches at the
+// position.
 __device__ void amk_append_kv(const u32* d, const u64* buffers) {
     const float* kv = reinterpret_cast<const float*>(buffers[d[1]]);
     const u32 kv_heads = d[2], hd = d[3], maxpos = d[4];
     float* kc = reinterpret_cast<float*>(buffers[d[5]]);
     float* vc = reinterpret_cast<float*>(buffers[d[6]]);
     const u32 pos = __ldcg(reinterpret_cast<const u32*>(buffers[d[7]]) + 1);
+    const bool tagged = AMK_TAGGED && d[8] != 0;
     for (u32 i = threadIdx.x; i < 2 * kv_heads * hd; i += AMK_BLOCK_THREADS) {
         const u32 r = i / hd, j = i - r * hd, g = r < kv_heads ? r : r - kv_heads;
         float* cache = r < kv_heads ? kc : vc;
-        cache[((u64)g * maxpos + pos) * hd + j] = __ldcg(kv + i);
+        cache[((u64)g * maxpos + pos) * hd + j] = tagged ? amk_load_tagged(kv, i) : __ldcg(kv + i);
     }
 }
-#endif
 
 __device__ __forceinline__ void amk_head_rows(const amk_w* w, const float* sc, u32 first, u32 rows,
                                               u32 cols, const float* x, float inv, float* logits, float& bv,
@@ -1336,14 +1490,18 @@ __device__ __forceinline__ u64 amk_globaltimer() {
     return t;
 }
 
+// AMK_ABLATE 16384 and 8192 (timing only, results may be wrong): relaxed polls and relaxed
+// signals, which measure what the acquire and the release fence cost (docs/perf.md).
 __device__ __forceinline__ u32 amk_load_acquire(const u32* p) {
     u32 v;
-    asm volatile("ld.acquire.gpu.global.u32 %0, [%1];" : "=r"(v) : "l"(p) : "memory");
+    if (AMK_ABLATE & 16384) asm volatile("ld.relaxed.gpu.global.u32 %0, [%1];" : "=r"(v) : "l"(p) : "memory");
+    else asm volatile("ld.acquire.gpu.global.u32 %0, [%1];" : "=r"(v) : "l"(p) : "memory");
     return v;
 }
 
 __device__ __forceinline__ void amk_signal(u32* p) {
-    asm volatile("red.release.gpu.global.add.u32 [%0], 1;" :: "l"(p) : "memory");
+    if (AMK_ABLATE & 8192) asm volatile("red.relaxed.gpu.global.add.u32 [%0], 1;" :: "l"(p) : "memory");
+    else asm volatile("red.release.gpu.global.add.u32 [%0], 1;" :: "l"(p) : "memory");
 }
 
 extern "C" __global__ void __launch_bounds__(AMK_BLOCK_THREADS, 1)
@@ -1374,6 +1532,7 @@ amk_megakernel(const u64* __restrict__ gbuffers, const u32* __restrict__ gprogra
     }
     if (threadIdx.x < 8) amk_inv_key[threadIdx.x] = 0u;  // no rope table yet (head_dim 0)
     if (threadIdx.x == 0) amk_nvec_src = 0ull;
+    if (AMK_TAGGED && threadIdx.x == 0) amk_tag = epoch + 1u;
     // The first rotated projection's descriptor: its rope table is filled at the first wait,
     // off the path of the task itself (the fill's double-precision math takes microseconds).
     const u32* rope_d = nullptr;
@@ -1429,6 +1588,19 @@ amk_megakernel(const u64* __restrict__ gbuffers, const u32* __restrict__ gprogra
                 staged = reinterpret_cast<const amk_w*>(slots + (u64)(consumed_total % 2) * AMK_STAGE_BYTES);
             }
 #endif
+#if AMK_TAGGED
+            // The next task, when no wait comes between (an attention part that polls its
+            // tagged inputs): ask L2 for its cache rows now, as a wait before it would have.
+            for (u32 k = i + 1; k < count; ++k) {
+                const u32 nk = program[AMK_INSTR_WORDS * k];
+                if ((nk >> AMK_OP_SHIFT) == AMK_OP_SIGNAL) continue;
+                if ((nk >> AMK_OP_SHIFT) == AMK_OP_RUN) {
+                    const u32* nd = tasks + AMK_TASK_WORDS * program[AMK_INSTR_WORDS * k + 1];
+                    if (nd[0] == AMK_TASK_ATTENTION) amk_prefetch_task(nd, buffers);
+                }
+                break;
+            }
+#endif
             const u32 kind = d[0];
             const bool skip = ((AMK_ABLATE & 1) && kind != AMK_TASK_EMBED && kind != AMK_TASK_ARGMAX_REDUCE)
                 || ((AMK_ABLATE & 2) && (kind == AMK_TASK_ATTENTION || kind == AMK_TASK_ATTENTION_OUT)) || ((AMK_ABLATE & 4) && kind == AMK_TASK_HEAD_ARGMAX)
@@ -1443,6 +1615,8 @@ amk_megakernel(const u64* __restrict__ gbuffers, const u32* __restrict__ gprogra
                 case AMK_TASK_HEAD_OUT: amk_head_out(d, buffers, ys, staged); break;
 #if AMK_QUERY_ATTENTION
                 case AMK_TASK_QUERY_ATTENTION: amk_query_attention(d, buffers, smem, scratch, ys, staged); break;
+#endif
+#if AMK_QUERY_ATTENTION || AMK_TAGGED
                 case AMK_TASK_APPEND_KV: amk_append_kv(d, buffers); break;
 #endif
                 case AMK_TASK_HEAD_ARGMAX: amk_head_argmax(d, buffers, smem, scratch, staged); break;
