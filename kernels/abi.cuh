@@ -73,8 +73,7 @@
 
 // Bits of an attention's word 15: which of its buffers are tagged.
 #define AMK_TAGGED_Q 1u
-#define AMK_TAGGED_OUT 2u
-#define AMK_TAGGED_CURRENT 4u
+#define AMK_TAGGED_CURRENT 2u
 
 // Word indices of each task kind.
 // COPY:          1 src buffer, 2 src byte offset, 3 dst buffer, 4 dst byte offset, 5 bytes
@@ -114,7 +113,7 @@
 //                cols]: the head's dimensions' rows of it are contiguous), 8 its scales (one
 //                per output), 9 cols, 10 weight_cols, 11 and 12 the two buffers the share is
 //                added to (out[0..cols], atomic f32 adds), 13 a bias added to both too (or
-//                AMK_NONE), 14 1 if the partials are tagged
+//                AMK_NONE)
 // HEAD_ARGMAX:   1..5 input, 6 weight, 7 first_row, 8 rows, 9 cols, 10 logits, 11 partials,
 //                12 slot, 13 weight scales
 // ARGMAX_REDUCE: 1 partials, 2 count, 3 io

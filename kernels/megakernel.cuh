@@ -317,24 +317,22 @@ __device__ __forceinline__ float amk_current_row(const float* cq, const float* c
 // partials at `e`, for any number of parts: M = the largest m_p of the parts that saw a row (at
 // least `m0`: a current row's score, or -inf), then L = sum l_p e^(m_p - M) and A = sum
 // acc_p[at] e^(m_p - M) over those parts, in the CPU reference's order; two passes of loads.
-// `tagged`: the partials are a tagged buffer (e in 8-byte words), each value polled.
 __device__ __forceinline__ void amk_combine_general(const float* e, u32 parts, u32 hd, u32 at, float m0,
-                                                    float& M, float& L, float& A, bool tagged = false) {
-    auto ld = [&](u64 i) { return (AMK_TAGGED && tagged) ? amk_load_tagged(e, i) : __ldcg(e + i); };
+                                                    float& M, float& L, float& A) {
     M = m0;
     L = 0.f;
     A = 0.f;
     for (u32 p = 0; p < parts; ++p) {
-        const u64 ep = (u64)p * (hd + 2);
-        if (ld(ep + 1) > 0.f) M = fmaxf(M, ld(ep));
+        const float* ep = e + (u64)p * (hd + 2);
+        if (__ldcg(ep + 1) > 0.f) M = fmaxf(M, __ldcg(ep));
     }
     for (u32 p = 0; p < parts; ++p) {
-        const u64 ep = (u64)p * (hd + 2);
-        const float lp = ld(ep + 1);
+        const float* ep = e + (u64)p * (hd + 2);
+        const float lp = __ldcg(ep + 1);
         if (lp > 0.f) {
-            const float c = expf(ld(ep) - M);
+            const float c = expf(__ldcg(ep) - M);
             L += lp * c;
-            A += ld(ep + 2 + at) * c;
+            A += __ldcg(ep + 2 + at) * c;
         }
     }
 }
@@ -748,6 +746,12 @@ __device__ __forceinline__ void amk_down_add(const amk_w* w, const float* sc, u3
         }
         for (; j < rows; ++j) acc[0] += amk_w1(w, (u64)j * cols + o) * act[j];
         const float v = ((acc[0] + acc[1]) + (acc[2] + acc[3])) * scale;
+        if (AMK_ABLATE & 131072) continue;
+        if (AMK_ABLATE & 65536) {
+            out[o] = v;
+            if (out2) out2[o] = v;
+            continue;
+        }
         atomicAdd(out + o, v);
         if (out2) atomicAdd(out2 + o, v);
     }
@@ -761,42 +765,18 @@ __device__ __forceinline__ void amk_down_add(const amk_w* w, const float* sc, u3
 __device__ __noinline__ void amk_head_out(const u32* d, const u64* buffers, float* ys, const amk_w* staged) {
     const float* src = reinterpret_cast<const float*>(buffers[d[1]]);
     const u32 head = d[2], hd = d[3], parts = d[4], first = d[5], dims = d[6], cols = d[9];
-    const bool tagged = AMK_TAGGED && d[14] != 0;
-    const float* e = src + (u64)head * parts * (hd + 2) * (tagged ? 2 : 1);
+    const float* e = src + (u64)head * parts * (hd + 2);
     for (u32 j = threadIdx.x; j < dims; j += AMK_BLOCK_THREADS) {
         float M = AMK_NEG_INF, L = 0.f, A = 0.f;
         if (parts <= AMK_COMBINE_PARTS) {
             float m[AMK_COMBINE_PARTS], l[AMK_COMBINE_PARTS], a[AMK_COMBINE_PARTS];
-            if (tagged) {
-                // Every part's (m, l) and accumulator polled together until all carry this
-                // launch's tag.
-                const u32 tag = amk_tag;
-                for (bool ok = false; !ok;) {
-                    ok = true;
 #pragma unroll
-                    for (u32 p = 0; p < AMK_COMBINE_PARTS; ++p) {
-                        if (p >= parts) {
-                            m[p] = l[p] = a[p] = 0.f;
-                            continue;
-                        }
-                        const u64 at = (u64)p * (hd + 2);
-                        const u64 wm = amk_tagged_word(e, at), wl = amk_tagged_word(e, at + 1);
-                        const u64 wa = amk_tagged_word(e, at + 2 + first + j);
-                        ok &= amk_tag_ok(wm, tag) && amk_tag_ok(wl, tag) && amk_tag_ok(wa, tag);
-                        m[p] = amk_tag_value(wm);
-                        l[p] = amk_tag_value(wl);
-                        a[p] = amk_tag_value(wa);
-                    }
-                }
-            } else {
-#pragma unroll
-                for (u32 p = 0; p < AMK_COMBINE_PARTS; ++p) {
-                    const float* ep = e + (u64)p * (hd + 2);
-                    const bool in = p < parts;
-                    m[p] = in ? __ldcg(ep) : 0.f;
-                    l[p] = in ? __ldcg(ep + 1) : 0.f;
-                    a[p] = in ? __ldcg(ep + 2 + first + j) : 0.f;
-                }
+            for (u32 p = 0; p < AMK_COMBINE_PARTS; ++p) {
+                const float* ep = e + (u64)p * (hd + 2);
+                const bool in = p < parts;
+                m[p] = in ? __ldcg(ep) : 0.f;
+                l[p] = in ? __ldcg(ep + 1) : 0.f;
+                a[p] = in ? __ldcg(ep + 2 + first + j) : 0.f;
             }
 #pragma unroll
             for (u32 p = 0; p < AMK_COMBINE_PARTS; ++p) if (l[p] > 0.f) M = fmaxf(M, m[p]);
@@ -809,7 +789,7 @@ __device__ __noinline__ void amk_head_out(const u32* d, const u64* buffers, floa
                 }
             }
         } else {
-            amk_combine_general(e, parts, hd, first + j, AMK_NEG_INF, M, L, A, tagged);
+            amk_combine_general(e, parts, hd, first + j, AMK_NEG_INF, M, L, A);
         }
         ys[j] = A * (1.0f / L);
     }
@@ -906,11 +886,8 @@ __device__ void amk_attention(const u32* d, const u64* buffers, float* smem, flo
     const float* kc = reinterpret_cast<const float*>(buffers[t[6]]) + (u64)kvh * maxpos * hd;
     const float* vc = reinterpret_cast<const float*>(buffers[t[7]]) + (u64)kvh * maxpos * hd;
     const u32* io = reinterpret_cast<const u32*>(buffers[t[8]]);
-    // (A tagged partials buffer has 8-byte words: see `tagged` below.)
     float* out = t[9] == AMK_NONE ? nullptr
-        : reinterpret_cast<float*>(buffers[t[9]])
-              + ((u64)head * parts + part) * (hd + 2)
-                    * ((AMK_TAGGED && d[0] == AMK_TASK_ATTENTION && (d[15] & AMK_TAGGED_OUT)) ? 2 : 1);
+        : reinterpret_cast<float*>(buffers[t[9]]) + ((u64)head * parts + part) * (hd + 2);
     const u32 pos = __ldcg(io + 1), npos = pos + 1;
     const u32 start = (window != 0 && npos > window) ? npos - window : 0u;
     u32 a, b;
@@ -1068,8 +1045,7 @@ __device__ void amk_attention(const u32* d, const u64* buffers, float* smem, flo
             const float* pw = part_smem + w * (AMK_MAX_HEAD_DIM + 2);
             if (pw[1] > 0.f) o += pw[j] * expf(pw[0] - gm);
         }
-        if (tagged & AMK_TAGGED_OUT) amk_store_tagged(out, j, j == 0 ? gm : o);
-        else out[j] = j == 0 ? gm : o;
+        out[j] = j == 0 ? gm : o;
     }
 }
 

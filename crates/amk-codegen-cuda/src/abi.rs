@@ -68,10 +68,8 @@ pub const OUT_STORE_TAGGED: u32 = 4;
 
 /// Attention flag bit (word [`word::attention::TAGGED`]): the query buffer is tagged.
 pub const TAGGED_Q: u32 = 1;
-/// Attention flag bit: the partials buffer is tagged.
-pub const TAGGED_OUT: u32 = 2;
 /// Attention flag bit: the current row's key/value buffer is tagged.
-pub const TAGGED_CURRENT: u32 = 4;
+pub const TAGGED_CURRENT: u32 = 2;
 
 // The id bits and the opcode bits tile the word.
 const _: () = assert!(ID_MASK == (1 << OP_SHIFT) - 1);
@@ -109,7 +107,6 @@ pub const MIRRORED: &[(&str, u64)] = &[
     ("AMK_OUT_ACCUMULATE_COPY", OUT_ACCUMULATE_COPY as u64),
     ("AMK_OUT_STORE_TAGGED", OUT_STORE_TAGGED as u64),
     ("AMK_TAGGED_Q", TAGGED_Q as u64),
-    ("AMK_TAGGED_OUT", TAGGED_OUT as u64),
     ("AMK_TAGGED_CURRENT", TAGGED_CURRENT as u64),
 ];
 
@@ -361,8 +358,6 @@ pub mod word {
         pub const OUT1: usize = 12;
         /// The output projection's bias, added once (or `NONE`).
         pub const BIAS: usize = 13;
-        /// 1 if the partials buffer is tagged, else 0.
-        pub const TAGGED: usize = 14;
     }
 
     /// `HEAD_ARGMAX` words (input at 1..=5).

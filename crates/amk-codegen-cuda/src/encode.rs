@@ -543,9 +543,8 @@ impl TaskCtx<'_> {
                         field_of(op, r.buffer, access),
                         format!(
                             "is tagged buffer `{name}`, which this operand cannot {}: tagged \
-                             buffers take only stored projection rows, an attention's query, \
-                             current row and partials, a head-split projection's partials and \
-                             an append's rows",
+                             buffers take only stored projection rows, an attention's query and \
+                             current row, and an append's rows",
                             match access {
                                 Access::Read => "read",
                                 Access::Write => "write",
@@ -898,12 +897,11 @@ impl TaskCtx<'_> {
         // refused.
         let taggable = match *op {
             TaskOp::Projection { output: ProjOutput::Store { buffer, .. }, .. } => vec![buffer],
-            TaskOp::Attention { q, out, current, .. } => {
-                let mut v = vec![q, out];
+            TaskOp::Attention { q, current, .. } => {
+                let mut v = vec![q];
                 v.extend(current.map(|c| c.kv));
                 v
             }
-            TaskOp::HeadOut { partials, .. } => vec![partials],
             TaskOp::AppendKv { kv, .. } => vec![kv],
             _ => Vec::new(),
         };
@@ -1015,7 +1013,6 @@ impl TaskCtx<'_> {
                 w[WEIGHT_COLS] = weight_cols;
                 w[OUT0] = self.buf("outs[0]", outs[0])?;
                 w[OUT1] = self.buf("outs[1]", outs[1])?;
-                w[TAGGED] = u32::from(self.tagged(partials));
                 for (field, v) in
                     [("head_dim", head_dim), ("parts", parts), ("dims", dims), ("cols", cols)]
                 {
@@ -1129,9 +1126,6 @@ impl TaskCtx<'_> {
                 }
                 if self.tagged(q) {
                     tagged |= abi::TAGGED_Q;
-                }
-                if self.tagged(out) {
-                    tagged |= abi::TAGGED_OUT;
                 }
                 w[TAGGED] = tagged;
                 let end = (u128::from(head) * u128::from(parts) + u128::from(part) + 1)

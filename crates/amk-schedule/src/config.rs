@@ -83,14 +83,11 @@ pub struct ScheduleConfig {
     /// phase before finishes. Ignored with `fuse_q`.
     pub head_waits: bool,
     /// Tagged hand-offs (needs `o_by_head`; ignored with `fuse_o` or `fuse_q`): the query,
-    /// key and value heads and the attention partials go to per-layer
-    /// [`crate::BufferKind::Tagged`] buffers, so an attention part polls its query and current
-    /// row directly and a head-split output-projection task its head's partials, instead of
-    /// waiting for a counter (whose release fence and acquire cost a round trip each) and then
-    /// loading the data. Attention parts then read only the cache rows before the position;
-    /// append tasks at the end of the step copy the current rows into the caches. The
-    /// counters stay (the appends, the residual copies and the step's end still wait on them),
-    /// but no phase boundary of the attention waits on one.
+    /// key and value heads go to per-layer [`crate::BufferKind::Tagged`] buffers, so an
+    /// attention part polls its query and current row directly instead of waiting for a
+    /// counter (whose release fence and acquire cost a round trip each) and then loading them.
+    /// Attention parts then read only the cache rows before the position; an append task in
+    /// the MLP phase copies the current rows into the caches.
     pub tagged: bool,
     /// Positions the key/value caches hold; 0 means the model's max_position_embeddings.
     pub max_positions: u32,

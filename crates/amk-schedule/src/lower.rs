@@ -42,12 +42,12 @@
 //! and the attention parts and head-split output-projection tasks wait only for the counter
 //! their inputs come from. Counters are epoch-offset, so no reset is needed between launches.
 //!
-//! With `tagged` (and `o_by_head`), the query heads, the current key/value rows and the
-//! attention partials go to per-layer [`BufferKind::Tagged`] buffers: attention parts and
-//! head-split output-projection tasks poll them instead of waiting for the phase before
-//! (they wait only for the residual copies, long done when they start), the caches get the
-//! current rows from append tasks at the step's end, and the projections and parts signal
-//! their counters after their worker's next task, since only those appends wait for them.
+//! With `tagged` (and `o_by_head`), the query heads and the current key/value rows go to
+//! per-layer [`BufferKind::Tagged`] buffers: attention parts poll them instead of waiting for
+//! the qkv phase (they wait only for the residual copies, long done when they start) and read
+//! only the cache rows before the position; an append task in the MLP phase copies the
+//! current rows into the caches, and the projections signal their counter (which only that
+//! append waits for) after their worker's next task.
 
 use crate::config::{Assignment, ScheduleConfig, TaskOrder};
 use crate::ops::{
@@ -315,7 +315,7 @@ pub fn lower(graph: &DecodeGraph, config: &ScheduleConfig) -> Result<Schedule, L
     };
 
     // Tagged: each layer's append task and the attention counter it waits for.
-    let (mut appends, mut attn_done) = (Vec::new(), Vec::new());
+    let mut append_after_o = None;
     l.phase("embed.done");
     let table = wbuf("model.embed_tokens.weight");
     l.task("embed".into(), TaskOp::Embed { table, hidden: h, io, out: resid }, h as u64 * ELEM);
@@ -331,6 +331,16 @@ pub fn lower(graph: &DecodeGraph, config: &ScheduleConfig) -> Result<Schedule, L
         let k_cache = l.buffer(&format!("L{layer}.k_cache"), BufferKind::KvCache, cache_bytes);
         let v_cache = l.buffer(&format!("L{layer}.v_cache"), BufferKind::KvCache, cache_bytes);
         let qkv_bias = |s: &str| c.qkv_bias.then(|| lw(s));
+        // The task that copies this layer's current key/value rows from `kv` into its caches.
+        let append = |kv| TaskOp::AppendKv {
+            kv,
+            kv_heads: nkv,
+            head_dim: hd,
+            max_positions: max_pos,
+            k_cache,
+            v_cache,
+            io,
+        };
         // Qwen3: each q and k head normalised (after the bias, before rope) by its layer's
         // q_norm / k_norm weight.
         let head_norm = |tag: &str| {
@@ -413,45 +423,20 @@ pub fn lower(graph: &DecodeGraph, config: &ScheduleConfig) -> Result<Schedule, L
             l.phase(&format!("L{layer}.o.done"));
             let current = Some(CurrentRow { q, kv: kv_new, kv_heads: nkv });
             o_projection(&mut l, layer, attn, current);
-            let op = TaskOp::AppendKv {
-                kv: kv_new,
-                kv_heads: nkv,
-                head_dim: hd,
-                max_positions: max_pos,
-                k_cache,
-                v_cache,
-                io,
-            };
-            l.task(format!("L{layer}.kv_append"), op, 0);
+            l.task(format!("L{layer}.kv_append"), append(kv_new), 0);
         } else {
-            // With tagged hand-offs: this layer's query heads, current key/value rows and
-            // attention partials, each written once per step.
+            // With tagged hand-offs: this layer's query heads and current key/value rows, each
+            // written once per step.
             let handoff = tagged.then(|| {
                 let tb = |l: &mut Lowerer, what: &str, values: u64| {
                     l.buffer(&format!("L{layer}.{what}"), BufferKind::Tagged, values * ELEM)
                 };
-                let partials = nh as u64 * parts as u64 * attn_partial_len(hd) as u64;
-                (
-                    tb(&mut l, "q", (nh * hd) as u64),
-                    tb(&mut l, "kv_new", (2 * nkv * hd) as u64),
-                    tb(&mut l, "attn_partials", partials),
-                )
+                (tb(&mut l, "q", (nh * hd) as u64), tb(&mut l, "kv_new", (2 * nkv * hd) as u64))
             });
             let q = handoff.map_or(q, |t| t.0);
             // Tagged: the residual copies signal a counter of their own, which the attention
             // parts and head-split projections wait for (long satisfied when they start), and
             // the projections another, which only the step's end waits for.
-            if let Some((_, kv_new, _)) = handoff {
-                appends.push(TaskOp::AppendKv {
-                    kv: kv_new,
-                    kv_heads: nkv,
-                    head_dim: hd,
-                    max_positions: max_pos,
-                    k_cache,
-                    v_cache,
-                    io,
-                });
-            }
             if tagged {
                 let names = [format!("L{layer}.resid.done"), format!("L{layer}.qkv.done")];
                 l.phase_groups(&names);
@@ -463,6 +448,10 @@ pub fn lower(graph: &DecodeGraph, config: &ScheduleConfig) -> Result<Schedule, L
                 l.phase(&format!("L{layer}.qkv.done"));
             }
             let qkv_counters = l.counters();
+            // Tagged: the layer's current rows go into its caches in the phase after the
+            // output projection, after every attention part (the output projection waited for
+            // them) and every projection (which signal `qkv.done` late) of the layer.
+            append_after_o = handoff.map(|(_, kv)| (append(kv), qkv_counters[1]));
             if versioned {
                 // The two versions the attention and the MLP add to start as this layer's input.
                 for (tag, dst) in [("mid", x_mid), ("out", x_out)] {
@@ -494,7 +483,7 @@ pub fn lower(graph: &DecodeGraph, config: &ScheduleConfig) -> Result<Schedule, L
                 l.task_synced(format!("L{layer}.q.h{head}"), op, head_bytes, group, Needs::All);
             }
             kv_projections(&mut l, &|value, kv_head| match handoff {
-                Some((_, kv_new, _)) => {
+                Some((_, kv_new)) => {
                     let base = if value { nkv } else { 0 };
                     ProjOutput::Store { buffer: kv_new, offset: (base + kv_head) * hd }
                 }
@@ -506,12 +495,7 @@ pub fn lower(graph: &DecodeGraph, config: &ScheduleConfig) -> Result<Schedule, L
                 },
             });
 
-            if tagged {
-                // Nothing waits on the parts (and on the projections) but the cache appends
-                // at the step's end.
-                l.phase(&format!("L{layer}.attn.done"));
-                attn_done.push([l.counters()[0], qkv_counters[1]]);
-            } else if head_waits && attn.is_some() {
+            if head_waits && attn.is_some() {
                 let names: Vec<String> =
                     (0..nh).map(|h| format!("L{layer}.attn.h{h}.done")).collect();
                 l.phase_groups(&names);
@@ -554,7 +538,6 @@ pub fn lower(graph: &DecodeGraph, config: &ScheduleConfig) -> Result<Schedule, L
                     }
                 }
                 Some(attn) => {
-                    let attn = handoff.map_or(attn, |t| t.2);
                     for head in 0..nh {
                         for part in 0..parts {
                             let op = TaskOp::Attention {
@@ -570,11 +553,10 @@ pub fn lower(graph: &DecodeGraph, config: &ScheduleConfig) -> Result<Schedule, L
                                 part,
                                 parts,
                                 out: attn,
-                                current: handoff.map(|(_, kv, _)| NewRow { kv, kv_heads: nkv }),
+                                current: handoff.map(|(_, kv)| NewRow { kv, kv_heads: nkv }),
                             };
                             let name = format!("L{layer}.attn.h{head}.p{part}");
-                            let signals =
-                                if tagged { Signals::Late(0) } else { Signals::One(head as usize) };
+                            let signals = Signals::One(head as usize);
                             l.task_synced(name, op, 0, signals, attn_needs(head));
                         }
                     }
@@ -603,13 +585,8 @@ pub fn lower(graph: &DecodeGraph, config: &ScheduleConfig) -> Result<Schedule, L
                                 let name = format!("L{layer}.o.h{head}.d{first}");
                                 // Tagged: the partials are polled; the wait is for the
                                 // residual copies (signalled to every qkv counter).
-                                let needs = if tagged {
-                                    Needs::Counters(vec![qkv_counters[0]])
-                                } else if head_waits {
-                                    Needs::One(head as usize)
-                                } else {
-                                    Needs::All
-                                };
+                                let needs =
+                                    if head_waits { Needs::One(head as usize) } else { Needs::All };
                                 let bytes = (dims * h) as u64 * ELEM;
                                 l.task_synced(name, op, bytes, Signals::One(0), needs);
                             }
@@ -628,8 +605,22 @@ pub fn lower(graph: &DecodeGraph, config: &ScheduleConfig) -> Result<Schedule, L
             lw("post_attention_layernorm.weight"),
             x_mid,
         );
+        // The append joins the first phase after the output projection's.
+        let add_append = |l: &mut Lowerer, pending: &mut Option<(TaskOp, CounterId)>| {
+            if let Some((op, qkv_done)) = pending.take() {
+                let before = l.phases.len().checked_sub(2).map(|p| l.phases[p].counters.clone());
+                let mut needs = before.unwrap_or_default();
+                needs.push(qkv_done);
+                let name = format!("L{layer}.kv_append");
+                l.task_synced(name, op, 0, Signals::One(0), Needs::Counters(needs));
+            }
+        };
+        if xn.is_some() {
+            add_append(&mut l, &mut append_after_o);
+        }
         let Some(act) = act else {
             l.phase(&format!("L{layer}.mlp.done"));
+            add_append(&mut l, &mut append_after_o);
             for (first, rows) in tiles(m, config.mlp_rows) {
                 let op = TaskOp::GatedMlp {
                     input: mlp_in,
@@ -647,6 +638,7 @@ pub fn lower(graph: &DecodeGraph, config: &ScheduleConfig) -> Result<Schedule, L
             continue;
         };
         l.phase(&format!("L{layer}.up.done"));
+        add_append(&mut l, &mut append_after_o);
         for (first, rows) in tiles(m, config.mlp_rows) {
             let op = TaskOp::GatedUp {
                 input: mlp_in,
@@ -701,23 +693,8 @@ pub fn lower(graph: &DecodeGraph, config: &ScheduleConfig) -> Result<Schedule, L
         l.task(format!("head.r{first}"), op, (rows * h) as u64 * ELEM);
     }
 
-    let head_done = l.counters();
-    // Tagged: each layer's current key/value rows into its caches, once every attention part
-    // of the layer (which reads the caches) is done; the reduction that writes the next
-    // position waits for them.
-    let mut argmax_needs = Needs::All;
-    if !appends.is_empty() {
-        l.phase("append.done");
-        let append_done = l.counters();
-        for (layer, (op, done)) in appends.into_iter().zip(attn_done).enumerate() {
-            let name = format!("L{layer}.kv_append");
-            l.task_synced(name, op, 0, Signals::One(0), Needs::Counters(done.to_vec()));
-        }
-        argmax_needs = Needs::Counters([head_done, append_done].concat());
-    }
     l.phase("argmax.done");
-    let op = TaskOp::ArgmaxReduce { partials, count: head_tiles, io };
-    l.task_synced("argmax".into(), op, 0, Signals::One(0), argmax_needs);
+    l.task("argmax".into(), TaskOp::ArgmaxReduce { partials, count: head_tiles, io }, 0);
 
     Ok(place(l, config))
 }

@@ -324,8 +324,8 @@ fn model(path: &Path) -> DecodeGraph {
 }
 
 /// SmolLM2-135M lowered with tagged hand-offs verifies, with and without per-head waits, and
-/// its counters still matter (dropping an output projection's wait is a race); the tiny
-/// fixture models verify under a few placements.
+/// its counters still matter (without the waits for the residual copies, the copies race with
+/// the output projection's adds); the tiny fixture models verify under a few placements.
 #[test]
 fn lowered_tagged_schedules_verify() {
     use amk_schedule::config::{Assignment, TaskOrder};
@@ -339,35 +339,27 @@ fn lowered_tagged_schedules_verify() {
             .iter()
             .filter(|b| b.kind == BufferKind::Tagged)
             .map(|b| b.name.as_str())
-            .take(3)
+            .take(2)
             .collect();
-        assert_eq!(tagged, ["L0.q", "L0.kv_new", "L0.attn_partials"]);
+        assert_eq!(tagged, ["L0.q", "L0.kv_new"]);
         verify(&s, &FACTS).unwrap_or_else(|e| panic!("head_waits {head_waits}: {e}"));
 
-        // The first head-split output projection polls its head's partials, but its adds
-        // to the residual versions still need its wait for their copies.
-        let o = s.task_by_name("L0.o.h0.d0").unwrap();
-        let (w, i) = s
-            .workers
-            .iter()
-            .enumerate()
-            .find_map(|(w, x)| x.instrs.iter().position(|i| *i == Instr::Run(o)).map(|i| (w, i)))
-            .unwrap();
+        // The projections are polled, not waited for, so nothing but the waits for the
+        // residual copies' counter orders the copies before the output projection's adds.
+        let copies = s.counter_by_name("L0.resid.done").unwrap();
         let mut m = s.clone();
-        assert!(matches!(m.workers[w].instrs[i - 1], Instr::Wait { .. }));
-        m.workers[w].instrs.remove(i - 1);
+        for w in &mut m.workers {
+            w.instrs.retain(|i| !matches!(i, Instr::Wait { counter, .. } if *counter == copies));
+        }
         let e = errors(&m);
         assert!(e.iter().all(|x| matches!(x, VerifyError::Race { .. })), "{e:?}");
-        let races: Vec<_> = e
-            .iter()
-            .filter_map(|x| match x {
-                VerifyError::Race { buffer, first, second } if second.task == "L0.o.h0.d0" => {
-                    Some((buffer.as_str(), first.task.as_str()))
-                }
-                _ => None,
+        let raced = |buffer: &str, copy: &str| {
+            e.iter().any(|x| {
+                matches!(x, VerifyError::Race { buffer: b, first, second }
+                if b == buffer && first.task == copy && second.task.starts_with("L0.o."))
             })
-            .collect();
-        assert_eq!(races, [("resid.1", "L0.resid.mid"), ("resid.2", "L0.resid.out")], "{e:?}");
+        };
+        assert!(raced("resid.1", "L0.resid.mid") && raced("resid.2", "L0.resid.out"), "{e:?}");
     }
     let mut models = 0;
     for dir in std::fs::read_dir(fixtures.join("tiny")).unwrap() {
