@@ -54,7 +54,8 @@ pub struct TraceReport {
     pub total_us: f64,
     /// Phases in completion order.
     pub phases: Vec<PhaseTime>,
-    /// Phase steps by kind (counter name without the layer).
+    /// Phase steps by kind (counter name without the layer): one step per phase of each
+    /// layer, from the completion of the phase before to that of its last counter.
     pub phase_kinds: Vec<KindTime>,
     /// Run durations by task kind.
     pub tasks: Vec<KindTime>,
@@ -152,17 +153,29 @@ pub fn analyze(
     order.sort_by_key(|&(c, t)| (t, c));
     let mut phases = Vec::with_capacity(order.len());
     let mut prev = t0;
-    let mut phase_kinds: BTreeMap<String, KindTime> = BTreeMap::new();
+    // Each phase of each layer completes with its last counter (a phase with per-head
+    // counters has several): its step is that completion after the previous phase's.
+    let mut instances: BTreeMap<(String, String), u64> = BTreeMap::new();
     for (c, t) in order {
         let counter =
             schedule.counters.get(c as usize).map_or_else(|| format!("#{c}"), |c| c.name.clone());
         let step = us(t.saturating_sub(prev));
-        let kind = phase_kind(&counter);
+        let layer = counter.split_once('.').map_or("", |(l, _)| l).to_string();
+        let end = instances.entry((layer, phase_kind(&counter))).or_insert(t);
+        *end = (*end).max(t);
+        phases.push(PhaseTime { counter, done_us: us(t - t0), step_us: step });
+        prev = t.max(prev);
+    }
+    let mut ends: Vec<(u64, String)> =
+        instances.into_iter().map(|((_, kind), t)| (t, kind)).collect();
+    ends.sort();
+    let mut phase_kinds: BTreeMap<String, KindTime> = BTreeMap::new();
+    let mut prev = t0;
+    for (t, kind) in ends {
         phase_kinds
             .entry(kind.clone())
             .or_insert_with(|| KindTime { kind, ..Default::default() })
-            .add(step);
-        phases.push(PhaseTime { counter, done_us: us(t - t0), step_us: step });
+            .add(us(t.saturating_sub(prev)));
         prev = t.max(prev);
     }
     Ok(TraceReport {
@@ -276,6 +289,40 @@ mod tests {
         assert_eq!(r.tasks[0].count, 2);
         let text = r.to_string();
         assert!(text.contains("up.done"), "{text}");
+    }
+
+    #[test]
+    fn per_head_counters_make_one_step_of_their_phase() {
+        // w0 and w1 each run a part and signal their head's counter; w2 waits for both,
+        // runs the output projection and signals `L0.o.done`.
+        let mut s = Schedule::new("trace test");
+        let buf = s.add_buffer("x", BufferKind::Activation, 64);
+        let epoch = CounterReset::Epoch { signals_per_launch: 1 };
+        let h0 = s.add_counter("L0.attn.h0.done", epoch);
+        let h1 = s.add_counter("L0.attn.h1.done", epoch);
+        let o = s.add_counter("L0.o.done", epoch);
+        let r = Region { buffer: buf, offset: 0, len: 64 };
+        let op = TaskOp::Copy { src: r, dst: r };
+        let [a, b, c] = ["a", "b", "c"].map(|n| s.add_task(n, op.clone(), vec![r], vec![r]));
+        s.workers = vec![Worker::default(), Worker::default(), Worker::default()];
+        s.workers[0].instrs = vec![Instr::Run(a), Instr::Signal(h0)];
+        s.workers[1].instrs = vec![Instr::Run(b), Instr::Signal(h1)];
+        s.workers[2].instrs = vec![
+            Instr::Wait { counter: h0, at_least: 1 },
+            Instr::Wait { counter: h1, at_least: 1 },
+            Instr::Run(c),
+            Instr::Signal(o),
+        ];
+        let ws = [0, 2, 4, 8];
+        let stamps = [
+            1000, 2000, 3000, /* w1 */ 1000, 2500, 4000, /* w2 */ 1000, 3000, 4000, 4500,
+            6000,
+        ];
+        let r = analyze(&s, &ws, &stamps).expect("analyzes");
+        assert_eq!(r.phases.len(), 3, "every counter is listed");
+        let kinds: Vec<(&str, usize, f64)> =
+            r.phase_kinds.iter().map(|k| (k.kind.as_str(), k.count, k.total_us)).collect();
+        assert_eq!(kinds, [("attn.done", 1, 3.0), ("o.done", 1, 2.0)]);
     }
 
     #[test]
