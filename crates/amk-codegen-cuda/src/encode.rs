@@ -29,7 +29,8 @@ pub(crate) struct Encoded {
     /// Whether any task is a query attention or combines a current row (the kernel compiles
     /// that code only then).
     pub query_attention: bool,
-    /// Whether any buffer is tagged (the kernel compiles that code only then).
+    /// Whether any buffer is tagged, an attention reads its current row from its own buffer
+    /// or a task appends to the caches (the kernel compiles that code only then).
     pub tagged: bool,
     /// The most words one worker's instructions and descriptors take
     /// (`INSTR_WORDS * instructions + TASK_WORDS * runs`): the kernel copies them into shared
@@ -82,7 +83,7 @@ pub(crate) fn encode(s: &Schedule, dtype: WeightDType) -> Result<Encoded, Codege
         max_mlp_rows: stats.max_mlp_rows,
         stage_tiles: stats.stage_tiles,
         query_attention: stats.query_attention,
-        tagged: s.buffers.iter().any(|b| b.kind == BufferKind::Tagged),
+        tagged: stats.current_rows || s.buffers.iter().any(|b| b.kind == BufferKind::Tagged),
         max_worker_words,
     })
 }
@@ -143,6 +144,9 @@ struct Stats {
     /// Weight-tile bytes (device dtype) of every projection, gated-up and LM-head task.
     stage_tiles: Vec<u64>,
     query_attention: bool,
+    /// Whether an attention reads its current row from its own buffer or a task appends
+    /// rows to the caches (code compiled with the tagged code).
+    current_rows: bool,
 }
 
 fn schedule_err(field: &'static str, problem: Problem) -> CodegenError {
@@ -1045,6 +1049,7 @@ impl TaskCtx<'_> {
             TaskOp::AppendKv { kv, kv_heads, head_dim, max_positions, k_cache, v_cache, io } => {
                 use word::append_kv::*;
                 w[word::KIND] = abi::TASK_APPEND_KV;
+                stats.current_rows = true;
                 w[KV] = self.buf("kv", kv)?;
                 w[TAGGED] = u32::from(self.tagged(kv));
                 w[KV_HEADS] = kv_heads;
@@ -1110,6 +1115,7 @@ impl TaskCtx<'_> {
                 w[CURRENT_KV] = abi::NONE;
                 let mut tagged = 0;
                 if let Some(c) = current {
+                    stats.current_rows = true;
                     w[CURRENT_KV] = self.buf("current.kv", c.kv)?;
                     w[CURRENT_KV_HEADS] = c.kv_heads;
                     if kv_head >= c.kv_heads {
@@ -1462,6 +1468,20 @@ mod tests {
                 && d[word::projection::OUT_KIND] == abi::OUT_STORE_TAGGED),
             "no projection stores tagged rows (task {q:?})"
         );
+        assert!(e.tagged, "the kernel compiles its tagged code");
+        // An attention that reads its current row from a plain buffer needs that code too.
+        let mut s = tiny();
+        let q = s.buffer_by_name("q").expect("the query buffer");
+        let t = s.task_by_name("L0.attn.h0.p0").expect("an attention part");
+        if let TaskOp::Attention { current, .. } = &mut s.tasks[t.index()].op {
+            *current = Some(amk_schedule::ops::NewRow { kv: q, kv_heads: 2 });
+        }
+        let bytes = |b: BufferId| s.buffers[b.index()].bytes;
+        let reads = s.tasks[t.index()].op.footprint(bytes).reads;
+        s.tasks[t.index()].reads = reads;
+        let e = encode(&s, WeightDType::F32).expect("a current row from a plain buffer encodes");
+        assert!(e.tagged, "the current-row code is compiled");
+        assert!(!encode(&tiny(), WeightDType::F32).expect("encodes").tagged);
         // ...but a residual made tagged (copied into, added to, read as a norm input) is not.
         let mut s = tiny();
         let resid = s.buffer_by_name("resid.1").expect("a versioned residual");

@@ -38,7 +38,8 @@ pub(crate) struct Prologue {
     /// Compile the query-attention code (`fuse_q` schedules only: other kernels stay as
     /// small as before, which their speed depends on).
     pub query_attention: bool,
-    /// Compile the tagged-buffer code (`tagged` schedules only, for the same reason).
+    /// Compile the tagged-buffer and current-row code (`tagged` schedules only, for the same
+    /// reason).
     pub tagged: bool,
 }
 
