@@ -327,4 +327,11 @@ fn import_rejects_unsupported_models() {
     w.set("tokenizer.ggml.merges", Val::StrArr(vec!["x y z".into()]));
     let msg = import_err(&w);
     assert!(msg.contains("tokenizer.ggml.merges") && msg.contains("entry 0"), "{msg}");
+
+    // A corrupt layer count is refused at once, not looped over (the fuzz test found a
+    // flipped byte giving a billion layers).
+    let mut w = base.clone();
+    w.set("llama.block_count", Val::U32(1_153_860_391));
+    let msg = import_err(&w);
+    assert!(msg.contains("llama.block_count") && msg.contains("1153860391 layers"), "{msg}");
 }

@@ -278,10 +278,23 @@ fn read_hparams(g: &GgufFile, n_tokens: usize) -> Result<Hparams, GgufError> {
         true => req("vocab_size")?,
         false => n_tokens as u64,
     };
+    // Each layer has several tensors: a block count past the file's tensor count is corrupt
+    // (and would otherwise be looped over, a billion times for a flipped byte).
+    let layers = positive("block_count", req("block_count")?)?;
+    if layers > g.tensors().len() as u64 {
+        return Err(GgufError::Invalid {
+            path: g.path().to_path_buf(),
+            field: format!("{arch}.block_count"),
+            reason: format!(
+                "{layers} layers, but the file holds only {} tensors (each layer needs its own)",
+                g.tensors().len()
+            ),
+        });
+    }
     Ok(Hparams {
         hidden: positive("embedding_length", hidden)?,
         ffn: positive("feed_forward_length", req("feed_forward_length")?)?,
-        layers: positive("block_count", req("block_count")?)?,
+        layers,
         heads,
         kv_heads,
         head_dim,
