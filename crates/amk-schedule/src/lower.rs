@@ -314,7 +314,8 @@ pub fn lower(graph: &DecodeGraph, config: &ScheduleConfig) -> Result<Schedule, L
         }
     };
 
-    // Tagged: each layer's append task and the attention counter it waits for.
+    // Tagged: the layer's append task, pending for the phase after its output projection,
+    // and the projections' counter it waits for.
     let mut append_after_o = None;
     l.phase("embed.done");
     let table = wbuf("model.embed_tokens.weight");
@@ -435,8 +436,8 @@ pub fn lower(graph: &DecodeGraph, config: &ScheduleConfig) -> Result<Schedule, L
             });
             let q = handoff.map_or(q, |t| t.0);
             // Tagged: the residual copies signal a counter of their own, which the attention
-            // parts and head-split projections wait for (long satisfied when they start), and
-            // the projections another, which only the step's end waits for.
+            // parts wait for (long satisfied when they start), and the projections another,
+            // which only the layer's append waits for.
             if tagged {
                 let names = [format!("L{layer}.resid.done"), format!("L{layer}.qkv.done")];
                 l.phase_groups(&names);
