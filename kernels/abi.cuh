@@ -86,7 +86,12 @@
 //                RMSNorm weight (or AMK_NONE; 12 is then its head_dim), 22 its eps (f32 bits),
 //                23 llama3 rope (0/1), 24 factor, 25 low_freq_factor, 26 high_freq_factor,
 //                27 original_max_position_embeddings (f32 bits), 28 weight scales, 29 the
-//                copy buffer of an accumulate-and-copy output (or AMK_NONE)
+//                copy buffer of an accumulate-and-copy output (or AMK_NONE), 33 head part
+//                and 34 parts of the head (0: no head part; see amk-schedule's HeadPart:
+//                rows = head_dim / parts, 8 the head's first row, local row i < rows / 2 is
+//                head row part * rows / 2 + i and the others head_dim / 2 + part * rows / 2
+//                + (i - rows / 2), for weight, bias, scale and output; rope pairs (i, i +
+//                rows / 2) at frequency part * rows / 2 + i)
 // GATED_UP:      1..5 input, 6 gate, 7 up, 8 first_row, 9 rows, 10 cols, 11 out, 12 gate
 //                scales, 13 up scales
 // GATED_MLP:     1..13 as GATED_UP, with 11 the buffer its down projection adds into

@@ -7,8 +7,10 @@
 // AMK_WEIGHT_INT8 (0 or 1; both 0 means f32 weights),
 // AMK_BLOCK_THREADS, AMK_MAX_COLS, AMK_MAX_HEAD_DIM, AMK_MLP_ROWS (most rows of a fused MLP
 // task, 0 without one), AMK_STAGE_BYTES (a multiple of 16; 0 turns weight staging off),
-// AMK_COUNTERS, AMK_TRACE (0 or 1) and AMK_QUERY_ATTENTION (1 when the schedule has query
-// attentions or combines a current row; 0 leaves that code out, keeping other kernels small).
+// AMK_COUNTERS, AMK_TRACE (0 or 1), AMK_QUERY_ATTENTION (1 when the schedule has query
+// attentions or combines a current row; 0 leaves that code out, keeping other kernels small),
+// AMK_TAGGED (the same for tagged buffers and current rows) and AMK_HEAD_PARTS (the same for
+// projections split into head parts, abi.cuh words 33 and 34).
 //
 // Tracing (AMK_TRACE 1): thread 0 of each block writes %globaltimer (ns) before each of its
 // instructions and once after the last, into u64 slots that follow the counters (from word
@@ -676,6 +678,77 @@ __device__ void amk_projection_heads(const u32* d, const amk_w* w, const float* 
     }
 }
 
+#if AMK_HEAD_PARTS
+// The head row of local row i of a head part (words 33 and 34, abi.cuh): of a part's rows
+// = 2 * hl, rows i < hl are head rows part * hl + i, the others head_dim / 2 + part * hl +
+// (i - hl), with head_dim / 2 = parts * hl.
+__device__ __forceinline__ u32 amk_part_row(u32 i, u32 hl, u32 part, u32 parts) {
+    return i < hl ? part * hl + i : (parts + part) * hl + (i - hl);
+}
+
+// A head part's rows in local order, R per warp at a time, into ys with the scale and bias of
+// their head rows.
+template <int R>
+__device__ __forceinline__ void amk_part_dots(const u32* d, const u64* buffers, const float* x, float inv,
+                                              float* ys, const amk_w* staged) {
+    const u32 first = d[8], rows = d[9], cols = d[10];
+    const u32 part = d[33], parts = d[34], hl = rows / 2;
+    const amk_w* w = reinterpret_cast<const amk_w*>(buffers[d[6]]);
+    const amk_v* bias_w = d[7] == AMK_NONE ? nullptr : reinterpret_cast<const amk_v*>(buffers[d[7]]);
+    const float* sc = amk_scales(buffers, d[6], d[28]);
+    const u32 lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    for (u32 r0 = warp * R; r0 < rows; r0 += AMK_WARPS * R) {
+        float y[R];
+        const u32 n = min((u32)R, rows - r0);
+        // The scale and bias do not depend on the dot products: load them first.
+        const u32 g = first + amk_part_row(r0 + lane, hl, part, parts);
+        const float scale = lane < n ? amk_scale(sc, g) * inv : inv;
+        const float b = (bias_w && lane < n) ? amk_vload(bias_w, g) : 0.f;
+        const amk_w* row[R];
+#pragma unroll
+        for (int r = 0; r < R; ++r)
+            row[r] = staged ? staged + (u64)(r0 + r) * cols
+                            : w + (u64)(first + amk_part_row(r0 + r, hl, part, parts)) * cols;
+        amk_dot_rows<R>(row, cols, n, x, y);
+        if (lane < n) {
+            float v = y[0];
+#pragma unroll
+            for (int r = 1; r < R; ++r) if ((u32)r == lane) v = y[r];
+            ys[r0 + lane] = v * scale + b;
+        }
+    }
+}
+
+// A head part of a projection (rope's pairs kept together): its rows in local order (the
+// staged tile's order) into shared memory with the scale and bias of their head rows, then
+// rope on the local pairs (i, i + hl) with the head's frequencies part * hl + i, and the
+// epilogue at the head rows of `out` (the head's first output element). Each row's
+// arithmetic is the whole head's (amk_projection_heads), so a split computes the same values.
+__device__ __noinline__ void amk_projection_part(const u32* d, const u64* buffers, const float* x, float inv,
+                                                 float* ys, const amk_w* staged, float* out, float* copy,
+                                                 u32 out_kind, u32 pos) {
+    const u32 rows = d[9], rope = d[11];
+    const u32 part = d[33], parts = d[34], hl = rows / 2;
+    // Fewer rows per warp when the part has fewer rows than 4 per warp: every warp works.
+    if (rows <= AMK_WARPS) amk_part_dots<1>(d, buffers, x, inv, ys, staged);
+    else if (rows <= 2 * AMK_WARPS) amk_part_dots<2>(d, buffers, x, inv, ys, staged);
+    else amk_part_dots<4>(d, buffers, x, inv, ys, staged);
+    __syncthreads();
+    if (rope) {
+        amk_rope_table(d, d[12], __hiloint2double((int)d[14], (int)d[13]), pos);
+        for (u32 i = threadIdx.x; i < hl; i += AMK_BLOCK_THREADS) {
+            const float c = amk_cos_tab[part * hl + i], s = amk_sin_tab[part * hl + i];
+            const float a = ys[i], b = ys[i + hl];
+            amk_put(out, copy, part * hl + i, a * c - b * s, out_kind);
+            amk_put(out, copy, (parts + part) * hl + i, b * c + a * s, out_kind);
+        }
+    } else {
+        for (u32 i = threadIdx.x; i < rows; i += AMK_BLOCK_THREADS)
+            amk_put(out, copy, amk_part_row(i, hl, part, parts), ys[i], out_kind);
+    }
+}
+#endif
+
 // `staged`: the task's weight tile in shared memory, or null to read global memory.
 __device__ void amk_projection(const u32* d, const u64* buffers, float* x, float* scratch,
                                float* ys, const amk_w* staged) {
@@ -694,6 +767,12 @@ __device__ void amk_projection(const u32* d, const u64* buffers, float* x, float
     if (out_kind == AMK_OUT_CACHE_ROW) dst0 = ((u64)off * d[20] + pos) * d[19];
     float* copy = d[29] == AMK_NONE ? nullptr : reinterpret_cast<float*>(buffers[d[29]]) + dst0;
     if (AMK_TAGGED && out_kind == AMK_OUT_STORE_TAGGED) dst0 *= 2;  // 8-byte words
+#if AMK_HEAD_PARTS
+    if (d[34] > 1) {
+        amk_projection_part(d, buffers, x, inv, ys, staged, out + dst0, copy, out_kind, pos);
+        return;
+    }
+#endif
     if (rope || d[21] != AMK_NONE) {
         amk_projection_heads(d, w, sc, bias_w, x, inv, ys, scratch, out + dst0, copy, out_kind, pos, buffers, nullptr);
     } else if (rows >= 4 * AMK_WARPS) {
@@ -1185,6 +1264,17 @@ __device__ __forceinline__ u32 amk_weight_parts(const u32* d, const u64* buffers
     switch (d[0]) {
         case AMK_TASK_PROJECTION:
         case AMK_TASK_QUERY_ATTENTION:
+#if AMK_HEAD_PARTS
+            if (d[0] == AMK_TASK_PROJECTION && d[34] > 1) {
+                // A head part: its two runs of hl = rows / 2 rows, at the head's rows part * hl
+                // and head_dim / 2 + part * hl (head_dim / 2 = parts * hl), in local order.
+                const u64 hl = d[9] / 2, row = (u64)d[10] * es;
+                addr[0] = buffers[d[6]] + ((u64)d[8] + d[33] * hl) * row;
+                addr[1] = buffers[d[6]] + ((u64)d[8] + (d[34] + d[33]) * hl) * row;
+                bytes = hl * row;
+                return 2;
+            }
+#endif
             addr[0] = buffers[d[6]] + (u64)d[8] * d[10] * es; bytes = (u64)d[9] * d[10] * es; return 1;
         case AMK_TASK_GATED_UP:
         case AMK_TASK_GATED_MLP: {
@@ -1232,12 +1322,14 @@ __device__ void amk_prefetch_vectors(const u32* d, const u64* buffers) {
     if (kind == AMK_TASK_ATTENTION_OUT || kind == AMK_TASK_HEAD_OUT) return;
 #endif
     if (AMK_ABLATE & 256) return;
+    // A head part's rows lie in its head's (words 33 and 34): ask for the head's vectors.
+    const u32 span = (AMK_HEAD_PARTS && kind == AMK_TASK_PROJECTION && d[34] > 1) ? d[9] * d[34] : d[9];
     if (projection && d[7] != AMK_NONE)
-        amk_prefetch_l1(buffers[d[7]] + (u64)d[8] * sizeof(amk_v), (u64)d[9] * sizeof(amk_v));
+        amk_prefetch_l1(buffers[d[7]] + (u64)d[8] * sizeof(amk_v), (u64)span * sizeof(amk_v));
 #if AMK_WEIGHT_INT8
     // The rows' scales (words: projection 28; gate/up 12 and 13; LM head 13), and every
     // output's scale of a fused MLP's down weight (word 15).
-    if (projection) amk_prefetch_l1(buffers[d[6]] + d[28] + (u64)d[8] * 4, (u64)d[9] * 4);
+    if (projection) amk_prefetch_l1(buffers[d[6]] + d[28] + (u64)d[8] * 4, (u64)span * 4);
     if (kind == AMK_TASK_GATED_UP || kind == AMK_TASK_GATED_MLP) {
         amk_prefetch_l1(buffers[d[6]] + d[12] + (u64)d[8] * 4, (u64)d[9] * 4);
         amk_prefetch_l1(buffers[d[7]] + d[13] + (u64)d[8] * 4, (u64)d[9] * 4);

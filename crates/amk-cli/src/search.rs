@@ -271,6 +271,13 @@ pub static KNOBS: &[Knob] = &[
         show: num,
     },
     Knob {
+        name: "qkv_parts",
+        domain: |_| vec![1, 2, 4],
+        get: |c| c.knobs.qkv_parts,
+        set: |c, v| c.knobs.qkv_parts = v,
+        show: num,
+    },
+    Knob {
         name: "o_rows",
         domain: |_| vec![4, 8, 16, 32, 64],
         get: |c| c.knobs.o_rows,

@@ -31,8 +31,8 @@ pub struct ScheduleArgs {
     pub model: PathBuf,
     /// Knobs (RON ScheduleConfig: workers, blocks_per_sm, sm_count, o_rows, mlp_rows, down_rows,
     /// head_rows, assignment, task_order, fuse_norm, fuse_down, fuse_o, fuse_q, o_by_head,
-    /// head_waits, tagged, max_positions, attn_splits, prefetch_depth); absent fields keep
-    /// defaults, e.g. `(workers: 64, fuse_norm: false)`.
+    /// head_waits, tagged, qkv_parts, max_positions, attn_splits, prefetch_depth); absent
+    /// fields keep defaults, e.g. `(workers: 64, fuse_norm: false)`.
     #[arg(long)]
     pub config: Option<PathBuf>,
     /// Where to write the schedule.

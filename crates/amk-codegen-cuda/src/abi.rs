@@ -215,6 +215,11 @@ pub mod word {
         pub const WEIGHT_SCALES: usize = 28;
         /// The second output buffer of an accumulate-and-copy output, else `AMK_NONE`.
         pub const OUT_COPY: usize = 29;
+        /// A head part's index ([`amk_schedule::ops::HeadPart`]; `PROJECTION` only: a query
+        /// attention's attention words start here).
+        pub const HEAD_PART: usize = 33;
+        /// A head part's number of parts of the head, 0 for a projection without a head part.
+        pub const HEAD_PARTS: usize = 34;
     }
 
     /// `GATED_UP` words (input at 1..=5).

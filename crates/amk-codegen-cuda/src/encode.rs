@@ -32,6 +32,9 @@ pub(crate) struct Encoded {
     /// Whether any buffer is tagged, an attention reads its current row from its own buffer
     /// or a task appends to the caches (the kernel compiles that code only then).
     pub tagged: bool,
+    /// Whether any projection is a head part of more than one (the kernel compiles that code
+    /// only then).
+    pub head_parts: bool,
     /// The most words one worker's instructions and descriptors take
     /// (`INSTR_WORDS * instructions + TASK_WORDS * runs`): the kernel copies them into shared
     /// memory when it starts.
@@ -84,6 +87,7 @@ pub(crate) fn encode(s: &Schedule, dtype: WeightDType) -> Result<Encoded, Codege
         stage_tiles: stats.stage_tiles,
         query_attention: stats.query_attention,
         tagged: stats.current_rows || s.buffers.iter().any(|b| b.kind == BufferKind::Tagged),
+        head_parts: stats.head_parts,
         max_worker_words,
     })
 }
@@ -147,6 +151,8 @@ struct Stats {
     /// Whether an attention reads its current row from its own buffer or a task appends
     /// rows to the caches (code compiled with the tagged code).
     current_rows: bool,
+    /// Whether a projection is a head part of more than one.
+    head_parts: bool,
 }
 
 fn schedule_err(field: &'static str, problem: Problem) -> CodegenError {
@@ -713,7 +719,8 @@ impl TaskCtx<'_> {
         Ok(())
     }
 
-    /// Words 1..=29 of a projection (a query attention's too), checked.
+    /// Words 1..=29 of a projection (a query attention's too), and 33..=34 of a head part,
+    /// checked.
     fn projection(
         &self,
         op: &TaskOp,
@@ -728,6 +735,7 @@ impl TaskCtx<'_> {
             rows,
             cols,
             head_norm,
+            head_part,
             rope,
             io,
             output,
@@ -747,7 +755,21 @@ impl TaskCtx<'_> {
         w[FIRST_ROW] = first_row;
         w[ROWS] = rows;
         w[COLS] = cols;
-        self.rows(first_row, rows, cols)?;
+        // The rows the task's runs span: the whole head's with a head part.
+        let span = match head_part {
+            Some(p) => {
+                op.check_head_part().map_err(|e| self.rule(e.field, e.message))?;
+                w[HEAD_PART] = p.part;
+                w[HEAD_PARTS] = p.parts;
+                stats.head_parts |= p.parts > 1;
+                // The kernel keeps the part's rows in its one-head area.
+                stats.max_head_dim = stats.max_head_dim.max(rows);
+                // `check_head_part` made rows * parts fit 32 bits.
+                rows * p.parts
+            }
+            None => rows,
+        };
+        self.rows(first_row, span, cols)?;
         if let Some(r) = rope {
             if r.head_dim == 0 || r.head_dim % 2 != 0 {
                 return Err(self.rule(
@@ -760,7 +782,7 @@ impl TaskCtx<'_> {
                 ));
             }
             let hd = u64::from(r.head_dim);
-            self.multiple("rows", "rows of a rotated projection (whole heads)", rows.into(), hd)?;
+            self.multiple("rows", "rows of a rotated projection (whole heads)", span.into(), hd)?;
             self.multiple(
                 "first_row",
                 "first row of a rotated projection (whole heads)",
@@ -862,7 +884,7 @@ impl TaskCtx<'_> {
                 }
                 w[OUT_BUFFER] = self.buf("output.buffer", buffer)?;
                 w[OUT_OFFSET] = offset;
-                let end = u128::from(offset) + u128::from(rows);
+                let end = u128::from(offset) + u128::from(span);
                 self.fit("output.offset", "offset + rows", end)?;
             }
             ProjOutput::CacheRow { cache, kv_head, head_dim, max_positions } => {
@@ -873,7 +895,7 @@ impl TaskCtx<'_> {
                 w[OUT_MAX_POSITIONS] = max_positions;
                 self.positive("output.head_dim", head_dim)?;
                 self.positive("output.max_positions", max_positions)?;
-                if rows != head_dim {
+                if span != head_dim {
                     return Err(self.rule(
                         "rows",
                         format!(
@@ -1684,6 +1706,80 @@ mod tests {
             *theta = f64::NAN;
         }
         task_error(&s, WeightDType::BF16, "L0.k.h0", "rope.theta");
+    }
+
+    /// Head parts (`qkv_parts`) encode their part and parts at words 33 and 34 (and have the
+    /// kernel compile their code); a hand-edited head part that does not fit its projection
+    /// is refused naming the field, never encoded.
+    #[test]
+    fn head_parts_encode_and_malformed_ones_are_refused() {
+        use amk_schedule::ops::{HeadNorm, HeadPart};
+        use word::projection::{HEAD_PART, HEAD_PARTS};
+        let dir = tempfile::tempdir().expect("tempdir");
+        amk_ir::synth::write_checkpoint(&amk_ir::synth::SynthSpec::tiny(), dir.path())
+            .expect("synthetic checkpoint");
+        let model = amk_ir::Model::open(dir.path(), &mut |_| {}).expect("open model");
+        let config = ScheduleConfig { workers: 4, qkv_parts: 2, ..Default::default() };
+        let split = amk_schedule::lower(&model.graph, &config).expect("lower");
+        let e = encode(&split, WeightDType::BF16).expect("a split schedule encodes");
+        assert!(e.head_parts, "the kernel compiles its head-part code");
+        assert!(!encode(&tiny(), WeightDType::BF16).expect("encodes").head_parts);
+        let parts: Vec<(u32, u32)> = e
+            .tables
+            .tasks
+            .chunks(abi::TASK_WORDS)
+            .filter(|d| d[word::KIND] == abi::TASK_PROJECTION && d[HEAD_PARTS] != 0)
+            .map(|d| (d[HEAD_PART], d[HEAD_PARTS]))
+            .collect();
+        // Two layers of 4 query, 2 key and 2 value heads, two parts each.
+        assert_eq!(parts.len(), 2 * 8 * 2);
+        assert!(parts.iter().all(|&(p, n)| n == 2 && p < 2), "{parts:?}");
+
+        let task = "L0.q.h1.p1";
+        let broken = |edit: &dyn Fn(&mut TaskOp), field: &str| {
+            let mut s = split.clone();
+            edit(op_mut(&mut s, task));
+            task_error(&s, WeightDType::BF16, task, field)
+        };
+        let part = |f: fn(&mut HeadPart)| {
+            move |op: &mut TaskOp| {
+                if let TaskOp::Projection { head_part: Some(p), .. } = op {
+                    f(p)
+                }
+            }
+        };
+        broken(&part(|p| p.part = 2), "head_part.part");
+        broken(&part(|p| p.parts = 0), "head_part.parts");
+        broken(&part(|p| p.parts = u32::MAX), "head_part.parts");
+        // 8 rows in 4 parts make a head of 32, not the rope's 16.
+        broken(&part(|p| p.parts = 4), "rope.head_dim");
+        broken(
+            &|op: &mut TaskOp| {
+                if let TaskOp::Projection { rows, .. } = op {
+                    *rows = 7;
+                }
+            },
+            "rows",
+        );
+        let norm = split.buffer_by_name("model.norm.weight").expect("a norm weight");
+        broken(
+            &|op: &mut TaskOp| {
+                if let TaskOp::Projection { head_norm, .. } = op {
+                    *head_norm = Some(HeadNorm { weight: norm, head_dim: 16, eps: 1e-6 });
+                }
+            },
+            "head_norm",
+        );
+        // A part whose rows leave its declared regions is refused by the footprint check.
+        let p = broken(
+            &|op: &mut TaskOp| {
+                if let TaskOp::Projection { head_part: Some(p), .. } = op {
+                    p.part = 0;
+                }
+            },
+            "weight",
+        );
+        assert!(matches!(p, Problem::OutsideDeclared { access: Access::Read, .. }), "{p:?}");
     }
 
     #[test]

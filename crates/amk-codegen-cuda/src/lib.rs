@@ -363,6 +363,7 @@ pub fn generate(
         trace: options.trace,
         query_attention: encoded.query_attention,
         tagged: encoded.tagged,
+        head_parts: encoded.head_parts,
     };
     let blocks_per_sm = schedule.certificate().facts.blocks_per_sm.max(1);
     let prologue = source::Prologue {

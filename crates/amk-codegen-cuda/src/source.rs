@@ -41,10 +41,13 @@ pub(crate) struct Prologue {
     /// Compile the tagged-buffer and current-row code (`tagged` schedules only, for the same
     /// reason).
     pub tagged: bool,
+    /// Compile the head-part projection code (`qkv_parts` schedules only, for the same
+    /// reason).
+    pub head_parts: bool,
 }
 
 /// Names of the prologue's defines, in order.
-pub const PROLOGUE_DEFINES: [&str; 15] = [
+pub const PROLOGUE_DEFINES: [&str; 16] = [
     "AMK_WEIGHT_BF16",
     "AMK_WEIGHT_INT8",
     "AMK_BLOCK_THREADS",
@@ -60,6 +63,7 @@ pub const PROLOGUE_DEFINES: [&str; 15] = [
     "AMK_TRACE",
     "AMK_QUERY_ATTENTION",
     "AMK_TAGGED",
+    "AMK_HEAD_PARTS",
 ];
 
 /// Words of shared scratch after the main area (block reductions: two words per warp).
@@ -67,7 +71,7 @@ pub(crate) const SMEM_SCRATCH_WORDS: u64 = 64;
 
 impl Prologue {
     /// `(name, value)` of each define, in [`PROLOGUE_DEFINES`] order.
-    pub fn defines(&self) -> [(&'static str, u64); 15] {
+    pub fn defines(&self) -> [(&'static str, u64); 16] {
         let values = [
             u64::from(self.weight_bf16),
             u64::from(self.weight_int8),
@@ -84,8 +88,9 @@ impl Prologue {
             u64::from(self.trace),
             u64::from(self.query_attention),
             u64::from(self.tagged),
+            u64::from(self.head_parts),
         ];
-        let mut out = [("", 0); 15];
+        let mut out = [("", 0); 16];
         for (i, (name, value)) in PROLOGUE_DEFINES.iter().zip(values).enumerate() {
             out[i] = (name, value);
         }
@@ -185,6 +190,7 @@ mod tests {
             trace: false,
             query_attention: false,
             tagged: false,
+            head_parts: false,
         }
     }
 

@@ -51,6 +51,8 @@ fn check_tables(v: &VerifiedSchedule, dtype: WeightDType) {
     for (b, &bytes) in v.buffers.iter().zip(&t.buffer_bytes) {
         let expected = match (b.kind, dtype) {
             (BufferKind::Weight, WeightDType::BF16) => b.bytes / 2,
+            // A launch tag beside every value.
+            (BufferKind::Tagged, _) => b.bytes * 2,
             _ => b.bytes,
         };
         assert_eq!(bytes, expected, "buffer `{}`", b.name);
@@ -428,5 +430,40 @@ fn head_split_and_query_attention_schedules_decode() {
             let current = g.tables.tasks.chunks(common::WORDS).filter(|d| d[0] == 3 && d[32] != 0);
             assert_eq!(current.count(), c.num_layers * c.hidden_size.div_ceil(8));
         }
+    }
+}
+
+/// Head-split q/k/v projections (`qkv_parts`, with and without tagged hand-offs) decode back
+/// to the schedule, their part and parts at words 33 and 34; the kernel compiles the
+/// head-part code only for such schedules.
+#[test]
+fn head_part_schedules_decode() {
+    use amk_schedule::ops::TaskOp;
+    let (_dir, model) = common::synth_model(&SynthSpec { num_layers: 2, ..SynthSpec::tiny() });
+    let whole = generate(&common::tiny(), &CodegenOptions::default()).expect("generates");
+    assert!(whole.source.contains("#define AMK_HEAD_PARTS 0"));
+    for (qkv_parts, tagged) in [(2, false), (4, true)] {
+        let knobs = amk_schedule::ScheduleConfig {
+            workers: 6,
+            qkv_parts,
+            tagged,
+            attn_splits: 2,
+            ..Default::default()
+        };
+        let v = common::verified(&amk_schedule::lower(&model.graph, &knobs).expect("lower"));
+        let split = v
+            .tasks
+            .iter()
+            .filter(|t| matches!(t.op, TaskOp::Projection { head_part: Some(_), .. }))
+            .count();
+        let c = &model.config;
+        assert_eq!(split, c.num_layers * (c.num_heads + 2 * c.num_kv_heads) * qkv_parts as usize);
+        for dtype in [WeightDType::BF16, WeightDType::F32] {
+            check_tables(&v, dtype);
+        }
+        let g = generate(&v, &CodegenOptions::default()).expect("generates");
+        assert!(g.source.contains("#define AMK_HEAD_PARTS 1"));
+        // The appends and current rows need the tagged kernel code, tagged or not.
+        assert!(g.source.contains("#define AMK_TAGGED 1"));
     }
 }

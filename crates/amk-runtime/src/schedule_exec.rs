@@ -684,6 +684,7 @@ impl TaskCtx<'_> {
             rows,
             cols,
             head_norm,
+            head_part,
             rope,
             io,
             output,
@@ -691,8 +692,22 @@ impl TaskCtx<'_> {
         else {
             return Err(self.err("not a projection"));
         };
+        op.check_head_part().map_err(|e| self.err(e.to_string()))?;
         let x = self.input(&input)?;
-        let mut y = self.rows(weight, first_row, rows, cols, &x, bias)?;
+        let mut y = match head_part {
+            None => self.rows(weight, first_row, rows, cols, &x, bias)?,
+            Some(p) => {
+                // The part's two runs of head rows, one after the other (its local order),
+                // each row as the whole head's task computes it.
+                let mut y = Vec::with_capacity(rows as usize);
+                for (at, n) in p.ranges(rows) {
+                    let first = u32::try_from(u64::from(first_row) + at)
+                        .map_err(|_| self.err("a head part's rows are past 32 bits"))?;
+                    y.extend(self.rows(weight, first, n as u32, cols, &x, bias)?);
+                }
+                y
+            }
+        };
         let needs_pos = rope.is_some() || matches!(output, ProjOutput::CacheRow { .. });
         let pos = if needs_pos { self.io(io)?.1 } else { 0 };
         if let Some(norm) = head_norm {
@@ -707,10 +722,26 @@ impl TaskCtx<'_> {
         }
         if let Some(rope) = rope {
             let hd = rope.head_dim as usize;
-            if hd == 0 || hd % 2 != 0 || y.len() % hd != 0 {
-                return Err(self.err("rope tile is not whole heads of even size"));
+            if hd == 0 || hd % 2 != 0 {
+                return Err(self.err("rope head_dim is not even and positive"));
             }
-            kernels::rope(&mut y, hd, &rope.inv_freq(), pos);
+            let inv_freq = rope.inv_freq();
+            match head_part {
+                None if y.len() % hd != 0 => {
+                    return Err(self.err("rope tile is not whole heads of even size"))
+                }
+                None => kernels::rope(&mut y, hd, &inv_freq, pos),
+                // The local pairs (i, i + rows / 2) are the head's (part * hl + i, + hd / 2),
+                // with those frequencies (`check_head_part` made rows * parts = hd).
+                Some(p) => {
+                    let hl = y.len() / 2;
+                    let at = p.part as usize * hl;
+                    let freqs = inv_freq
+                        .get(at..at + hl)
+                        .ok_or_else(|| self.err("a head part's rope pairs are outside the head"))?;
+                    kernels::rope(&mut y, 2 * hl, freqs, pos);
+                }
+            }
         }
         Ok((y, pos))
     }
@@ -738,35 +769,53 @@ impl TaskCtx<'_> {
                 let row = self.read(table, token * h, h)?.to_vec();
                 self.write(out, 0, &row)
             }
-            TaskOp::Projection { output, .. } => {
+            TaskOp::Projection { output, head_part, .. } => {
                 let (y, pos) = self.project(op)?;
-                match output {
-                    ProjOutput::Store { buffer, offset } => self.write(buffer, offset as usize, &y),
-                    ProjOutput::Accumulate { buffer, offset } => {
-                        let old = self.read(buffer, offset as usize, y.len())?;
-                        let sum: Vec<f32> = old.iter().zip(&y).map(|(a, b)| a + b).collect();
-                        self.write(buffer, offset as usize, &sum)
+                // Where each run of the rows goes, relative to the output's first element: all
+                // from 0, or a head part's two runs at their head rows.
+                let (runs, whole) = match head_part {
+                    None => (vec![(0, &y[..])], y.len() as u64),
+                    Some(p) => {
+                        let rows = y.len() as u32;
+                        let [(a, n), (b, _)] = p.ranges(rows);
+                        let (lo, hi) = y.split_at(n as usize);
+                        (vec![(a as usize, lo), (b as usize, hi)], p.head_dim(rows))
                     }
-                    ProjOutput::AccumulateCopy { buffer, offset, copy } => {
-                        let old = self.read(buffer, offset as usize, y.len())?;
-                        let sum: Vec<f32> = old.iter().zip(&y).map(|(a, b)| a + b).collect();
-                        self.write(buffer, offset as usize, &sum)?;
-                        self.write(copy, offset as usize, &sum)
-                    }
-                    ProjOutput::CacheRow { cache, kv_head, head_dim, max_positions } => {
-                        if pos >= max_positions as usize {
-                            return Err(self.err(format!(
-                                "position {pos} is past the cache's {max_positions} positions"
-                            )));
+                };
+                for (at, y) in runs {
+                    match output {
+                        ProjOutput::Store { buffer, offset } => {
+                            self.write(buffer, offset as usize + at, y)?
                         }
-                        if y.len() != head_dim as usize {
-                            return Err(self.err("a cache row task must compute exactly one head"));
+                        ProjOutput::Accumulate { buffer, offset } => {
+                            let old = self.read(buffer, offset as usize + at, y.len())?;
+                            let sum: Vec<f32> = old.iter().zip(y).map(|(a, b)| a + b).collect();
+                            self.write(buffer, offset as usize + at, &sum)?
                         }
-                        let hd = head_dim as usize;
-                        let first = (kv_head as usize * max_positions as usize + pos) * hd;
-                        self.write(cache, first, &y)
+                        ProjOutput::AccumulateCopy { buffer, offset, copy } => {
+                            let old = self.read(buffer, offset as usize + at, y.len())?;
+                            let sum: Vec<f32> = old.iter().zip(y).map(|(a, b)| a + b).collect();
+                            self.write(buffer, offset as usize + at, &sum)?;
+                            self.write(copy, offset as usize + at, &sum)?
+                        }
+                        ProjOutput::CacheRow { cache, kv_head, head_dim, max_positions } => {
+                            if pos >= max_positions as usize {
+                                return Err(self.err(format!(
+                                    "position {pos} is past the cache's {max_positions} positions"
+                                )));
+                            }
+                            if whole != u64::from(head_dim) {
+                                return Err(
+                                    self.err("a cache row task must compute exactly one head")
+                                );
+                            }
+                            let hd = head_dim as usize;
+                            let first = (kv_head as usize * max_positions as usize + pos) * hd;
+                            self.write(cache, first + at, y)?
+                        }
                     }
                 }
+                Ok(())
             }
             TaskOp::GatedUp { input, gate, up, first_row, rows, cols, out } => {
                 let x = self.input(&input)?;

@@ -1,8 +1,9 @@
 //! The generated megakernel compiles for sm_80, sm_90 and sm_120 with NVRTC, on a machine with
 //! no GPU (NVRTC from PyPI: `nvidia-cuda-nvrtc==13.0.88`, its `nvidia/cu13/lib` on
 //! `LD_LIBRARY_PATH`; `cargo xtask test` sets this up). For the default SmolLM2 schedule in
-//! bf16 and f32, and a synthetic GQA-4 / head_dim-128 / bias shape, it reports registers,
-//! shared memory and spills per target, and fails on any compile error.
+//! bf16 and f32, a synthetic GQA-4 / head_dim-128 / bias shape, the tiny architecture
+//! variants and SmolLM2 with head-split q/k/v projections (`qkv_parts`), it reports
+//! registers, shared memory and spills per target, and fails on any compile error.
 
 use amk_codegen_cuda::{generate, Arch, CodegenOptions, WeightDType};
 use amk_ir::config::{ModelConfig, RawConfig};
@@ -40,22 +41,34 @@ fn megakernel_compiles_for_every_target() {
             (format!("tiny/{v}"), config(&std::fs::read_to_string(path).unwrap()))
         })
         .collect();
-    let mut models = vec![("smollm2".to_string(), smollm2), ("gqa4_hd128_bias".to_string(), wide)];
-    models.extend(tiny);
-    for (name, cfg) in &models {
-        let schedule = lower(&DecodeGraph::build(cfg), &ScheduleConfig::default()).unwrap();
+    let knobs = |ron: &str| ScheduleConfig::from_ron(ron).unwrap();
+    let mut models = vec![
+        ("smollm2".to_string(), smollm2.clone(), ScheduleConfig::default()),
+        ("gqa4_hd128_bias".to_string(), wide, ScheduleConfig::default()),
+    ];
+    models.extend(tiny.into_iter().map(|(n, c)| (n, c, ScheduleConfig::default())));
+    // Knob variants whose kernels compile code the default's leaves out: head-split q/k/v
+    // projections, with the append of their key/value rows (and with tagged hand-offs).
+    for ron in ["(qkv_parts: 2)", "(qkv_parts: 4, tagged: true)"] {
+        models.push((format!("smollm2 {ron}"), smollm2.clone(), knobs(ron)));
+    }
+    for (name, cfg, knobs) in &models {
+        let schedule = lower(&DecodeGraph::build(cfg), knobs).unwrap();
         let verified = verify(&schedule, &facts).unwrap();
+        let variant = name.starts_with("tiny/") || name.contains('(');
         for dtype in [WeightDType::BF16, WeightDType::F32, WeightDType::Int8] {
-            if dtype == WeightDType::Int8 && name.starts_with("tiny/") {
+            if (dtype == WeightDType::Int8 && name.starts_with("tiny/"))
+                || (dtype != WeightDType::BF16 && name.contains("tagged"))
+            {
                 continue;
             }
-            // Every target for the two main shapes in bf16 and f32; sm_90 alone for int8 and
-            // the variants (compile time).
-            let archs: &[Arch] = if name.starts_with("tiny/") || dtype == WeightDType::Int8 {
-                &[Arch::Sm90]
-            } else {
-                &[Arch::Sm80, Arch::Sm90, Arch::Sm120]
-            };
+            // Every target for the two main shapes in bf16 and f32, and for the first knob
+            // variant in bf16; sm_90 alone for int8 and the other variants, and bf16 alone for
+            // the tagged one (compile time).
+            let every_target = dtype != WeightDType::Int8
+                && (!variant || (dtype == WeightDType::BF16 && name.ends_with("(qkv_parts: 2)")));
+            let archs: &[Arch] =
+                if every_target { &[Arch::Sm80, Arch::Sm90, Arch::Sm120] } else { &[Arch::Sm90] };
             for &arch in archs {
                 let options = CodegenOptions {
                     weight_dtype: dtype,

@@ -602,3 +602,93 @@ fn tagged_handoffs_match_the_reference() {
         }
     }
 }
+
+/// Head-split projections (`qkv_parts`): each q/k/v head as 2 or 4 tasks of rope pairs
+/// (their key/value rows reaching the caches through an append task). With the exact knobs
+/// (whole attention, unfused MLP) every interleaving gives the reference's logits bit for
+/// bit, the parts computing each row as the whole head's task does; with per-head waits,
+/// tagged hand-offs, split attention and the fused MLP, the tokens and the logits up to f32
+/// reassociation; under every executor policy. Qwen3's per-head norms keep heads whole.
+#[test]
+fn qkv_parts_match_the_reference() {
+    let exact_shapes = [
+        SynthSpec { seed: 91, ..SynthSpec::tiny() },
+        SynthSpec {
+            num_heads: 6,
+            num_kv_heads: 2,
+            head_dim: 16,
+            hidden_size: 96,
+            tie_word_embeddings: false,
+            attention_bias: true,
+            seed: 92,
+            ..SynthSpec::tiny()
+        },
+        SynthSpec {
+            rope_theta: 500_000.0,
+            rope_llama3: Some(Llama3RopeScaling {
+                factor: 8.0,
+                low_freq_factor: 1.0,
+                high_freq_factor: 4.0,
+                original_max_position_embeddings: 128.0,
+            }),
+            seed: 93,
+            ..SynthSpec::tiny()
+        },
+        SynthSpec { architecture: Architecture::Qwen2, seed: 94, ..SynthSpec::tiny() },
+        SynthSpec { architecture: Architecture::Qwen3, seed: 95, ..SynthSpec::tiny() },
+    ];
+    let facts = amk_verify::LaunchFacts { sm_count: 132, blocks_per_sm: 1 };
+    for spec in exact_shapes {
+        let (_dir, model) = tiny(spec.clone());
+        let mut cpu = CpuReference::from_model(&model, &mut |_, _| {}).unwrap();
+        let qk_norm = model.config.qk_norm;
+        for (qkv_parts, head_waits, workers) in [(2, true, 9), (4, false, 5), (4, true, 16)] {
+            let knobs = ScheduleConfig { qkv_parts, head_waits, ..config(workers) };
+            let s = lower(&model.graph, &knobs).unwrap();
+            let what = format!("{spec:?} {knobs:?}");
+            let split = s.tasks.iter().filter(|t| t.name.contains(".q.h0.p")).count();
+            let expected = model.config.num_layers * qkv_parts as usize;
+            assert_eq!(split, if qk_norm { 0 } else { expected }, "{what}");
+            amk_verify::verify(&s, &facts).unwrap_or_else(|e| panic!("{what}: {e}"));
+            let s = Arc::new(s);
+            for policy in [Policy::LowestFirst, Policy::HighestFirst, Policy::Random(7)] {
+                let mut exec =
+                    ScheduleExecutor::from_model(&model, s.clone(), &mut |_, _| {}).unwrap();
+                exec.check_regions = true;
+                exec.policy = Some(policy);
+                cpu.reset();
+                for (pos, t) in [7u32, 90, 150, 3, 44, 5, 61, 20].into_iter().enumerate() {
+                    let (a, b) = (cpu.step(t, pos).unwrap(), exec.step(t, pos).unwrap());
+                    assert_eq!(a, b, "{what} {policy:?} position {pos}");
+                    let (x, y) = (cpu.logits().unwrap(), exec.logits().unwrap());
+                    assert_eq!(x, y, "{what} {policy:?} position {pos}: logits");
+                }
+            }
+        }
+    }
+    for spec in attention_shapes(96) {
+        let (_dir, model) = tiny(spec.clone());
+        let mut cpu = CpuReference::from_model(&model, &mut |_, _| {}).unwrap();
+        for (qkv_parts, head_waits, tagged, attn_splits, fuse_down) in [
+            (2, true, false, 3, true),
+            (4, true, true, 2, true),
+            (2, false, true, 1, false),
+            (4, false, false, 2, true),
+        ] {
+            let knobs = ScheduleConfig {
+                qkv_parts,
+                head_waits,
+                tagged,
+                o_by_head: true,
+                attn_splits,
+                fuse_down,
+                o_rows: 8,
+                ..config(9)
+            };
+            let s = lower(&model.graph, &knobs).unwrap();
+            let what = format!("{spec:?} {knobs:?}");
+            assert!(s.task_by_name("L0.k.h0.p1").is_some(), "{what}");
+            assert_verified_and_every_policy_matches(&model, &mut cpu, s, 13, &what);
+        }
+    }
+}

@@ -89,6 +89,17 @@ pub struct ScheduleConfig {
     /// Attention parts then read only the cache rows before the position; an append task in
     /// the MLP phase copies the current rows into the caches.
     pub tagged: bool,
+    /// Tasks each query, key and value head's projection is split into (1: one task per
+    /// head). Part `p` of `P` computes the head's rows `[p * hl, (p + 1) * hl)` and
+    /// `[head_dim / 2 + p * hl, ...)` with `hl = head_dim / (2P)` ([`crate::ops::HeadPart`]),
+    /// so rope's pairs stay in one task; each part signals what the whole head's task did.
+    /// The qkv phase's tasks are then P times shorter and P times as many; the current key
+    /// and value rows then reach the caches through an append task after the layer's
+    /// attention (as with `tagged`). Must divide `head_dim / 2`. Ignored (heads stay whole)
+    /// with `fuse_q` (its query projection is inside the attention parts), `fuse_o` (its
+    /// attention reads the current row from the caches) and per-head q/k norms (Qwen3's,
+    /// which need the whole head).
+    pub qkv_parts: u32,
     /// Positions the key/value caches hold; 0 means the model's max_position_embeddings.
     pub max_positions: u32,
     /// Parts each attention head is split into over cache positions (flash-decoding): more
@@ -126,6 +137,7 @@ impl Default for ScheduleConfig {
             o_by_head: true,
             head_waits: true,
             tagged: false,
+            qkv_parts: 1,
             max_positions: 0,
             attn_splits: 8,
             prefetch_depth: 1,
@@ -171,6 +183,7 @@ impl ScheduleConfig {
             ("down_rows", self.down_rows),
             ("head_rows", self.head_rows),
             ("attn_splits", self.attn_splits),
+            ("qkv_parts", self.qkv_parts),
         ];
         for (field, value) in positive {
             if value == 0 {

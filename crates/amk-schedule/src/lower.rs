@@ -42,6 +42,18 @@
 //! and the attention parts and head-split output-projection tasks wait only for the counter
 //! their inputs come from. Counters are epoch-offset, so no reset is needed between launches.
 //!
+//! With `qkv_parts` P > 1, each query, key and value head of phase 1 is P tasks
+//! (`L3.q.h2.p1`): part p computes the head rows `[p * hl, (p + 1) * hl)` and
+//! `[hd / 2 + p * hl, hd / 2 + (p + 1) * hl)` with `hl = hd / (2P)`
+//! ([`crate::ops::HeadPart`]), so rope's pairs stay in one task, and signals the counter the
+//! whole head's task did (the counters' thresholds count the parts). The key
+//! and value parts store the current rows to `L3.kv_new` rather than the caches (a cache
+//! row's region is its head's whole range, so parts appending to one head would race): the
+//! attention parts read their current row from there and, as with `tagged`, an append task
+//! in the phase after the output projection copies the rows into the caches. Ignored with
+//! `fuse_q`, `fuse_o` (whose attention reads the current row from the caches) and per-head
+//! q/k norms (which need the whole head).
+//!
 //! With `tagged` (and `o_by_head`), the query heads and the current key/value rows go to
 //! per-layer [`BufferKind::Tagged`] buffers: attention parts poll them instead of waiting for
 //! the qkv phase (they wait only for the residual copies, long done when they start) and read
@@ -51,8 +63,8 @@
 
 use crate::config::{Assignment, ScheduleConfig, TaskOrder};
 use crate::ops::{
-    attn_partial_len, CurrentRow, HeadNorm, NewRow, ProjInput, ProjOutput, RopeSpec, TaskOp, ELEM,
-    IO_BYTES, PARTIAL_BYTES,
+    attn_partial_len, CurrentRow, HeadNorm, HeadPart, NewRow, ProjInput, ProjOutput, RopeSpec,
+    TaskOp, ELEM, IO_BYTES, PARTIAL_BYTES,
 };
 use crate::schedule::{
     BufferId, BufferKind, CounterId, CounterReset, Instr, Region, Schedule, TaskId, Worker,
@@ -200,6 +212,30 @@ pub fn lower(graph: &DecodeGraph, config: &ScheduleConfig) -> Result<Schedule, L
         Some(w) => Some(u(w)?),
         None => None,
     };
+    // Each q/k/v head as `qkv_parts` tasks that keep rope's pairs (j, j + hd / 2) together.
+    if config.qkv_parts > 1 && ((hd / 2) % config.qkv_parts != 0 || hd % 2 != 0) {
+        return Err(LowerError::Config(crate::config::ConfigError::Invalid {
+            field: "qkv_parts",
+            value: config.qkv_parts.into(),
+            message: format!(
+                "must divide head_dim / 2 = {} (head_dim {hd}): each part takes the same \
+                 number of rope's row pairs",
+                hd / 2
+            ),
+        }));
+    }
+    // Whole heads with `fuse_q` (the query projection is inside the attention parts), `fuse_o`
+    // (its attention reads the current row from the caches, which parts cannot append to: see
+    // `handoff` below) and per-head norms (they need the whole head).
+    let qkv_parts = if config.fuse_q || config.fuse_o || c.qk_norm { 1 } else { config.qkv_parts };
+    // Part `p` of a head's projection: its rows, name suffix and head part (`None` when whole).
+    let head_parts = move || {
+        (0..qkv_parts).map(move |part| {
+            let split = (qkv_parts > 1).then_some(HeadPart { part, parts: qkv_parts });
+            let suffix = if qkv_parts > 1 { format!(".p{part}") } else { String::new() };
+            (hd / qkv_parts, suffix, split)
+        })
+    };
 
     let mut l = Lowerer {
         s: Schedule::new(format!("{} x{}", c.architecture.hf_name(), c.num_layers)),
@@ -303,6 +339,7 @@ pub fn lower(graph: &DecodeGraph, config: &ScheduleConfig) -> Result<Schedule, L
                 rows,
                 cols: nh * hd,
                 head_norm: None,
+                head_part: None,
                 rope: None,
                 io,
                 output: match resid_mlp {
@@ -314,8 +351,8 @@ pub fn lower(graph: &DecodeGraph, config: &ScheduleConfig) -> Result<Schedule, L
         }
     };
 
-    // Tagged: the layer's append task, pending for the phase after its output projection,
-    // and the projections' counter it waits for.
+    // Tagged or split key/value heads: the layer's append task, pending for the phase after
+    // its output projection, and the projections' counters it waits for.
     let mut append_after_o = None;
     l.phase("embed.done");
     let table = wbuf("model.embed_tokens.weight");
@@ -369,22 +406,26 @@ pub fn lower(graph: &DecodeGraph, config: &ScheduleConfig) -> Result<Schedule, L
             {
                 let tag = if value { "v" } else { "k" };
                 for kv_head in 0..nkv {
-                    let op = TaskOp::Projection {
-                        input: attn_in,
-                        weight: lw(&format!("self_attn.{proj}.weight")),
-                        bias: qkv_bias(&format!("self_attn.{proj}.bias")),
-                        first_row: kv_head * hd,
-                        rows: hd,
-                        cols: h,
-                        head_norm: norm,
-                        rope,
-                        io,
-                        output: output(value, kv_head),
-                    };
-                    let name = format!("L{layer}.{tag}.h{kv_head}");
-                    let signal =
-                        if tagged { Signals::Late(1) } else { Signals::One(kv_head as usize) };
-                    l.task_synced(name, op, head_bytes, signal, Needs::All);
+                    for (rows, suffix, head_part) in head_parts() {
+                        let op = TaskOp::Projection {
+                            input: attn_in,
+                            weight: lw(&format!("self_attn.{proj}.weight")),
+                            bias: qkv_bias(&format!("self_attn.{proj}.bias")),
+                            first_row: kv_head * hd,
+                            rows,
+                            cols: h,
+                            head_norm: norm,
+                            head_part,
+                            rope,
+                            io,
+                            output: output(value, kv_head),
+                        };
+                        let name = format!("L{layer}.{tag}.h{kv_head}{suffix}");
+                        let signal =
+                            if tagged { Signals::Late(1) } else { Signals::One(kv_head as usize) };
+                        let bytes = (rows * h) as u64 * ELEM;
+                        l.task_synced(name, op, bytes, signal, Needs::All);
+                    }
                 }
             }
         };
@@ -427,14 +468,20 @@ pub fn lower(graph: &DecodeGraph, config: &ScheduleConfig) -> Result<Schedule, L
             l.task(format!("L{layer}.kv_append"), append(kv_new), 0);
         } else {
             // With tagged hand-offs: this layer's query heads and current key/value rows, each
-            // written once per step.
-            let handoff = tagged.then(|| {
+            // written once per step. With key/value heads split into parts, the current rows
+            // also go to a buffer of their own (not tagged, without tagged hand-offs) and an
+            // append task copies them into the caches after the layer's attention: a cache
+            // row's region is its head's whole range (the position is data), so parts of one
+            // head appending their rows would race.
+            let handoff = (tagged || qkv_parts > 1).then(|| {
                 let tb = |l: &mut Lowerer, what: &str, values: u64| {
-                    l.buffer(&format!("L{layer}.{what}"), BufferKind::Tagged, values * ELEM)
+                    let kind = if tagged { BufferKind::Tagged } else { BufferKind::Activation };
+                    l.buffer(&format!("L{layer}.{what}"), kind, values * ELEM)
                 };
-                (tb(&mut l, "q", (nh * hd) as u64), tb(&mut l, "kv_new", (2 * nkv * hd) as u64))
+                let q = tagged.then(|| tb(&mut l, "q", (nh * hd) as u64));
+                (q, tb(&mut l, "kv_new", (2 * nkv * hd) as u64))
             });
-            let q = handoff.map_or(q, |t| t.0);
+            let q = handoff.and_then(|t| t.0).unwrap_or(q);
             // Tagged: the residual copies signal a counter of their own, which the attention
             // parts wait for (long satisfied when they start), and the projections another,
             // which only the layer's append waits for.
@@ -452,7 +499,12 @@ pub fn lower(graph: &DecodeGraph, config: &ScheduleConfig) -> Result<Schedule, L
             // Tagged: the layer's current rows go into its caches in the phase after the
             // output projection, after every attention part (the output projection waited for
             // them) and every projection (which signal `qkv.done` late) of the layer.
-            append_after_o = handoff.map(|(_, kv)| (append(kv), qkv_counters[1]));
+            // Untagged, it waits for every projection counter (the output projection it comes
+            // after already did, through the attention).
+            append_after_o = handoff.map(|(_, kv)| {
+                let qkv = if tagged { vec![qkv_counters[1]] } else { qkv_counters.clone() };
+                (append(kv), qkv)
+            });
             if versioned {
                 // The two versions the attention and the MLP add to start as this layer's input.
                 for (tag, dst) in [("mid", x_mid), ("out", x_out)] {
@@ -467,21 +519,29 @@ pub fn lower(graph: &DecodeGraph, config: &ScheduleConfig) -> Result<Schedule, L
                 }
             }
             for head in 0..nh {
-                let op = TaskOp::Projection {
-                    input: attn_in,
-                    weight: lw("self_attn.q_proj.weight"),
-                    bias: qkv_bias("self_attn.q_proj.bias"),
-                    first_row: head * hd,
-                    rows: hd,
-                    cols: h,
-                    head_norm: head_norm("q"),
-                    rope: Some(rope),
-                    io,
-                    output: ProjOutput::Store { buffer: q, offset: head * hd },
-                };
-                let group =
-                    if tagged { Signals::Late(1) } else { Signals::One(kv_head_of(head) as usize) };
-                l.task_synced(format!("L{layer}.q.h{head}"), op, head_bytes, group, Needs::All);
+                for (rows, suffix, head_part) in head_parts() {
+                    let op = TaskOp::Projection {
+                        input: attn_in,
+                        weight: lw("self_attn.q_proj.weight"),
+                        bias: qkv_bias("self_attn.q_proj.bias"),
+                        first_row: head * hd,
+                        rows,
+                        cols: h,
+                        head_norm: head_norm("q"),
+                        head_part,
+                        rope: Some(rope),
+                        io,
+                        output: ProjOutput::Store { buffer: q, offset: head * hd },
+                    };
+                    let group = if tagged {
+                        Signals::Late(1)
+                    } else {
+                        Signals::One(kv_head_of(head) as usize)
+                    };
+                    let name = format!("L{layer}.q.h{head}{suffix}");
+                    let bytes = (rows * h) as u64 * ELEM;
+                    l.task_synced(name, op, bytes, group, Needs::All);
+                }
             }
             kv_projections(&mut l, &|value, kv_head| match handoff {
                 Some((_, kv_new)) => {
@@ -607,11 +667,11 @@ pub fn lower(graph: &DecodeGraph, config: &ScheduleConfig) -> Result<Schedule, L
             x_mid,
         );
         // The append joins the first phase after the output projection's.
-        let add_append = |l: &mut Lowerer, pending: &mut Option<(TaskOp, CounterId)>| {
-            if let Some((op, qkv_done)) = pending.take() {
+        let add_append = |l: &mut Lowerer, pending: &mut Option<(TaskOp, Vec<CounterId>)>| {
+            if let Some((op, qkv)) = pending.take() {
                 let before = l.phases.len().checked_sub(2).map(|p| l.phases[p].counters.clone());
                 let mut needs = before.unwrap_or_default();
-                needs.push(qkv_done);
+                needs.extend(qkv);
                 let name = format!("L{layer}.kv_append");
                 l.task_synced(name, op, 0, Signals::One(0), Needs::Counters(needs));
             }
@@ -663,6 +723,7 @@ pub fn lower(graph: &DecodeGraph, config: &ScheduleConfig) -> Result<Schedule, L
                 rows,
                 cols: m,
                 head_norm: None,
+                head_part: None,
                 rope: None,
                 io,
                 output: ProjOutput::Accumulate { buffer: x_out, offset: first },

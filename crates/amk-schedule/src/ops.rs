@@ -189,6 +189,58 @@ pub struct HeadNorm {
     pub eps: f32,
 }
 
+/// Part `part` of `parts` of one head of a [`TaskOp::Projection`] (`ScheduleConfig::qkv_parts`):
+/// a head split into tasks that keep rope's pairs together. Hugging Face's rotate_half pairs
+/// head row `j` with `j + head_dim / 2`, so with `rows` the task's rows (`head_dim =
+/// rows * parts`, `rows` even) and `hl = rows / 2`, the task's local row `i < hl` is head row
+/// `part * hl + i` and local row `i >= hl` is head row `head_dim / 2 + part * hl + (i - hl)`.
+/// The projection's `first_row` is then the head's first row, its weight and bias rows are
+/// `first_row +` those head rows, rope rotates the local pairs `(i, i + hl)` with frequency
+/// index `part * hl + i`, and its outputs go to the same head-relative positions (`offset +`
+/// head row, or the cache row's element). A per-head norm needs the whole head, so a split
+/// projection has none.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HeadPart {
+    pub part: u32,
+    pub parts: u32,
+}
+
+/// Why a projection's [`HeadPart`] cannot be run, naming the op field at fault.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("`{field}` {message}")]
+pub struct HeadPartError {
+    pub field: &'static str,
+    pub message: String,
+}
+
+impl HeadPart {
+    /// The head dimension of a part of `rows` rows: `rows * parts` (u64: never overflows).
+    pub fn head_dim(&self, rows: u32) -> u64 {
+        rows as u64 * self.parts as u64
+    }
+
+    /// The task's two runs of head rows, as (first head row, count): local rows `0..rows / 2`,
+    /// then `rows / 2..rows`. Saturating, so absurd hand-edited values give out-of-bounds
+    /// regions rather than overflow.
+    pub fn ranges(&self, rows: u32) -> [(u64, u64); 2] {
+        let hl = (rows / 2) as u64;
+        let at = (self.part as u64).saturating_mul(hl);
+        let half = self.head_dim(rows) / 2;
+        [(at, hl), (half.saturating_add(at), rows as u64 - hl)]
+    }
+
+    /// The head row of the task's local row `i` (`i < rows`).
+    pub fn head_row(&self, i: u32, rows: u32) -> u64 {
+        let [(a, n), (b, _)] = self.ranges(rows);
+        let i = i as u64;
+        if i < n {
+            a + i
+        } else {
+            b + (i - n)
+        }
+    }
+}
+
 /// The computation of one task.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum TaskOp {
@@ -198,7 +250,8 @@ pub enum TaskOp {
     Embed { table: BufferId, hidden: u32, io: BufferId, out: BufferId },
     /// Rows `first_row..first_row + rows` of `weight @ input (+ bias)` (weight `[*, cols]`),
     /// optionally normalised per head (`head_norm`, rows are whole heads), optionally rotated
-    /// (rope), then stored, accumulated or appended to a cache.
+    /// (rope), then stored, accumulated or appended to a cache. With `head_part`, the rows are
+    /// instead one part of the head starting at `first_row`, as [`HeadPart`] lays out.
     Projection {
         input: ProjInput,
         weight: BufferId,
@@ -209,6 +262,10 @@ pub enum TaskOp {
         /// Absent from `schedule.ron` when `None`.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         head_norm: Option<HeadNorm>,
+        /// The task's part of one head (rope's pairs kept together); absent from
+        /// `schedule.ron` when `None` (rows `first_row..first_row + rows`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        head_part: Option<HeadPart>,
         rope: Option<RopeSpec>,
         io: BufferId,
         output: ProjOutput,
@@ -552,10 +609,77 @@ impl TaskOp {
             rows: head_dim,
             cols,
             head_norm,
+            head_part: None,
             rope: Some(rope),
             io,
             output: ProjOutput::Store { buffer: q_out.unwrap_or(out), offset },
         })
+    }
+
+    /// Checks a [`TaskOp::Projection`]'s [`HeadPart`] against its other fields, so that no
+    /// executor computes a malformed split: `part < parts`, an even number of rows (at least
+    /// 2), a head dimension `rows * parts` that fits 32 bits and equals the rope's and the
+    /// cache row's, and no per-head norm (it needs the whole head). `Ok` for other ops and for
+    /// projections without a head part.
+    pub fn check_head_part(&self) -> Result<(), HeadPartError> {
+        let TaskOp::Projection { rows, head_norm, head_part: Some(p), rope, output, .. } = *self
+        else {
+            return Ok(());
+        };
+        let err = |field, message: String| Err(HeadPartError { field, message });
+        if p.parts == 0 {
+            return err("head_part.parts", "is 0; a head has at least one part".into());
+        }
+        if p.part >= p.parts {
+            return err("head_part.part", format!("is {}, not below parts ({})", p.part, p.parts));
+        }
+        if rows < 2 || rows % 2 != 0 {
+            return err(
+                "rows",
+                format!(
+                    "is {rows}; a head part holds pairs of head rows (j, j + head_dim / 2), so \
+                     its rows must be even and at least 2"
+                ),
+            );
+        }
+        let hd = p.head_dim(rows);
+        if hd > u32::MAX as u64 {
+            return err(
+                "head_part.parts",
+                format!("makes a head of rows * parts = {hd} rows, which does not fit 32 bits"),
+            );
+        }
+        if head_norm.is_some() {
+            return err(
+                "head_norm",
+                "normalises whole heads; a projection with a `head_part` cannot have one".into(),
+            );
+        }
+        if let Some(r) = rope {
+            if u64::from(r.head_dim) != hd {
+                return err(
+                    "rope.head_dim",
+                    format!(
+                        "is {}, but {rows} rows in {} parts make a head of {hd}; they must be \
+                         equal",
+                        r.head_dim, p.parts
+                    ),
+                );
+            }
+        }
+        if let ProjOutput::CacheRow { head_dim, .. } = output {
+            if u64::from(head_dim) != hd {
+                return err(
+                    "output.head_dim",
+                    format!(
+                        "is {head_dim}, but {rows} rows in {} parts make a head of {hd}; they \
+                         must be equal",
+                        p.parts
+                    ),
+                );
+            }
+        }
+        Ok(())
     }
 
     /// A short name of the op's kind.
@@ -602,14 +726,28 @@ impl TaskOp {
                 rows,
                 cols,
                 head_norm,
+                head_part,
                 rope,
                 io,
                 output,
             } => {
                 input.footprint(&mut r);
-                r.push(Region::new(weight, row_bytes(first_row, cols), row_bytes(rows, cols)));
+                // The task's runs of rows, relative to `first_row` (two for a head part).
+                let runs: Vec<(u64, u64)> = match head_part {
+                    None => vec![(0, rows as u64)],
+                    Some(p) => p.ranges(rows).to_vec(),
+                };
+                let rows_at = |buffer: BufferId, base: u32, (at, n): (u64, u64)| {
+                    let first = (base as u64).saturating_add(at);
+                    Region::new(buffer, first.saturating_mul(ELEM), n.saturating_mul(ELEM))
+                };
+                for &(at, n) in &runs {
+                    let first = (first_row as u64).saturating_add(at);
+                    let row = (cols as u64).saturating_mul(ELEM);
+                    r.push(Region::new(weight, first.saturating_mul(row), n.saturating_mul(row)));
+                }
                 if let Some(b) = bias {
-                    r.push(elems(b, first_row, rows));
+                    r.extend(runs.iter().map(|&run| rows_at(b, first_row, run)));
                 }
                 if let Some(n) = head_norm {
                     r.push(elems(n.weight, 0, n.head_dim));
@@ -618,15 +756,17 @@ impl TaskOp {
                     r.push(io_region(io));
                 }
                 match output {
-                    ProjOutput::Store { buffer, offset } => w.push(elems(buffer, offset, rows)),
+                    ProjOutput::Store { buffer, offset } => {
+                        w.extend(runs.iter().map(|&run| rows_at(buffer, offset, run)))
+                    }
                     ProjOutput::Accumulate { buffer, offset } => {
-                        r.push(elems(buffer, offset, rows));
-                        w.push(elems(buffer, offset, rows));
+                        r.extend(runs.iter().map(|&run| rows_at(buffer, offset, run)));
+                        w.extend(runs.iter().map(|&run| rows_at(buffer, offset, run)));
                     }
                     ProjOutput::AccumulateCopy { buffer, offset, copy } => {
-                        r.push(elems(buffer, offset, rows));
-                        w.push(elems(buffer, offset, rows));
-                        w.push(elems(copy, offset, rows));
+                        r.extend(runs.iter().map(|&run| rows_at(buffer, offset, run)));
+                        w.extend(runs.iter().map(|&run| rows_at(buffer, offset, run)));
+                        w.extend(runs.iter().map(|&run| rows_at(copy, offset, run)));
                     }
                     ProjOutput::CacheRow { cache, kv_head, head_dim, max_positions } => {
                         let per_head = row_bytes(max_positions, head_dim);
@@ -759,5 +899,135 @@ impl TaskOp {
             }
         }
         Footprint { reads: r, writes: w, adds }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A q head's part: 16-dim heads of a 32-column input, head 2 (rows 32..48), with bias.
+    fn part_op(part: u32, parts: u32, output: ProjOutput) -> TaskOp {
+        TaskOp::Projection {
+            input: ProjInput::Vector { buffer: BufferId(0), len: 32 },
+            weight: BufferId(1),
+            bias: Some(BufferId(2)),
+            first_row: 32,
+            rows: 16 / parts,
+            cols: 32,
+            head_norm: None,
+            head_part: Some(HeadPart { part, parts }),
+            rope: Some(RopeSpec { head_dim: 16, theta: 1e4, llama3: None }),
+            io: BufferId(3),
+            output,
+        }
+    }
+
+    #[test]
+    fn a_head_part_keeps_rope_pairs_together() {
+        // 16 rows in 4 parts: part 1 is head rows 2, 3 and their partners 10, 11.
+        let p = HeadPart { part: 1, parts: 4 };
+        assert_eq!(p.ranges(4), [(2, 2), (10, 2)]);
+        let rows: Vec<u64> = (0..4).map(|i| p.head_row(i, 4)).collect();
+        assert_eq!(rows, [2, 3, 10, 11]);
+        // Every head row belongs to exactly one part, and local pairs (i, i + 2) are head
+        // pairs (j, j + 8).
+        let mut seen = [0; 16];
+        for part in 0..4 {
+            let p = HeadPart { part, parts: 4 };
+            for i in 0..4 {
+                seen[p.head_row(i, 4) as usize] += 1;
+            }
+            for i in 0..2 {
+                assert_eq!(p.head_row(i + 2, 4), p.head_row(i, 4) + 8);
+            }
+        }
+        assert_eq!(seen, [1; 16]);
+    }
+
+    #[test]
+    fn a_head_part_footprint_is_its_two_runs_of_rows() {
+        let f = part_op(1, 4, ProjOutput::Store { buffer: BufferId(4), offset: 32 })
+            .footprint(no_sizes);
+        let row = 32 * ELEM;
+        // Weight rows 34, 35 and 42, 43; bias and output elements likewise.
+        assert!(f.reads.contains(&Region::new(BufferId(1), 34 * row, 2 * row)));
+        assert!(f.reads.contains(&Region::new(BufferId(1), 42 * row, 2 * row)));
+        assert!(f.reads.contains(&elems(BufferId(2), 34, 2)));
+        assert!(f.reads.contains(&elems(BufferId(2), 42, 2)));
+        assert!(!f.reads.iter().any(|r| r.buffer == BufferId(1) && r.len > 2 * row));
+        assert_eq!(f.writes, [elems(BufferId(4), 34, 2), elems(BufferId(4), 42, 2)]);
+
+        let f = part_op(0, 2, ProjOutput::Accumulate { buffer: BufferId(4), offset: 0 })
+            .footprint(no_sizes);
+        assert_eq!(f.writes, [elems(BufferId(4), 0, 4), elems(BufferId(4), 8, 4)]);
+        assert!(f.reads.contains(&elems(BufferId(4), 8, 4)));
+
+        // A cache row's region stays the head's whole range (the position is data).
+        let cache =
+            ProjOutput::CacheRow { cache: BufferId(5), kv_head: 1, head_dim: 16, max_positions: 8 };
+        let f = part_op(1, 2, cache).footprint(no_sizes);
+        assert_eq!(f.writes, [Region::new(BufferId(5), 16 * 8 * ELEM, 16 * 8 * ELEM)]);
+
+        // Without a head part, one run of rows, as before.
+        let mut whole = part_op(0, 1, ProjOutput::Store { buffer: BufferId(4), offset: 32 });
+        if let TaskOp::Projection { head_part, .. } = &mut whole {
+            *head_part = None;
+        }
+        let f = whole.footprint(no_sizes);
+        assert!(f.reads.contains(&Region::new(BufferId(1), 32 * row, 16 * row)));
+        assert_eq!(f.writes, [elems(BufferId(4), 32, 16)]);
+    }
+
+    #[test]
+    fn malformed_head_parts_are_refused_naming_the_field() {
+        let store = ProjOutput::Store { buffer: BufferId(4), offset: 32 };
+        assert_eq!(part_op(1, 2, store).check_head_part(), Ok(()));
+        let field = |op: TaskOp| op.check_head_part().map_err(|e| e.field);
+        assert_eq!(field(part_op(2, 2, store)), Err("head_part.part"));
+        let mut op = part_op(0, 2, store);
+        if let TaskOp::Projection { head_part: Some(p), rows, .. } = &mut op {
+            p.parts = 0;
+            *rows = 16;
+        }
+        assert_eq!(field(op), Err("head_part.parts"));
+        // 16 rows in 3 parts is not a whole number of pairs each.
+        let mut op = part_op(0, 2, store);
+        if let TaskOp::Projection { rows, head_part: Some(p), .. } = &mut op {
+            *rows = 5;
+            p.parts = 3;
+        }
+        assert_eq!(field(op), Err("rows"));
+        // rows * parts must be the rope's head_dim.
+        assert_eq!(field(part_op(0, 4, store).with_rows(2)), Err("rope.head_dim"));
+        let mut op = part_op(0, 2, store);
+        if let TaskOp::Projection { head_part: Some(p), .. } = &mut op {
+            p.parts = u32::MAX;
+            p.part = 1;
+        }
+        assert_eq!(field(op), Err("head_part.parts"));
+        let mut op = part_op(0, 2, store);
+        if let TaskOp::Projection { head_norm, .. } = &mut op {
+            *head_norm = Some(HeadNorm { weight: BufferId(6), head_dim: 16, eps: 1e-6 });
+        }
+        assert_eq!(field(op), Err("head_norm"));
+        let cache =
+            ProjOutput::CacheRow { cache: BufferId(5), kv_head: 0, head_dim: 32, max_positions: 8 };
+        assert_eq!(field(part_op(0, 2, cache)), Err("output.head_dim"));
+        // Other ops and whole projections have nothing to check.
+        assert_eq!(
+            TaskOp::ArgmaxReduce { partials: BufferId(0), count: 1, io: BufferId(1) }
+                .check_head_part(),
+            Ok(())
+        );
+    }
+
+    impl TaskOp {
+        fn with_rows(mut self, n: u32) -> TaskOp {
+            if let TaskOp::Projection { rows, .. } = &mut self {
+                *rows = n;
+            }
+            self
+        }
     }
 }

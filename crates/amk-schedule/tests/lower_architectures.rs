@@ -173,3 +173,82 @@ fn a_graph_of_another_architecture_is_not_the_pattern() {
     g.config.qk_norm = false;
     assert!(matches!(lower(&g, &ScheduleConfig::default()), Err(LowerError::Pattern { .. })));
 }
+
+/// `qkv_parts`: each q/k/v head becomes that many tasks, each a [`HeadPart`] of rope pairs,
+/// named by part; the key/value parts store to the layer's `kv_new` (an append task copies
+/// it into the caches); `head_part` round-trips in `schedule.ron` and is absent without a
+/// split. Qwen3's per-head norms need whole heads: its heads stay whole.
+#[test]
+fn qkv_parts_split_each_head_into_rope_pair_parts() {
+    use amk_schedule::ops::HeadPart;
+    let g = graph("llama2");
+    let (layers, heads, kv_heads) =
+        (g.config.num_layers, g.config.num_heads, g.config.num_kv_heads);
+    let whole = lower(&g, &ScheduleConfig { workers: 5, ..Default::default() }).unwrap();
+    assert!(!whole.to_ron_string().contains("head_part"));
+    for parts in [2u32, 4] {
+        let knobs = ScheduleConfig { workers: 5, qkv_parts: parts, ..Default::default() };
+        let s = lower(&g, &knobs).unwrap();
+        let text = s.to_ron_string();
+        assert!(text.contains("head_part"), "{parts}");
+        assert_eq!(Schedule::from_ron_str(&text).unwrap(), s);
+        // parts - 1 more tasks per q/k/v head, and one append per layer.
+        let more = layers * (heads + 2 * kv_heads) * (parts as usize - 1) + layers;
+        assert_eq!(s.tasks.len(), whole.tasks.len() + more, "{parts}");
+        assert!(s.task_by_name("L1.q.h2").is_none());
+        for (tag, head) in [("q", 2), ("k", 1), ("v", 0)] {
+            for part in 0..parts {
+                let name = format!("L1.{tag}.h{head}.p{part}");
+                let TaskOp::Projection { first_row, rows, head_part, output, rope, .. } =
+                    *op(&s, &name)
+                else {
+                    panic!("{name} is not a projection")
+                };
+                assert_eq!((first_row, rows), (head * 64, 64 / parts), "{name}");
+                assert_eq!(head_part, Some(HeadPart { part, parts }), "{name}");
+                assert_eq!(rope.is_some(), tag != "v", "{name}");
+                if tag != "q" {
+                    let kv_new = buffer(&s, "L1.kv_new");
+                    let at = if tag == "v" { kv_heads as u32 + head } else { head } * 64;
+                    assert_eq!(
+                        output,
+                        ProjOutput::Store {
+                            buffer: amk_schedule::schedule::BufferId(kv_new),
+                            offset: at
+                        }
+                    );
+                }
+            }
+        }
+        assert!(s.task_by_name("L1.kv_append").is_some());
+    }
+    // Qwen3: whole heads (the q/k norm needs them), and nothing else changes.
+    let qwen3 = graph("qwen3");
+    let knobs = ScheduleConfig { workers: 5, qkv_parts: 2, ..Default::default() };
+    let split = lower(&qwen3, &knobs).unwrap();
+    let whole = lower(&qwen3, &ScheduleConfig { workers: 5, ..Default::default() }).unwrap();
+    assert_eq!(split, whole);
+    // So does `fuse_q` (its query projection is in the attention parts).
+    let knobs = ScheduleConfig { fuse_q: true, o_by_head: false, ..knobs };
+    let whole = ScheduleConfig { qkv_parts: 1, ..knobs.clone() };
+    assert_eq!(lower(&g, &knobs).unwrap(), lower(&g, &whole).unwrap());
+}
+
+/// A `qkv_parts` that does not divide head_dim / 2 (or is 0) is refused, naming the field.
+#[test]
+fn bad_qkv_parts_are_refused_naming_the_field() {
+    use amk_schedule::config::ConfigError;
+    for (model, parts) in [("llama2", 3), ("llama2", 64), ("tinyllama", 32), ("llama2", 0)] {
+        let knobs = ScheduleConfig { qkv_parts: parts, ..ScheduleConfig::default() };
+        let err = lower(&graph(model), &knobs).unwrap_err();
+        assert!(
+            matches!(err, LowerError::Config(ConfigError::Invalid { field: "qkv_parts", .. })),
+            "{model} {parts}: {err:?}"
+        );
+        assert!(err.to_string().contains("qkv_parts"), "{err}");
+    }
+    let err = ScheduleConfig::from_ron("(qkv_parts: 0)").unwrap_err().to_string();
+    assert!(err.contains("qkv_parts"), "{err}");
+    // Old knob files (without the field) keep whole heads.
+    assert_eq!(ScheduleConfig::from_ron("(workers: 8)").unwrap().qkv_parts, 1);
+}

@@ -3,7 +3,7 @@
 #![allow(dead_code)]
 
 use amk_ir::synth::{write_checkpoint, SynthSpec};
-use amk_schedule::ops::{CurrentRow, HeadNorm, ProjInput, ProjOutput, RopeSpec, TaskOp};
+use amk_schedule::ops::{CurrentRow, HeadNorm, HeadPart, ProjInput, ProjOutput, RopeSpec, TaskOp};
 use amk_schedule::schedule::{BufferId, CounterId, Instr, Region, Schedule, TaskId};
 use amk_schedule::ScheduleConfig;
 use amk_verify::{LaunchFacts, VerifiedSchedule};
@@ -200,11 +200,12 @@ pub fn decode_task(d: &[u32]) -> TaskOp {
                 assert_eq!(d[29], NONE, "a copy buffer only for accumulate-and-copy");
             }
             let output = match d[16] {
-                0 | 1 | 3 => {
+                0 | 1 | 3 | 4 => {
                     assert_eq!(&d[19..21], &[0, 0], "cache words only for a cache row");
                     let (buffer, offset) = (BufferId(d[17]), d[18]);
                     match d[16] {
-                        0 => ProjOutput::Store { buffer, offset },
+                        // A store into a tagged buffer (value and tag per element).
+                        0 | 4 => ProjOutput::Store { buffer, offset },
                         1 => ProjOutput::Accumulate { buffer, offset },
                         _ => ProjOutput::AccumulateCopy { buffer, offset, copy: BufferId(d[29]) },
                     }
@@ -217,6 +218,13 @@ pub fn decode_task(d: &[u32]) -> TaskOp {
                 },
                 k => panic!("output kind {k}"),
             };
+            let head_part = match d[34] {
+                0 => {
+                    assert_eq!(d[33], 0, "no head part, no part index: {d:?}");
+                    None
+                }
+                parts => Some(HeadPart { part: d[33], parts }),
+            };
             (
                 TaskOp::Projection {
                     input: input(d),
@@ -226,11 +234,12 @@ pub fn decode_task(d: &[u32]) -> TaskOp {
                     rows: d[9],
                     cols: d[10],
                     head_norm,
+                    head_part,
                     rope,
                     io: BufferId(d[15]),
                     output,
                 },
-                33,
+                35,
             )
         }
         11 => {
@@ -334,7 +343,10 @@ pub fn decode_task(d: &[u32]) -> TaskOp {
                 v_cache: BufferId(d[6]),
                 io: BufferId(d[7]),
             },
-            8,
+            {
+                assert!(d[8] <= 1, "word 8 says whether kv is tagged: {d:?}");
+                9
+            },
         ),
         4 => (
             TaskOp::GatedUp {
