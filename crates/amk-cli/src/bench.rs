@@ -2,8 +2,8 @@
 //!
 //! On a machine with a CUDA GPU, for the real model (`--model` or `--gguf`) and synthetic
 //! shapes (`--synth`), per precision and context: the megakernel's ms per token (median of the
-//! CUDA-event times [`GpuBackend::time_decode`] gives for launches queued back to back, after
-//! the KV cache was filled to the context), the bytes each token streams and the fraction of
+//! per-launch CUDA-event times [`GpuBackend::time_decode`] gives for batches of launches queued
+//! back to back, after the KV cache was filled to the context), the bytes each token streams and the fraction of
 //! the device's measured read bandwidth that is. For the real model also the time from checkpoint to
 //! ready kernel, stage by stage, with NVRTC's on-disk cache bypassed. `--baselines` runs
 //! `bench/baselines.py` (PyTorch and transformers) as a subprocess on the same models and
@@ -39,7 +39,8 @@ const SCRIPT_SHAPES: [&str; 3] = ["smollm2-135m", "smollm2-360m", "llama3-2-1b"]
 /// write bench.json, bench.svg and a table.
 ///
 /// Needs a CUDA GPU; --baselines also needs python3 with torch and transformers. Each amk point
-/// is the median over --tokens launches queued back to back and timed by CUDA events, after the
+/// is the median, over batches of 20 of --tokens launches queued back to back (launches overlap
+/// on sm_90), of each batch's CUDA-event time per launch, after the
 /// KV cache was filled to the context (tokens already cached when timing starts). Bytes per
 /// token = weights in that precision + the KV cache read at that context (amk keeps f32 keys
 /// and values; the baselines bf16); the bandwidth fraction is against the read bandwidth the
@@ -856,23 +857,25 @@ fn time_amk(
         for &context in contexts {
             let mut row = Row { context, ..base.clone() };
             match time_point(&mut backend, context, tokens, args.warmup) {
-                Ok(times) => match median(&times) {
-                    Some(ms) => {
-                        row.ms_per_token = Some(ms);
-                        row.tokens_per_s = Some(1e3 / ms);
-                        row.extra.insert(
+                Ok(times) => {
+                    match median(&times) {
+                        Some(ms) => {
+                            row.ms_per_token = Some(ms);
+                            row.tokens_per_s = Some(1e3 / ms);
+                            row.extra.insert(
                             "timing".into(),
-                            json!("CUDA events per queued launch, median"),
+                            json!("CUDA events per batch of 20 queued launches, per launch, median"),
                         );
-                        let min = times.iter().copied().fold(f32::INFINITY, f32::min);
-                        row.extra.insert("min_ms".into(), json!(min));
-                        progress(&format!(
-                            "{name} {system} ctx {context}: {ms:.3} ms/token ({:.0} tokens/s)",
-                            1e3 / ms
-                        ));
+                            let min = times.iter().copied().fold(f32::INFINITY, f32::min);
+                            row.extra.insert("min_ms".into(), json!(min));
+                            progress(&format!(
+                                "{name} {system} ctx {context}: {ms:.3} ms/token ({:.0} tokens/s)",
+                                1e3 / ms
+                            ));
+                        }
+                        None => row.error = Some("no launch was timed".into()),
                     }
-                    None => row.error = Some("no launch was timed".into()),
-                },
+                }
                 Err(e) => {
                     progress(&format!("{name} {system} ctx {context}: {e:#}"));
                     row.error = Some(format!("{e:#}"));

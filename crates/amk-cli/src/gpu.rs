@@ -52,6 +52,12 @@ pub struct GpuArgs {
     /// (per phase on the critical path, per task kind, waits); costs a little speed.
     #[arg(long)]
     pub trace: bool,
+    /// Launch each token's kernel only after the previous one has finished, instead of
+    /// overlapping its start (control data, first weight tiles) with the previous launch's
+    /// end (programmatic dependent launch, sm_90 and later); for measuring what the overlap
+    /// buys.
+    #[arg(long)]
+    pub no_overlap: bool,
 }
 
 impl Precision {
@@ -176,6 +182,7 @@ pub fn gpu_options(args: &GpuArgs) -> GpuOptions {
         block_threads: args.block_threads,
         stage_weights: !args.no_stage,
         trace: args.trace,
+        overlap_launches: !args.no_overlap,
         ..GpuOptions::default()
     }
 }

@@ -42,6 +42,12 @@ pub struct GpuOptions {
     pub counters: CounterMemory,
     /// CUDA device ordinal.
     pub device: usize,
+    /// Overlap each launch's start with the end of the one before it (programmatic dependent
+    /// launch, sm_90 and later; ignored on older GPUs): the next launch's blocks copy their
+    /// control data and stage their first weight tiles as the previous launch's blocks exit,
+    /// and wait for that launch's grid (`griddepcontrol.wait`) before reading anything it
+    /// wrote.
+    pub overlap_launches: bool,
 }
 
 impl Default for GpuOptions {
@@ -55,9 +61,16 @@ impl Default for GpuOptions {
             read_logits: true,
             counters: CounterMemory::Device,
             device: 0,
+            overlap_launches: true,
         }
     }
 }
+
+/// Launches timed together between two CUDA events by [`GpuBackend::time_decode`]. An event
+/// recorded between two launches makes the second wait until the first has finished, which
+/// would undo [`GpuOptions::overlap_launches`]; so events go between batches only, and each
+/// batch's time is divided by its launches.
+pub const TIMING_BATCH: usize = 20;
 
 /// How the compiled kernel fits the device: what the occupancy API was asked and answered.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -374,6 +387,9 @@ pub struct GpuBackend {
     logits: Vec<f32>,
     has_logits: bool,
     launches: u64,
+    /// Launches are programmatic dependent launches ([`GpuOptions::overlap_launches`] on a
+    /// GPU that has them).
+    overlap: bool,
     max_positions: usize,
     vocab_size: usize,
     /// Why the backend refuses work, after a hang or fault.
@@ -544,6 +560,7 @@ impl GpuBackend {
             .min()
             .unwrap_or(usize::MAX);
         let logits_len = logits_dev.map_or(0, |(_, n)| n);
+        let overlap = options.overlap_launches && info.major >= 9;
         Ok(GpuBackend {
             gpu,
             function,
@@ -562,6 +579,7 @@ impl GpuBackend {
             logits: vec![0.0; logits_len],
             has_logits: false,
             launches: 0,
+            overlap,
             max_positions: model.config.max_position_embeddings.min(cache_positions),
             vocab_size: model.config.vocab_size,
             wedged: None,
@@ -662,6 +680,36 @@ impl GpuBackend {
             &mut epoch_arg as *mut _ as *mut c_void,
         ];
         let (g, b) = (self.plan.grid, self.plan.block);
+        if self.overlap {
+            // SAFETY: a plain C union of integers; zero is a valid value of every field.
+            let mut attr: sys::CUlaunchAttribute = unsafe { std::mem::zeroed() };
+            attr.id =
+                sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION;
+            attr.value.programmaticStreamSerializationAllowed = 1;
+            let config = sys::CUlaunchConfig {
+                gridDimX: g.0,
+                gridDimY: g.1,
+                gridDimZ: g.2,
+                blockDimX: b.0,
+                blockDimY: b.1,
+                blockDimZ: b.2,
+                sharedMemBytes: self.plan.dynamic_smem_bytes,
+                hStream: stream,
+                attrs: &mut attr,
+                numAttrs: 1,
+            };
+            // SAFETY: as for cuLaunchKernel below; `config` and `attr` outlive the call.
+            check("cuLaunchKernelEx", unsafe {
+                sys::cuLaunchKernelEx(
+                    &config,
+                    self.function,
+                    params.as_mut_ptr(),
+                    std::ptr::null_mut(),
+                )
+            })?;
+            self.launches += 1;
+            return Ok(());
+        }
         // SAFETY: the parameters match kernels/abi.cuh (seven device addresses, then a u32) and
         // point to locals alive for the call; every address is a live allocation.
         check("cuLaunchKernel", unsafe {
@@ -685,8 +733,9 @@ impl GpuBackend {
 
     /// Decodes `tokens` tokens from `token` at `position` with the launches queued back to back
     /// (each reads the token and position the previous one wrote on the device, so the host
-    /// never stalls the GPU), and returns each launch's GPU time in milliseconds from CUDA
-    /// events recorded around it. Logits are not copied back. The watchdog covers the batch.
+    /// never stalls the GPU), and returns, for each batch of up to [`TIMING_BATCH`]
+    /// consecutive launches, its GPU time per launch in milliseconds from the CUDA events
+    /// recorded between batches. Logits are not copied back. The watchdog covers the whole.
     pub fn time_decode(
         &mut self,
         token: u32,
@@ -696,22 +745,43 @@ impl GpuBackend {
         if let Some(why) = &self.wedged {
             return Err(GpuError::Wedged(why.clone()));
         }
-        guarded("timing the megakernel", || self.time_decode_inner(token, position, tokens))
+        guarded("timing the megakernel", || {
+            self.queue_decode(token, position, tokens, true).map(|(times, _)| times)
+        })
     }
 
-    fn time_decode_inner(
+    /// Decodes `tokens` tokens as [`GpuBackend::time_decode`] does (queued, overlapped when
+    /// [`GpuOptions::overlap_launches`] applies) and returns the last one: what as many
+    /// single launches from the same state return, which is how the GPU checks test that
+    /// queued launches compute the same tokens.
+    pub fn decode_queued(
         &mut self,
         token: u32,
         position: u32,
         tokens: usize,
-    ) -> Result<Vec<f32>, GpuError> {
+    ) -> Result<u32, GpuError> {
+        if let Some(why) = &self.wedged {
+            return Err(GpuError::Wedged(why.clone()));
+        }
+        guarded("decoding with queued launches", || {
+            self.queue_decode(token, position, tokens, false).map(|(_, next)| next)
+        })
+    }
+
+    fn queue_decode(
+        &mut self,
+        token: u32,
+        position: u32,
+        tokens: usize,
+        timed: bool,
+    ) -> Result<(Vec<f32>, u32), GpuError> {
         if tokens == 0 {
-            return Ok(Vec::new());
+            return Ok((Vec::new(), token));
         }
         let end = position as usize + tokens;
         if end > self.max_positions {
             return Err(GpuError::Layout(format!(
-                "timing {tokens} tokens from position {position} needs {end} positions; the \
+                "decoding {tokens} tokens from position {position} needs {end} positions; the \
                  caches hold {}",
                 self.max_positions
             )));
@@ -726,8 +796,12 @@ impl GpuBackend {
         self.gpu.bind()?;
         self.has_logits = false;
         let stream = self.stream;
-        let events: Vec<sys::CUevent> =
-            (0..=tokens).map(|_| self.gpu.timing_event()).collect::<Result<_, _>>()?;
+        let batches = if timed { tokens.div_ceil(TIMING_BATCH) } else { 0 };
+        let events: Vec<sys::CUevent> = if timed {
+            (0..=batches).map(|_| self.gpu.timing_event()).collect::<Result<_, _>>()?
+        } else {
+            Vec::new()
+        };
         // SAFETY: `io_host` is pinned memory of 8 bytes; no copy is in flight.
         unsafe {
             self.io_host.write(token);
@@ -738,33 +812,52 @@ impl GpuBackend {
             sys::cuMemcpyHtoDAsync_v2(self.io_dev, self.io_host as *const c_void, 8, stream)
         })?;
         let first = self.launches;
-        // SAFETY: live events on the backend's stream.
-        check("cuEventRecord", unsafe { sys::cuEventRecord(events[0], stream) })?;
-        for e in &events[1..] {
+        if let Some(&e) = events.first() {
+            // SAFETY: a live event on the backend's stream.
+            check("cuEventRecord", unsafe { sys::cuEventRecord(e, stream) })?;
+        }
+        for k in 1..=tokens {
             let epoch = self.launches as u32;
             self.zero_reset_counters()?;
             self.enqueue_kernel(epoch)?;
-            // SAFETY: as above.
-            check("cuEventRecord", unsafe { sys::cuEventRecord(*e, stream) })?;
+            if timed && (k % TIMING_BATCH == 0 || k == tokens) {
+                // SAFETY: as above.
+                check("cuEventRecord", unsafe {
+                    sys::cuEventRecord(events[k.div_ceil(TIMING_BATCH)], stream)
+                })?;
+            }
         }
-        // SAFETY: as above.
-        check("cuEventRecord", unsafe { sys::cuEventRecord(self.done, stream) })?;
+        // SAFETY: pinned destination of 8 bytes; the io buffer is a live allocation; the
+        // events are live.
+        unsafe {
+            check(
+                "cuMemcpyDtoHAsync (io)",
+                sys::cuMemcpyDtoHAsync_v2(self.io_host as *mut c_void, self.io_dev, 8, stream),
+            )?;
+            check("cuEventRecord", sys::cuEventRecord(self.done, stream))?;
+        }
         let watchdog = self.options.watchdog.saturating_mul(tokens as u32);
         let last = self.launches - 1;
         self.await_done(last, watchdog, format!("launches {first}..{}", self.launches))?;
-        let mut times = Vec::with_capacity(tokens);
-        for pair in events.windows(2) {
+        let mut times = Vec::with_capacity(batches);
+        for (b, pair) in events.windows(2).enumerate() {
             let mut ms = 0f32;
             // SAFETY: both events completed on this stream.
             check("cuEventElapsedTime", unsafe {
                 sys::cuEventElapsedTime_v2(&mut ms, pair[0], pair[1])
             })?;
-            times.push(ms);
+            let launches = TIMING_BATCH.min(tokens - b * TIMING_BATCH);
+            times.push(ms / launches as f32);
         }
         for e in events {
             self.gpu.destroy_event(e);
         }
-        Ok(times)
+        // SAFETY: the copy completed; the pinned buffer holds what was copied.
+        let next = unsafe { self.io_host.read() };
+        if next as usize >= self.vocab_size {
+            return Err(GpuError::BadToken { token: next, vocab_size: self.vocab_size });
+        }
+        Ok((times, next))
     }
 
     /// The timestamps (ns, `%globaltimer`) the last launch of a traced kernel recorded: worker

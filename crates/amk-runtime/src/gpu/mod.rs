@@ -23,7 +23,7 @@ mod codegen_bridge;
 mod driver;
 mod nvrtc;
 
-pub use backend::{CounterMemory, CounterState, GpuBackend, GpuOptions, KernelFit};
+pub use backend::{CounterMemory, CounterState, GpuBackend, GpuOptions, KernelFit, TIMING_BATCH};
 pub use codegen_bridge::WeightDType;
 pub use driver::{cuda_available, device_arch};
 pub use nvrtc::{

@@ -197,8 +197,10 @@
 // stages weights with L2's normal eviction priority, bit 8 leaves out the L1 prefetch of small
 // vectors, bit 9 loads split attention's partials as a plain vector (no combine), bit 10
 // leaves out the L2 prefetch of an attention part's cache rows, bit 11 a fused attention's
-// output-projection share, bit 12 the norm weights' preload at waits. Waits, signals and
-// staging stay.
+// output-projection share, bit 12 the norm weights' preload at waits, bit 18 rotates rope
+// heads through shared memory (amk_projection_heads) instead of in registers. Bits 13, 14, 16
+// and 17 change waits, signals and down shares (see where they are tested); otherwise waits,
+// signals and staging stay.
 #ifndef AMK_ABLATE
 #define AMK_ABLATE 0
 #endif
@@ -901,6 +903,48 @@ __device__ __noinline__ void amk_projection_part(const u32* d, const u64* buffer
 }
 #endif
 
+// Whole heads with rope and no per-head norm: each warp takes rows i, i + hd/2, i + 1 and
+// i + 1 + hd/2 of a head, the two pairs rope rotates together, so it rotates its own sums
+// (lane 2k + 1 holds the partner of lane 2k) and stores them: no shared-memory round trip or
+// block barrier between the dot products and the stores, as in a projection without rope.
+// The arithmetic is amk_projection_heads', so the results are the same.
+__device__ void amk_projection_rope_pairs(const u32* d, const amk_w* w, const float* sc, const amk_v* bias_w,
+                                          const float* x, float inv, float* out, float* copy, u32 out_kind,
+                                          u32 pos) {
+    const u32 first = d[8], rows = d[9], cols = d[10];
+    const u32 hd = d[12], half = hd / 2;
+    amk_rope_table(d, hd, __hiloint2double((int)d[14], (int)d[13]), pos);
+    const u32 lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    for (u32 h0 = 0; h0 < rows; h0 += hd) {
+        for (u32 p0 = warp * 2; p0 < half; p0 += AMK_WARPS * 2) {
+            // Rows in dot-product order: p0, p0 + half, then (if p0 + 1 < half) p0 + 1,
+            // p0 + 1 + half; lane k < n takes row k's scale, bias and sum.
+            const u32 n = p0 + 1 < half ? 4u : 2u;
+            const u32 lr = p0 + (lane >> 1) + ((lane & 1) ? half : 0u);
+            const bool mine = lane < n;
+            const float scale = mine ? amk_scale(sc, first + h0 + lr) * inv : inv;
+            const float b = (bias_w && mine) ? amk_vload(bias_w, first + h0 + lr) : 0.f;
+            const amk_w* row[4];
+#pragma unroll
+            for (int r = 0; r < 4; ++r) {
+                const u32 rr = min(p0 + (u32)(r >> 1), half - 1) + ((r & 1) ? half : 0u);
+                row[r] = w + (u64)(first + h0 + rr) * cols;
+            }
+            float y[4];
+            amk_dot_rows<4>(row, cols, n, x, y);
+            float v = y[0];
+#pragma unroll
+            for (int r = 1; r < 4; ++r) if ((u32)r == lane) v = y[r];
+            v = v * scale + b;
+            const float o = __shfl_xor_sync(0xffffffffu, v, 1);  // the partner's value
+            if (mine) {
+                const float c = amk_cos_tab[p0 + (lane >> 1)], s = amk_sin_tab[p0 + (lane >> 1)];
+                amk_put(out, copy, h0 + lr, (lane & 1) ? v * c + o * s : v * c - o * s, out_kind);
+            }
+        }
+    }
+}
+
 // `staged`: the task's weight tile in shared memory, or null to read global memory.
 __device__ void amk_projection(const u32* d, const u64* buffers, float* x, float* scratch,
                                float* ys, const amk_w* staged) {
@@ -925,7 +969,9 @@ __device__ void amk_projection(const u32* d, const u64* buffers, float* x, float
         return;
     }
 #endif
-    if (rope || d[21] != AMK_NONE) {
+    if (rope && d[21] == AMK_NONE && !(AMK_ABLATE & 262144)) {
+        amk_projection_rope_pairs(d, w, sc, bias_w, x, inv, out + dst0, copy, out_kind, pos);
+    } else if (rope || d[21] != AMK_NONE) {
         amk_projection_heads(d, w, sc, bias_w, x, inv, ys, scratch, out + dst0, copy, out_kind, pos, buffers, nullptr);
     } else if (rows >= 4 * AMK_WARPS) {
         amk_projection_rows<4>(w, sc, bias_w, first, rows, cols, x, inv, out + dst0, copy, out_kind);
@@ -1642,6 +1688,17 @@ amk_megakernel(const u64* __restrict__ gbuffers, const u32* __restrict__ gprogra
     refill();
 #endif
     __syncthreads();
+#if __CUDA_ARCH__ >= 900
+    // Everything above reads only what the host wrote before the first launch, and weights.
+    // From here on the previous launch's results are read (the token, the caches) and its
+    // buffers rewritten: with a programmatic dependent launch (the runtime's
+    // overlap_launches), this block may have started while the previous launch was
+    // finishing, so it waits for that grid first. It first lets the next launch start as
+    // this one's blocks exit (every block of this grid is resident by then). Both are no-ops
+    // for an ordinary launch.
+    asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+    asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
     for (u32 i = 0; i < count; ++i) {
 #if AMK_TRACE
         if (threadIdx.x == 0) trace[first + i] = amk_globaltimer();
