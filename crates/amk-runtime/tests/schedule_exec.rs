@@ -19,6 +19,21 @@ fn tiny(spec: SynthSpec) -> (tempfile::TempDir, Model) {
     (dir, model)
 }
 
+/// A tiny model with Llama 3.x rope scaling (its frequency bands), seeded.
+fn llama3_rope(seed: u64) -> SynthSpec {
+    SynthSpec {
+        rope_theta: 500_000.0,
+        rope_llama3: Some(Llama3RopeScaling {
+            factor: 8.0,
+            low_freq_factor: 1.0,
+            high_freq_factor: 4.0,
+            original_max_position_embeddings: 128.0,
+        }),
+        seed,
+        ..SynthSpec::tiny()
+    }
+}
+
 fn config(workers: u32) -> ScheduleConfig {
     ScheduleConfig {
         workers,
@@ -108,17 +123,7 @@ fn every_interleaving_matches_the_reference() {
             seed: 13,
             ..SynthSpec::tiny()
         },
-        SynthSpec {
-            rope_theta: 500_000.0,
-            rope_llama3: Some(Llama3RopeScaling {
-                factor: 8.0,
-                low_freq_factor: 1.0,
-                high_freq_factor: 4.0,
-                original_max_position_embeddings: 128.0,
-            }),
-            seed: 14,
-            ..SynthSpec::tiny()
-        },
+        llama3_rope(14),
     ];
     for spec in shapes {
         let (_dir, model) = tiny(spec.clone());
@@ -623,17 +628,7 @@ fn qkv_parts_match_the_reference() {
             seed: 92,
             ..SynthSpec::tiny()
         },
-        SynthSpec {
-            rope_theta: 500_000.0,
-            rope_llama3: Some(Llama3RopeScaling {
-                factor: 8.0,
-                low_freq_factor: 1.0,
-                high_freq_factor: 4.0,
-                original_max_position_embeddings: 128.0,
-            }),
-            seed: 93,
-            ..SynthSpec::tiny()
-        },
+        llama3_rope(93),
         SynthSpec { architecture: Architecture::Qwen2, seed: 94, ..SynthSpec::tiny() },
         SynthSpec { architecture: Architecture::Qwen3, seed: 95, ..SynthSpec::tiny() },
     ];
