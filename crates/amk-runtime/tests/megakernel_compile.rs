@@ -52,6 +52,10 @@ fn megakernel_compiles_for_every_target() {
     for ron in ["(qkv_parts: 2)", "(qkv_parts: 4, tagged: true)"] {
         models.push((format!("smollm2 {ron}"), smollm2.clone(), knobs(ron)));
     }
+    // Every (model, precision, target) to compile, generated here; compiled below on as many
+    // threads as the machine has (NVRTC compiles independent programs concurrently), which
+    // halves this test's time on CI's two cores.
+    let mut jobs = Vec::new();
     for (name, cfg, knobs) in &models {
         let schedule = lower(&DecodeGraph::build(cfg), knobs).unwrap();
         let verified = verify(&schedule, &facts).unwrap();
@@ -76,28 +80,47 @@ fn megakernel_compiles_for_every_target() {
                     stage_weights: true,
                     trace: name == "smollm2" && arch == Arch::Sm90,
                 };
-                let generated = generate(&verified, &options).unwrap();
-                match compile_cached(&generated.source, arch.as_str(), None) {
-                    Ok(compiled) => {
-                        let u = compiled.usage(&generated.launch.kernel).expect("ptxas report");
-                        println!(
-                            "{name:<16} {:<5} {:<7} {:>3} registers, {:>5} B dynamic smem, {:>3} B \
-                             stack, spills {} B stores / {} B loads",
-                            dtype.as_str(),
-                            arch.as_str(),
-                            u.registers,
-                            generated.launch.dynamic_smem_bytes,
-                            u.stack_bytes,
-                            u.spill_stores,
-                            u.spill_loads
-                        );
-                        assert!(u.registers > 0 && u.registers <= 128, "{u:?}");
-                    }
-                    Err(e) => {
-                        failures.push(format!("{name} {} {}: {e}", dtype.as_str(), arch.as_str()))
-                    }
-                }
+                jobs.push((name.clone(), dtype, arch, generate(&verified, &options).unwrap()));
             }
+        }
+    }
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(jobs.len());
+    let mut results: Vec<_> = std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..threads)
+            .map(|_| {
+                scope.spawn(|| {
+                    let mut done = Vec::new();
+                    loop {
+                        let k = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        let Some((_, _, arch, generated)) = jobs.get(k) else { break done };
+                        done.push((k, compile_cached(&generated.source, arch.as_str(), None)));
+                    }
+                })
+            })
+            .collect();
+        workers.into_iter().flat_map(|w| w.join().unwrap()).collect()
+    });
+    results.sort_by_key(|(k, _)| *k);
+    for (k, result) in results {
+        let (name, dtype, arch, generated) = &jobs[k];
+        match result {
+            Ok(compiled) => {
+                let u = compiled.usage(&generated.launch.kernel).expect("ptxas report");
+                println!(
+                    "{name:<16} {:<5} {:<7} {:>3} registers, {:>5} B dynamic smem, {:>3} B stack, \
+                     spills {} B stores / {} B loads",
+                    dtype.as_str(),
+                    arch.as_str(),
+                    u.registers,
+                    generated.launch.dynamic_smem_bytes,
+                    u.stack_bytes,
+                    u.spill_stores,
+                    u.spill_loads
+                );
+                assert!(u.registers > 0 && u.registers <= 128, "{u:?}");
+            }
+            Err(e) => failures.push(format!("{name} {} {}: {e}", dtype.as_str(), arch.as_str())),
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
