@@ -46,13 +46,13 @@
 #define AMK_TASK_GATED_UP 4u
 #define AMK_TASK_ATTENTION 5u
 #define AMK_TASK_HEAD_ARGMAX 6u
-#define AMK_TASK_ARGMAX_REDUCE 7u
 #define AMK_TASK_RMSNORM 8u
 #define AMK_TASK_GATED_MLP 9u
 #define AMK_TASK_ATTENTION_OUT 10u
 #define AMK_TASK_QUERY_ATTENTION 11u
 #define AMK_TASK_APPEND_KV 12u
 #define AMK_TASK_HEAD_OUT 13u
+#define AMK_TASK_ZERO 14u
 
 // A projection input (5 words at IN): kind (0 vector, 1 rms-normed, 2 attention partials),
 // buffer, len, norm weight buffer (or AMK_NONE) / parts per head, eps as f32 bits / head_dim;
@@ -97,7 +97,8 @@
 // GATED_MLP:     1..13 as GATED_UP, with 11 the buffer its down projection adds into
 //                (out[0..cols], atomic f32 adds), 14 down weight held transposed
 //                ([inter, cols]: the task's rows of it are contiguous), 15 down scales (one
-//                per output element), 16 inter
+//                per output element), 16 inter, 17 and 18 the first and the number of input
+//                elements (as loaded, before the norm) the task also adds into 11 (0: none)
 // ATTENTION:     1 q, 2 head, 3 kv_head, 4 head_dim, 5 max_positions, 6 k cache, 7 v cache,
 //                8 io, 9 out (attention partials), 10 sliding window in positions (0 = none),
 //                11 part, 12 parts, 13 the current row's key/value buffer (or AMK_NONE: the
@@ -116,13 +117,14 @@
 // HEAD_OUT:      1 attention partials, 2 head, 3 head_dim, 4 parts, 5 first dimension, 6
 //                dimensions, 7 the output-projection weight held transposed ([weight_cols,
 //                cols]: the head's dimensions' rows of it are contiguous), 8 its scales (one
-//                per output), 9 cols, 10 weight_cols, 11 and 12 the two buffers the share is
-//                added to (out[0..cols], atomic f32 adds), 13 a bias added to both too (or
-//                AMK_NONE)
-// HEAD_ARGMAX:   1..5 input, 6 weight, 7 first_row, 8 rows, 9 cols, 10 logits, 11 partials,
-//                12 slot, 13 weight scales
-// ARGMAX_REDUCE: 1 partials, 2 count, 3 io
+//                per output), 9 cols, 10 weight_cols, 11 the buffer the share is added to
+//                (out[0..cols], atomic f32 adds), 12 a second one that receives the same adds
+//                (or AMK_NONE), 13 a bias added to both too (or AMK_NONE)
+// HEAD_ARGMAX:   1..5 input, 6 weight, 7 first_row, 8 rows, 9 cols, 10 logits, 11 io (its
+//                packed next token takes the rows' maximum, atomic u64 max), 12 1 if it also
+//                advances the position, 13 weight scales
+// ZERO:          3 buffer, 4 byte offset, 5 bytes (as COPY's destination)
 // RMSNORM:       1..5 input (always the rms-normed kind), 6 out
-// Caches are laid out [num_kv_heads, max_positions, head_dim]; io is {token, position};
-// an argmax partial is {f32 value, u32 index}; attention partials are [heads][parts][head_dim + 2]
+// Caches are laid out [num_kv_heads, max_positions, head_dim]; io is {token, position, next
+// token as a packed argmax (u64)}; attention partials are [heads][parts][head_dim + 2]
 // entries {m, l, acc[head_dim]} (see amk-schedule's TaskOp::Attention).

@@ -179,16 +179,22 @@ fn synthetic(args: &GpuTestArgs) -> Result<()> {
             }
         }
         // The same 24 steps as launches queued back to back (overlapped where the GPU has
-        // programmatic dependent launch), as the speed checks run them: the last token must be
-        // the reference's.
+        // programmatic dependent launch), as the speed checks run them, then again with every
+        // launch hinting a wrong position (the kernel must refill its rope table): both must
+        // end at the reference's last token.
         let queued = match mismatch {
             None => {
                 gpu.reset();
-                Some(gpu.decode_queued(5, 0, 24)?)
+                let exact = gpu.decode_queued(5, 0, 24)?;
+                gpu.reset();
+                gpu.skew_position_hints(3);
+                let skewed = gpu.decode_queued(5, 0, 24);
+                gpu.skew_position_hints(0);
+                Some((exact, skewed?))
             }
             Some(_) => None,
         };
-        let queued_ok = queued.is_none_or(|q| q == tok_c);
+        let queued_ok = queued.is_none_or(|(q, s)| q == tok_c && s == tok_c);
         let ok = mismatch.is_none() && worst < 1e-4 && queued_ok;
         if !ok {
             failed += 1;
@@ -199,10 +205,14 @@ fn synthetic(args: &GpuTestArgs) -> Result<()> {
             if ok { "ok" } else { "FAIL" },
             match (mismatch, queued) {
                 (Some(p), _) => format!("tokens differ at step {p}"),
-                (None, Some(q)) if q != tok_c => {
+                (None, Some((q, _))) if q != tok_c => {
                     format!("24 tokens agree, but 24 queued launches end at {q}, not {tok_c}")
                 }
-                _ => "24 tokens agree, also queued".into(),
+                (None, Some((_, s))) if s != tok_c => format!(
+                    "24 tokens agree, but with wrong position hints queued launches end at {s}, \
+                     not {tok_c}"
+                ),
+                _ => "24 tokens agree, also queued, also with wrong position hints".into(),
             },
             gpu.fit()
         );

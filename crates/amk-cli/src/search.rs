@@ -300,7 +300,7 @@ pub static KNOBS: &[Knob] = &[
     },
     Knob {
         name: "head_rows",
-        domain: |_| vec![64, 128, 192, 256, 384, 512, 768, 1024, 1536],
+        domain: |_| vec![64, 128, 192, 256, 384, 448, 512, 768, 1024, 1536],
         get: |c| c.knobs.head_rows,
         set: |c, v| c.knobs.head_rows = v,
         show: num,

@@ -33,8 +33,6 @@ pub const TASK_GATED_UP: u32 = 4;
 pub const TASK_ATTENTION: u32 = 5;
 /// Task kind of [`amk_schedule::TaskOp::HeadArgmax`].
 pub const TASK_HEAD_ARGMAX: u32 = 6;
-/// Task kind of [`amk_schedule::TaskOp::ArgmaxReduce`].
-pub const TASK_ARGMAX_REDUCE: u32 = 7;
 /// Task kind of [`amk_schedule::TaskOp::RmsNorm`].
 pub const TASK_RMSNORM: u32 = 8;
 /// Task kind of [`amk_schedule::TaskOp::GatedMlp`].
@@ -47,6 +45,8 @@ pub const TASK_QUERY_ATTENTION: u32 = 11;
 pub const TASK_APPEND_KV: u32 = 12;
 /// Task kind of [`amk_schedule::TaskOp::HeadOut`].
 pub const TASK_HEAD_OUT: u32 = 13;
+/// Task kind of [`amk_schedule::TaskOp::Zero`] (words as `COPY`'s destination).
+pub const TASK_ZERO: u32 = 14;
 
 /// Projection input kind: the vector as it is.
 pub const IN_VECTOR: u32 = 0;
@@ -91,13 +91,13 @@ pub const MIRRORED: &[(&str, u64)] = &[
     ("AMK_TASK_GATED_UP", TASK_GATED_UP as u64),
     ("AMK_TASK_ATTENTION", TASK_ATTENTION as u64),
     ("AMK_TASK_HEAD_ARGMAX", TASK_HEAD_ARGMAX as u64),
-    ("AMK_TASK_ARGMAX_REDUCE", TASK_ARGMAX_REDUCE as u64),
     ("AMK_TASK_RMSNORM", TASK_RMSNORM as u64),
     ("AMK_TASK_GATED_MLP", TASK_GATED_MLP as u64),
     ("AMK_TASK_ATTENTION_OUT", TASK_ATTENTION_OUT as u64),
     ("AMK_TASK_QUERY_ATTENTION", TASK_QUERY_ATTENTION as u64),
     ("AMK_TASK_APPEND_KV", TASK_APPEND_KV as u64),
     ("AMK_TASK_HEAD_OUT", TASK_HEAD_OUT as u64),
+    ("AMK_TASK_ZERO", TASK_ZERO as u64),
     ("AMK_IN_VECTOR", IN_VECTOR as u64),
     ("AMK_IN_RMSNORM", IN_RMSNORM as u64),
     ("AMK_IN_ATTN_PARTIALS", IN_ATTN_PARTIALS as u64),
@@ -252,6 +252,10 @@ pub mod word {
         pub const DOWN_SCALES: usize = 15;
         /// The intermediate size (down's columns in the checkpoint, its rows as held).
         pub const INTER: usize = 16;
+        /// The first input element the task carries into its output (`carry`).
+        pub const CARRY_FIRST: usize = 17;
+        /// How many it carries (0: no carry).
+        pub const CARRY_LEN: usize = 18;
     }
 
     /// `ATTENTION` words.
@@ -357,9 +361,9 @@ pub mod word {
         pub const COLS: usize = 9;
         /// The projection's checkpoint columns.
         pub const WEIGHT_COLS: usize = 10;
-        /// The two buffers the share is added to.
+        /// The buffer the share is added to.
         pub const OUT0: usize = 11;
-        /// See [`OUT0`].
+        /// A second buffer that receives the same adds (`mirror`), or `NONE`.
         pub const OUT1: usize = 12;
         /// The output projection's bias, added once (or `NONE`).
         pub const BIAS: usize = 13;
@@ -377,22 +381,12 @@ pub mod word {
         pub const COLS: usize = 9;
         /// Logits buffer.
         pub const LOGITS: usize = 10;
-        /// Argmax partials buffer.
-        pub const PARTIALS: usize = 11;
-        /// Slot in the partials.
-        pub const SLOT: usize = 12;
+        /// io buffer, whose packed next token the task folds its maximum into.
+        pub const IO: usize = 11;
+        /// 1 if the task also advances the position, else 0.
+        pub const ADVANCE: usize = 12;
         /// Int8 weights: byte offset of the weight's per-row f32 scales in its buffer, else 0.
         pub const WEIGHT_SCALES: usize = 13;
-    }
-
-    /// `ARGMAX_REDUCE` words.
-    pub mod argmax_reduce {
-        /// Argmax partials buffer.
-        pub const PARTIALS: usize = 1;
-        /// Number of partials.
-        pub const COUNT: usize = 2;
-        /// io buffer.
-        pub const IO: usize = 3;
     }
 
     /// `RMSNORM` words (input at 1..=5, always the rms-normed kind).

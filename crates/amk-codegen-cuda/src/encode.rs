@@ -971,6 +971,20 @@ impl TaskCtx<'_> {
                 w[DST_OFFSET] = dst.offset as u32;
                 w[BYTES] = src.len as u32;
             }
+            TaskOp::Zero { dst } => {
+                use word::copy::*;
+                w[word::KIND] = abi::TASK_ZERO;
+                w[DST] = self.buf("dst.buffer", dst.buffer)?;
+                self.multiple("dst.offset", "byte offset", dst.offset, ELEM)?;
+                self.multiple("dst.len", "byte length", dst.len, ELEM)?;
+                let end = u128::from(dst.offset) + u128::from(dst.len);
+                self.fit("dst.len", "offset + len bytes", end)?;
+                if self.s.buffers[dst.buffer.index()].kind == BufferKind::Weight {
+                    return Err(self.rule("dst.buffer", "zeroes a weight buffer".into()));
+                }
+                w[DST_OFFSET] = dst.offset as u32;
+                w[BYTES] = dst.len as u32;
+            }
             TaskOp::Embed { table, hidden, io, out } => {
                 use word::embed::*;
                 w[word::KIND] = abi::TASK_EMBED;
@@ -1019,7 +1033,8 @@ impl TaskCtx<'_> {
                 weight,
                 cols,
                 weight_cols,
-                outs,
+                out,
+                mirror,
             } => {
                 use word::head_out::*;
                 w[BIAS] = match bias {
@@ -1037,8 +1052,11 @@ impl TaskCtx<'_> {
                 w[WEIGHT_SCALES] = self.scales(weight);
                 w[COLS] = cols;
                 w[WEIGHT_COLS] = weight_cols;
-                w[OUT0] = self.buf("outs[0]", outs[0])?;
-                w[OUT1] = self.buf("outs[1]", outs[1])?;
+                w[OUT0] = self.buf("out", out)?;
+                w[OUT1] = match mirror {
+                    Some(m) => self.buf("mirror", m)?,
+                    None => abi::NONE,
+                };
                 for (field, v) in
                     [("head_dim", head_dim), ("parts", parts), ("dims", dims), ("cols", cols)]
                 {
@@ -1103,7 +1121,18 @@ impl TaskCtx<'_> {
                 let es = self.dtype.bytes();
                 stats.stage_tiles.push(2 * u64::from(rows) * u64::from(cols) * es);
             }
-            TaskOp::GatedMlp { input, gate, up, down, first_row, rows, cols, inter, out } => {
+            TaskOp::GatedMlp {
+                input,
+                gate,
+                up,
+                down,
+                first_row,
+                rows,
+                cols,
+                inter,
+                out,
+                carry,
+            } => {
                 use word::gated_mlp::*;
                 w[word::KIND] = abi::TASK_GATED_MLP;
                 self.input(&input, cols, &mut w, stats)?;
@@ -1118,6 +1147,24 @@ impl TaskCtx<'_> {
                 w[COLS] = cols;
                 w[INTER] = inter;
                 w[OUT] = self.buf("out", out)?;
+                if let Some(c) = carry {
+                    // The kernel adds the input elements it holds in shared memory.
+                    if input.elements().is_none()
+                        || u64::from(c.first) + u64::from(c.len) > u64::from(cols)
+                    {
+                        return Err(self.rule(
+                            "carry",
+                            format!(
+                                "carries elements {}..{} of its input, which must be a vector \
+                                 of {cols} elements",
+                                c.first,
+                                u64::from(c.first) + u64::from(c.len)
+                            ),
+                        ));
+                    }
+                    w[CARRY_FIRST] = c.first;
+                    w[CARRY_LEN] = c.len;
+                }
                 self.positive("rows", rows)?;
                 self.positive("inter", inter)?;
                 self.rows(first_row, rows, cols)?;
@@ -1180,7 +1227,7 @@ impl TaskCtx<'_> {
                 let es = self.dtype.bytes();
                 stats.stage_tiles.push(u64::from(head_dim) * u64::from(cols) * es);
             }
-            TaskOp::HeadArgmax { input, weight, first_row, rows, cols, logits, partials, slot } => {
+            TaskOp::HeadArgmax { input, weight, first_row, rows, cols, logits, io, advance } => {
                 use word::head_argmax::*;
                 w[word::KIND] = abi::TASK_HEAD_ARGMAX;
                 self.input(&input, cols, &mut w, stats)?;
@@ -1190,23 +1237,11 @@ impl TaskCtx<'_> {
                 w[ROWS] = rows;
                 w[COLS] = cols;
                 w[LOGITS] = self.buf("logits", logits)?;
-                w[PARTIALS] = self.buf("partials", partials)?;
-                w[SLOT] = slot;
+                w[IO] = self.buf("io", io)?;
+                w[ADVANCE] = u32::from(advance);
                 self.rows(first_row, rows, cols)?;
-                let words = (u128::from(slot) + 1) * u128::from(abi_partial_words());
-                self.fit("slot", "(slot + 1) * 2 words of argmax partials", words)?;
                 let es = self.dtype.bytes();
                 stats.stage_tiles.push(u64::from(rows) * u64::from(cols) * es);
-            }
-            TaskOp::ArgmaxReduce { partials, count, io } => {
-                use word::argmax_reduce::*;
-                w[word::KIND] = abi::TASK_ARGMAX_REDUCE;
-                w[PARTIALS] = self.buf("partials", partials)?;
-                w[COUNT] = count;
-                w[IO] = self.buf("io", io)?;
-                self.positive("count", count)?;
-                let words = u128::from(count) * u128::from(abi_partial_words());
-                self.fit("count", "count * 2 words of argmax partials", words)?;
             }
             TaskOp::RmsNorm { input, len, weight, eps, out } => {
                 w[word::KIND] = abi::TASK_RMSNORM;
@@ -1258,11 +1293,6 @@ impl TaskCtx<'_> {
     }
 }
 
-/// Words of one argmax partial ({f32 value, u32 index}).
-const fn abi_partial_words() -> u32 {
-    (amk_schedule::ops::PARTIAL_BYTES / ELEM) as u32
-}
-
 /// The op field a footprint region of `buffer` comes from (first match in field order).
 fn field_of(op: &TaskOp, buffer: BufferId, access: Access) -> &'static str {
     let input = |i: &ProjInput| -> Vec<(BufferId, &'static str)> {
@@ -1285,6 +1315,13 @@ fn field_of(op: &TaskOp, buffer: BufferId, access: Access) -> &'static str {
         TaskOp::Copy { src, dst } => {
             if read {
                 vec![(src.buffer, "src")]
+            } else {
+                vec![(dst.buffer, "dst")]
+            }
+        }
+        TaskOp::Zero { dst } => {
+            if read {
+                Vec::new()
             } else {
                 vec![(dst.buffer, "dst")]
             }
@@ -1366,13 +1403,15 @@ fn field_of(op: &TaskOp, buffer: BufferId, access: Access) -> &'static str {
                 v
             }
         }
-        TaskOp::HeadOut { bias, partials, weight, outs, .. } => {
+        TaskOp::HeadOut { bias, partials, weight, out, mirror, .. } => {
             if read {
                 let mut v = vec![(partials, "partials"), (weight, "weight")];
                 v.extend(bias.map(|b| (b, "bias")));
                 v
             } else {
-                vec![(outs[0], "outs[0]"), (outs[1], "outs[1]")]
+                let mut v = vec![(out, "out")];
+                v.extend(mirror.map(|m| (m, "mirror")));
+                v
             }
         }
         TaskOp::AppendKv { kv, k_cache, v_cache, io, .. } => {
@@ -1404,20 +1443,13 @@ fn field_of(op: &TaskOp, buffer: BufferId, access: Access) -> &'static str {
                 vec![(out, "out")]
             }
         }
-        TaskOp::HeadArgmax { input: inp, weight, logits, partials, .. } => {
+        TaskOp::HeadArgmax { input: inp, weight, logits, io, .. } => {
             if read {
                 let mut v = input(&inp);
-                v.push((weight, "weight"));
+                v.extend([(weight, "weight"), (io, "io")]);
                 v
             } else {
-                vec![(logits, "logits"), (partials, "partials")]
-            }
-        }
-        TaskOp::ArgmaxReduce { partials, io, .. } => {
-            if read {
-                vec![(partials, "partials"), (io, "io")]
-            } else {
-                vec![(io, "io")]
+                vec![(logits, "logits"), (io, "io")]
             }
         }
         TaskOp::RmsNorm { input, weight, out, .. } => {
@@ -1621,10 +1653,10 @@ mod tests {
         assert!(matches!(p, Problem::OutOfRange { kind: "buffer", id: 9999, .. }), "{p:?}");
 
         let mut s = tiny();
-        if let TaskOp::ArgmaxReduce { io, .. } = op_mut(&mut s, "argmax") {
+        if let TaskOp::HeadArgmax { io, .. } = op_mut(&mut s, "head.r0") {
             *io = BufferId(u32::MAX);
         }
-        task_error(&s, WeightDType::BF16, "argmax", "io");
+        task_error(&s, WeightDType::BF16, "head.r0", "io");
 
         let mut s = tiny();
         if let TaskOp::GatedUp { input: ProjInput::RmsNormed { weight, .. }, .. } =
@@ -1827,12 +1859,6 @@ mod tests {
             *max_positions = u32::MAX;
         }
         task_error(&s, WeightDType::BF16, "L0.k.h0", "output.kv_head");
-
-        let mut s = tiny();
-        if let TaskOp::HeadArgmax { slot, .. } = op_mut(&mut s, "head.r0") {
-            *slot = u32::MAX;
-        }
-        task_error(&s, WeightDType::BF16, "head.r0", "slot");
     }
 
     #[test]
@@ -1874,7 +1900,7 @@ mod tests {
         let mut s = tiny();
         let c = s.counter_by_name("L1.up.done").expect("counter");
         s.counters[c.index()].reset = CounterReset::Zeroed;
-        let d = s.counter_by_name("argmax.done").expect("counter");
+        let d = s.counter_by_name("L0.o.done").expect("counter");
         s.counters[d.index()].reset = CounterReset::Never;
         let t = encode(&s, WeightDType::BF16).expect("encodes").tables;
         assert_eq!(t.per_launch[c.index()], 0);

@@ -467,3 +467,35 @@ fn head_part_schedules_decode() {
         assert!(g.source.contains("#define AMK_TAGGED 1"));
     }
 }
+
+/// The default lowering's carry (each fused MLP task adds some of the residual it read into
+/// the zeroed next one) reaches the descriptors, and a carry past the input is refused with
+/// the field named, even when the schedule verifies (its regions are in bounds).
+#[test]
+fn a_carry_reaches_the_tables_and_one_past_the_input_is_refused() {
+    use amk_schedule::ops::{Carry, TaskOp};
+    let (_dir, model) = common::synth_model(&SynthSpec { num_layers: 2, ..SynthSpec::tiny() });
+    let knobs = amk_schedule::ScheduleConfig { workers: 6, ..Default::default() };
+    let mut s = amk_schedule::lower(&model.graph, &knobs).expect("lower");
+    let v = common::verified(&s);
+    check_tables(&v, WeightDType::BF16);
+    let carries =
+        v.tasks.iter().filter(|t| matches!(t.op, TaskOp::GatedMlp { carry: Some(_), .. }));
+    assert!(carries.count() > 0, "the default lowering carries the residual");
+
+    let t = s.tasks.iter().position(|t| t.name.starts_with("L0.mlp.")).expect("an MLP task");
+    let cols = model.config.hidden_size as u32;
+    if let TaskOp::GatedMlp { carry, .. } = &mut s.tasks[t].op {
+        *carry = Some(Carry { first: cols - 2, len: 4 });
+    }
+    // Declared reads and adds as the op's footprint asks, inside the (larger) buffers.
+    let f = s.tasks[t].op.footprint(|b| s.buffers[b.index()].bytes);
+    for b in [f.reads.clone(), f.adds.clone()].concat() {
+        let buf = &mut s.buffers[b.buffer.index()];
+        buf.bytes = buf.bytes.max(b.offset + b.len);
+    }
+    (s.tasks[t].reads, s.tasks[t].adds) = (f.reads, f.adds);
+    let v = common::verified(&s);
+    let e = generate(&v, &CodegenOptions::default()).expect_err("refused").to_string();
+    assert!(e.contains("carry") && e.contains(&s.tasks[t].name), "{e}");
+}

@@ -12,8 +12,8 @@ use crate::kernels;
 use crate::{Backend, RuntimeError};
 use amk_ir::synth::SplitMix;
 use amk_schedule::ops::{
-    attn_part_rows, attn_partial_index, attn_partial_len, NewRow, ProjInput, ProjOutput, TaskOp,
-    ELEM,
+    attn_part_rows, attn_partial_index, attn_partial_len, io, Carry, NewRow, ProjInput, ProjOutput,
+    TaskOp, ELEM,
 };
 use amk_schedule::schedule::{BufferId, BufferKind, CounterReset, Instr, Region, Schedule, TaskId};
 use std::sync::Arc;
@@ -401,10 +401,10 @@ impl ScheduleExecutor {
         ctx.run(&task.op)
     }
 
-    /// Reads the io buffer: (token, position).
-    fn io_words(&self) -> (u32, u32) {
-        let io = &self.mem[self.io.index()];
-        (io[0].to_bits(), io[1].to_bits())
+    /// The io buffer's packed next token ([`amk_schedule::ops::io`]).
+    fn next_word(&self) -> u64 {
+        let w = &self.mem[self.io.index()][(io::NEXT / ELEM) as usize..];
+        u64::from(w[0].to_bits()) | (u64::from(w[1].to_bits()) << 32)
     }
 }
 
@@ -517,10 +517,24 @@ impl TaskCtx<'_> {
         Ok(())
     }
 
-    /// Token and position from the io buffer, checked as a read.
-    fn io(&self, io: BufferId) -> Result<(usize, usize), ExecError> {
-        let w = self.read(io, 0, 2)?;
-        Ok((w[0].to_bits() as usize, w[1].to_bits() as usize))
+    /// The position from the io buffer, checked as a read.
+    fn position(&self, io: BufferId) -> Result<usize, ExecError> {
+        Ok(self.read(io, (io::POSITION / ELEM) as usize, 1)?[0].to_bits() as usize)
+    }
+
+    /// The io buffer's packed next token, checked as a read.
+    fn next(&self, io: BufferId) -> Result<u64, ExecError> {
+        let w = self.read(io, (io::NEXT / ELEM) as usize, 2)?;
+        Ok(u64::from(w[0].to_bits()) | (u64::from(w[1].to_bits()) << 32))
+    }
+
+    /// Stores a packed next token into the io buffer.
+    fn store_next(&mut self, io: BufferId, next: u64, touch: Touch) -> Result<(), ExecError> {
+        let first = (io::NEXT / ELEM) as usize;
+        self.check(touch, io, first, 2)?;
+        let w = [f32::from_bits(next as u32), f32::from_bits((next >> 32) as u32)];
+        self.exec.mem[io.index()][first..first + 2].copy_from_slice(&w);
+        Ok(())
     }
 
     fn input(&self, input: &ProjInput) -> Result<Vec<f32>, ExecError> {
@@ -608,7 +622,7 @@ impl TaskCtx<'_> {
         parts: u32,
     ) -> Result<Vec<f32>, ExecError> {
         let g = op.attn_geometry().ok_or_else(|| self.err("not an attention task"))?;
-        let (_, pos) = self.io(g.io)?;
+        let pos = self.position(g.io)?;
         if part >= parts {
             return Err(self.err(format!("attention part {part} of {parts} parts")));
         }
@@ -709,7 +723,7 @@ impl TaskCtx<'_> {
             }
         };
         let needs_pos = rope.is_some() || matches!(output, ProjOutput::CacheRow { .. });
-        let pos = if needs_pos { self.io(io)?.1 } else { 0 };
+        let pos = if needs_pos { self.position(io)? } else { 0 };
         if let Some(norm) = head_norm {
             let hd = norm.head_dim as usize;
             if hd == 0 || y.len() % hd != 0 {
@@ -760,13 +774,22 @@ impl TaskCtx<'_> {
                 let data = self.read(src.buffer, (src.offset / ELEM) as usize, n)?.to_vec();
                 self.write(dst.buffer, (dst.offset / ELEM) as usize, &data)
             }
+            TaskOp::Zero { dst } => {
+                if dst.offset % ELEM != 0 || dst.len % ELEM != 0 {
+                    return Err(self.err("the zeroed region is not word aligned"));
+                }
+                let n = (dst.len / ELEM) as usize;
+                self.write(dst.buffer, (dst.offset / ELEM) as usize, &vec![0.0; n])
+            }
             TaskOp::Embed { table, hidden, io, out } => {
-                let (token, _) = self.io(io)?;
-                if token >= self.exec.vocab_size {
+                let token = io::next_token(self.next(io)?);
+                if token as usize >= self.exec.vocab_size {
                     return Err(self.err(format!("token {token} is outside the vocabulary")));
                 }
                 let h = hidden as usize;
-                let row = self.read(table, token * h, h)?.to_vec();
+                let row = self.read(table, token as usize * h, h)?.to_vec();
+                self.write(io, (io::TOKEN / ELEM) as usize, &[f32::from_bits(token)])?;
+                self.store_next(io, 0, Touch::Write)?;
                 self.write(out, 0, &row)
             }
             TaskOp::Projection { output, head_part, .. } => {
@@ -825,7 +848,18 @@ impl TaskCtx<'_> {
                 kernels::silu_mul(&g, &u, &mut y);
                 self.write(out, first_row as usize, &y)
             }
-            TaskOp::GatedMlp { input, gate, up, down, first_row, rows, cols, inter, out } => {
+            TaskOp::GatedMlp {
+                input,
+                gate,
+                up,
+                down,
+                first_row,
+                rows,
+                cols,
+                inter,
+                out,
+                carry,
+            } => {
                 let x = self.input(&input)?;
                 let g = self.rows(gate, first_row, rows, cols, &x, None)?;
                 let u = self.rows(up, first_row, rows, cols, &x, None)?;
@@ -839,7 +873,20 @@ impl TaskCtx<'_> {
                         f + r
                     )));
                 }
-                let y = self.column_block(down, c, m, f, &a)?;
+                let mut y = self.column_block(down, c, m, f, &a)?;
+                if let Some(Carry { first, len }) = carry {
+                    let (cf, cl) = (first as usize, len as usize);
+                    let Some(buffer) = input.elements().filter(|_| cf + cl <= c) else {
+                        return Err(self.err(format!(
+                            "its carry (elements {cf}..{}) is not inside an element input of \
+                             {c} columns",
+                            cf + cl
+                        )));
+                    };
+                    for (v, x) in y[cf..cf + cl].iter_mut().zip(self.read(buffer, cf, cl)?) {
+                        *v += x;
+                    }
+                }
                 self.add(out, 0, &y)
             }
             TaskOp::QueryAttention { head, head_dim, part, parts, out, q_out, .. } => {
@@ -864,7 +911,8 @@ impl TaskCtx<'_> {
                 weight,
                 cols,
                 weight_cols,
-                outs,
+                out,
+                mirror,
             } => {
                 let hd = head_dim as usize;
                 let per_head = parts as usize * attn_partial_len(head_dim) as usize;
@@ -887,13 +935,13 @@ impl TaskCtx<'_> {
                         *v += b;
                     }
                 }
-                for out in outs {
+                for out in std::iter::once(out).chain(mirror) {
                     self.add(out, 0, &y)?;
                 }
                 Ok(())
             }
             TaskOp::AppendKv { kv, kv_heads, head_dim, max_positions, k_cache, v_cache, io } => {
-                let (_, pos) = self.io(io)?;
+                let pos = self.position(io)?;
                 if pos >= max_positions as usize {
                     return Err(self.err(format!(
                         "position {pos} is past the cache's {max_positions} positions"
@@ -929,27 +977,32 @@ impl TaskCtx<'_> {
                 }
                 Ok(())
             }
-            TaskOp::HeadArgmax { input, weight, first_row, rows, cols, logits, partials, slot } => {
+            TaskOp::HeadArgmax { input, weight, first_row, rows, cols, logits, io, advance } => {
                 let x = self.input(&input)?;
                 let y = self.rows(weight, first_row, rows, cols, &x, None)?;
-                let best = kernels::argmax(&y);
                 self.write(logits, first_row as usize, &y)?;
-                let partial = [y[best], f32::from_bits(first_row + best as u32)];
-                self.write(partials, slot as usize * 2, &partial)
-            }
-            TaskOp::ArgmaxReduce { partials, count, io } => {
-                let p = self.read(partials, 0, count as usize * 2)?;
-                let mut best: Option<(f32, u32)> = None;
-                for pair in p.chunks_exact(2) {
-                    let (v, i) = (pair[0], pair[1].to_bits());
-                    // Earlier slots hold lower indices: on ties the first one stays.
-                    if best.is_none_or(|(bv, _)| v > bv) {
-                        best = Some((v, i));
-                    }
+                // The device's atomic max: the packed maximum of the rows (first on ties).
+                let best = y
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(i, &v)| io::pack_max(v, first_row + i as u32))
+                    .max();
+                if let Some(best) = best {
+                    let first = (io::NEXT / ELEM) as usize;
+                    self.check(Touch::Add, io, first, 2)?;
+                    let w = &self.exec.mem[io.index()][first..first + 2];
+                    let next = u64::from(w[0].to_bits()) | (u64::from(w[1].to_bits()) << 32);
+                    self.store_next(io, next.max(best), Touch::Add)?;
                 }
-                let token = best.map_or(0, |(_, i)| i);
-                let (_, pos) = self.io(io)?;
-                self.write(io, 0, &[f32::from_bits(token), f32::from_bits(pos as u32 + 1)])
+                if advance {
+                    let pos = self.position(io)?;
+                    self.write(
+                        io,
+                        (io::POSITION / ELEM) as usize,
+                        &[f32::from_bits(pos as u32 + 1)],
+                    )?;
+                }
+                Ok(())
             }
             TaskOp::RmsNorm { input, len, weight, eps, out } => {
                 let y = self.input(&ProjInput::RmsNormed { buffer: input, len, weight, eps })?;
@@ -974,12 +1027,13 @@ impl Backend for ScheduleExecutor {
 
     fn step(&mut self, token: u32, position: usize) -> Result<u32, RuntimeError> {
         crate::check_step(token, position, self.vocab_size, self.max_positions)?;
-        let io = self.io.index();
-        self.mem[io][0] = f32::from_bits(token);
-        self.mem[io][1] = f32::from_bits(position as u32);
+        let (io, next) = (self.io.index(), io::pack_input(token));
+        self.mem[io][(io::POSITION / ELEM) as usize] = f32::from_bits(position as u32);
+        self.mem[io][(io::NEXT / ELEM) as usize] = f32::from_bits(next as u32);
+        self.mem[io][(io::NEXT / ELEM) as usize + 1] = f32::from_bits((next >> 32) as u32);
         let policy = self.next_policy();
         self.launch(policy)?;
-        Ok(self.io_words().0)
+        Ok(io::next_token(self.next_word()))
     }
 
     fn logits(&self) -> Option<&[f32]> {

@@ -33,8 +33,9 @@
 //! of the residual the output projection stores beside its residual add, since the residual
 //! itself changes under the MLP's adds.
 //!
-//! The step opens with the embedding lookup and ends with LM-head tiles that each keep a
-//! partial argmax, then one reduction that writes the next token and position into `io`.
+//! The step opens with the embedding lookup and ends with LM-head tiles that each fold their
+//! maximum into `io`'s packed next token with an atomic max (the first also advances the
+//! position): no reduction step, and nothing waits for the LM head within the launch.
 //! Each phase signals one counter per task; a worker waits for the previous phase's counter
 //! to reach its task count before its first task of a phase, so every task of a phase happens
 //! after every task of the phase before. With `head_waits`, the qkv and attention phases have
@@ -63,8 +64,8 @@
 
 use crate::config::{Assignment, ScheduleConfig, TaskOrder};
 use crate::ops::{
-    attn_partial_len, CurrentRow, HeadNorm, HeadPart, NewRow, ProjInput, ProjOutput, RopeSpec,
-    TaskOp, ELEM, IO_BYTES, PARTIAL_BYTES,
+    attn_partial_len, Carry, CurrentRow, HeadNorm, HeadPart, NewRow, ProjInput, ProjOutput,
+    RopeSpec, TaskOp, ELEM, IO_BYTES,
 };
 use crate::schedule::{
     BufferId, BufferKind, CounterId, CounterReset, Instr, Region, Schedule, TaskId, Worker,
@@ -96,6 +97,9 @@ enum Signals {
     /// Counter `k`, but after the worker's next task (or before its next wait): for counters
     /// only the step's end waits for, so their release fence does not delay the task after.
     Late(usize),
+    /// Nothing: a task of the step's last phase, which nothing in the launch waits for (the
+    /// launch's end orders it before the next launch and the host).
+    None,
 }
 
 /// Which counters a task waits for: all or one of the previous phase's, or named counters
@@ -126,6 +130,11 @@ impl Lowerer {
 
     fn phase(&mut self, name: &str) {
         self.phase_groups(&[name.to_string()]);
+    }
+
+    /// The step's last phase: its tasks signal nothing.
+    fn last_phase(&mut self) {
+        self.phases.push(Phase { counters: Vec::new(), tasks: Vec::new() });
     }
 
     /// A phase with one counter per name (groups of its tasks).
@@ -159,6 +168,7 @@ impl Lowerer {
         if let Some(p) = self.phases.last_mut() {
             // A phase of one counter has no groups: every task signals it.
             let signals = match signals {
+                _ if p.counters.is_empty() => Signals::None,
                 Signals::Late(_) if p.counters.len() == 1 => Signals::Late(0),
                 _ if p.counters.len() == 1 => Signals::One(0),
                 _ => signals,
@@ -258,6 +268,11 @@ pub fn lower(graph: &DecodeGraph, config: &ScheduleConfig) -> Result<Schedule, L
     let o_by_head = config.o_by_head && !fuse_o && !config.fuse_q;
     let head_waits = config.head_waits && !config.fuse_q;
     let versioned = fuse_o || o_by_head;
+    // With head-split output projections and fused MLPs with fused norms, the output
+    // projection adds only to `resid.{2L+1}`: the MLP's tasks, which load it for their norm,
+    // carry its elements into `resid.{2L+2}` (zeroed in the qkv phase) beside their down
+    // shares, so each output-projection task sends half the atomic adds.
+    let carry = o_by_head && config.fuse_down && config.fuse_norm;
     // Tagged hand-offs replace the attention's counter waits (with head-split output
     // projections only, whose combine reads one head's partials).
     let tagged = config.tagged && o_by_head;
@@ -269,10 +284,12 @@ pub fn lower(graph: &DecodeGraph, config: &ScheduleConfig) -> Result<Schedule, L
                 .into(),
         ));
     }
-    // The residual stream. With `fuse_o` or `o_by_head`, one buffer per version: `resid.{2L}` enters layer L,
-    // `resid.{2L+1}` adds its attention (the MLP's norm reads it), `resid.{2L+2}` its attention
-    // and MLP (the qkv phase copies `resid.{2L}` into both first), so a phase that adds to one
-    // never overlaps a phase that reads it. Otherwise one buffer, `resid`.
+    // The residual stream. With `fuse_o` or `o_by_head`, one buffer per version: `resid.{2L}`
+    // enters layer L, `resid.{2L+1}` adds its attention (the MLP's norm reads it),
+    // `resid.{2L+2}` its attention and MLP (the qkv phase copies `resid.{2L}` into both first;
+    // with `carry`, it zeroes `resid.{2L+2}` and the MLP carries `resid.{2L+1}` into it), so a
+    // phase that adds to one never overlaps a phase that reads it. Otherwise one buffer,
+    // `resid`.
     let versions = if versioned { 2 * c.num_layers + 1 } else { 1 };
     let resids: Vec<BufferId> = (0..versions)
         .map(|k| {
@@ -301,9 +318,6 @@ pub fn lower(graph: &DecodeGraph, config: &ScheduleConfig) -> Result<Schedule, L
     let resid_mlp = (config.fuse_down && config.fuse_norm && !versioned)
         .then(|| l.buffer("resid_mlp", BufferKind::Activation, h as u64 * ELEM));
     let logits = l.buffer("logits", BufferKind::Logits, vocab as u64 * ELEM);
-    let head_tiles = vocab.div_ceil(config.head_rows);
-    let partials =
-        l.buffer("argmax_partials", BufferKind::Scratch, head_tiles as u64 * PARTIAL_BYTES);
     let cache_bytes = nkv as u64 * max_pos as u64 * hd as u64 * ELEM;
     // With unfused norms, each norm is one task writing `xn`, which the projections then read.
     let xn = (!config.fuse_norm).then(|| l.buffer("xn", BufferKind::Activation, h as u64 * ELEM));
@@ -506,11 +520,14 @@ pub fn lower(graph: &DecodeGraph, config: &ScheduleConfig) -> Result<Schedule, L
                 (append(kv), qkv)
             });
             if versioned {
-                // The two versions the attention and the MLP add to start as this layer's input.
+                // The two versions the attention and the MLP add to start as this layer's input
+                // (with `carry`, the second as zero).
                 for (tag, dst) in [("mid", x_mid), ("out", x_out)] {
-                    let op = TaskOp::Copy {
-                        src: Region::new(x_in, 0, h as u64 * ELEM),
-                        dst: Region::new(dst, 0, h as u64 * ELEM),
+                    let dst = Region::new(dst, 0, h as u64 * ELEM);
+                    let op = if carry && dst.buffer == x_out {
+                        TaskOp::Zero { dst }
+                    } else {
+                        TaskOp::Copy { src: Region::new(x_in, 0, h as u64 * ELEM), dst }
                     };
                     // Every group's attention may add to these: each waits for the copies.
                     let name = format!("L{layer}.resid.{tag}");
@@ -624,7 +641,8 @@ pub fn lower(graph: &DecodeGraph, config: &ScheduleConfig) -> Result<Schedule, L
                     l.phase(&format!("L{layer}.o.done"));
                     if o_by_head {
                         // Each task: one head's partials, some of its dimensions, their
-                        // columns of the projection added to both residual versions.
+                        // columns of the projection added to the residual (both versions
+                        // without `carry`).
                         for head in 0..nh {
                             for (first, dims) in tiles(hd, config.o_rows) {
                                 // The first task of the layer also adds the bias.
@@ -641,7 +659,8 @@ pub fn lower(graph: &DecodeGraph, config: &ScheduleConfig) -> Result<Schedule, L
                                     weight: lw("self_attn.o_proj.weight"),
                                     cols: h,
                                     weight_cols: nh * hd,
-                                    outs: [x_mid, x_out],
+                                    out: x_mid,
+                                    mirror: (!carry).then_some(x_out),
                                 };
                                 let name = format!("L{layer}.o.h{head}.d{first}");
                                 // Tagged: the partials are polled; the wait is for the
@@ -682,7 +701,10 @@ pub fn lower(graph: &DecodeGraph, config: &ScheduleConfig) -> Result<Schedule, L
         let Some(act) = act else {
             l.phase(&format!("L{layer}.mlp.done"));
             add_append(&mut l, &mut append_after_o);
-            for (first, rows) in tiles(m, config.mlp_rows) {
+            // With `carry`, task k carries elements k * span.. of the residual it reads.
+            let span = h.div_ceil(m.div_ceil(config.mlp_rows).max(1));
+            for (k, (first, rows)) in tiles(m, config.mlp_rows).enumerate() {
+                let carried = (k as u32).saturating_mul(span).min(h);
                 let op = TaskOp::GatedMlp {
                     input: mlp_in,
                     gate: lw("mlp.gate_proj.weight"),
@@ -693,6 +715,9 @@ pub fn lower(graph: &DecodeGraph, config: &ScheduleConfig) -> Result<Schedule, L
                     cols: h,
                     inter: m,
                     out: x_out,
+                    carry: carry
+                        .then(|| Carry { first: carried, len: span.min(h - carried) })
+                        .filter(|c| c.len > 0),
                 };
                 l.task(format!("L{layer}.mlp.r{first}"), op, 3 * (rows * h) as u64 * ELEM);
             }
@@ -740,8 +765,10 @@ pub fn lower(graph: &DecodeGraph, config: &ScheduleConfig) -> Result<Schedule, L
         wbuf("model.norm.weight"),
         resids[versions - 1],
     );
-    l.phase("head.done");
-    for (slot, (first, rows)) in tiles(vocab, config.head_rows).enumerate() {
+    // The LM head ends the step: each tile folds its maximum into io's next token, and the
+    // first also advances the position.
+    l.last_phase();
+    for (first, rows) in tiles(vocab, config.head_rows) {
         let op = TaskOp::HeadArgmax {
             input: head_in,
             weight: wbuf(head_w),
@@ -749,14 +776,11 @@ pub fn lower(graph: &DecodeGraph, config: &ScheduleConfig) -> Result<Schedule, L
             rows,
             cols: h,
             logits,
-            partials,
-            slot: slot as u32,
+            io,
+            advance: first == 0,
         };
         l.task(format!("head.r{first}"), op, (rows * h) as u64 * ELEM);
     }
-
-    l.phase("argmax.done");
-    l.task("argmax".into(), TaskOp::ArgmaxReduce { partials, count: head_tiles, io }, 0);
 
     Ok(place(l, config))
 }
@@ -779,6 +803,12 @@ fn place(mut l: Lowerer, config: &ScheduleConfig) -> Schedule {
         // first; bytes are balanced among the workers with the fewest tasks in the phase.
         let mut in_phase = vec![0u32; w];
         let mut order = phase.tasks.clone();
+        if phase.counters.is_empty() && config.assignment == Assignment::RoundRobin {
+            // The step's last phase goes to the last workers: the first ones then finish the
+            // step early, and the next launch's first blocks, which the GPU starts first and
+            // which hold its first tasks, start on their SMs while this launch ends.
+            next_rr = w - order.len().min(w);
+        }
         if config.task_order == TaskOrder::LargestFirst {
             // Stable: equal tiles keep their lowered order.
             order.sort_by_key(|&(_, bytes, _, _)| std::cmp::Reverse(bytes));
@@ -827,6 +857,7 @@ fn place(mut l: Lowerer, config: &ScheduleConfig) -> Schedule {
                     }
                 }
                 Signals::Late(k) => late_signals[wi].push(phase.counters[k]),
+                Signals::None => {}
             }
             workers[wi].instrs.extend(late.into_iter().map(Instr::Signal));
         }

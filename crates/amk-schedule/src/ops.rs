@@ -7,9 +7,11 @@
 //! or int8 weights scales every weight region by the same factor, which keeps bounds and
 //! disjointness as verified.
 //!
-//! The `io` buffer holds two u32 words: the token being decoded and its position. The final
-//! [`TaskOp::ArgmaxReduce`] overwrites them with the next token and position + 1, so the next
-//! launch reads its input from device memory.
+//! The `io` buffer ([`io`]) holds the token being decoded, its position, and the next token as
+//! a packed argmax: each [`TaskOp::HeadArgmax`] folds its rows' maximum into it with one
+//! atomic max, and one of them advances the position; the next launch's [`TaskOp::Embed`]
+//! reads the token from it. So a launch ends with its LM head, with no reduction step, and the
+//! next launch reads its input from device memory.
 
 use crate::schedule::{BufferId, Region};
 use amk_ir::config::{Llama3RopeScaling, RopeConfig};
@@ -17,10 +19,48 @@ use serde::{Deserialize, Serialize};
 
 /// Bytes of one element of every buffer (f32 activations, f32-described weights, u32 io).
 pub const ELEM: u64 = 4;
-/// Bytes of the io buffer: token and position.
-pub const IO_BYTES: u64 = 8;
-/// Bytes of one argmax partial: (f32 value, u32 index).
-pub const PARTIAL_BYTES: u64 = 8;
+/// Bytes of the io buffer: token, position and the packed next token ([`io`]).
+pub const IO_BYTES: u64 = 16;
+
+/// The io buffer's layout and its packed argmax, shared by every executor and the host.
+pub mod io {
+    /// Byte offset of the token this step decodes (u32), written by the embedding.
+    pub const TOKEN: u64 = 0;
+    /// Byte offset of this step's position (u32).
+    pub const POSITION: u64 = 4;
+    /// Byte offset of the next token as a packed argmax (u64, little-endian): the high word
+    /// orders the logit (its f32 bits made to sort as unsigned), the low word is the token's
+    /// complement, so the largest packed value is the largest logit and, among equal ones,
+    /// the lowest token (first index on ties, as the reference's argmax).
+    pub const NEXT: u64 = 8;
+
+    /// `value` and `index` packed so that the u64 maximum is the argmax; `None` for NaN,
+    /// which never wins (-0.0 counts as +0.0, as the float comparison has them equal).
+    pub fn pack_max(value: f32, index: u32) -> Option<u64> {
+        if value.is_nan() {
+            return None;
+        }
+        let bits = (value + 0.0).to_bits();
+        let key = if bits >> 31 == 1 { !bits } else { bits | 0x8000_0000 };
+        Some((u64::from(key) << 32) | u64::from(!index))
+    }
+
+    /// The packed form of a token fed by the host (a prompt token): no logit goes with it.
+    pub fn pack_input(token: u32) -> u64 {
+        (u64::from(u32::MAX) << 32) | u64::from(!token)
+    }
+
+    /// The token a packed argmax names; 0 when nothing was folded in (every logit NaN), as
+    /// an argmax over no candidates gives.
+    pub fn next_token(next: u64) -> u32 {
+        let low = next as u32;
+        if low == 0 {
+            0
+        } else {
+            !low
+        }
+    }
+}
 
 /// The input vector of a projection.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -47,6 +87,14 @@ pub enum ProjInput {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         current: Option<CurrentRow>,
     },
+}
+
+/// Elements `first..first + len` of a fused MLP's input residual, which the task adds into
+/// its output ([`TaskOp::GatedMlp`]'s `carry`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Carry {
+    pub first: u32,
+    pub len: u32,
 }
 
 /// The current position's query, key and value heads, for an attention-partials input whose
@@ -107,6 +155,15 @@ impl ProjInput {
         match *self {
             ProjInput::Vector { len, .. } | ProjInput::RmsNormed { len, .. } => len,
             ProjInput::AttnPartials { heads, head_dim, .. } => heads.saturating_mul(head_dim),
+        }
+    }
+
+    /// The buffer whose elements the input is (as they are or normed); `None` for attention
+    /// partials, which are combined first.
+    pub fn elements(&self) -> Option<BufferId> {
+        match *self {
+            ProjInput::Vector { buffer, .. } | ProjInput::RmsNormed { buffer, .. } => Some(buffer),
+            ProjInput::AttnPartials { .. } => None,
         }
     }
 
@@ -246,7 +303,11 @@ impl HeadPart {
 pub enum TaskOp {
     /// Copies the bytes of `src` to `dst` (same length).
     Copy { src: Region, dst: Region },
-    /// `out[..hidden] = table[token]`, the token read from `io`.
+    /// Sets the bytes of `dst` to zero (a sum that tasks then add into).
+    Zero { dst: Region },
+    /// `out[..hidden] = table[token]` with the token read from `io`'s packed next token
+    /// ([`io::next_token`]); the token is also stored as the step's, and the packed word
+    /// cleared for this step's LM head to fold its maxima into.
     Embed { table: BufferId, hidden: u32, io: BufferId, out: BufferId },
     /// Rows `first_row..first_row + rows` of `weight @ input (+ bias)` (weight `[*, cols]`),
     /// optionally normalised per head (`head_norm`, rows are whole heads), optionally rotated
@@ -286,7 +347,10 @@ pub enum TaskOp {
     /// `out[..cols] += down[:, first_row..first_row + rows] @ a` (down `[cols, inter]`) with
     /// atomic adds, declared as [`crate::schedule::Task::adds`]: the down projection split
     /// over the gate/up tiles, so it needs no phase of its own. The sum's order over tasks is
-    /// not fixed, so f32 results may differ in the last bits from run to run.
+    /// not fixed, so f32 results may differ in the last bits from run to run. With `carry`,
+    /// the task also adds its input's elements `first..first + len`, as loaded (before the
+    /// norm), into the same elements of `out`: the MLP's tasks together carry the residual
+    /// they read into a zeroed `out`, so the step before them adds to one buffer, not two.
     GatedMlp {
         input: ProjInput,
         gate: BufferId,
@@ -298,6 +362,9 @@ pub enum TaskOp {
         /// Columns of `down` (rows of gate and up: the MLP's intermediate size).
         inter: u32,
         out: BufferId,
+        /// Absent from `schedule.ron` when `None`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        carry: Option<Carry>,
     },
     /// Part `part` of `parts` of one query head attending over cache rows `0..=position` of
     /// its key/value head, or with a sliding `window` W over rows
@@ -356,11 +423,11 @@ pub enum TaskOp {
     /// The output projection split over heads: head `head`'s attention output, combined
     /// from its `parts` partials as [`ProjInput::AttnPartials`] combines them, restricted to
     /// its dimensions `first..first + dims`, times the matching columns of the output
-    /// projection: `outs[k][..cols] += weight[:, head * head_dim + first..][..dims] @
-    /// o[first..first + dims]` for both buffers of `outs`, with atomic adds (weight `[cols,
-    /// weight_cols]`, held transposed by the device). Each task reads one head's partials,
-    /// not every head's, which is what a row tile of the projection must combine. With
-    /// `bias` (set on one task of a layer), that task also adds `bias[..cols]` to both.
+    /// projection: `out[..cols] += weight[:, head * head_dim + first..][..dims] @
+    /// o[first..first + dims]`, and the same into `mirror` when set, with atomic adds (weight
+    /// `[cols, weight_cols]`, held transposed by the device). Each task reads one head's
+    /// partials, not every head's, which is what a row tile of the projection must combine.
+    /// With `bias` (set on one task of a layer), that task also adds `bias[..cols]` to both.
     HeadOut {
         /// Absent from `schedule.ron` when `None`.
         #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -376,7 +443,11 @@ pub enum TaskOp {
         cols: u32,
         /// Columns of `weight` (heads times head_dim).
         weight_cols: u32,
-        outs: [BufferId; 2],
+        out: BufferId,
+        /// A second residual version that receives the same adds. Absent from
+        /// `schedule.ron` when `None`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        mirror: Option<BufferId>,
     },
     /// Part `part` of `parts` of one query head's attention, its query projected by the task
     /// itself: rows `head * head_dim..` of `weight @ input (+ bias)`, normed per head and
@@ -426,8 +497,9 @@ pub enum TaskOp {
         v_cache: BufferId,
         io: BufferId,
     },
-    /// Rows of the LM head: stores those logits and the (value, index) of their maximum, first
-    /// index on ties, in `partials[slot]`.
+    /// Rows of the LM head: stores those logits and folds the (value, index) of their maximum
+    /// into `io`'s packed next token with an atomic max (declared as an add: maxima commute
+    /// like sums); with `advance` (one task of the step), also writes position + 1.
     HeadArgmax {
         input: ProjInput,
         weight: BufferId,
@@ -435,11 +507,9 @@ pub enum TaskOp {
         rows: u32,
         cols: u32,
         logits: BufferId,
-        partials: BufferId,
-        slot: u32,
+        io: BufferId,
+        advance: bool,
     },
-    /// Reduces `count` partials to the next token; writes it and position + 1 into `io`.
-    ArgmaxReduce { partials: BufferId, count: u32, io: BufferId },
     /// `out[..len] = rms_norm(input[..len]) * weight`: RMSNorm as a task of its own, for
     /// schedules that do not fuse it into every projection (`ScheduleConfig::fuse_norm`).
     RmsNorm { input: BufferId, len: u32, weight: BufferId, eps: f32, out: BufferId },
@@ -492,8 +562,9 @@ fn no_sizes(_: BufferId) -> u64 {
     0
 }
 
+/// The position word of `io`, which attention and rope read.
 fn io_region(io: BufferId) -> Region {
-    Region::new(io, 0, IO_BYTES)
+    Region::new(io, io::POSITION, ELEM)
 }
 
 impl AttnGeometry {
@@ -686,6 +757,7 @@ impl TaskOp {
     pub fn kind_name(&self) -> &'static str {
         match self {
             TaskOp::Copy { .. } => "copy",
+            TaskOp::Zero { .. } => "zero",
             TaskOp::Embed { .. } => "embed",
             TaskOp::Projection { .. } => "projection",
             TaskOp::GatedUp { .. } => "gated_up",
@@ -696,7 +768,6 @@ impl TaskOp {
             TaskOp::HeadOut { .. } => "head_out",
             TaskOp::AppendKv { .. } => "append_kv",
             TaskOp::HeadArgmax { .. } => "head_argmax",
-            TaskOp::ArgmaxReduce { .. } => "argmax_reduce",
             TaskOp::RmsNorm { .. } => "rms_norm",
         }
     }
@@ -712,10 +783,13 @@ impl TaskOp {
                 r.push(src);
                 w.push(dst);
             }
+            TaskOp::Zero { dst } => w.push(dst),
             TaskOp::Embed { table, hidden, io, out } => {
-                r.push(io_region(io));
+                r.push(Region::new(io, io::NEXT, 8));
                 // The row depends on the token: the whole table may be read.
                 r.push(Region::new(table, 0, buffer_bytes(table)));
+                w.push(Region::new(io, io::TOKEN, ELEM));
+                w.push(Region::new(io, io::NEXT, 8));
                 w.push(elems(out, 0, hidden));
             }
             TaskOp::Projection {
@@ -786,8 +860,24 @@ impl TaskOp {
                 r.push(Region::new(up, off, len));
                 w.push(elems(out, first_row, rows));
             }
-            TaskOp::GatedMlp { input, gate, up, down, first_row, rows, cols, inter, out } => {
+            TaskOp::GatedMlp {
+                input,
+                gate,
+                up,
+                down,
+                first_row,
+                rows,
+                cols,
+                inter,
+                out,
+                carry,
+            } => {
                 input.footprint(&mut r);
+                // (Executors refuse a carry from attention partials.)
+                if let (Some(Carry { first, len }), Some(b)) = (carry, input.elements()) {
+                    r.push(elems(b, first, len));
+                    adds.push(elems(out, first, len));
+                }
                 let off = row_bytes(first_row, cols);
                 let len = row_bytes(rows, cols);
                 r.push(Region::new(gate, off, len));
@@ -837,7 +927,8 @@ impl TaskOp {
                 weight,
                 cols,
                 weight_cols,
-                outs,
+                out,
+                mirror,
             } => {
                 let per_head = (parts as u64).saturating_mul(attn_partial_len(head_dim) as u64);
                 let at = (head as u64).saturating_mul(per_head).saturating_mul(ELEM);
@@ -851,7 +942,7 @@ impl TaskOp {
                 if let Some(b) = bias {
                     r.push(elems(b, 0, cols));
                 }
-                for out in outs {
+                for out in std::iter::once(out).chain(mirror) {
                     adds.push(elems(out, 0, cols));
                 }
             }
@@ -877,20 +968,15 @@ impl TaskOp {
                     adds.push(elems(out, 0, cols));
                 }
             }
-            TaskOp::HeadArgmax { input, weight, first_row, rows, cols, logits, partials, slot } => {
+            TaskOp::HeadArgmax { input, weight, first_row, rows, cols, logits, io, advance } => {
                 input.footprint(&mut r);
                 r.push(Region::new(weight, row_bytes(first_row, cols), row_bytes(rows, cols)));
                 w.push(elems(logits, first_row, rows));
-                w.push(Region::new(
-                    partials,
-                    (slot as u64).saturating_mul(PARTIAL_BYTES),
-                    PARTIAL_BYTES,
-                ));
-            }
-            TaskOp::ArgmaxReduce { partials, count, io } => {
-                r.push(Region::new(partials, 0, (count as u64).saturating_mul(PARTIAL_BYTES)));
-                r.push(io_region(io));
-                w.push(io_region(io));
+                adds.push(Region::new(io, io::NEXT, 8));
+                if advance {
+                    r.push(io_region(io));
+                    w.push(io_region(io));
+                }
             }
             TaskOp::RmsNorm { input, len, weight, eps: _, out } => {
                 r.push(elems(input, 0, len));
@@ -1015,11 +1101,8 @@ mod tests {
             ProjOutput::CacheRow { cache: BufferId(5), kv_head: 0, head_dim: 32, max_positions: 8 };
         assert_eq!(field(part_op(0, 2, cache)), Err("output.head_dim"));
         // Other ops and whole projections have nothing to check.
-        assert_eq!(
-            TaskOp::ArgmaxReduce { partials: BufferId(0), count: 1, io: BufferId(1) }
-                .check_head_part(),
-            Ok(())
-        );
+        let zero = TaskOp::Zero { dst: Region::new(BufferId(0), 0, 4) };
+        assert_eq!(zero.check_head_part(), Ok(()));
     }
 
     impl TaskOp {

@@ -6,7 +6,7 @@
 use amk_ir::config::ModelConfig;
 use amk_ir::graph::DecodeGraph;
 use amk_schedule::ops::{ProjOutput, RopeSpec, TaskOp};
-use amk_schedule::schedule::Schedule;
+use amk_schedule::schedule::{Instr, Schedule};
 use amk_schedule::{lower, LowerError, ScheduleConfig};
 use std::path::Path;
 
@@ -251,4 +251,60 @@ fn bad_qkv_parts_are_refused_naming_the_field() {
     assert!(err.contains("qkv_parts"), "{err}");
     // Old knob files (without the field) keep whole heads.
     assert_eq!(ScheduleConfig::from_ron("(workers: 8)").unwrap().qkv_parts, 1);
+}
+
+/// The default lowering's residual hand-off and step end: the qkv phase zeroes `resid.2`, the
+/// head-split output projection adds only to `resid.1`, the fused MLP's tasks together carry
+/// every element of `resid.1` into `resid.2` exactly once, and the step ends with LM-head
+/// tiles on the last workers that fold their maxima into `io` (one advancing the position),
+/// signalling nothing.
+#[test]
+fn the_mlp_carries_the_residual_and_the_lm_head_ends_the_step() {
+    let g = graph("llama2");
+    let s = lower(&g, &ScheduleConfig { workers: 12, ..Default::default() }).unwrap();
+    let (mid, out) = (buffer(&s, "resid.1"), buffer(&s, "resid.2"));
+    match op(&s, "L0.resid.out") {
+        TaskOp::Zero { dst } => assert_eq!((dst.buffer.0, dst.offset), (out, 0)),
+        other => panic!("{other:?}"),
+    }
+    let hidden = g.config.hidden_size as u32;
+    let mut carried = vec![0u32; hidden as usize];
+    for t in &s.tasks {
+        match &t.op {
+            TaskOp::HeadOut { out: o, mirror, .. } if t.name.starts_with("L0.") => {
+                assert_eq!((o.0, *mirror), (mid, None), "{}", t.name);
+            }
+            TaskOp::GatedMlp { out: o, carry, input, .. } if t.name.starts_with("L0.") => {
+                assert_eq!(o.0, out);
+                assert_eq!(input.elements().map(|b| b.0), Some(mid));
+                if let Some(c) = carry {
+                    for e in &mut carried[c.first as usize..(c.first + c.len) as usize] {
+                        *e += 1;
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    assert!(carried.iter().all(|&n| n == 1), "each element carried once: {carried:?}");
+
+    let heads: Vec<usize> = (0..s.workers.len())
+        .filter(|&w| {
+            s.workers[w].instrs.iter().any(|i| {
+                matches!(i, Instr::Run(t) if matches!(s.tasks[t.index()].op, TaskOp::HeadArgmax { .. }))
+            })
+        })
+        .collect();
+    let n = heads.len();
+    assert_eq!(heads, (s.workers.len() - n..s.workers.len()).collect::<Vec<_>>());
+    let advancing =
+        s.tasks.iter().filter(|t| matches!(t.op, TaskOp::HeadArgmax { advance: true, .. })).count();
+    assert_eq!(advancing, 1);
+    for w in &s.workers {
+        let run = |i: &Instr| matches!(i, Instr::Run(t) if matches!(s.tasks[t.index()].op, TaskOp::HeadArgmax { .. }));
+        if let Some(k) = w.instrs.iter().position(run) {
+            assert!(w.instrs[k..].iter().all(|i| !matches!(i, Instr::Signal(_))), "{:?}", w.instrs);
+        }
+    }
+    assert!(s.counter_by_name("argmax.done").is_none() && s.counter_by_name("head.done").is_none());
 }

@@ -1,7 +1,8 @@
 //! The default schedule for SmolLM2-135M is the best one `amk search` found on the H100
 //! (`fixtures/search/smollm2-135m-h100/`: the knobs, the certificate of the schedule they
-//! lower to, and the logs of five searches: the first, its re-run after the kernel changed,
-//! the ones that found the fused MLP, the head-split output projection and per-head waits).
+//! lower to, and the logs of six searches: the first, its re-run after the kernel changed,
+//! the ones that found the fused MLP, the head-split output projection and per-head waits,
+//! and the re-run after the tenth pass changed the kernel and the step's end).
 //! Lowering the model's config with
 //! `ScheduleConfig::default()` must give exactly that schedule (same sha256), and it must
 //! verify.
@@ -90,6 +91,20 @@ fn the_default_schedule_is_the_searched_best() {
     assert_eq!(waits_best, best, "its best is knobs.ron");
     assert!(waits["confirmed"]["speedup"].as_f64() > Some(1.0), "{}", waits["confirmed"]);
     assert_eq!(waits["totals"]["wrong_tokens"], 0);
+
+    // The re-run after the tenth pass (launch-log.json) started from those knobs and kept
+    // them: no candidate beat them by the search's margin.
+    let launch: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("launch-log.json")).expect("log"))
+            .expect("launch-log.json parses");
+    let launch_start: ScheduleConfig =
+        serde_json::from_value(launch["default"]["knobs"].clone()).expect("knobs in the log");
+    assert_eq!(launch_start, best, "it started from knobs.ron");
+    let launch_best: ScheduleConfig =
+        serde_json::from_value(launch["best"]["knobs"].clone()).expect("knobs in the log");
+    assert_eq!(launch_best, best, "its best is knobs.ron");
+    assert_eq!(launch["totals"]["wrong_tokens"], 0);
+    assert_eq!(launch["totals"]["failed"], 0);
 
     let cert: serde_json::Value =
         serde_json::from_slice(&std::fs::read(dir.join("certificate.json")).expect("cert"))

@@ -536,6 +536,7 @@ fn undeclared_op_add_is_reported() {
         cols: 4,
         inter: 2,
         out: x,
+        carry: None,
     };
     let t = s.add_task_with_footprint("L0.mlp", op);
     assert_eq!(s.tasks[t.index()].adds, vec![Region::new(x, 0, 16)]);

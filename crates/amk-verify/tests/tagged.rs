@@ -114,6 +114,7 @@ fn adds_to_a_tagged_buffer_are_rejected() {
         cols: 4,
         inter: 2,
         out: x,
+        carry: None,
     };
     let t = s.add_task_with_footprint("L0.mlp", op);
     s.tasks[t.index()].writes = std::mem::take(&mut s.tasks[t.index()].adds);
@@ -353,13 +354,18 @@ fn lowered_tagged_schedules_verify() {
         }
         let e = errors(&m);
         assert!(e.iter().all(|x| matches!(x, VerifyError::Race { .. })), "{e:?}");
-        let raced = |buffer: &str, copy: &str| {
+        // (The output projection adds to resid.1; the MLP carries it into the zeroed resid.2.)
+        let raced = |buffer: &str, copy: &str, adder: &str| {
             e.iter().any(|x| {
                 matches!(x, VerifyError::Race { buffer: b, first, second }
-                if b == buffer && first.task == copy && second.task.starts_with("L0.o."))
+                if b == buffer && first.task == copy && second.task.starts_with(adder))
             })
         };
-        assert!(raced("resid.1", "L0.resid.mid") && raced("resid.2", "L0.resid.out"), "{e:?}");
+        assert!(
+            raced("resid.1", "L0.resid.mid", "L0.o.")
+                && raced("resid.2", "L0.resid.out", "L0.mlp."),
+            "{e:?}"
+        );
     }
     let mut models = 0;
     for dir in std::fs::read_dir(fixtures.join("tiny")).unwrap() {

@@ -151,6 +151,10 @@ pub fn decode_task(d: &[u32]) -> TaskOp {
             },
             6,
         ),
+        14 => {
+            assert_eq!((d[1], d[2]), (0, 0), "a zero reads no source: {d:?}");
+            (TaskOp::Zero { dst: Region::new(BufferId(d[3]), d[4].into(), d[5].into()) }, 6)
+        }
         2 => (
             TaskOp::Embed {
                 table: BufferId(d[1]),
@@ -328,7 +332,8 @@ pub fn decode_task(d: &[u32]) -> TaskOp {
                     weight: BufferId(d[7]),
                     cols: d[9],
                     weight_cols: d[10],
-                    outs: [BufferId(d[11]), BufferId(d[12])],
+                    out: BufferId(d[11]),
+                    mirror: opt(d[12]),
                 },
                 14,
             )
@@ -373,8 +378,10 @@ pub fn decode_task(d: &[u32]) -> TaskOp {
                     cols: d[10],
                     inter: d[16],
                     out: BufferId(d[11]),
+                    carry: (d[18] != 0)
+                        .then(|| amk_schedule::ops::Carry { first: d[17], len: d[18] }),
                 },
-                17,
+                19,
             )
         }
         10 => {
@@ -429,14 +436,14 @@ pub fn decode_task(d: &[u32]) -> TaskOp {
                 rows: d[8],
                 cols: d[9],
                 logits: BufferId(d[10]),
-                partials: BufferId(d[11]),
-                slot: d[12],
+                io: BufferId(d[11]),
+                advance: {
+                    assert!(d[12] <= 1, "word 12 says whether the task advances: {d:?}");
+                    d[12] == 1
+                },
             },
             13,
         ),
-        7 => {
-            (TaskOp::ArgmaxReduce { partials: BufferId(d[1]), count: d[2], io: BufferId(d[3]) }, 4)
-        }
         8 => {
             let ProjInput::RmsNormed { buffer, len, weight, eps } = input(d) else {
                 panic!("an RMSNORM task's input is always the rms-normed kind: {d:?}")

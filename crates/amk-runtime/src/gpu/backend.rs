@@ -4,7 +4,7 @@ use super::codegen_bridge::{self, CodePlan, Int8Matrix, Transposed, WeightDType}
 use super::driver::{self, check, code_name, DeviceInfo};
 use super::{guarded, nvrtc, GpuError};
 use crate::{Backend, RuntimeError};
-use amk_schedule::ops::{TaskOp, ELEM};
+use amk_schedule::ops::{io, TaskOp, ELEM, IO_BYTES};
 use amk_schedule::schedule::{BufferKind, CounterReset, Schedule};
 use amk_verify::{LaunchFacts, VerifiedSchedule};
 use cudarc::driver::sys;
@@ -380,7 +380,8 @@ pub struct GpuBackend {
     tables: [sys::CUdeviceptr; 6],
     counters: Counters,
     io_dev: sys::CUdeviceptr,
-    /// Pinned {token, position}: written before a launch, read back after it.
+    /// Pinned io words ({token, position, packed next token}, `amk_schedule::ops::io`):
+    /// written before a launch, read back after it.
     io_host: *mut u32,
     logits_dev: Option<(sys::CUdeviceptr, usize)>,
     logits_host: *mut f32,
@@ -390,6 +391,8 @@ pub struct GpuBackend {
     /// Launches are programmatic dependent launches ([`GpuOptions::overlap_launches`] on a
     /// GPU that has them).
     overlap: bool,
+    /// Added to every launch's position hint ([`GpuBackend::skew_position_hints`]).
+    hint_skew: u32,
     max_positions: usize,
     vocab_size: usize,
     /// Why the backend refuses work, after a hang or fault.
@@ -481,12 +484,12 @@ impl GpuBackend {
         };
         let io = find(BufferKind::Io, "io")
             .ok_or_else(|| GpuError::Layout("the schedule has no Io buffer named `io`".into()))?;
-        if plan.buffer_bytes[io] < 8 {
-            return Err(GpuError::Layout(
-                "the `io` buffer is smaller than {token, position}".into(),
-            ));
+        if plan.buffer_bytes[io] < IO_BYTES {
+            return Err(GpuError::Layout(format!(
+                "the `io` buffer is smaller than {{token, position, next token}} ({IO_BYTES} bytes)"
+            )));
         }
-        let (io_host, _) = gpu.host_alloc(8, false)?;
+        let (io_host, _) = gpu.host_alloc(IO_BYTES as usize, false)?;
         let logits_dev = match find(BufferKind::Logits, "logits") {
             Some(i) if options.read_logits => {
                 Some((addresses[i], (plan.buffer_bytes[i] / 4) as usize))
@@ -580,6 +583,7 @@ impl GpuBackend {
             has_logits: false,
             launches: 0,
             overlap,
+            hint_skew: 0,
             max_positions: model.config.max_position_embeddings.min(cache_positions),
             vocab_size: model.config.vocab_size,
             wedged: None,
@@ -623,22 +627,11 @@ impl GpuBackend {
         let epoch = launch as u32;
         let stream = self.stream;
         self.zero_reset_counters()?;
-        // SAFETY: `io_host` is pinned memory of 8 bytes; no copy is in flight.
-        unsafe {
-            self.io_host.write(token);
-            self.io_host.add(1).write(position);
-        }
-        // SAFETY: pinned source of 8 bytes; the io buffer holds at least 8.
-        check("cuMemcpyHtoDAsync (io)", unsafe {
-            sys::cuMemcpyHtoDAsync_v2(self.io_dev, self.io_host as *const c_void, 8, stream)
-        })?;
-        self.enqueue_kernel(epoch)?;
+        self.put_io(token, position)?;
+        self.enqueue_kernel(epoch, position)?;
+        self.fetch_io()?;
         // SAFETY: pinned destinations of the sizes copied; the sources are live allocations.
         unsafe {
-            check(
-                "cuMemcpyDtoHAsync (io)",
-                sys::cuMemcpyDtoHAsync_v2(self.io_host as *mut c_void, self.io_dev, 8, stream),
-            )?;
             if let Some((dev, n)) = self.logits_dev {
                 check(
                     "cuMemcpyDtoHAsync (logits)",
@@ -648,8 +641,7 @@ impl GpuBackend {
             check("cuEventRecord", sys::cuEventRecord(self.done, stream))?;
         }
         self.await_done(launch, self.options.watchdog, format!("launch {launch}"))?;
-        // SAFETY: the copies completed; the pinned buffers hold what was copied.
-        let next = unsafe { self.io_host.read() };
+        let next = self.next_token();
         if let Some((_, n)) = self.logits_dev {
             // SAFETY: `logits_host` holds `n` floats, copied back by this launch.
             let src = unsafe { std::slice::from_raw_parts(self.logits_host, n) };
@@ -663,13 +655,17 @@ impl GpuBackend {
     }
 
     /// Queues one launch of the kernel for `epoch` on the backend's stream.
-    fn enqueue_kernel(&mut self, epoch: u32) -> Result<(), GpuError> {
+    /// Queues one launch. `position_hint` is the position the launch is expected to find in
+    /// io: the kernel fills its rope table for it before waiting for the previous launch and
+    /// refills it if io holds another (a wrong hint costs time, never a wrong result).
+    fn enqueue_kernel(&mut self, epoch: u32, position_hint: u32) -> Result<(), GpuError> {
         let stream = self.stream;
         let t = self.tables;
         let mut args: [sys::CUdeviceptr; 7] =
             [t[0], t[1], t[2], t[3], t[4], t[5], self.counters.dev];
         let mut epoch_arg: c_uint = epoch;
-        let mut params: [*mut c_void; 8] = [
+        let mut hint_arg: c_uint = position_hint.wrapping_add(self.hint_skew);
+        let mut params: [*mut c_void; 9] = [
             &mut args[0] as *mut _ as *mut c_void,
             &mut args[1] as *mut _ as *mut c_void,
             &mut args[2] as *mut _ as *mut c_void,
@@ -678,6 +674,7 @@ impl GpuBackend {
             &mut args[5] as *mut _ as *mut c_void,
             &mut args[6] as *mut _ as *mut c_void,
             &mut epoch_arg as *mut _ as *mut c_void,
+            &mut hint_arg as *mut _ as *mut c_void,
         ];
         let (g, b) = (self.plan.grid, self.plan.block);
         if self.overlap {
@@ -750,6 +747,14 @@ impl GpuBackend {
         })
     }
 
+    /// Makes every later launch hint a position `skew` past its real one (0 restores exact
+    /// hints). For the GPU checks: the kernel must find the real position and produce the
+    /// same tokens, only later.
+    #[doc(hidden)]
+    pub fn skew_position_hints(&mut self, skew: u32) {
+        self.hint_skew = skew;
+    }
+
     /// Decodes `tokens` tokens as [`GpuBackend::time_decode`] does (queued, overlapped when
     /// [`GpuOptions::overlap_launches`] applies) and returns the last one: what as many
     /// single launches from the same state return, which is how the GPU checks test that
@@ -802,15 +807,7 @@ impl GpuBackend {
         } else {
             Vec::new()
         };
-        // SAFETY: `io_host` is pinned memory of 8 bytes; no copy is in flight.
-        unsafe {
-            self.io_host.write(token);
-            self.io_host.add(1).write(position);
-        }
-        // SAFETY: pinned source of 8 bytes; the io buffer holds at least 8.
-        check("cuMemcpyHtoDAsync (io)", unsafe {
-            sys::cuMemcpyHtoDAsync_v2(self.io_dev, self.io_host as *const c_void, 8, stream)
-        })?;
+        self.put_io(token, position)?;
         let first = self.launches;
         if let Some(&e) = events.first() {
             // SAFETY: a live event on the backend's stream.
@@ -819,7 +816,8 @@ impl GpuBackend {
         for k in 1..=tokens {
             let epoch = self.launches as u32;
             self.zero_reset_counters()?;
-            self.enqueue_kernel(epoch)?;
+            // Launch k decodes at position + k - 1 (each launch advances it by one).
+            self.enqueue_kernel(epoch, position + (k as u32 - 1))?;
             if timed && (k % TIMING_BATCH == 0 || k == tokens) {
                 // SAFETY: as above.
                 check("cuEventRecord", unsafe {
@@ -827,15 +825,9 @@ impl GpuBackend {
                 })?;
             }
         }
-        // SAFETY: pinned destination of 8 bytes; the io buffer is a live allocation; the
-        // events are live.
-        unsafe {
-            check(
-                "cuMemcpyDtoHAsync (io)",
-                sys::cuMemcpyDtoHAsync_v2(self.io_host as *mut c_void, self.io_dev, 8, stream),
-            )?;
-            check("cuEventRecord", sys::cuEventRecord(self.done, stream))?;
-        }
+        self.fetch_io()?;
+        // SAFETY: a live event on the backend's stream.
+        check("cuEventRecord", unsafe { sys::cuEventRecord(self.done, stream) })?;
         let watchdog = self.options.watchdog.saturating_mul(tokens as u32);
         let last = self.launches - 1;
         self.await_done(last, watchdog, format!("launches {first}..{}", self.launches))?;
@@ -852,12 +844,50 @@ impl GpuBackend {
         for e in events {
             self.gpu.destroy_event(e);
         }
-        // SAFETY: the copy completed; the pinned buffer holds what was copied.
-        let next = unsafe { self.io_host.read() };
+        let next = self.next_token();
         if next as usize >= self.vocab_size {
             return Err(GpuError::BadToken { token: next, vocab_size: self.vocab_size });
         }
         Ok((times, next))
+    }
+
+    /// Queues the copy of the step's input into the io buffer: its position, and the token as
+    /// the packed next token the embedding reads (`amk_schedule::ops::io`).
+    fn put_io(&mut self, token: u32, position: u32) -> Result<(), GpuError> {
+        let next = io::pack_input(token);
+        let words = [token, position, next as u32, (next >> 32) as u32];
+        // SAFETY: `io_host` is pinned memory of IO_BYTES (4 words); no copy is in flight.
+        unsafe { std::ptr::copy_nonoverlapping(words.as_ptr(), self.io_host, words.len()) };
+        // SAFETY: pinned source of IO_BYTES; the io buffer holds at least as many.
+        check("cuMemcpyHtoDAsync (io)", unsafe {
+            sys::cuMemcpyHtoDAsync_v2(
+                self.io_dev,
+                self.io_host as *const c_void,
+                IO_BYTES as usize,
+                self.stream,
+            )
+        })
+    }
+
+    /// Queues the copy of the io buffer back to the host, after the launches queued before.
+    fn fetch_io(&mut self) -> Result<(), GpuError> {
+        // SAFETY: pinned destination of IO_BYTES; the io buffer is a live allocation as large.
+        check("cuMemcpyDtoHAsync (io)", unsafe {
+            sys::cuMemcpyDtoHAsync_v2(
+                self.io_host as *mut c_void,
+                self.io_dev,
+                IO_BYTES as usize,
+                self.stream,
+            )
+        })
+    }
+
+    /// The next token in the io words [`Self::fetch_io`] copied back (once that completed).
+    fn next_token(&self) -> u32 {
+        let at = (io::NEXT / 4) as usize;
+        // SAFETY: `io_host` holds IO_BYTES (4 words); the copy back has completed.
+        let (lo, hi) = unsafe { (self.io_host.add(at).read(), self.io_host.add(at + 1).read()) };
+        io::next_token(u64::from(lo) | (u64::from(hi) << 32))
     }
 
     /// The timestamps (ns, `%globaltimer`) the last launch of a traced kernel recorded: worker

@@ -9,10 +9,10 @@
 #define AMK_MAX_HEAD_DIM 16
 #define AMK_MLP_ROWS 16
 #define AMK_WORKERS 4
-#define AMK_TASKS 115
-#define AMK_COUNTERS 19
-#define AMK_BUFFERS 34
-#define AMK_WORKER_WORDS 1447
+#define AMK_TASKS 114
+#define AMK_COUNTERS 17
+#define AMK_BUFFERS 33
+#define AMK_WORKER_WORDS 1441
 #define AMK_STAGE_BYTES 38400
 #define AMK_TRACE 0
 #define AMK_QUERY_ATTENTION 0
@@ -68,13 +68,13 @@
 #define AMK_TASK_GATED_UP 4u
 #define AMK_TASK_ATTENTION 5u
 #define AMK_TASK_HEAD_ARGMAX 6u
-#define AMK_TASK_ARGMAX_REDUCE 7u
 #define AMK_TASK_RMSNORM 8u
 #define AMK_TASK_GATED_MLP 9u
 #define AMK_TASK_ATTENTION_OUT 10u
 #define AMK_TASK_QUERY_ATTENTION 11u
 #define AMK_TASK_APPEND_KV 12u
 #define AMK_TASK_HEAD_OUT 13u
+#define AMK_TASK_ZERO 14u
 
 // A projection input (5 words at IN): kind (0 vector, 1 rms-normed, 2 attention partials),
 // buffer, len, norm weight buffer (or AMK_NONE) / parts per head, eps as f32 bits / head_dim;
@@ -119,7 +119,8 @@
 // GATED_MLP:     1..13 as GATED_UP, with 11 the buffer its down projection adds into
 //                (out[0..cols], atomic f32 adds), 14 down weight held transposed
 //                ([inter, cols]: the task's rows of it are contiguous), 15 down scales (one
-//                per output element), 16 inter
+//                per output element), 16 inter, 17 and 18 the first and the number of input
+//                elements (as loaded, before the norm) the task also adds into 11 (0: none)
 // ATTENTION:     1 q, 2 head, 3 kv_head, 4 head_dim, 5 max_positions, 6 k cache, 7 v cache,
 //                8 io, 9 out (attention partials), 10 sliding window in positions (0 = none),
 //                11 part, 12 parts, 13 the current row's key/value buffer (or AMK_NONE: the
@@ -138,15 +139,16 @@
 // HEAD_OUT:      1 attention partials, 2 head, 3 head_dim, 4 parts, 5 first dimension, 6
 //                dimensions, 7 the output-projection weight held transposed ([weight_cols,
 //                cols]: the head's dimensions' rows of it are contiguous), 8 its scales (one
-//                per output), 9 cols, 10 weight_cols, 11 and 12 the two buffers the share is
-//                added to (out[0..cols], atomic f32 adds), 13 a bias added to both too (or
-//                AMK_NONE)
-// HEAD_ARGMAX:   1..5 input, 6 weight, 7 first_row, 8 rows, 9 cols, 10 logits, 11 partials,
-//                12 slot, 13 weight scales
-// ARGMAX_REDUCE: 1 partials, 2 count, 3 io
+//                per output), 9 cols, 10 weight_cols, 11 the buffer the share is added to
+//                (out[0..cols], atomic f32 adds), 12 a second one that receives the same adds
+//                (or AMK_NONE), 13 a bias added to both too (or AMK_NONE)
+// HEAD_ARGMAX:   1..5 input, 6 weight, 7 first_row, 8 rows, 9 cols, 10 logits, 11 io (its
+//                packed next token takes the rows' maximum, atomic u64 max), 12 1 if it also
+//                advances the position, 13 weight scales
+// ZERO:          3 buffer, 4 byte offset, 5 bytes (as COPY's destination)
 // RMSNORM:       1..5 input (always the rms-normed kind), 6 out
-// Caches are laid out [num_kv_heads, max_positions, head_dim]; io is {token, position};
-// an argmax partial is {f32 value, u32 index}; attention partials are [heads][parts][head_dim + 2]
+// Caches are laid out [num_kv_heads, max_positions, head_dim]; io is {token, position, next
+// token as a packed argmax (u64)}; attention partials are [heads][parts][head_dim + 2]
 // entries {m, l, acc[head_dim]} (see amk-schedule's TaskOp::Attention).
 
 // ---- kernels/megakernel.cuh ----
@@ -186,12 +188,13 @@
 // Memory: weights are read through L1 (staged tiles from shared memory); activations written
 // by other blocks in this launch are read with __ldcg (L2, bypassing a possibly stale L1). A
 // block barrier precedes each signal's release increment (cumulative, GPU scope), and the
-// waiting thread's acquire load is followed by a block barrier, so a consumer block sees
+// waiting thread's acquire (a relaxed poll then `fence.acquire.gpu` on sm_90 and later, an
+// acquire-load poll before) is followed by a block barrier, so a consumer block sees
 // everything its producers wrote.
 
 // Ablation, for measuring where time goes (never in a shipped kernel: the runtime defines it
 // only when the AMK_ABLATE environment variable is set, and results are then wrong): bit 0
-// skips every task body but the embedding and the argmax, bit 1 attention, bit 2 the LM
+// skips every task body but the embedding, bit 1 attention, bit 2 the LM
 // head's tiles, bit 3 projections (head-split ones too), gate/up and fused MLPs, bit 4 their input loads, bit 5
 // everything of theirs after the input load, bit 6 the wait for a staged tile's copy; bit 7
 // stages weights with L2's normal eviction priority, bit 8 leaves out the L1 prefetch of small
@@ -690,17 +693,39 @@ __device__ __forceinline__ float amk_rope_inv_freq(const u32* d, u32 i, u32 head
 }
 
 // cos and sin of pos * frequency for the last rope configuration seen (words 12, 13, 14,
-// 23..27 are its key) at this launch's position, which no task changes before the argmax:
+// 23..27 are its key) at this launch's position, which no task changes before the LM head:
 // every layer's q and k share one, so a block computes it once per launch.
 __shared__ float amk_cos_tab[(AMK_MAX_HEAD_DIM + 1) / 2];
 __shared__ float amk_sin_tab[(AMK_MAX_HEAD_DIM + 1) / 2];
 __shared__ u32 amk_inv_key[8];
+// The frequencies of the configuration whose key is amk_freq_key: they do not depend on the
+// position, so the kernel computes them before it waits for the previous launch.
+__shared__ float amk_freq_tab[(AMK_MAX_HEAD_DIM + 1) / 2];
+__shared__ u32 amk_freq_key[8];
 
-// The table's fill, out of line: its double-precision math is cold code (once per launch).
+__device__ __forceinline__ bool amk_rope_key_is(const u32* key, const u32* d) {
+    bool same = true;
+#pragma unroll
+    for (int k = 0; k < 8; ++k) same &= key[k] == d[k < 3 ? 12 + k : 20 + k];
+    return same;
+}
+
+// The frequencies' fill, out of line: its double-precision math is cold code (once per
+// launch, off the path: the kernel's prologue runs it).
+__device__ __noinline__ void amk_rope_freq_fill(const u32* d, u32 hd, double theta) {
+    __syncthreads();
+    for (u32 i = threadIdx.x; i < hd / 2; i += AMK_BLOCK_THREADS) amk_freq_tab[i] = amk_rope_inv_freq(d, i, hd, theta);
+    if (threadIdx.x < 8) amk_freq_key[threadIdx.x] = d[threadIdx.x < 3 ? 12 + threadIdx.x : 20 + threadIdx.x];
+    __syncthreads();
+}
+
+// The table's fill at this launch's position, from the frequencies (filled first if they
+// are another configuration's).
 __device__ __noinline__ void amk_rope_table_fill(const u32* d, u32 hd, double theta, u32 pos) {
+    if (!amk_rope_key_is(amk_freq_key, d)) amk_rope_freq_fill(d, hd, theta);  // uniform
     __syncthreads();
     for (u32 i = threadIdx.x; i < hd / 2; i += AMK_BLOCK_THREADS) {
-        const float ang = (float)pos * amk_rope_inv_freq(d, i, hd, theta);
+        const float ang = (float)pos * amk_freq_tab[i];
         amk_cos_tab[i] = cosf(ang);
         amk_sin_tab[i] = sinf(ang);
     }
@@ -1037,7 +1062,8 @@ __device__ __forceinline__ void amk_down_add(const amk_w* w, const float* sc, u3
 // HEAD_OUT: head `head`'s output for its dimensions first..first + dims, combined from its
 // parts as the CPU reference does (one round trip: each of those threads loads every part's
 // (m, l) and its accumulator together), into `ys`; then those dimensions' rows of the
-// transposed output projection times them (and a bias), added into both outputs. Out of line: the
+// transposed output projection times them (and a bias), added into its output (and the mirror,
+// when word 12 names one). Out of line: the
 // default schedule has no such task, and its kernel stays small.
 __device__ __noinline__ void amk_head_out(const u32* d, const u64* buffers, float* ys, const amk_w* staged) {
     const float* src = reinterpret_cast<const float*>(buffers[d[1]]);
@@ -1073,14 +1099,14 @@ __device__ __noinline__ void amk_head_out(const u32* d, const u64* buffers, floa
     __syncthreads();
     const amk_w* w = staged ? staged : reinterpret_cast<const amk_w*>(buffers[d[7]]) + ((u64)head * hd + first) * cols;
     float* out0 = reinterpret_cast<float*>(buffers[d[11]]);
-    float* out1 = reinterpret_cast<float*>(buffers[d[12]]);
+    float* out1 = d[12] == AMK_NONE ? nullptr : reinterpret_cast<float*>(buffers[d[12]]);
     amk_down_add(w, amk_scales(buffers, d[7], d[8]), dims, cols, ys, out0, out1);
     if (d[13] != AMK_NONE) {
         const amk_v* bias = reinterpret_cast<const amk_v*>(buffers[d[13]]);
         for (u32 o = threadIdx.x; o < cols; o += AMK_BLOCK_THREADS) {
             const float b = amk_vload(bias, o);
             atomicAdd(out0 + o, b);
-            atomicAdd(out1 + o, b);
+            if (out1) atomicAdd(out1 + o, b);
         }
     }
 }
@@ -1101,11 +1127,19 @@ __device__ void amk_gated(const u32* d, const u64* buffers, float* x, float* scr
     const amk_w* gate = staged ? staged - skip : reinterpret_cast<const amk_w*>(buffers[d[6]]);
     const amk_w* up = staged ? staged + tile - skip : reinterpret_cast<const amk_w*>(buffers[d[7]]);
     float* act = x + AMK_XFLOATS;  // AMK_SMEM_X_ACT: a fused MLP's activations follow x
+    // The carry (words 17, 18): input elements as loaded (x holds them times the norm weight),
+    // read again here so the load overlaps the dot products, and added beside the down share.
+    const float* src = reinterpret_cast<const float*>(buffers[d[2]]);
+    const u32 cfirst = d[17], clen = mlp ? d[18] : 0u;
+    const float carried = threadIdx.x < clen ? __ldcg(src + cfirst + threadIdx.x) : 0.f;
     amk_gated_rows(gate, up, gs, us, first, rows, cols, x, inv, mlp ? act - first : out);
     if (!mlp) return;
     __syncthreads();
     const amk_w* down = staged ? staged + 2 * tile : reinterpret_cast<const amk_w*>(buffers[d[14]]) + skip;
     amk_down_add(down, amk_scales(buffers, d[14], d[15]), rows, cols, act, out, nullptr);
+    if (threadIdx.x < clen) atomicAdd(out + cfirst + threadIdx.x, carried);
+    for (u32 i = threadIdx.x + AMK_BLOCK_THREADS; i < clen; i += AMK_BLOCK_THREADS)
+        atomicAdd(out + cfirst + i, __ldcg(src + cfirst + i));
 }
 
 // The cache rows [a, b) that part `part` of `parts` covers of rows start..npos: chunks of
@@ -1388,13 +1422,17 @@ __device__ __forceinline__ void amk_head_rows(const amk_w* w, const float* sc, u
     }
 }
 
+// HEAD_ARGMAX: its rows' logits, stored, and their maximum folded into io's packed next token
+// (words 2-3, amk_schedule::ops::io) with one 64-bit atomic max: the high word is the f32
+// made to sort as unsigned (-0 as +0), the low word the index's complement, so the largest
+// value wins and the lowest index among equal ones. NaN never wins. Word 12 set: also writes
+// position + 1. The launch ends with these tasks; the next one's embedding reads the token.
 __device__ void amk_head_argmax(const u32* d, const u64* buffers, float* x, float* scratch,
                                 const amk_w* staged) {
     const float inv = amk_load_input(d, buffers, x, scratch);
     const u32 first = d[7], rows = d[8], cols = d[9];
     float* logits = reinterpret_cast<float*>(buffers[d[10]]);
-    u32* partials = reinterpret_cast<u32*>(buffers[d[11]]);
-    const u32 slot = d[12];
+    u32* io = reinterpret_cast<u32*>(buffers[d[11]]);
     float bv = AMK_NEG_INF;
     u32 bi = 0xFFFFFFFFu;
     const float* sc = amk_scales(buffers, d[6], d[13]);
@@ -1402,24 +1440,13 @@ __device__ void amk_head_argmax(const u32* d, const u64* buffers, float* x, floa
     amk_head_rows(w, sc, first, rows, cols, x, inv, logits, bv, bi);
     amk_block_argmax(bv, bi, scratch);
     if (threadIdx.x == 0) {
-        partials[2 * slot] = __float_as_uint(bv);
-        partials[2 * slot + 1] = bi;
-    }
-}
-
-__device__ void amk_argmax_reduce(const u32* d, const u64* buffers, float* scratch) {
-    const u32* partials = reinterpret_cast<const u32*>(buffers[d[1]]);
-    const u32 count = d[2];
-    u32* io = reinterpret_cast<u32*>(buffers[d[3]]);
-    float bv = AMK_NEG_INF;
-    u32 bi = 0xFFFFFFFFu;
-    for (u32 s = threadIdx.x; s < count; s += AMK_BLOCK_THREADS)
-        amk_better(bv, bi, __uint_as_float(__ldcg(partials + 2 * s)), __ldcg(partials + 2 * s + 1));
-    amk_block_argmax(bv, bi, scratch);
-    if (threadIdx.x == 0) {
-        const u32 pos = __ldcg(io + 1);
-        io[0] = bi == 0xFFFFFFFFu ? 0u : bi;
-        io[1] = pos + 1;
+        if (bi != 0xFFFFFFFFu && bv == bv) {
+            const u32 b = __float_as_uint(bv + 0.0f);
+            const u32 key = (b >> 31) ? ~b : (b | 0x80000000u);
+            atomicMax(reinterpret_cast<unsigned long long*>(io + 2),
+                      ((unsigned long long)key << 32) | (unsigned long long)~bi);
+        }
+        if (d[12]) io[1] = __ldcg(io + 1) + 1u;
     }
 }
 
@@ -1433,11 +1460,23 @@ __device__ void amk_rms_norm(const u32* d, const u64* buffers, float* x, float* 
 __device__ void amk_embed(const u32* d, const u64* buffers) {
     const amk_w* table = reinterpret_cast<const amk_w*>(buffers[d[1]]);
     const u32 hidden = d[2];
-    const u32* io = reinterpret_cast<const u32*>(buffers[d[3]]);
+    u32* io = reinterpret_cast<u32*>(buffers[d[3]]);
     float* out = reinterpret_cast<float*>(buffers[d[4]]);
-    const u32 token = __ldcg(io);
+    // The previous step's packed argmax (or the host's token); cleared for this step's.
+    const u32 low = __ldcg(io + 2), token = low ? ~low : 0u;
+    __syncthreads();  // every thread has read it before thread 0 clears it
+    if (threadIdx.x == 0) {
+        io[0] = token;
+        io[2] = 0u;
+        io[3] = 0u;
+    }
     const float scale = amk_scale(amk_scales(buffers, d[1], d[5]), token);
     for (u32 i = threadIdx.x; i < hidden; i += AMK_BLOCK_THREADS) out[i] = amk_wload(table, (u64)token * hidden + i) * scale;
+}
+
+__device__ void amk_zero(const u32* d, const u64* buffers) {
+    u32* dst = reinterpret_cast<u32*>(buffers[d[3]] + d[4]);
+    for (u32 i = threadIdx.x; i < d[5] / 4; i += AMK_BLOCK_THREADS) dst[i] = 0u;
 }
 
 __device__ void amk_copy(const u32* d, const u64* buffers) {
@@ -1609,12 +1648,18 @@ __device__ __forceinline__ u64 amk_globaltimer() {
     return t;
 }
 
-// AMK_ABLATE 16384 and 8192 (timing only, results may be wrong): relaxed polls and relaxed
-// signals, which measure what the acquire and the release fence cost (docs/perf.md).
+// AMK_ABLATE 16384 and 8192 (timing only, results may be wrong): polls without their acquire
+// and relaxed signals, which measure what the acquire and the release fence cost (docs/perf.md).
 __device__ __forceinline__ u32 amk_load_acquire(const u32* p) {
     u32 v;
     if (AMK_ABLATE & 16384) asm volatile("ld.relaxed.gpu.global.u32 %0, [%1];" : "=r"(v) : "l"(p) : "memory");
     else asm volatile("ld.acquire.gpu.global.u32 %0, [%1];" : "=r"(v) : "l"(p) : "memory");
+    return v;
+}
+
+__device__ __forceinline__ u32 amk_load_relaxed(const u32* p) {
+    u32 v;
+    asm volatile("ld.relaxed.gpu.global.u32 %0, [%1];" : "=r"(v) : "l"(p) : "memory");
     return v;
 }
 
@@ -1627,7 +1672,7 @@ extern "C" __global__ void __launch_bounds__(AMK_BLOCK_THREADS, 1)
 amk_megakernel(const u64* __restrict__ gbuffers, const u32* __restrict__ gprogram,
                const u32* __restrict__ worker_start, const u32* __restrict__ gtasks,
                const u32* __restrict__ run_start, const u32* __restrict__ per_launch,
-               u32* counters, u32 epoch) {
+               u32* counters, u32 epoch, u32 position_hint) {
     extern __shared__ __align__(128) float4 amk_smem4[];  // 128-byte aligned: see the layout
     float* smem = reinterpret_cast<float*>(amk_smem4);
     float* scratch = smem + AMK_SMEM_SCRATCH_OFFSET;
@@ -1649,11 +1694,12 @@ amk_megakernel(const u64* __restrict__ gbuffers, const u32* __restrict__ gprogra
         if ((w0 >> AMK_OP_SHIFT) == AMK_OP_WAIT)
             program[AMK_INSTR_WORDS * k + 1] += epoch * per_launch[w0 & AMK_ID_MASK];
     }
-    if (threadIdx.x < 8) amk_inv_key[threadIdx.x] = 0u;  // no rope table yet (head_dim 0)
+    if (threadIdx.x < 8) amk_inv_key[threadIdx.x] = amk_freq_key[threadIdx.x] = 0u;  // none yet (head_dim 0)
     if (threadIdx.x == 0) amk_nvec_src = 0ull;
     if (AMK_TAGGED && threadIdx.x == 0) amk_tag = epoch + 1u;
-    // The first rotated projection's descriptor: its rope table is filled at the first wait,
-    // off the path of the task itself (the fill's double-precision math takes microseconds).
+    // The first rotated projection's descriptor: its rope table is filled in the prologue at
+    // the hinted position and checked at the first wait (or before the first task, when no
+    // wait comes first), off the path of the task itself.
     const u32* rope_d = nullptr;
     for (u32 k = 0; k < runs && !rope_d; ++k) {
         const u32* rd = tasks + AMK_TASK_WORDS * k;
@@ -1685,8 +1731,16 @@ amk_megakernel(const u64* __restrict__ gbuffers, const u32* __restrict__ gprogra
             ++scan;
         }
     };
-    refill();
+    // No tile is staged here: the first wait stages them. Copies issued while the previous
+    // launch streams its LM head measured slower (docs/perf.md, tenth pass).
 #endif
+    // The rope table at the position the host expects this launch to have (the table is
+    // checked against the real one at the first wait, after the previous launch): its math,
+    // cold code, then runs while the previous launch finishes. The barrier publishes the
+    // zeroed keys above first: every thread must see them before it decides (uniformly)
+    // whether to fill; shared memory may still hold an earlier block's keys.
+    __syncthreads();
+    if (rope_d) amk_rope_table_fill(rope_d, rope_d[12], __hiloint2double((int)rope_d[14], (int)rope_d[13]), position_hint);
     __syncthreads();
 #if __CUDA_ARCH__ >= 900
     // Everything above reads only what the host wrote before the first launch, and weights.
@@ -1699,6 +1753,16 @@ amk_megakernel(const u64* __restrict__ gbuffers, const u32* __restrict__ gprogra
     asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
     asm volatile("griddepcontrol.wait;" ::: "memory");
 #endif
+    // The rope table against this launch's position: refilled if the hint was wrong. The
+    // position cannot change before this worker's rotated task has run; every thread reads
+    // the same word, so the branch is uniform.
+    auto check_rope = [&]() {
+        if (!rope_d) return;
+        const u32 pos = __ldcg(reinterpret_cast<const u32*>(buffers[rope_d[15]]) + 1);
+        if (pos != position_hint)
+            amk_rope_table_fill(rope_d, rope_d[12], __hiloint2double((int)rope_d[14], (int)rope_d[13]), pos);
+        rope_d = nullptr;
+    };
     for (u32 i = 0; i < count; ++i) {
 #if AMK_TRACE
         if (threadIdx.x == 0) trace[first + i] = amk_globaltimer();
@@ -1706,6 +1770,7 @@ amk_megakernel(const u64* __restrict__ gbuffers, const u32* __restrict__ gprogra
         const u32 w0 = program[AMK_INSTR_WORDS * i], w1 = program[AMK_INSTR_WORDS * i + 1];
         const u32 op = w0 >> AMK_OP_SHIFT, id = w0 & AMK_ID_MASK;
         if (op == AMK_OP_RUN) {
+            check_rope();  // a task before any wait (nothing when a wait came first)
             const u32* d = tasks + AMK_TASK_WORDS * w1;
             const amk_w* staged = nullptr;
 #if AMK_STAGE_BYTES > 0
@@ -1732,7 +1797,7 @@ amk_megakernel(const u64* __restrict__ gbuffers, const u32* __restrict__ gprogra
             }
 #endif
             const u32 kind = d[0];
-            const bool skip = ((AMK_ABLATE & 1) && kind != AMK_TASK_EMBED && kind != AMK_TASK_ARGMAX_REDUCE)
+            const bool skip = ((AMK_ABLATE & 1) && kind != AMK_TASK_EMBED)
                 || ((AMK_ABLATE & 2) && (kind == AMK_TASK_ATTENTION || kind == AMK_TASK_ATTENTION_OUT)) || ((AMK_ABLATE & 4) && kind == AMK_TASK_HEAD_ARGMAX)
                 || ((AMK_ABLATE & 8) && (kind == AMK_TASK_PROJECTION || kind == AMK_TASK_GATED_UP || kind == AMK_TASK_HEAD_OUT
                                          || kind == AMK_TASK_GATED_MLP));
@@ -1750,9 +1815,9 @@ amk_megakernel(const u64* __restrict__ gbuffers, const u32* __restrict__ gprogra
                 case AMK_TASK_APPEND_KV: amk_append_kv(d, buffers); break;
 #endif
                 case AMK_TASK_HEAD_ARGMAX: amk_head_argmax(d, buffers, smem, scratch, staged); break;
-                case AMK_TASK_ARGMAX_REDUCE: amk_argmax_reduce(d, buffers, scratch); break;
                 case AMK_TASK_EMBED: amk_embed(d, buffers); break;
                 case AMK_TASK_COPY: amk_copy(d, buffers); break;
+                case AMK_TASK_ZERO: amk_zero(d, buffers); break;
                 case AMK_TASK_RMSNORM: amk_rms_norm(d, buffers, smem, scratch); break;
                 default: break;
             }
@@ -1772,12 +1837,7 @@ amk_megakernel(const u64* __restrict__ gbuffers, const u32* __restrict__ gprogra
 #if AMK_STAGE_BYTES > 0
             refill();
 #endif
-            if (rope_d) {
-                // The position cannot change before this worker's rotated task has run.
-                const u32 pos = __ldcg(reinterpret_cast<const u32*>(buffers[rope_d[15]]) + 1);
-                amk_rope_table(rope_d, rope_d[12], __hiloint2double((int)rope_d[14], (int)rope_d[13]), pos);
-                rope_d = nullptr;
-            }
+            check_rope();
             // Before blocking on the next task's inputs: ask L2 for its bytes unless its tile
             // is being staged, and L1 for its small vectors (hints that change no result, only
             // when bytes arrive).
@@ -1798,11 +1858,22 @@ amk_megakernel(const u64* __restrict__ gbuffers, const u32* __restrict__ gprogra
             }
             if (next_d && threadIdx.x >= 32 && !(AMK_ABLATE & 4096)) amk_preload_norm(next_d, buffers);
             if (threadIdx.x == 0) {
-                // w1 is this launch's target (set when the kernel started). Acquire polls: a
-                // relaxed poll with one acquire fence after it measured slower (the fence), and
-                // lane 0 of several warps polling in turn measured no faster (docs/perf.md).
+                // w1 is this launch's target (set when the kernel started). On sm_90 and later
+                // the poll is relaxed and one acquire fence follows it: `ld.acquire.gpu`
+                // compiles to a strong load and an L1 invalidation (`CCTL.IVALL`) on every
+                // iteration, `fence.acquire.gpu` (PTX 8.6) to that invalidation alone, once;
+                // a strong read followed by an acquire fence is PTX's acquire pattern, so the
+                // counter's releases still synchronize with it (8 us a step, docs/perf.md).
+                // `fence.acq_rel.gpu` instead measured slower (it is a full MEMBAR), and lane 0
+                // of several warps polling in turn measured no faster.
+#if __CUDA_ARCH__ >= 900
+                while ((int)(amk_load_relaxed(counters + id) - w1) < 0) {
+                }
+                if (!(AMK_ABLATE & 16384)) asm volatile("fence.acquire.gpu;" ::: "memory");
+#else
                 while ((int)(amk_load_acquire(counters + id) - w1) < 0) {
                 }
+#endif
             }
             __syncthreads();
         }
