@@ -17,6 +17,12 @@ fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures")
 }
 
+/// A JSON file of the fixture directory, parsed.
+fn json(dir: &Path, name: &str) -> serde_json::Value {
+    let bytes = std::fs::read(dir.join(name)).unwrap_or_else(|e| panic!("{name}: {e}"));
+    serde_json::from_slice(&bytes).unwrap_or_else(|e| panic!("{name} does not parse: {e}"))
+}
+
 /// The knobs a log records, with the knobs added after it (absent from it) off, as it ran.
 fn as_ran(knobs: &serde_json::Value, later: &[&str]) -> ScheduleConfig {
     let mut knobs = knobs.clone();
@@ -34,27 +40,21 @@ fn the_default_schedule_is_the_searched_best() {
     let best = ScheduleConfig::from_ron(&knobs).expect("knobs.ron parses");
     assert_eq!(best, ScheduleConfig::default(), "ScheduleConfig::default() is the search's best");
 
-    let log: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(dir.join("search-log.json")).expect("log"))
-            .expect("search-log.json parses");
+    let log = json(&dir, "search-log.json");
     let (best_ms, default_ms) = (&log["best"]["ms_per_token"], &log["default"]["ms_per_token"]);
     // (search-log.json is the first search's; its best was the default until the fused MLP.)
     assert!(best_ms.as_f64() < default_ms.as_f64(), "{best_ms} vs {default_ms}");
 
     // The same search re-run after the kernel changed (confirm-log.json) started from these
     // knobs and found nothing faster: its best is its default, and its default is these knobs.
-    let confirm: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(dir.join("confirm-log.json")).expect("log"))
-            .expect("confirm-log.json parses");
+    let confirm = json(&dir, "confirm-log.json");
     assert_eq!(confirm["best"]["changed"], serde_json::json!({}), "the default stayed the best");
     assert_eq!(confirm["default"]["knobs"], log["best"]["knobs"], "it started from these knobs");
     assert_eq!(confirm["totals"]["wrong_tokens"], 0);
 
     // The search with the fused MLP (fused-log.json) started from the knobs the re-run
     // confirmed, and its best was timed again at the end, faster.
-    let fused: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(dir.join("fused-log.json")).expect("log"))
-            .expect("fused-log.json parses");
+    let fused = json(&dir, "fused-log.json");
     // (The older logs predate `fuse_down`: their knobs ran unfused.)
     let mut start = fused["default"]["knobs"].clone();
     let unfused = start.as_object_mut().and_then(|o| o.remove("fuse_down"));
@@ -67,9 +67,7 @@ fn the_default_schedule_is_the_searched_best() {
 
     // The search with the head-split output projection (head-log.json) started from that
     // best, and its best (timed again at the end, faster) is today's default.
-    let head: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(dir.join("head-log.json")).expect("log"))
-            .expect("head-log.json parses");
+    let head = json(&dir, "head-log.json");
     // (head-log.json predates `head_waits`.)
     let head_start = as_ran(&head["default"]["knobs"], &["head_waits"]);
     assert_eq!(head_start, fused_best, "it started from the fused MLP's best");
@@ -80,9 +78,7 @@ fn the_default_schedule_is_the_searched_best() {
     // The search with per-head waits (waits-log.json) started from that best (the log
     // predates `head_waits`, which it ran without), and its best (timed again at the end,
     // faster) is today's default.
-    let waits: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(dir.join("waits-log.json")).expect("log"))
-            .expect("waits-log.json parses");
+    let waits = json(&dir, "waits-log.json");
     let waits_start: ScheduleConfig =
         serde_json::from_value(waits["default"]["knobs"].clone()).expect("knobs in the log");
     assert_eq!(waits_start, head_best, "it started from the head-split search's best");
@@ -94,9 +90,7 @@ fn the_default_schedule_is_the_searched_best() {
 
     // The re-run after the tenth pass (launch-log.json) started from those knobs and kept
     // them: no candidate beat them by the search's margin.
-    let launch: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(dir.join("launch-log.json")).expect("log"))
-            .expect("launch-log.json parses");
+    let launch = json(&dir, "launch-log.json");
     let launch_start: ScheduleConfig =
         serde_json::from_value(launch["default"]["knobs"].clone()).expect("knobs in the log");
     assert_eq!(launch_start, best, "it started from knobs.ron");
@@ -106,9 +100,7 @@ fn the_default_schedule_is_the_searched_best() {
     assert_eq!(launch["totals"]["wrong_tokens"], 0);
     assert_eq!(launch["totals"]["failed"], 0);
 
-    let cert: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(dir.join("certificate.json")).expect("cert"))
-            .expect("certificate.json parses");
+    let cert = json(&dir, "certificate.json");
     let path = fixtures().join("smollm2-hf/config.json");
     let text = std::fs::read_to_string(&path).expect("config.json");
     let config =
