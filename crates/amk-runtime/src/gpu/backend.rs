@@ -611,8 +611,9 @@ impl GpuBackend {
         &self.plan.source
     }
 
-    /// Runs one decode step: writes io {token, position}, launches the kernel once, waits for
-    /// it under the watchdog and returns the token it wrote back.
+    /// Runs one decode step: writes io (the position, and the token as the packed next token
+    /// the embedding reads), launches the kernel once, waits for it under the watchdog and
+    /// returns the token the LM head's packed argmax names.
     pub fn launch(&mut self, token: u32, position: u32) -> Result<u32, GpuError> {
         if let Some(why) = &self.wedged {
             return Err(GpuError::Wedged(why.clone()));
