@@ -804,10 +804,11 @@ fn place(mut l: Lowerer, config: &ScheduleConfig) -> Schedule {
         let mut in_phase = vec![0u32; w];
         let mut order = phase.tasks.clone();
         if phase.counters.is_empty() && config.assignment == Assignment::RoundRobin {
-            // The step's last phase goes to the last workers: the first ones then finish the
-            // step early, and the next launch's first blocks, which the GPU starts first and
-            // which hold its first tasks, start on their SMs while this launch ends.
-            next_rr = w - order.len().min(w);
+            // The step's last phase goes to the last workers (with more tasks than workers, its
+            // extra round to the last ones): the first ones then finish the step early, and
+            // the next launch's first blocks, which the GPU starts first and which hold its
+            // first tasks, start on their SMs while this launch ends.
+            next_rr = (w - order.len() % w) % w;
         }
         if config.task_order == TaskOrder::LargestFirst {
             // Stable: equal tiles keep their lowered order.

@@ -307,4 +307,24 @@ fn the_mlp_carries_the_residual_and_the_lm_head_ends_the_step() {
         }
     }
     assert!(s.counter_by_name("argmax.done").is_none() && s.counter_by_name("head.done").is_none());
+
+    // More tiles than workers: the extra round goes to the last workers.
+    let s =
+        lower(&g, &ScheduleConfig { workers: 12, head_rows: 16, ..Default::default() }).unwrap();
+    let tiles: Vec<usize> = s
+        .workers
+        .iter()
+        .map(|w| {
+            w.instrs
+                .iter()
+                .filter(|i| {
+                    matches!(i, Instr::Run(t)
+                        if matches!(s.tasks[t.index()].op, TaskOp::HeadArgmax { .. }))
+                })
+                .count()
+        })
+        .collect();
+    let n = (g.config.vocab_size as usize).div_ceil(16);
+    assert!(n % 12 != 0 && tiles.iter().sum::<usize>() == n, "{tiles:?}");
+    assert!(tiles.windows(2).all(|p| p[0] <= p[1]) && tiles[0] < tiles[11], "{tiles:?}");
 }
