@@ -324,7 +324,7 @@ fn the_mlp_carries_the_residual_and_the_lm_head_ends_the_step() {
                 .count()
         })
         .collect();
-    let n = (g.config.vocab_size as usize).div_ceil(16);
+    let n = g.config.vocab_size.div_ceil(16);
     assert!(n % 12 != 0 && tiles.iter().sum::<usize>() == n, "{tiles:?}");
     assert!(tiles.windows(2).all(|p| p[0] <= p[1]) && tiles[0] < tiles[11], "{tiles:?}");
 }
