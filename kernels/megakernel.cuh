@@ -19,8 +19,8 @@
 //
 // Weight staging: weights do not depend on activations, so each worker copies the weight tiles
 // of its next two stageable tasks (projection, gated-up, fused-MLP and LM-head tiles of at most
-// AMK_STAGE_BYTES) into shared memory with cp.async as soon as a slot is free, i.e. before it
-// waits for those tasks' inputs. The weight stream then runs under the sync latency, and a
+// AMK_STAGE_BYTES) into shared memory with cp.async at each wait while a slot is free, i.e.
+// before it waits for those tasks' inputs. The weight stream then runs under the sync latency, and a
 // task's dot products read shared memory. Tasks whose tile does not fit read global memory.
 //
 // Control data lives in shared memory: when the kernel starts, each block copies its own
@@ -549,10 +549,15 @@ __shared__ u32 amk_inv_key[8];
 __shared__ float amk_freq_tab[(AMK_MAX_HEAD_DIM + 1) / 2];
 __shared__ u32 amk_freq_key[8];
 
+// Word k of a rope configuration's key: a projection's words 12, 13, 14 and 23..27.
+__device__ __forceinline__ u32 amk_rope_key_word(const u32* d, u32 k) {
+    return d[k < 3 ? 12 + k : 20 + k];
+}
+
 __device__ __forceinline__ bool amk_rope_key_is(const u32* key, const u32* d) {
     bool same = true;
 #pragma unroll
-    for (int k = 0; k < 8; ++k) same &= key[k] == d[k < 3 ? 12 + k : 20 + k];
+    for (u32 k = 0; k < 8; ++k) same &= key[k] == amk_rope_key_word(d, k);
     return same;
 }
 
@@ -561,7 +566,7 @@ __device__ __forceinline__ bool amk_rope_key_is(const u32* key, const u32* d) {
 __device__ __noinline__ void amk_rope_freq_fill(const u32* d, u32 hd, double theta) {
     __syncthreads();
     for (u32 i = threadIdx.x; i < hd / 2; i += AMK_BLOCK_THREADS) amk_freq_tab[i] = amk_rope_inv_freq(d, i, hd, theta);
-    if (threadIdx.x < 8) amk_freq_key[threadIdx.x] = d[threadIdx.x < 3 ? 12 + threadIdx.x : 20 + threadIdx.x];
+    if (threadIdx.x < 8) amk_freq_key[threadIdx.x] = amk_rope_key_word(d, threadIdx.x);
     __syncthreads();
 }
 
@@ -575,16 +580,13 @@ __device__ __noinline__ void amk_rope_table_fill(const u32* d, u32 hd, double th
         amk_cos_tab[i] = cosf(ang);
         amk_sin_tab[i] = sinf(ang);
     }
-    if (threadIdx.x < 8) amk_inv_key[threadIdx.x] = d[threadIdx.x < 3 ? 12 + threadIdx.x : 20 + threadIdx.x];
+    if (threadIdx.x < 8) amk_inv_key[threadIdx.x] = amk_rope_key_word(d, threadIdx.x);
     __syncthreads();
 }
 
 __device__ __forceinline__ void amk_rope_table(const u32* d, u32 hd, double theta, u32 pos) {
-    const u32 words[8] = {d[12], d[13], d[14], d[23], d[24], d[25], d[26], d[27]};
-    bool same = true;
-#pragma unroll
-    for (int k = 0; k < 8; ++k) same &= amk_inv_key[k] == words[k];
-    if (!same) amk_rope_table_fill(d, hd, theta, pos);  // uniform: every thread read the same words
+    // Uniform: every thread reads the same words.
+    if (!amk_rope_key_is(amk_inv_key, d)) amk_rope_table_fill(d, hd, theta, pos);
 }
 
 __device__ __forceinline__ bool amk_accumulates(u32 out_kind) {
@@ -1558,7 +1560,7 @@ amk_megakernel(const u64* __restrict__ gbuffers, const u32* __restrict__ gprogra
     __syncthreads();
     // Staging queue: the instruction indices of up to two staged tasks, oldest first; slot of
     // the k-th tile staged is k % 2. `scan` is the next instruction to consider for staging.
-    // Slots are refilled at waits (and here), so issuing copies never delays a signal.
+    // Slots are refilled at waits, so issuing copies never delays a signal.
     char* slots = reinterpret_cast<char*>(smem + AMK_SMEM_STAGE_OFFSET);
     u32 queue[2];
     u32 queued = 0, staged_total = 0, consumed_total = 0, scan = 0;

@@ -53,7 +53,7 @@ pub struct GpuArgs {
     #[arg(long)]
     pub trace: bool,
     /// Launch each token's kernel only after the previous one has finished, instead of
-    /// overlapping its start (control data, first weight tiles) with the previous launch's
+    /// overlapping its start (control data, the rope table) with the previous launch's
     /// end (programmatic dependent launch, sm_90 and later); for measuring what the overlap
     /// buys.
     #[arg(long)]

@@ -532,6 +532,19 @@ impl TaskCtx<'_> {
         }
     }
 
+    /// Checks a copy's or zero's byte region (its fields named as given): whole words, and an
+    /// end that fits the 32-bit byte offsets the kernel takes.
+    fn word_region(
+        &self,
+        (offset_field, len_field): (&'static str, &'static str),
+        region: Region,
+    ) -> Result<(), CodegenError> {
+        self.multiple(offset_field, "byte offset", region.offset, ELEM)?;
+        self.multiple(len_field, "byte length", region.len, ELEM)?;
+        let end = u128::from(region.offset) + u128::from(region.len);
+        self.fit(len_field, "offset + len bytes", end).map(|_| ())
+    }
+
     /// Whether `b` names a tagged buffer.
     fn tagged(&self, b: BufferId) -> bool {
         self.s.buffers.get(b.index()).is_some_and(|b| b.kind == BufferKind::Tagged)
@@ -943,10 +956,7 @@ impl TaskCtx<'_> {
                         "src" => ("src.offset", "src.len", "src.buffer"),
                         _ => ("dst.offset", "dst.len", "dst.buffer"),
                     };
-                    self.multiple(offset_field, "byte offset", region.offset, ELEM)?;
-                    self.multiple(len_field, "byte length", region.len, ELEM)?;
-                    let end = u128::from(region.offset) + u128::from(region.len);
-                    self.fit(len_field, "offset + len bytes", end)?;
+                    self.word_region((offset_field, len_field), region)?;
                     let kind = self.s.buffers[region.buffer.index()].kind;
                     if kind == BufferKind::Weight && self.dtype == WeightDType::BF16 {
                         return Err(self.rule(
@@ -975,10 +985,7 @@ impl TaskCtx<'_> {
                 use word::copy::*;
                 w[word::KIND] = abi::TASK_ZERO;
                 w[DST] = self.buf("dst.buffer", dst.buffer)?;
-                self.multiple("dst.offset", "byte offset", dst.offset, ELEM)?;
-                self.multiple("dst.len", "byte length", dst.len, ELEM)?;
-                let end = u128::from(dst.offset) + u128::from(dst.len);
-                self.fit("dst.len", "offset + len bytes", end)?;
+                self.word_region(("dst.offset", "dst.len"), dst)?;
                 if self.s.buffers[dst.buffer.index()].kind == BufferKind::Weight {
                     return Err(self.rule("dst.buffer", "zeroes a weight buffer".into()));
                 }

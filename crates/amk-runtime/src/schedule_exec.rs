@@ -403,8 +403,7 @@ impl ScheduleExecutor {
 
     /// The io buffer's packed next token ([`amk_schedule::ops::io`]).
     fn next_word(&self) -> u64 {
-        let w = &self.mem[self.io.index()][(io::NEXT / ELEM) as usize..];
-        u64::from(w[0].to_bits()) | (u64::from(w[1].to_bits()) << 32)
+        unpack_next(&self.mem[self.io.index()][NEXT_AT..])
     }
 }
 
@@ -416,6 +415,19 @@ struct TaskCtx<'a> {
     reads: &'a [Region],
     writes: &'a [Region],
     adds: &'a [Region],
+}
+
+/// The element of the io buffer where its packed next token starts ([`io::NEXT`]).
+const NEXT_AT: usize = (io::NEXT / ELEM) as usize;
+
+/// The packed next token held in two io elements (a little-endian u64 in their bits).
+fn unpack_next(w: &[f32]) -> u64 {
+    u64::from(w[0].to_bits()) | (u64::from(w[1].to_bits()) << 32)
+}
+
+/// `next` as the two io elements that hold it.
+fn pack_next(next: u64) -> [f32; 2] {
+    [f32::from_bits(next as u32), f32::from_bits((next >> 32) as u32)]
 }
 
 /// How a task touches memory, for the check against its declared regions.
@@ -524,16 +536,13 @@ impl TaskCtx<'_> {
 
     /// The io buffer's packed next token, checked as a read.
     fn next(&self, io: BufferId) -> Result<u64, ExecError> {
-        let w = self.read(io, (io::NEXT / ELEM) as usize, 2)?;
-        Ok(u64::from(w[0].to_bits()) | (u64::from(w[1].to_bits()) << 32))
+        Ok(unpack_next(self.read(io, NEXT_AT, 2)?))
     }
 
     /// Stores a packed next token into the io buffer.
     fn store_next(&mut self, io: BufferId, next: u64, touch: Touch) -> Result<(), ExecError> {
-        let first = (io::NEXT / ELEM) as usize;
-        self.check(touch, io, first, 2)?;
-        let w = [f32::from_bits(next as u32), f32::from_bits((next >> 32) as u32)];
-        self.exec.mem[io.index()][first..first + 2].copy_from_slice(&w);
+        self.check(touch, io, NEXT_AT, 2)?;
+        self.exec.mem[io.index()][NEXT_AT..NEXT_AT + 2].copy_from_slice(&pack_next(next));
         Ok(())
     }
 
@@ -988,11 +997,9 @@ impl TaskCtx<'_> {
                     .filter_map(|(i, &v)| io::pack_max(v, first_row + i as u32))
                     .max();
                 if let Some(best) = best {
-                    let first = (io::NEXT / ELEM) as usize;
-                    self.check(Touch::Add, io, first, 2)?;
-                    let w = &self.exec.mem[io.index()][first..first + 2];
-                    let next = u64::from(w[0].to_bits()) | (u64::from(w[1].to_bits()) << 32);
-                    self.store_next(io, next.max(best), Touch::Add)?;
+                    self.check(Touch::Add, io, NEXT_AT, 2)?;
+                    let held = unpack_next(&self.exec.mem[io.index()][NEXT_AT..]);
+                    self.store_next(io, held.max(best), Touch::Add)?;
                 }
                 if advance {
                     let pos = self.position(io)?;
@@ -1027,10 +1034,9 @@ impl Backend for ScheduleExecutor {
 
     fn step(&mut self, token: u32, position: usize) -> Result<u32, RuntimeError> {
         crate::check_step(token, position, self.vocab_size, self.max_positions)?;
-        let (io, next) = (self.io.index(), io::pack_input(token));
-        self.mem[io][(io::POSITION / ELEM) as usize] = f32::from_bits(position as u32);
-        self.mem[io][(io::NEXT / ELEM) as usize] = f32::from_bits(next as u32);
-        self.mem[io][(io::NEXT / ELEM) as usize + 1] = f32::from_bits((next >> 32) as u32);
+        let words = &mut self.mem[self.io.index()];
+        words[(io::POSITION / ELEM) as usize] = f32::from_bits(position as u32);
+        words[NEXT_AT..NEXT_AT + 2].copy_from_slice(&pack_next(io::pack_input(token)));
         let policy = self.next_policy();
         self.launch(policy)?;
         Ok(io::next_token(self.next_word()))

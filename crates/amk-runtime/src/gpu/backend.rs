@@ -44,8 +44,8 @@ pub struct GpuOptions {
     pub device: usize,
     /// Overlap each launch's start with the end of the one before it (programmatic dependent
     /// launch, sm_90 and later; ignored on older GPUs): the next launch's blocks copy their
-    /// control data and stage their first weight tiles as the previous launch's blocks exit,
-    /// and wait for that launch's grid (`griddepcontrol.wait`) before reading anything it
+    /// control data and fill their rope table as the previous launch's blocks exit, and wait
+    /// for that launch's grid (`griddepcontrol.wait`) before reading anything it
     /// wrote.
     pub overlap_launches: bool,
 }
@@ -655,8 +655,7 @@ impl GpuBackend {
         Ok(next)
     }
 
-    /// Queues one launch of the kernel for `epoch` on the backend's stream.
-    /// Queues one launch. `position_hint` is the position the launch is expected to find in
+    /// Queues one launch of the kernel for `epoch` on the backend's stream. `position_hint` is the position the launch is expected to find in
     /// io: the kernel fills its rope table for it before waiting for the previous launch and
     /// refills it if io holds another (a wrong hint costs time, never a wrong result).
     fn enqueue_kernel(&mut self, epoch: u32, position_hint: u32) -> Result<(), GpuError> {
