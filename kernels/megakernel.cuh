@@ -125,7 +125,10 @@ __device__ __forceinline__ float amk_scale(const float* s, u64 row) {
 
 // Four int8 values packed in a word (element 0 in the low byte) dotted with x. Each byte,
 // offset by 128, becomes the mantissa of 2^23 + u (one byte permute), and 2^23 + 128 is
-// subtracted: exact, and cheaper than an integer-to-float conversion per element.
+// subtracted: exact, and cheaper than an integer-to-float conversion per element. (Biasing
+// the bytes into 2 + u / 64 instead, to save the subtraction, cannot work: a byte at bits
+// 16..23 of a float overlaps its exponent, and lower bytes leave so small a step that taking
+// the bias out cancels most of the sum's bits.)
 __device__ __forceinline__ float amk_i8dot4(u32 w, float4 x) {
     const u32 u = w ^ 0x80808080u;
     const float c = 8388736.0f;  // 2^23 + 128
@@ -142,13 +145,18 @@ __device__ __forceinline__ uint4 amk_w16(const amk_w* p) { return *reinterpret_c
 __device__ __forceinline__ float amk_w1(const amk_w* p, u64 i) { return amk_wload_any(p, i); }
 
 // A projection input x in shared memory is read by dot products in chunks of AMK_XV elements
-// (16 bytes of weights), lane c taking chunks c, c + 32, ...: stored plainly, a warp's
-// float4 loads of its chunks would be AMK_XV * 4 bytes apart, several times the bank
-// wavefronts of contiguous ones. So x is stored in AMK_XV / 4 planes: plane p holds float4 p
-// of every chunk, and a warp's loads of one plane are contiguous. Element i of x lives at
+// (16 bytes of f32 or bf16 weights, 8 of int8), lane c taking chunks c, c + 32, ...: stored
+// plainly, a warp's float4 loads of its chunks would be AMK_XV * 4 bytes apart, several
+// times the bank wavefronts of contiguous ones. So x is stored in AMK_XV / 4 planes: plane p
+// holds float4 p of every chunk, and a warp's loads of one plane are contiguous. Element i of x lives at
 // x[amk_xi(i)]; the planes span AMK_XFLOATS floats (the maximum row length rounded up to 16).
 #if AMK_WEIGHT_INT8
-#define AMK_XV 16
+// int8 chunks are 8 or 16 bytes, whichever leaves a lane less of the longest row: a
+// 576-column row is 36 chunks of 16, so 4 lanes did two and 28 one, where 72 chunks of 8
+// balance as bf16's do (58 us a step faster, docs/perf.md); a 2048-column row is 4 chunks of
+// 16 a lane, and chunks of 8 only double its loads (11% slower).
+#define AMK_I8_LANE_WORK(v) (((AMK_MAX_COLS / (v) + 31) / 32) * (v))
+#define AMK_XV (AMK_I8_LANE_WORK(8) < AMK_I8_LANE_WORK(16) ? 8 : 16)
 #elif AMK_WEIGHT_BF16
 #define AMK_XV 8
 #else
@@ -247,7 +255,7 @@ __device__ __forceinline__ void amk_dot_rows(const amk_w* const (&row)[R], u32 c
 #pragma unroll
     for (int r = 0; r < R; ++r) acc[r] = 0.f;
 #if AMK_WEIGHT_INT8
-    const u32 vec = 16;  // 16 int8 = 16 bytes
+    const u32 vec = AMK_XV;  // 8 or 16 int8 (see AMK_XV)
 #elif AMK_WEIGHT_BF16
     const u32 vec = 8;  // 8 bf16 = 16 bytes
 #else
@@ -255,15 +263,16 @@ __device__ __forceinline__ void amk_dot_rows(const amk_w* const (&row)[R], u32 c
 #endif
     bool aligned = cols % vec == 0;
 #pragma unroll
-    for (int r = 0; r < R; ++r) aligned &= (u32)r >= nrows || reinterpret_cast<u64>(row[r]) % 16 == 0;
+    for (int r = 0; r < R; ++r)
+        aligned &= (u32)r >= nrows || reinterpret_cast<u64>(row[r]) % (vec * sizeof(amk_w)) == 0;
     if (aligned) {
         const u32 nv = cols / vec;
 #pragma unroll 2
         for (u32 j = lane; j < nv; j += 32) {
             const float4* xv = reinterpret_cast<const float4*>(x) + j;  // planes: see amk_xi
-#if AMK_WEIGHT_INT8
+#if AMK_WEIGHT_INT8 && AMK_XV == 16
             const float4 x0 = xv[0], x1 = xv[AMK_XCHUNKS], x2 = xv[2 * AMK_XCHUNKS], x3 = xv[3 * AMK_XCHUNKS];
-#elif AMK_WEIGHT_BF16
+#elif AMK_WEIGHT_INT8 || AMK_WEIGHT_BF16
             const float4 x0 = xv[0], x1 = xv[AMK_XCHUNKS];
 #else
             const float4 x0 = xv[0];
@@ -271,15 +280,20 @@ __device__ __forceinline__ void amk_dot_rows(const amk_w* const (&row)[R], u32 c
 #pragma unroll
             for (int r = 0; r < R; ++r) {
                 if ((u32)r < nrows) {
+#if AMK_WEIGHT_INT8 && AMK_XV == 16
                     const uint4 q = amk_w16(row[r] + (u64)j * vec);
-#if AMK_WEIGHT_INT8
                     acc[r] += amk_i8dot4(q.x, x0) + amk_i8dot4(q.y, x1) + amk_i8dot4(q.z, x2) + amk_i8dot4(q.w, x3);
+#elif AMK_WEIGHT_INT8
+                    const uint2 q = *reinterpret_cast<const uint2*>(row[r] + (u64)j * vec);
+                    acc[r] += amk_i8dot4(q.x, x0) + amk_i8dot4(q.y, x1);
 #elif AMK_WEIGHT_BF16
+                    const uint4 q = amk_w16(row[r] + (u64)j * vec);
                     acc[r] += __uint_as_float(q.x << 16) * x0.x + __uint_as_float(q.x & 0xFFFF0000u) * x0.y
                             + __uint_as_float(q.y << 16) * x0.z + __uint_as_float(q.y & 0xFFFF0000u) * x0.w
                             + __uint_as_float(q.z << 16) * x1.x + __uint_as_float(q.z & 0xFFFF0000u) * x1.y
                             + __uint_as_float(q.w << 16) * x1.z + __uint_as_float(q.w & 0xFFFF0000u) * x1.w;
 #else
+                    const uint4 q = amk_w16(row[r] + (u64)j * vec);
                     acc[r] += __uint_as_float(q.x) * x0.x + __uint_as_float(q.y) * x0.y
                             + __uint_as_float(q.z) * x0.z + __uint_as_float(q.w) * x0.w;
 #endif
