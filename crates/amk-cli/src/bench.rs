@@ -665,6 +665,26 @@ impl Ready {
     }
 }
 
+/// The newest non-null `key` among merged results (a later `--merge` file is newer).
+fn carried(merged: &[Results], key: &str) -> Option<Value> {
+    merged.iter().rev().find_map(|r| r.meta.get(key).filter(|v| !v.is_null()).cloned())
+}
+
+/// The checkpoint-to-ready line for a timing carried from a merged file.
+fn ready_line_merged(ready: &Value) -> String {
+    let total = ready.get("total_s").and_then(Value::as_f64);
+    let model = ready.get("model").and_then(Value::as_str).unwrap_or("?");
+    let precision = ready.get("precision").and_then(Value::as_str).unwrap_or("?");
+    match total {
+        Some(t) => format!(
+            "checkpoint to ready kernel ({model}, {precision}): {t:.2} s (from a merged file)"
+        ),
+        None => format!(
+            "checkpoint to ready kernel ({model}, {precision}): no total in the merged file"
+        ),
+    }
+}
+
 /// Temporary directories removed when dropped.
 #[derive(Default)]
 struct Scratch(Vec<PathBuf>);
@@ -1031,6 +1051,19 @@ pub fn run(args: BenchArgs) -> Result<()> {
     annotate(&mut rows, copy_gbps);
     let sp = speedups(&rows);
     let meta = |r: &Results| Value::Object(r.meta.clone());
+    // What this run did not measure comes from the newest merged file that has it, so a
+    // report assembled from pieces keeps the device, the checkpoint-to-ready timing and the
+    // baselines' versions.
+    let device = device.map(Value::from).or_else(|| carried(&merged, "device"));
+    let ready_json = match &ready {
+        Some(r) => Some(serde_json::to_value(r)?),
+        None => carried(&merged, "ready"),
+    };
+    let (baselines_json, baseline_error) = if baseline.is_some() || baseline_error.is_some() {
+        (baseline.as_ref().map(meta), baseline_error.map(Value::from))
+    } else {
+        (carried(&merged, "baselines"), carried(&merged, "baselines_error"))
+    };
     let report = json!({
         "tool": "amk bench",
         "amk_version": env!("CARGO_PKG_VERSION"),
@@ -1044,8 +1077,8 @@ pub fn run(args: BenchArgs) -> Result<()> {
                        timed_tokens / 2); amk keeps f32 keys and values, the baselines bf16",
         "rows": rows,
         "speedups": sp,
-        "ready": ready,
-        "baselines": baseline.as_ref().map(meta),
+        "ready": ready_json,
+        "baselines": baselines_json,
         "baselines_error": baseline_error,
         "merged": args.merge.iter().map(|p| p.display().to_string()).collect::<Vec<_>>(),
     });
@@ -1056,12 +1089,14 @@ pub fn run(args: BenchArgs) -> Result<()> {
     std::fs::write(&svg_path, svg_plot(&rows))
         .with_context(|| format!("cannot write {}", svg_path.display()))?;
     println!();
-    if let Some(d) = &device {
+    if let Some(d) = device.as_ref().and_then(Value::as_str) {
         println!("device: {d}");
     }
     print!("{}", table(&rows, &sp, copy_gbps, &copy_source));
-    if let Some(r) = &ready {
-        println!("{}", r.line());
+    match (&ready, &ready_json) {
+        (Some(r), _) => println!("{}", r.line()),
+        (None, Some(r)) => println!("{}", ready_line_merged(r)),
+        (None, None) => {}
     }
     println!("wrote {} and {}", json_path.display(), svg_path.display());
     Ok(())

@@ -53,6 +53,47 @@ fn merges_earlier_results_into_a_report_table_and_plot() {
     assert!(svg.starts_with("<svg") && svg.matches("<polyline").count() == 2, "{svg}");
 }
 
+/// A report assembled from pieces keeps what only an earlier piece measured: the device, the
+/// checkpoint-to-ready timing and the baselines' versions, each from the newest file with it.
+#[test]
+fn merging_keeps_the_device_ready_timing_and_baseline_versions() {
+    let dir = tempfile::tempdir().unwrap();
+    let older = dir.path().join("older.json");
+    std::fs::write(
+        &older,
+        r#"{"device": "old GPU", "baselines": {"torch": "2.10"}, "rows": [],
+            "ready": {"model": "m", "precision": "bf16", "total_s": 9.5, "stages": []}}"#,
+    )
+    .unwrap();
+    let newer = dir.path().join("newer.json");
+    std::fs::write(
+        &newer,
+        r#"{"device": "NVIDIA H100 80GB HBM3", "ready": null, "baselines": {"torch": "2.11"},
+            "rows": [{"system": "amk-bf16", "model": "m", "context": 16, "ms_per_token": 0.5}]}"#,
+    )
+    .unwrap();
+    let out = dir.path().join("out");
+    let (ok, stdout, stderr) = amk(&[
+        "bench",
+        "--no-amk",
+        "--merge",
+        &format!("{},{}", s(&older), s(&newer)),
+        "--out",
+        s(&out),
+    ]);
+    assert!(ok, "{stdout}\n{stderr}");
+    let report: Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("bench.json")).unwrap()).unwrap();
+    assert_eq!(report["device"], "NVIDIA H100 80GB HBM3");
+    assert_eq!(report["ready"]["total_s"], 9.5, "a null in the newer file does not hide it");
+    assert_eq!(report["baselines"]["torch"], "2.11");
+    assert!(stdout.contains("device: NVIDIA H100 80GB HBM3"), "{stdout}");
+    assert!(
+        stdout.contains("checkpoint to ready kernel (m, bf16): 9.50 s (from a merged file)"),
+        "{stdout}"
+    );
+}
+
 #[test]
 fn runs_the_baseline_script_with_the_same_models_and_merges_it() {
     let dir = tempfile::tempdir().unwrap();
