@@ -12,6 +12,7 @@
 
 use amk_codegen_cuda::WeightDType;
 use amk_ir::tensor::WeightSpec;
+use rayon::prelude::*;
 
 /// Int8 rows with one f32 scale per row.
 #[derive(Debug, Clone, PartialEq)]
@@ -46,34 +47,45 @@ fn quantize(x: f32, inv: f32) -> i8 {
 
 /// Quantizes a row-major matrix of `cols` columns row by row (symmetric, per output channel,
 /// the clipping ratio of least squared error). An all-zero row gets scale 0. A ragged tail is
-/// treated as a short last row.
+/// treated as a short last row. Rows are independent, so they are quantized on rayon's pool:
+/// the result is the same as one row after another (a Llama-3.2-1B-sized model's 1.2 billion
+/// weights took 40 s on one core).
 pub fn quantize_rows(w: &[f32], cols: usize) -> QuantizedRows {
     let cols = cols.max(1);
-    let mut values = Vec::with_capacity(w.len());
-    let mut scales = Vec::with_capacity(w.len().div_ceil(cols));
-    for row in w.chunks(cols) {
-        let max = row.iter().fold(0.0f32, |m, &x| m.max(x.abs()));
-        let mut best = (f64::INFINITY, 0.0f32);
-        for clip in CLIPS {
-            let scale = clip * max / 127.0;
-            let inv = if scale > 0.0 { 1.0 / scale } else { 0.0 };
-            let err: f64 = row
-                .iter()
-                .map(|&x| {
-                    let d = (x - quantize(x, inv) as f32 * scale) as f64;
-                    d * d
-                })
-                .sum();
-            if err < best.0 {
-                best = (err, scale);
-            }
-        }
-        let scale = best.1;
-        scales.push(scale);
-        let inv = if scale > 0.0 { 1.0 / scale } else { 0.0 };
-        values.extend(row.iter().map(|&x| quantize(x, inv)));
-    }
+    let mut values = vec![0i8; w.len()];
+    let mut scales = vec![0f32; w.len().div_ceil(cols)];
+    values
+        .par_chunks_mut(cols)
+        .zip(w.par_chunks(cols))
+        .zip(scales.par_iter_mut())
+        .for_each(|((q, row), scale)| *scale = quantize_row(row, q));
     QuantizedRows { values, scales, cols }
+}
+
+/// One row of [`quantize_rows`]: writes its values into `q` and returns its scale.
+fn quantize_row(row: &[f32], q: &mut [i8]) -> f32 {
+    let max = row.iter().fold(0.0f32, |m, &x| m.max(x.abs()));
+    let mut best = (f64::INFINITY, 0.0f32);
+    for clip in CLIPS {
+        let scale = clip * max / 127.0;
+        let inv = if scale > 0.0 { 1.0 / scale } else { 0.0 };
+        let err: f64 = row
+            .iter()
+            .map(|&x| {
+                let d = (x - quantize(x, inv) as f32 * scale) as f64;
+                d * d
+            })
+            .sum();
+        if err < best.0 {
+            best = (err, scale);
+        }
+    }
+    let scale = best.1;
+    let inv = if scale > 0.0 { 1.0 / scale } else { 0.0 };
+    for (v, &x) in q.iter_mut().zip(row) {
+        *v = quantize(x, inv);
+    }
+    scale
 }
 
 /// `x` rounded to the nearest bfloat16, as f32.
@@ -111,6 +123,21 @@ mod tests {
         let d = q.dequantize();
         for (a, b) in w.iter().zip(&d) {
             assert!((a - b).abs() <= 3.0 / 127.0 / 2.0 + 1e-7, "{a} vs {b}");
+        }
+    }
+
+    /// Rows quantized together on the pool equal each row quantized alone, a ragged tail too.
+    #[test]
+    fn rows_are_quantized_independently() {
+        let cols = 19;
+        let w: Vec<f32> =
+            (0..37 * cols + 5).map(|i| ((i * 7919) % 211) as f32 / 50.0 - 2.1).collect();
+        let all = quantize_rows(&w, cols);
+        assert_eq!(all.scales.len(), 38);
+        for (r, row) in w.chunks(cols).enumerate() {
+            let one = quantize_rows(row, cols);
+            assert_eq!(one.scales, [all.scales[r]], "row {r}");
+            assert_eq!(one.values, &all.values[r * cols..r * cols + row.len()], "row {r}");
         }
     }
 

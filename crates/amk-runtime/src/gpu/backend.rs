@@ -8,6 +8,7 @@ use amk_schedule::ops::{io, TaskOp, ELEM, IO_BYTES};
 use amk_schedule::schedule::{BufferKind, CounterReset, Schedule};
 use amk_verify::{LaunchFacts, VerifiedSchedule};
 use cudarc::driver::sys;
+use rayon::prelude::*;
 use std::ffi::{c_int, c_uint, c_void, CString};
 use std::fmt;
 use std::time::{Duration, Instant};
@@ -1168,12 +1169,28 @@ enum WeightLayout {
     Int8(Int8Matrix),
 }
 
-/// `[rows, cols]` row-major values as `[cols, rows]`.
-fn transpose<T: Copy>(values: &[T], rows: usize, cols: usize) -> Vec<T> {
-    let mut out = Vec::with_capacity(values.len());
-    for c in 0..cols {
-        out.extend((0..rows).map(|r| values[r * cols + c]));
+/// `[rows, cols]` row-major values as `[cols, rows]`. Blocks of output rows go to rayon's pool,
+/// and each block is filled a tile of input rows at a time, so reads and writes stay in cache
+/// (a column-by-column walk missed it on every read: 0.13 s for one 8192 x 2048 matrix).
+fn transpose<T: Copy + Default + Send + Sync>(values: &[T], rows: usize, cols: usize) -> Vec<T> {
+    const TILE: usize = 64;
+    let mut out = vec![T::default(); values.len()];
+    if rows == 0 || cols == 0 {
+        return out;
     }
+    out.par_chunks_mut(TILE * rows).enumerate().for_each(|(block, dst)| {
+        // `dst` holds output rows c0..c0 + n, i.e. input columns c0..c0 + n.
+        let c0 = block * TILE;
+        let n = dst.len() / rows;
+        for r0 in (0..rows).step_by(TILE) {
+            for r in r0..(r0 + TILE).min(rows) {
+                let src = &values[r * cols + c0..r * cols + c0 + n];
+                for (k, &v) in src.iter().enumerate() {
+                    dst[k * rows + r] = v;
+                }
+            }
+        }
+    });
     out
 }
 
@@ -1206,7 +1223,8 @@ fn upload_weight(
     if let Some(t) = transposed {
         if u64::from(t.rows) * u64::from(t.cols) != elements {
             return Err(err(format!(
-                "the kernel reads it as a transposed [{}, {}] matrix, but it holds {elements}                  elements",
+                "the kernel reads it as a transposed [{}, {}] matrix, but it holds {elements} \
+                 elements",
                 t.rows, t.cols
             )));
         }
@@ -1220,7 +1238,8 @@ fn upload_weight(
         WeightLayout::F32 => gpu.copy_to(dst, &order(data)),
         WeightLayout::Bf16 => {
             let data = order(data);
-            let bits: Vec<u16> = data.iter().map(|&x| half::bf16::from_f32(x).to_bits()).collect();
+            let bits: Vec<u16> =
+                data.par_iter().map(|&x| half::bf16::from_f32(x).to_bits()).collect();
             gpu.copy_to(dst, &bits)
         }
         WeightLayout::Int8(m) => {
@@ -1270,5 +1289,31 @@ impl Backend for GpuBackend {
 
     fn logits(&self) -> Option<&[f32]> {
         self.has_logits.then_some(self.logits.as_slice())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::transpose;
+
+    /// The tiled transpose against the definition, on shapes around and across its tiles.
+    #[test]
+    fn transpose_moves_every_element() {
+        for (rows, cols) in
+            [(1, 1), (3, 5), (64, 64), (65, 130), (200, 7), (7, 200), (0, 4), (130, 1)]
+        {
+            let values: Vec<u32> = (0..rows * cols).map(|i| i as u32).collect();
+            let t = transpose(&values, rows, cols);
+            assert_eq!(t.len(), values.len());
+            for r in 0..rows {
+                for c in 0..cols {
+                    assert_eq!(
+                        t[c * rows + r],
+                        values[r * cols + c],
+                        "{rows}x{cols} at ({r}, {c})"
+                    );
+                }
+            }
+        }
     }
 }
