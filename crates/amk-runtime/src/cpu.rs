@@ -80,6 +80,7 @@ impl CpuReference {
         dtype: WeightDType,
         on_weight: &mut dyn FnMut(usize, usize),
     ) -> Result<CpuReference, RuntimeError> {
+        let _span = tracing::info_span!("load", backend = "cpu", precision = ?dtype).entered();
         let total = model.graph.weights.len();
         let mut done = 0;
         Self::new(Arc::new(model.graph.clone()), |spec| {

@@ -153,6 +153,13 @@ impl std::ops::Deref for VerifiedSchedule {
 /// Proves `schedule` safe to launch under `facts` (see the crate docs for what is proven), or
 /// returns every error found.
 pub fn verify(schedule: &Schedule, facts: &LaunchFacts) -> Result<VerifiedSchedule, Rejection> {
+    let _span = tracing::info_span!(
+        "verify",
+        workers = schedule.workers.len(),
+        sms = facts.sm_count,
+        blocks_per_sm = facts.blocks_per_sm
+    )
+    .entered();
     let mut errors = Vec::new();
     let outcome = verify::check_all(schedule, (facts.sm_count, facts.blocks_per_sm), &mut errors);
     if !errors.is_empty() {

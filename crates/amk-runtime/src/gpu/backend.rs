@@ -465,6 +465,7 @@ impl GpuBackend {
         let done = gpu.event()?;
 
         // Buffers: weights uploaded once, everything else zeroed.
+        let upload = tracing::info_span!("upload", precision = ?plan.weight_dtype).entered();
         let mut addresses = Vec::with_capacity(schedule.buffers.len());
         for (i, b) in schedule.buffers.iter().enumerate() {
             let p = gpu.alloc_zeroed(plan.buffer_bytes[i])?;
@@ -480,6 +481,7 @@ impl GpuBackend {
             }
             addresses.push(p);
         }
+        drop(upload);
         let find = |kind: BufferKind, name: &str| {
             schedule.buffers.iter().position(|b| b.kind == kind && b.name == name)
         };

@@ -92,6 +92,7 @@ pub fn compile_cached(
     if !valid_arch(arch) {
         return Err(GpuError::Arch(arch.to_owned()));
     }
+    let _span = tracing::info_span!("nvrtc", arch).entered();
     let (major, minor) = nvrtc_available().map_err(GpuError::NvrtcUnavailable)?;
     let options = [
         format!("--gpu-architecture={arch}"),
