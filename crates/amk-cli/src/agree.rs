@@ -34,9 +34,10 @@ pub struct AgreeArgs {
     pub model: PathBuf,
     /// The golden decodes: a JSON object whose `fp32_cpu` list holds objects with `prompt`,
     /// `ids` (the prompt's token ids) and `gen` (the greedy continuation's ids); an optional
-    /// `bf16_gpu` list supplies `agrees_with_fp32_cpu_for`.
-    #[arg(long, default_value = "fixtures/smollm2_golden.json")]
-    pub golden: PathBuf,
+    /// `bf16_gpu` list supplies `agrees_with_fp32_cpu_for` [default: the copy of
+    /// fixtures/smollm2_golden.json built into amk, SmolLM2-135M-Instruct's].
+    #[arg(long)]
+    pub golden: Option<PathBuf>,
     /// Weight precisions to measure, comma-separated.
     #[arg(long, value_enum, value_delimiter = ',', default_value = "f32,bf16,int8")]
     pub precision: Vec<Precision>,
@@ -193,17 +194,17 @@ fn parse_golden(text: &str) -> Result<Vec<GoldenCase>> {
     Ok(out)
 }
 
-/// Reads and checks the golden file.
-fn read_golden(path: &Path) -> Result<Vec<GoldenCase>> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("cannot read golden file {}", path.display()))?;
-    parse_golden(&text).with_context(|| format!("golden file {} is malformed", path.display()))
+/// Reads and checks the golden file (`None`: the built-in one); returns its cases and its name.
+fn read_golden(path: Option<&Path>) -> Result<(Vec<GoldenCase>, String)> {
+    let (text, name) = crate::golden::read(path)?;
+    let cases = parse_golden(&text).with_context(|| format!("golden file {name} is malformed"))?;
+    Ok((cases, name))
 }
 
 /// Checks that the golden decodes fit the model: ids inside the vocabulary, prompt and golden
 /// tokens inside the context. Warns when the tokenizer encodes a prompt differently (the golden
 /// file may belong to another model).
-fn check_against_model(cases: &[GoldenCase], model: &Model, golden: &Path) -> Result<()> {
+fn check_against_model(cases: &[GoldenCase], model: &Model, golden: &str) -> Result<()> {
     let vocab = model.config.vocab_size;
     let max = model.config.max_position_embeddings;
     for (i, c) in cases.iter().enumerate() {
@@ -212,7 +213,7 @@ fn check_against_model(cases: &[GoldenCase], model: &Model, golden: &Path) -> Re
                 bail!(
                     "golden file {}: `fp32_cpu[{i}].{field}[{j}]` = {t} is outside the model's \
                      vocabulary (vocab_size {vocab}); is it the golden file of another model?",
-                    golden.display()
+                    golden
                 );
             }
         }
@@ -221,7 +222,7 @@ fn check_against_model(cases: &[GoldenCase], model: &Model, golden: &Path) -> Re
             bail!(
                 "golden file {}: `fp32_cpu[{i}]` needs {needed} positions (prompt and golden \
                  tokens) but the model's context (max_position_embeddings) is {max}",
-                golden.display()
+                golden
             );
         }
     }
@@ -232,7 +233,7 @@ fn check_against_model(cases: &[GoldenCase], model: &Model, golden: &Path) -> Re
                     "amk: warning: the model's tokenizer encodes fp32_cpu[{i}].prompt differently \
                      from its `ids` (the golden ids are used); is {} the golden file of this \
                      model?",
-                    golden.display()
+                    golden
                 );
             }
         }
@@ -338,12 +339,12 @@ pub fn run(args: AgreeArgs) -> Result<()> {
             bail!("--min-teacher-forced {min}: give a percentage between 0 and 100");
         }
     }
-    let cases = read_golden(&args.golden)?;
+    let (cases, golden_name) = read_golden(args.golden.as_deref())?;
     let mut bar = ImportBar::new();
     let model = Model::open(&args.model, &mut |p| bar.update(&p))
         .with_context(|| format!("opening model {}", args.model.display()))?;
     bar.finish();
-    check_against_model(&cases, &model, &args.golden)?;
+    check_against_model(&cases, &model, &golden_name)?;
 
     let gpu_ok = amk_runtime::gpu::cuda_available();
     let use_gpu = match args.backend {
@@ -433,7 +434,7 @@ pub fn run(args: AgreeArgs) -> Result<()> {
     if let Some(path) = &args.json {
         let report = Report {
             model: args.model.display().to_string(),
-            golden: args.golden.display().to_string(),
+            golden: golden_name.clone(),
             reference: "fp32_cpu",
             golden_steps,
             hf_bf16_gpu_prefix_sum: hf_sum(&cases),

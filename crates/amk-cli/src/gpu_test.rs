@@ -42,9 +42,9 @@ pub struct GpuTestArgs {
     /// weights) on synthetic models of several shapes (seeded random weights; no checkpoint).
     #[arg(long)]
     pub synthetic: bool,
-    /// The golden decodes (fixtures/smollm2_golden.json).
-    #[arg(long, default_value = "fixtures/smollm2_golden.json")]
-    pub golden: PathBuf,
+    /// The golden decodes [default: the copy of fixtures/smollm2_golden.json built into amk].
+    #[arg(long)]
+    pub golden: Option<PathBuf>,
     /// Tokens timed per context.
     #[arg(long, default_value_t = 200)]
     pub timed_tokens: usize,
@@ -337,10 +337,6 @@ pub fn run(args: GpuTestArgs) -> Result<()> {
         return fixtures(&args, root);
     }
     let model_path = args.model.clone().context("--model is required")?;
-    let text = std::fs::read_to_string(&args.golden)
-        .with_context(|| format!("cannot read {}", args.golden.display()))?;
-    let golden: Golden = serde_json::from_str(&text)
-        .with_context(|| format!("{} is not a golden-decode file", args.golden.display()))?;
     let model = Model::open(&model_path, &mut |_| {})
         .with_context(|| format!("opening {}", model_path.display()))?;
     let stop = model.config.eos_token_ids.clone();
@@ -353,6 +349,9 @@ pub fn run(args: GpuTestArgs) -> Result<()> {
     let fit = bf16_backend.fit().clone();
     let mut launches_ok = true;
     if !args.speed_only {
+        let (text, golden_name) = crate::golden::read(args.golden.as_deref())?;
+        let golden: Golden = serde_json::from_str(&text)
+            .with_context(|| format!("{golden_name} is not a golden-decode file"))?;
         // 1. Exact mode.
         let mut exact_args = args.gpu.clone();
         exact_args.precision = Some(Precision::F32);

@@ -6,6 +6,7 @@
 mod agree;
 mod bench;
 mod generate;
+mod golden;
 mod gpu;
 mod gpu_test;
 mod inspect;

@@ -296,3 +296,19 @@ fn help_names_the_flags() {
         assert!(r.stdout.contains(n), "`amk agree --help` lacks {n:?}:\n{}", r.stdout);
     }
 }
+
+/// Without `--golden` the copy built into the binary is read, wherever amk runs (the test's
+/// working directory has no `fixtures/`): on a tiny model its SmolLM2 ids are refused by name.
+#[test]
+fn the_default_golden_file_is_built_in() {
+    let f = Fixture::new();
+    let model = f.path("model");
+    let r = amk(&f.path("cache"), &["agree", s(&model), "--backend", "cpu"]);
+    assert_eq!(r.code, Some(1), "{}", r.describe());
+    assert!(
+        r.stderr.contains("golden file the built-in fixtures/smollm2_golden.json")
+            && r.stderr.contains("outside the model's vocabulary"),
+        "{}",
+        r.describe()
+    );
+}
