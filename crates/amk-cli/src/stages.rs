@@ -75,13 +75,46 @@ fn load_graph(path: &Path) -> Result<DecodeGraph> {
     Ok(model.graph)
 }
 
-fn write(path: &Path, text: &str) -> Result<()> {
+/// Writes `text` to `path`, unless `path` is one of `inputs` (see [`input_files`]).
+fn write(path: &Path, text: &str, inputs: &[PathBuf]) -> Result<()> {
+    refuse_input(path, inputs)?;
     std::fs::write(path, text).with_context(|| format!("cannot write {}", path.display()))
+}
+
+/// The files a command reads for `model`: the path itself (a GGUF file, a model.ir.ron), or in
+/// a Hugging Face directory its JSON files (config, tokenizer, index), weights and chat
+/// template.
+fn input_files(model: &Path) -> Vec<PathBuf> {
+    if !model.is_dir() {
+        return vec![model.to_path_buf()];
+    }
+    let read_by_import =
+        |p: &Path| p.extension().is_some_and(|e| e == "json" || e == "safetensors" || e == "jinja");
+    std::fs::read_dir(model)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.is_file() && read_by_import(p))
+        .collect()
+}
+
+/// Refuses an output path that is one of the command's inputs: `amk schedule DIR -o
+/// DIR/model.safetensors` would replace the weights it had just read.
+fn refuse_input(out: &Path, inputs: &[PathBuf]) -> Result<()> {
+    let Ok(out_c) = std::fs::canonicalize(out) else { return Ok(()) }; // not there yet
+    if inputs.iter().any(|i| std::fs::canonicalize(i).is_ok_and(|c| c == out_c)) {
+        anyhow::bail!(
+            "{}: refusing to overwrite a file this command reads; write the output elsewhere",
+            out.display()
+        );
+    }
+    Ok(())
 }
 
 pub fn run_ir(args: IrArgs) -> Result<()> {
     let graph = load_graph(&args.model)?;
-    write(&args.output, &graph.to_ron())?;
+    write(&args.output, &graph.to_ron(), &input_files(&args.model))?;
     eprintln!("wrote {}: {}", args.output.display(), graph.summary());
     Ok(())
 }
@@ -90,7 +123,9 @@ pub fn run_schedule(args: ScheduleArgs) -> Result<()> {
     let config = crate::gpu::read_knobs(args.config.as_deref())?;
     let graph = load_graph(&args.model)?;
     let schedule = lower(&graph, &config)?;
-    write(&args.output, &schedule.to_ron_string())?;
+    let mut inputs = input_files(&args.model);
+    inputs.extend(args.config.clone());
+    write(&args.output, &schedule.to_ron_string(), &inputs)?;
     let instrs: usize = schedule.workers.iter().map(|w| w.instrs.len()).sum();
     eprintln!(
         "wrote {}: {} workers, {} tasks, {} counters, {} instructions; check it with `amk verify {}`",
@@ -191,17 +226,31 @@ pub fn run_build(args: BuildArgs) -> Result<()> {
     let knobs = crate::gpu::read_knobs(args.config.as_deref())?;
     let graph = load_graph(&args.model)?;
     let t_import = started.elapsed();
+    if args.output.exists() && !args.output.is_dir() {
+        anyhow::bail!(
+            "{}: exists and is not a directory; -o takes a directory",
+            args.output.display()
+        );
+    }
     std::fs::create_dir_all(&args.output)
         .with_context(|| format!("cannot create {}", args.output.display()))?;
-    write(&args.output.join("model.ir.ron"), &graph.to_ron())?;
+    let mut inputs = input_files(&args.model);
+    inputs.extend(args.config.clone());
+    for artifact in
+        ["model.ir.ron", "schedule.ron", "certificate.json", "megakernel.cu", "launch.ron"]
+    {
+        refuse_input(&args.output.join(artifact), &inputs)?;
+    }
+    write(&args.output.join("model.ir.ron"), &graph.to_ron(), &inputs)?;
     let schedule = lower(&graph, &knobs)?;
-    write(&args.output.join("schedule.ron"), &schedule.to_ron_string())?;
+    write(&args.output.join("schedule.ron"), &schedule.to_ron_string(), &inputs)?;
     let t_schedule = started.elapsed();
     let facts = LaunchFacts { sm_count: knobs.sm_count, blocks_per_sm: knobs.blocks_per_sm };
     let verified = crate::gpu::verify_or_refuse(&schedule, &facts)?;
     write(
         &args.output.join("certificate.json"),
         &serde_json::to_string_pretty(verified.certificate())?,
+        &inputs,
     )?;
     let t_verify = started.elapsed();
     let archs: Vec<Arch> = args
@@ -302,6 +351,10 @@ pub struct SynthArgs {
     /// Override the number of layers (to measure cost per layer).
     #[arg(long)]
     pub layers: Option<usize>,
+    /// Write into a non-empty output directory, replacing its config, weights and tokenizer
+    /// (without it such a directory is refused: it may hold a real checkpoint).
+    #[arg(long)]
+    pub overwrite: bool,
 }
 
 impl SynthPreset {
@@ -341,6 +394,18 @@ pub fn run_synth(args: SynthArgs) -> Result<()> {
     use amk_ir::synth::{write_checkpoint, SynthSpec};
     let spec = args.preset.spec(args.seed);
     let spec = SynthSpec { num_layers: args.layers.unwrap_or(spec.num_layers), ..spec };
+    if let Ok(mut entries) = std::fs::read_dir(&args.output) {
+        if entries.next().is_some() && !args.overwrite {
+            anyhow::bail!(
+                "{}: output directory is not empty (it may hold a real checkpoint, which the \
+                 synthetic config.json, model.safetensors and tokenizer.json would replace); \
+                 choose another directory or pass --overwrite",
+                args.output.display()
+            );
+        }
+    } else if args.output.exists() {
+        anyhow::bail!("{}: exists and is not a directory", args.output.display());
+    }
     let config = write_checkpoint(&spec, &args.output)?;
     let graph = amk_ir::graph::DecodeGraph::build(&config);
     let params: usize = graph.weights.iter().map(|w| w.numel()).sum();

@@ -82,3 +82,43 @@ fn schedule_verify_and_a_hand_edit() {
     let (code, _, err) = amk(&["verify", &p("missing.ron")]);
     assert_eq!(code, 2, "{err}");
 }
+
+/// No stage writes over what it reads, and `synth` does not replace a directory's contents
+/// unless told to: each refusal names the path and leaves the file as it was.
+#[test]
+fn outputs_never_replace_inputs() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("model");
+    write_checkpoint(&SynthSpec::tiny(), &model).unwrap();
+    let m = model.to_str().unwrap();
+    let weights = model.join("model.safetensors");
+    let before = std::fs::read(&weights).unwrap();
+
+    for (cmd, out) in [("schedule", "model.safetensors"), ("ir", "config.json")] {
+        let target = model.join(out);
+        let (code, _, err) = amk(&[cmd, m, "-o", target.to_str().unwrap()]);
+        assert_eq!(code, 1, "{cmd}: {err}");
+        assert!(err.contains("refusing to overwrite a file this command reads"), "{err}");
+    }
+    assert_eq!(std::fs::read(&weights).unwrap(), before);
+    let ir = dir.path().join("m.ir.ron");
+    let (code, _, err) = amk(&["ir", m, "-o", ir.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    let (code, _, err) = amk(&["schedule", ir.to_str().unwrap(), "-o", ir.to_str().unwrap()]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("m.ir.ron"), "{err}");
+
+    // `build -o` a file.
+    let (code, _, err) = amk(&["build", m, "-o", weights.to_str().unwrap(), "--no-compile"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("is not a directory"), "{err}");
+
+    // `synth` into the model's directory.
+    let (code, _, err) = amk(&["synth", "--preset", "tiny", "--seed", "7", "-o", m]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("not empty") && err.contains("--overwrite"), "{err}");
+    assert_eq!(std::fs::read(&weights).unwrap(), before);
+    let (code, _, err) = amk(&["synth", "--preset", "tiny", "--seed", "7", "-o", m, "--overwrite"]);
+    assert_eq!(code, 0, "{err}");
+    assert_ne!(std::fs::read(&weights).unwrap(), before);
+}

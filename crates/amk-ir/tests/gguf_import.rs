@@ -186,6 +186,18 @@ fn output_directory_rules() {
     assert!(!foreign.join("notes.txt").exists());
     assert!(foreign.join("config.json").exists());
 
+    // Not even with --overwrite when the directory holds the GGUF file itself: replacing the
+    // directory would delete the input.
+    let holder = tmp.path().join("holder");
+    std::fs::create_dir(&holder).expect("mkdir");
+    let inside = holder.join("model.gguf");
+    std::fs::copy(&gguf, &inside).expect("copy");
+    let err = import_gguf_with(&inside, &holder, &ImportOptions { overwrite: true }, &mut |_| {})
+        .expect_err("must refuse");
+    assert!(matches!(err, GgufError::OutputHoldsInput { .. }), "{err}");
+    assert!(inside.exists(), "the input survives");
+    assert!(err.to_string().contains("holds the GGUF file"), "{err}");
+
     // A previous import is replaced without asking; an empty directory is fine.
     import_gguf(&gguf, &foreign, &mut |_| {}).expect("re-import");
     let empty = tmp.path().join("empty");

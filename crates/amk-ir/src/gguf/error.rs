@@ -100,10 +100,20 @@ pub enum GgufError {
     /// The output directory holds something that is not a previous amk import.
     #[error(
         "{}: output directory is not empty and is not a previous amk import (no {marker}); \
-         choose another directory or pass overwrite",
+         choose another directory or pass --overwrite",
         path.display()
     )]
     OutputNotEmpty { path: PathBuf, marker: &'static str },
+
+    /// The output directory holds the GGUF file being imported: replacing the directory would
+    /// delete it.
+    #[error(
+        "{}: the output directory holds the GGUF file being imported ({}), which replacing it \
+         would delete; choose an output directory that does not contain it",
+        out_dir.display(),
+        gguf.display()
+    )]
+    OutputHoldsInput { out_dir: PathBuf, gguf: PathBuf },
 }
 
 impl GgufError {

@@ -80,6 +80,7 @@ pub fn import_gguf_with(
     let g = GgufFile::open(gguf)?;
     let plan = Plan::new(&g)?;
     check_out_dir(out_dir, options)?;
+    check_not_inside(gguf, out_dir)?;
     let (parent, name) = split_out_dir(out_dir)?;
     let pid = std::process::id();
     let tmp = parent.join(format!(".{name}.amk-import-tmp-{pid}"));
@@ -521,6 +522,21 @@ fn check_out_dir(out_dir: &Path, options: &ImportOptions) -> Result<(), GgufErro
             }
         }
     }
+}
+
+/// Refuses an output directory that contains the GGUF file itself (the import replaces the
+/// whole directory, so `--overwrite` would delete its own input).
+fn check_not_inside(gguf: &Path, out_dir: &Path) -> Result<(), GgufError> {
+    let (Ok(file), Ok(dir)) = (fs::canonicalize(gguf), fs::canonicalize(out_dir)) else {
+        return Ok(()); // an output directory that does not exist yet holds nothing
+    };
+    if file.starts_with(&dir) {
+        return Err(GgufError::OutputHoldsInput {
+            out_dir: out_dir.to_path_buf(),
+            gguf: gguf.to_path_buf(),
+        });
+    }
+    Ok(())
 }
 
 fn split_out_dir(out_dir: &Path) -> Result<(PathBuf, String), GgufError> {
