@@ -47,7 +47,39 @@ enum Command {
     Search(search::SearchArgs),
 }
 
+/// Exit status when the output cannot be written to standard output (sysexits' EX_IOERR), so
+/// that it is never taken for a result (`amk verify` gives 0, 1 and 2 meanings).
+const EXIT_IO: i32 = 74;
+
+/// Output that cannot be written ends the process cleanly instead of panicking in `println!`:
+/// a reader that closed the pipe (`amk verify s.ron | head -1`) ends it as SIGPIPE ends other
+/// Unix tools, silently; any other write error (a full disk) is one line on stderr and
+/// [`EXIT_IO`].
+fn handle_broken_stdout() {
+    #[cfg(unix)]
+    // SAFETY: restores the default disposition of SIGPIPE (Rust's runtime ignores it) before
+    // any other thread exists; no handler runs Rust code.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let payload = info.payload();
+        let msg = payload
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| payload.downcast_ref::<&str>().copied())
+            .unwrap_or("");
+        if let Some(cause) = msg.strip_prefix("failed printing to stdout: ") {
+            eprintln!("error: cannot write to standard output: {cause}");
+            std::process::exit(EXIT_IO);
+        }
+        default(info)
+    }));
+}
+
 fn main() -> ExitCode {
+    handle_broken_stdout();
     let filter = tracing_subscriber::EnvFilter::try_from_env("AMK_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
     // Each stage is a span; its closing line carries the time it took (`time.busy`).

@@ -45,7 +45,8 @@ pub struct ScheduleArgs {
 /// Exit status: 0 when proven safe (the certificate is printed), 1 when unsafe (every
 /// counterexample is printed: stuck workers with their waits, or racing tasks with their byte
 /// ranges), 2 when the input is malformed (unreadable file, RON syntax with line and column,
-/// unknown names, ids or regions out of range).
+/// unknown names, ids or regions out of range; also when other errors come with it), 74 when the
+/// result cannot be written to standard output.
 #[derive(Debug, Args)]
 pub struct VerifyArgs {
     /// The schedule.ron to check.
@@ -54,10 +55,10 @@ pub struct VerifyArgs {
     #[arg(long)]
     pub json: bool,
     /// Streaming multiprocessors of the target device.
-    #[arg(long, default_value_t = 132)]
+    #[arg(long, default_value_t = 132, value_parser = clap::value_parser!(u32).range(1..))]
     pub sms: u32,
     /// Blocks of the compiled kernel that fit on one SM at once.
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
     pub blocks_per_sm: u32,
 }
 
@@ -181,7 +182,7 @@ pub fn run_verify(args: VerifyArgs) -> ExitCode {
             } else {
                 println!("{}: {rejection}", args.schedule.display());
             }
-            if rejection.errors.iter().all(|e| e.is_malformed()) {
+            if rejection.errors.iter().any(|e| e.is_malformed()) {
                 ExitCode::from(2)
             } else {
                 ExitCode::from(1)

@@ -81,6 +81,70 @@ fn schedule_verify_and_a_hand_edit() {
     assert!(err.contains("nope"), "{err}");
     let (code, _, err) = amk(&["verify", &p("missing.ron")]);
     assert_eq!(code, 2, "{err}");
+    let (code, _, err) = amk(&["verify", "--sms", "0", &p("schedule.ron")]);
+    assert_eq!(code, 2, "a bad argument, not an unsafe schedule: {err}");
+
+    // A region past its buffer is malformed (2) even when the races it causes come with it.
+    let writes = text.find("writes: [(\"").expect("a task that writes");
+    let close = writes + text[writes..].find(")]").unwrap();
+    let last_comma = writes + text[writes..close].rfind(", ").unwrap();
+    let far = format!("{}, 1000000000{}", &text[..last_comma], &text[close..]);
+    std::fs::write(p("far.ron"), far).unwrap();
+    let (code, out, err) = amk(&["verify", &p("far.ron")]);
+    assert_eq!(code, 2, "{out}{err}");
+    assert!(out.contains("malformed") && out.contains("1000000000"), "{out}");
+}
+
+/// A report that cannot be written is an error with its own status (74), never a panic or a
+/// verdict; a reader that closes the pipe early ends amk as SIGPIPE ends other tools.
+#[test]
+fn unwritable_output_is_an_error_not_a_panic() {
+    use std::io::Read;
+    use std::process::Stdio;
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("model");
+    write_checkpoint(&SynthSpec::tiny(), &model).unwrap();
+    let sched = dir.path().join("s.ron");
+    let (code, _, err) = amk(&["schedule", model.to_str().unwrap(), "-o", sched.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+
+    if let Ok(full) = std::fs::OpenOptions::new().write(true).open("/dev/full") {
+        let out = Command::new(env!("CARGO_BIN_EXE_amk"))
+            .args(["verify", "--json", sched.to_str().unwrap()])
+            .stdout(full)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(74), "{err}");
+        assert!(
+            err.contains("cannot write to standard output") && !err.contains("panicked"),
+            "{err}"
+        );
+    }
+
+    let mut child = Command::new(env!("CARGO_BIN_EXE_amk"))
+        .args(["verify", "--json", sched.to_str().unwrap()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take()); // the reader goes away before amk writes
+    let status = child.wait().unwrap();
+    let mut err = String::new();
+    child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+    assert!(!err.contains("panicked"), "{err}");
+    #[cfg(unix)]
+    {
+        use std::os::unix::process::ExitStatusExt;
+        // Killed by SIGPIPE, or done writing before the pipe closed (a race the test allows).
+        assert!(status.success() || status.signal() == Some(libc_sigpipe()), "{status:?} {err}");
+    }
+}
+
+/// SIGPIPE's number on Linux and the BSDs.
+#[cfg(unix)]
+fn libc_sigpipe() -> i32 {
+    13
 }
 
 /// No stage writes over what it reads, and `synth` does not replace a directory's contents
