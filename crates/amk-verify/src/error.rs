@@ -370,6 +370,18 @@ pub enum VerifyError {
         /// Every wait on it.
         waits: Vec<InstrLoc>,
     },
+    /// A task writes or adds to a weight buffer: weights are uploaded once and read by every
+    /// launch, so a write would change the model for every later token.
+    WeightWritten {
+        /// Task name.
+        task: String,
+        /// `Write(i)` or `Add(i)`.
+        place: RegionPlace,
+        /// Buffer name.
+        buffer: String,
+        /// The written range.
+        range: ByteRange,
+    },
 }
 
 fn locs(v: &[InstrLoc]) -> String {
@@ -477,6 +489,10 @@ impl fmt::Display for VerifyError {
                 "launch-to-launch: counter `{counter}` is never reset but is waited on (at {}); the next launch's waits would be satisfied by this launch's signals. Make it Zeroed or Epoch.",
                 locs(waits)
             ),
+            WeightWritten { task, place, buffer, range } => write!(
+                f,
+                "launch-to-launch: task `{task}` {place} covers {range} of weight buffer `{buffer}`; weights are uploaded once and read by every launch, so no task may write or add to them."
+            ),
         }
     }
 }
@@ -493,6 +509,7 @@ impl VerifyError {
                 | VerifyError::TooManyWorkers { .. }
                 | VerifyError::EpochSignalMismatch { .. }
                 | VerifyError::NeverResetCounterWaited { .. }
+                | VerifyError::WeightWritten { .. }
         )
     }
 }

@@ -30,8 +30,9 @@
 //!    check, as each read follows the one write of its bytes.
 //! 4. **Co-resident**: workers <= `sm_count * blocks_per_sm`.
 //! 5. **Launch-to-launch safe**: epoch-offset counters receive exactly their declared signals
-//!    per launch; never-reset counters are not waited on. (Tagged buffers need nothing: the
-//!    tag tells one launch's values from the last one's.)
+//!    per launch; never-reset counters are not waited on; no task writes or adds to a weight
+//!    buffer (weights are uploaded once and read by every launch). (Tagged buffers need
+//!    nothing: the tag tells one launch's values from the last one's.)
 //!
 //! The [`Certificate`] records what was proven and the sha256 of the canonical
 //! `schedule.ron`, so the runtime can check ([`Certificate::matches`]) that it launches the

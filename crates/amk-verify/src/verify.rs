@@ -973,6 +973,22 @@ fn residency(s: &Schedule, (sm_count, blocks_per_sm): (u32, u32), errors: &mut V
 }
 
 fn launch_to_launch(s: &Schedule, totals: &[u64], errors: &mut Vec<VerifyError>) {
+    // Weights persist across launches and are read-only: no declared write or add may touch
+    // them (the op's own writes and adds lie inside the declared ones, checked in 1).
+    let is_weight =
+        |b: BufferId| s.buffers.get(b.index()).is_some_and(|x| x.kind == BufferKind::Weight);
+    for task in &s.tasks {
+        let writes = task.writes.iter().enumerate().map(|(i, r)| (RegionPlace::Write(i as u32), r));
+        let adds = task.adds.iter().enumerate().map(|(i, r)| (RegionPlace::Add(i as u32), r));
+        for (place, r) in writes.chain(adds).filter(|(_, r)| is_weight(r.buffer)) {
+            errors.push(VerifyError::WeightWritten {
+                task: task.name.clone(),
+                place,
+                buffer: buffer_name(s, r.buffer.index()),
+                range: ByteRange { offset: r.offset, len: r.len },
+            });
+        }
+    }
     let mut waits: Vec<Vec<InstrLoc>> = vec![Vec::new(); s.counters.len()];
     for (w, worker) in s.workers.iter().enumerate() {
         for (i, instr) in worker.instrs.iter().enumerate() {

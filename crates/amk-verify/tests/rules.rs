@@ -350,6 +350,38 @@ fn never_reset_counter_must_not_be_waited_on() {
 }
 
 #[test]
+fn weights_are_never_written() {
+    let mut s = base();
+    let w = s.add_buffer("model.w", BufferKind::Weight, 64);
+    // Reading a weight is what weights are for.
+    s.tasks[0].reads.push(Region::new(w, 0, 64));
+    verify(&s, &FACTS).expect("a task may read weights");
+    // A declared write or add to one is refused, with the task, place and range.
+    s.tasks[1].writes.push(Region::new(w, 8, 8));
+    s.tasks[0].adds.push(Region::new(w, 0, 4));
+    let e = errors(&s, &FACTS);
+    assert_eq!(
+        e,
+        vec![
+            VerifyError::WeightWritten {
+                task: "L0.prod".into(),
+                place: RegionPlace::Add(0),
+                buffer: "model.w".into(),
+                range: ByteRange { offset: 0, len: 4 },
+            },
+            VerifyError::WeightWritten {
+                task: "L0.cons".into(),
+                place: RegionPlace::Write(1),
+                buffer: "model.w".into(),
+                range: ByteRange { offset: 8, len: 8 },
+            },
+        ]
+    );
+    assert!(!e[0].is_malformed());
+    assert!(e[1].to_string().contains("weight buffer `model.w`"), "{}", e[1]);
+}
+
+#[test]
 fn every_error_is_collected() {
     let mut s = base();
     s.workers[1].instrs.remove(0); // race
