@@ -4,7 +4,9 @@ use crate::progress::{weight_bar, ImportBar};
 use amk_ir::chat::ChatMessage;
 use amk_ir::Model;
 use amk_runtime::cpu::CpuReference;
+use amk_runtime::schedule_exec::ScheduleExecutor;
 use amk_runtime::{generate, Backend, GenerateOptions, StopReason};
+use amk_schedule::schedule::BufferKind;
 use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
 use std::io::Write;
@@ -33,10 +35,15 @@ pub struct GenerateArgs {
     /// Stop after this many new tokens (an end-of-sequence token counts).
     #[arg(long, default_value_t = 64)]
     pub max_new_tokens: usize,
-    /// Where to run: the f32 CPU reference, the GPU megakernel, or the GPU when one is usable.
+    /// Where to run: the CPU (the f32 reference, or the schedule executor with --schedule), the
+    /// GPU megakernel, or the GPU when one is usable. Options that tune the GPU kernel (--trace,
+    /// --no-stage, --no-overlap, --block-threads, --watchdog) are ignored on the CPU, with a
+    /// note.
     #[arg(long, value_enum, default_value_t = BackendChoice::Auto)]
     pub backend: BackendChoice,
-    /// Print one JSON object per prompt instead of streaming text.
+    /// Print one JSON object per prompt instead of streaming text: `ms_per_token` is the whole
+    /// run's wall time (prompt included) per generated token, `tokens_per_s` the decode speed
+    /// after the first new token.
     #[arg(long)]
     pub json: bool,
     #[command(flatten)]
@@ -165,6 +172,32 @@ fn read_prompts(path: &Path) -> Result<Vec<String>> {
     Ok(prompts)
 }
 
+/// The GPU-only options given with values other than their defaults (`--config` counts only
+/// without `--schedule`, which the CPU can run).
+fn gpu_only_options(gpu: &crate::gpu::GpuArgs) -> Vec<&'static str> {
+    let d = crate::gpu::GpuArgs::default();
+    let mut v = Vec::new();
+    if gpu.config.is_some() && gpu.schedule.is_none() {
+        v.push("--config");
+    }
+    if gpu.trace {
+        v.push("--trace");
+    }
+    if gpu.no_stage {
+        v.push("--no-stage");
+    }
+    if gpu.no_overlap {
+        v.push("--no-overlap");
+    }
+    if gpu.block_threads != d.block_threads {
+        v.push("--block-threads");
+    }
+    if gpu.watchdog != d.watchdog {
+        v.push("--watchdog");
+    }
+    v
+}
+
 /// Builds the requested backend.
 fn make_backend(args: &GenerateArgs, model: &Model, quiet: bool) -> Result<Box<dyn Backend>> {
     let gpu_ok = amk_runtime::gpu::cuda_available();
@@ -174,15 +207,25 @@ fn make_backend(args: &GenerateArgs, model: &Model, quiet: bool) -> Result<Box<d
         BackendChoice::Auto => gpu_ok.is_ok(),
     };
     if use_gpu {
+        if let Err(why) = gpu_ok {
+            bail!(
+                "--backend gpu: no GPU is usable here ({why}); use --backend cpu (the f32 \
+                 reference) or --backend auto"
+            );
+        }
         return Ok(Box::new(crate::gpu::build_backend(model, &args.gpu, quiet)?));
     }
     if args.backend == BackendChoice::Auto && !quiet {
         if let Err(why) = gpu_ok {
-            eprintln!("amk: no usable GPU ({why}); running the f32 CPU reference");
+            eprintln!("amk: no usable GPU ({why}); running on the CPU");
         }
     }
-    // The CPU reference is f32 unless a precision is asked for explicitly; then it emulates it
-    // (weights rounded or quantized as the GPU stores them, f32 arithmetic).
+    let ignored = gpu_only_options(&args.gpu);
+    if !ignored.is_empty() && !quiet {
+        eprintln!("amk: cpu: ignoring {} (they tune the GPU kernel)", ignored.join(", "));
+    }
+    // The CPU is f32 unless a precision is asked for explicitly; then it emulates it (weights
+    // rounded or quantized as the GPU stores them, f32 arithmetic).
     let precision = args.gpu.precision.unwrap_or(crate::gpu::Precision::F32);
     if precision != crate::gpu::Precision::F32 && !quiet {
         eprintln!(
@@ -192,6 +235,29 @@ fn make_backend(args: &GenerateArgs, model: &Model, quiet: bool) -> Result<Box<d
                 .to_possible_value()
                 .map_or_else(|| format!("{precision:?}"), |v| v.get_name().to_owned())
         );
+    }
+    if args.gpu.schedule.is_some() {
+        // A given schedule runs on the CPU schedule executor, after the same proof a launch
+        // needs: an edited schedule is never run unverified, on either backend.
+        let (schedule, facts) = crate::gpu::schedule_for(model, &args.gpu)?;
+        let verified = crate::gpu::verify_or_refuse(&schedule, &facts)?;
+        if !quiet {
+            eprintln!("amk: cpu: running the verified schedule on the CPU schedule executor");
+        }
+        let schedule = std::sync::Arc::new(verified.schedule().clone());
+        let weights = schedule.buffers.iter().filter(|b| b.kind == BufferKind::Weight).count();
+        let bar = weight_bar(weights, "loading weights");
+        let exec = ScheduleExecutor::from_model_with(
+            model,
+            schedule,
+            precision.weight_dtype(),
+            &mut |done, _| bar.set_position(done as u64),
+        )?;
+        bar.finish_and_clear();
+        return Ok(Box::new(exec));
+    }
+    if !quiet && precision == crate::gpu::Precision::F32 {
+        eprintln!("amk: cpu: the f32 CPU reference (the model graph, interpreted)");
     }
     let bar = weight_bar(model.graph.weights.len(), "loading weights");
     let cpu = CpuReference::from_model_with(model, precision.weight_dtype(), &mut |done, _| {

@@ -32,10 +32,13 @@ pub struct GpuArgs {
     /// arithmetic, f32 by default).
     #[arg(long, value_enum)]
     pub precision: Option<Precision>,
-    /// Run this schedule.ron instead of lowering one (it is verified before any launch).
+    /// Run this schedule.ron instead of lowering one. It is verified first, on either backend:
+    /// the GPU launches it, the CPU runs it on the schedule executor.
     #[arg(long)]
     pub schedule: Option<PathBuf>,
-    /// Knobs for lowering (RON ScheduleConfig), when no --schedule is given.
+    /// Knobs (RON ScheduleConfig) for lowering the schedule; with --schedule, only its launch
+    /// facts (sm_count, blocks_per_sm) are used, to verify the given schedule. GPU or
+    /// --schedule only: the CPU reference does not lower.
     #[arg(long)]
     pub config: Option<PathBuf>,
     /// Seconds a launch may take before the run stops with the counters' values.
@@ -163,12 +166,8 @@ pub fn verify_or_refuse(schedule: &Schedule, facts: &LaunchFacts) -> Result<Veri
 
 /// Builds the GPU backend for `model`.
 pub fn build_backend(model: &Model, args: &GpuArgs, quiet: bool) -> Result<GpuBackend> {
-    amk_runtime::gpu::cuda_available().map_err(|why| {
-        anyhow::anyhow!(
-            "--backend gpu: no GPU is usable here ({why}); use --backend cpu (the f32 reference) \
-             or --backend auto"
-        )
-    })?;
+    amk_runtime::gpu::cuda_available()
+        .map_err(|why| anyhow::anyhow!("no GPU is usable here ({why})"))?;
     let (schedule, facts) = schedule_for(model, args)?;
     let verified = verify_or_refuse(&schedule, &facts)?;
     backend_for(model, &verified, args, quiet)

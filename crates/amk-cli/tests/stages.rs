@@ -186,3 +186,62 @@ fn outputs_never_replace_inputs() {
     assert_eq!(code, 0, "{err}");
     assert_ne!(std::fs::read(&weights).unwrap(), before);
 }
+
+/// `generate --schedule` on the CPU runs the schedule on the schedule executor after the same
+/// proof a launch needs: the default schedule gives the reference's tokens, an edited unsafe
+/// one is refused, and GPU-only options are named as ignored.
+#[test]
+fn a_schedule_runs_on_the_cpu_only_when_verified() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("model");
+    write_checkpoint(&SynthSpec::tiny(), &model).unwrap();
+    let m = model.to_str().unwrap();
+    let sched = dir.path().join("s.ron");
+    let s = sched.to_str().unwrap();
+    let (code, _, err) = amk(&["schedule", m, "-o", s]);
+    assert_eq!(code, 0, "{err}");
+    let gen = |extra: &[&str]| {
+        let mut a = vec!["generate", "-m", m, "-p", "Hello", "--max-new-tokens", "6", "--json"];
+        a.extend_from_slice(extra);
+        amk(&a)
+    };
+    let (code, reference, err) = gen(&["--backend", "cpu"]);
+    assert_eq!(code, 0, "{err}");
+    let (code, scheduled, err) = gen(&["--backend", "cpu", "--schedule", s]);
+    assert_eq!(code, 0, "{err}");
+    let ids = |out: &str| {
+        let v: serde_json::Value = serde_json::from_str(out.lines().next().unwrap()).unwrap();
+        (v["generated_ids"].clone(), v["backend"].clone())
+    };
+    assert_eq!(ids(&scheduled).0, ids(&reference).0);
+    assert_eq!(ids(&scheduled).1, "cpu-schedule");
+    let (code, _, err) = amk(&[
+        "generate",
+        "-m",
+        m,
+        "-p",
+        "Hi",
+        "--max-new-tokens",
+        "2",
+        "--backend",
+        "cpu",
+        "--schedule",
+        s,
+        "--trace",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("ignoring --trace") && err.contains("schedule executor"), "{err}");
+
+    // The k-cache producer's signal that attention waits for, deleted by hand.
+    let text = std::fs::read_to_string(&sched).unwrap();
+    let at = text.find("Wait(\"L0.qkv.kv0.done\"").expect("a per-head wait");
+    let (start, end) = (text[..at].rfind('\n').unwrap(), at + text[at..].find('\n').unwrap());
+    let bad = dir.path().join("bad.ron");
+    std::fs::write(&bad, format!("{}{}", &text[..start], &text[end..])).unwrap();
+    let (code, out, err) = gen(&["--backend", "cpu", "--schedule", bad.to_str().unwrap()]);
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(
+        err.contains("refusing to launch an unverified schedule") && err.contains("race"),
+        "{err}"
+    );
+}

@@ -10,6 +10,7 @@
 
 use crate::kernels;
 use crate::{Backend, RuntimeError};
+use amk_codegen_cuda::WeightDType;
 use amk_ir::synth::SplitMix;
 use amk_schedule::ops::{
     attn_part_rows, attn_partial_index, attn_partial_len, io, Carry, NewRow, ProjInput, ProjOutput,
@@ -204,6 +205,18 @@ impl ScheduleExecutor {
         schedule: Arc<Schedule>,
         on_weight: &mut dyn FnMut(usize, usize),
     ) -> Result<ScheduleExecutor, RuntimeError> {
+        Self::from_model_with(model, schedule, WeightDType::F32, on_weight)
+    }
+
+    /// Like [`Self::from_model`], with the weights as a device holding them in `dtype` would see
+    /// them ([`crate::quant::emulate`]), so a schedule's lower-precision decode can be checked on
+    /// the CPU.
+    pub fn from_model_with(
+        model: &amk_ir::Model,
+        schedule: Arc<Schedule>,
+        dtype: WeightDType,
+        on_weight: &mut dyn FnMut(usize, usize),
+    ) -> Result<ScheduleExecutor, RuntimeError> {
         let total = schedule.buffers.iter().filter(|b| b.kind == BufferKind::Weight).count();
         let mut done = 0;
         let max_pos = model.config.max_position_embeddings;
@@ -227,7 +240,7 @@ impl ScheduleExecutor {
             })?;
             done += 1;
             on_weight(done, total);
-            Ok(data)
+            Ok(crate::quant::emulate(dtype, spec, data))
         })
     }
 
