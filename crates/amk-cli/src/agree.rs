@@ -352,9 +352,16 @@ pub fn run(args: AgreeArgs) -> Result<()> {
         BackendChoice::Cpu => false,
         BackendChoice::Auto => gpu_ok.is_ok(),
     };
-    if args.backend == BackendChoice::Auto {
-        if let Err(why) = &gpu_ok {
-            eprintln!("amk: no usable GPU ({why}); measuring on the CPU reference");
+    if let Err(why) = &gpu_ok {
+        match args.backend {
+            BackendChoice::Auto => {
+                eprintln!("amk: no usable GPU ({why}); measuring on the CPU reference")
+            }
+            BackendChoice::Gpu => bail!(
+                "--backend gpu: no GPU is usable here ({why}); use --backend cpu (the f32 \
+                 reference, lower precisions emulated) or --backend auto"
+            ),
+            BackendChoice::Cpu => {}
         }
     }
     if !use_gpu && args.precision.iter().any(|&p| p != Precision::F32) {

@@ -1041,6 +1041,12 @@ pub fn run(args: BenchArgs) -> Result<()> {
     if let Some(b) = &baseline {
         rows = merge_rows(rows, b.rows.clone());
     }
+    // Whether amk was to be timed and no point was: the report is still written, then the
+    // run fails.
+    let amk_failed = amk_rows
+        .first()
+        .and_then(|r| r.error.clone())
+        .filter(|_| !amk_rows.is_empty() && amk_rows.iter().all(|r| r.error.is_some()));
     rows = merge_rows(rows, amk_rows);
     let (copy_gbps, copy_source) = baseline
         .iter()
@@ -1099,6 +1105,9 @@ pub fn run(args: BenchArgs) -> Result<()> {
         (None, None) => {}
     }
     println!("wrote {} and {}", json_path.display(), svg_path.display());
+    if let Some(first) = amk_failed {
+        bail!("every amk measurement failed (the first: {first}); the report holds the errors");
+    }
     Ok(())
 }
 

@@ -48,7 +48,9 @@ pub struct GpuTestArgs {
     /// Tokens timed per context.
     #[arg(long, default_value_t = 200)]
     pub timed_tokens: usize,
-    /// Skip the golden decodes and refusal checks: only time bf16 at contexts 16, 256, 1024.
+    /// Skip the golden decodes and refusal checks: only time --precision (default bf16) at
+    /// contexts 16, 256, 1024. Without it --precision is not used: the checks run f32, then
+    /// time bf16 and int8 (--synthetic compares all three).
     #[arg(long)]
     pub speed_only: bool,
     /// Write the results as JSON here too.
@@ -330,6 +332,8 @@ fn time_contexts(
 }
 
 pub fn run(args: GpuTestArgs) -> Result<()> {
+    amk_runtime::gpu::cuda_available()
+        .map_err(|why| anyhow::anyhow!("amk gpu-test needs a CUDA GPU: {why}"))?;
     if args.synthetic {
         return synthetic(&args);
     }

@@ -183,3 +183,23 @@ fn nothing_to_measure_is_an_error() {
     assert!(!ok);
     assert!(stderr.contains("nothing to measure"), "{stderr}");
 }
+
+/// A run whose every amk point fails (here: no GPU) still writes its report, then exits
+/// non-zero naming the first error, so a script cannot take it for a measurement.
+#[test]
+fn a_run_that_measured_nothing_fails() {
+    if amk_runtime::gpu::cuda_available().is_ok() {
+        return; // on a GPU machine the points are measured
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let (ok, stdout, stderr) = amk(&["bench", "--synth", "tiny", "--quick", "--out", s(&out)]);
+    assert!(!ok, "{stdout}\n{stderr}");
+    assert!(
+        stderr.contains("every amk measurement failed") && stderr.contains("no GPU"),
+        "{stderr}"
+    );
+    let report: Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("bench.json")).unwrap()).unwrap();
+    assert!(report["rows"].as_array().unwrap().iter().all(|r| r["error"].is_string()));
+}
