@@ -81,6 +81,16 @@ fn schedule_verify_and_a_hand_edit() {
     assert!(err.contains("nope"), "{err}");
     let (code, _, err) = amk(&["verify", &p("missing.ron")]);
     assert_eq!(code, 2, "{err}");
+    // Misspelt fields are errors, not silent defaults: a knob, and a field of the schedule.
+    std::fs::write(p("typo.ron"), "(worker: 8)").unwrap();
+    let (code, _, err) = amk(&["schedule", &p("model.ir.ron"), "--config", &p("typo.ron")]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("typo.ron") && err.contains("`worker`"), "{err}");
+    std::fs::write(p("field.ron"), text.replacen("Schedule(", "Schedule(\n    bogus: 1,", 1))
+        .unwrap();
+    let (code, _, err) = amk(&["verify", &p("field.ron")]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("field.ron:") && err.contains("`bogus`"), "{err}");
     let (code, _, err) = amk(&["verify", "--sms", "0", &p("schedule.ron")]);
     assert_eq!(code, 2, "a bad argument, not an unsafe schedule: {err}");
 

@@ -26,7 +26,7 @@ pub enum TaskOrder {
 
 /// Tiling, placement and launch knobs.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct ScheduleConfig {
     /// Workers (thread blocks) of the persistent kernel.
     pub workers: u32,

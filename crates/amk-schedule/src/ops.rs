@@ -300,6 +300,7 @@ impl HeadPart {
 
 /// The computation of one task.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub enum TaskOp {
     /// Copies the bytes of `src` to `dst` (same length).
     Copy { src: Region, dst: Region },

@@ -272,6 +272,7 @@ pub enum BufferKind {
 
 /// A named device buffer of `bytes` bytes.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Buffer {
     /// Unique name, used for references in `schedule.ron`.
     pub name: String,
@@ -376,6 +377,7 @@ pub enum CounterReset {
 
 /// A monotone counter in device memory.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Counter {
     /// Unique name, used for references in `schedule.ron` (e.g. `L3.qkv.done`).
     pub name: String,
@@ -385,6 +387,7 @@ pub struct Counter {
 
 /// A unit of work run by exactly one worker. The verifier looks only at its regions.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Task {
     /// Unique name that says layer and op (e.g. `L3.qkv.h0`).
     pub name: String,
@@ -459,6 +462,7 @@ pub struct Worker {
 
 /// A whole schedule: everything one launch (one decode step) of the megakernel does.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Schedule {
     /// The schedule's (model's) name.
     pub name: String,
