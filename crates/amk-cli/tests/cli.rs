@@ -858,6 +858,20 @@ fn real_smollm2_matches_the_golden_decode_and_imports() {
     // Importing again over an earlier import is allowed without --overwrite.
     amk(&["import-gguf", s(&gguf), "-o", s(&out)]).ok();
 
+    // A damaged import in the cache is imported again, not reported on every run.
+    let cache = tmp.path().join("cache");
+    let copy = tmp.path().join("copy.gguf");
+    std::fs::copy(&gguf, &copy).unwrap();
+    run_with_cache(Some(&cache), &["inspect", s(&copy)]).ok();
+    let imported = std::fs::read_dir(cache.join("gguf")).unwrap().next().unwrap().unwrap().path();
+    let weights = imported.join("model.safetensors");
+    let full = std::fs::metadata(&weights).unwrap().len();
+    std::fs::OpenOptions::new().write(true).open(&weights).unwrap().set_len(1_000_000).unwrap();
+    let r = run_with_cache(Some(&cache), &["inspect", s(&copy)]).ok();
+    assert!(r.stderr.contains("does not open") && r.stderr.contains("again"), "{}", r.describe());
+    assert_eq!(std::fs::metadata(&weights).unwrap().len(), full);
+    std::fs::remove_file(&copy).unwrap();
+
     // Truncated copies of the real file fail cleanly, naming the file, wherever the cut is.
     let bytes = std::fs::read(&gguf).unwrap();
     for keep in [24, 1_000, 100_000, 1_000_000, 5_000_000, bytes.len() - 100] {

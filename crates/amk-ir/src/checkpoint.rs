@@ -599,7 +599,7 @@ fn not_found_hint(dir: &Path) -> String {
     let has = |pred: &dyn Fn(&str) -> bool| -> Option<String> {
         std::fs::read_dir(dir).ok()?.flatten().find_map(|e| {
             let n = e.file_name().to_string_lossy().into_owned();
-            pred(&n).then_some(n)
+            (pred(&n) && e.path().is_file()).then_some(n)
         })
     };
     if let Some(n) = has(&|n| n.ends_with(".gguf")) {
@@ -612,9 +612,9 @@ fn not_found_hint(dir: &Path) -> String {
              (transformers: model.save_pretrained(dir, safe_serialization=True))"
         ));
     } else if let Some(n) = has(&|n| n.ends_with(".safetensors")) {
-        hint.push_str(&format!(
-            "; found {n}: rename it to {SINGLE_FILE} or pass the file path itself"
-        ));
+        hint.push_str(&format!("; found {n}: rename it to {SINGLE_FILE}"));
+    } else if dir.join(SINGLE_FILE).exists() {
+        hint.push_str(&format!("; {SINGLE_FILE} is there but is not a regular file"));
     }
     hint
 }

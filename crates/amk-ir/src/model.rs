@@ -63,8 +63,22 @@ impl Model {
         path: &Path,
         on_import: &mut dyn FnMut(ImportProgress),
     ) -> Result<Model, ModelError> {
-        let dir = resolve(path, on_import)?;
-        Self::open_dir(&dir)
+        let (dir, cached) = resolve(path, on_import)?;
+        match Self::open_dir(&dir) {
+            // An earlier import in the cache that no longer opens (a truncated file, say) is
+            // derived data: import the GGUF again rather than fail on every run.
+            Err(e @ (ModelError::Config(_) | ModelError::Checkpoint(_))) if cached => {
+                tracing::warn!(
+                    "the cached import {} does not open ({e}); importing {} again",
+                    dir.display(),
+                    path.display()
+                );
+                let _span = tracing::info_span!("import_gguf", file = %path.display()).entered();
+                gguf::import_gguf(path, &dir, on_import)?;
+                Self::open_dir(&dir)
+            }
+            other => other,
+        }
     }
 
     /// Opens a Hugging Face directory.
@@ -125,10 +139,14 @@ pub fn import_dir_for(gguf: &Path) -> PathBuf {
     cache::cache_dir().join("gguf").join(format!("{stem}-{size:x}-{mtime:x}"))
 }
 
-/// Turns a user's path into a Hugging Face directory, importing a GGUF file if needed.
-fn resolve(path: &Path, on_import: &mut dyn FnMut(ImportProgress)) -> Result<PathBuf, ModelError> {
+/// Turns a user's path into a Hugging Face directory, importing a GGUF file if needed; the flag
+/// says whether the directory is an earlier import found in the cache.
+fn resolve(
+    path: &Path,
+    on_import: &mut dyn FnMut(ImportProgress),
+) -> Result<(PathBuf, bool), ModelError> {
     if path.is_dir() {
-        return Ok(path.to_owned());
+        return Ok((path.to_owned(), false));
     }
     if !path.exists() {
         return Err(ModelError::NotFound { path: path.to_owned() });
@@ -138,9 +156,9 @@ fn resolve(path: &Path, on_import: &mut dyn FnMut(ImportProgress)) -> Result<Pat
     }
     let out = import_dir_for(path);
     if out.join(gguf::IMPORT_MARKER).is_file() && out.join("config.json").is_file() {
-        return Ok(out);
+        return Ok((out, true));
     }
     let _span = tracing::info_span!("import_gguf", file = %path.display()).entered();
     gguf::import_gguf(path, &out, on_import)?;
-    Ok(out)
+    Ok((out, false))
 }
