@@ -293,12 +293,26 @@ pub fn run(args: GenerateArgs) -> Result<()> {
 
     // Tokenize every prompt before the (slow) weight load, so bad input fails fast.
     let mut encoded = Vec::with_capacity(prompts.len());
-    for prompt in &prompts {
+    for (i, prompt) in prompts.iter().enumerate() {
+        // Which prompt, for errors: the prompts file's entry, or the --prompt text.
+        let which = || match &args.prompts_file {
+            Some(f) => format!("{} entry {i} ({prompt:?})", f.display()),
+            None => format!("--prompt {prompt:?}"),
+        };
         let text = match &template {
-            Some(t) => t.render(&[ChatMessage::new("user", prompt.as_str())], true)?,
+            Some(t) => t
+                .render(&[ChatMessage::new("user", prompt.as_str())], true)
+                .with_context(|| format!("rendering the chat template for {}", which()))?,
             None => prompt.clone(),
         };
-        let ids = tokenizer.encode(&text).with_context(|| format!("tokenizing {prompt:?}"))?;
+        if text.is_empty() && template.is_some() {
+            bail!(
+                "{}: the model's chat template rendered it as an empty string; check the \
+                 template (tokenizer_config.json `chat_template` or chat_template.jinja)",
+                which()
+            );
+        }
+        let ids = tokenizer.encode(&text).with_context(|| format!("tokenizing {}", which()))?;
         let max = model.config.max_position_embeddings;
         if ids.len() > max {
             bail!(

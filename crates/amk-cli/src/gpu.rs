@@ -3,6 +3,7 @@
 //! launched, and the backend re-verifies it with the compiled kernel's real occupancy.
 
 use crate::progress::weight_bar;
+use amk_ir::graph::DecodeGraph;
 use amk_ir::Model;
 use amk_runtime::gpu::{GpuBackend, GpuOptions, WeightDType};
 use amk_schedule::{lower, Schedule, ScheduleConfig};
@@ -123,6 +124,18 @@ pub fn scratch_dir(tag: &str) -> Result<PathBuf> {
 }
 
 /// Reads knobs from a file, or the defaults.
+/// Lowers `graph` with `knobs`, read from `path` (`None`: the defaults); errors name the file.
+pub fn lower_with(
+    graph: &DecodeGraph,
+    knobs: &ScheduleConfig,
+    path: Option<&Path>,
+) -> Result<Schedule> {
+    lower(graph, knobs).with_context(|| match path {
+        Some(p) => format!("lowering with the knobs in {}", p.display()),
+        None => "lowering with the default knobs".to_owned(),
+    })
+}
+
 pub fn read_knobs(path: Option<&Path>) -> Result<ScheduleConfig> {
     match path {
         Some(path) => {
@@ -151,7 +164,7 @@ pub fn schedule_for(model: &Model, args: &GpuArgs) -> Result<(Schedule, LaunchFa
                 .with_context(|| format!("cannot read {}", path.display()))?;
             parse_schedule(&text, path).map_err(anyhow::Error::msg)?
         }
-        None => lower(&model.graph, &knobs)?,
+        None => lower_with(&model.graph, &knobs, args.config.as_deref())?,
     };
     Ok((schedule, facts))
 }

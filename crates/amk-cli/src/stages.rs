@@ -5,7 +5,6 @@
 use crate::progress::ImportBar;
 use amk_ir::graph::DecodeGraph;
 use amk_ir::Model;
-use amk_schedule::lower;
 use amk_verify::{verify, LaunchFacts};
 use anyhow::{Context, Result};
 use clap::Args;
@@ -123,7 +122,7 @@ pub fn run_ir(args: IrArgs) -> Result<()> {
 pub fn run_schedule(args: ScheduleArgs) -> Result<()> {
     let config = crate::gpu::read_knobs(args.config.as_deref())?;
     let graph = load_graph(&args.model)?;
-    let schedule = lower(&graph, &config)?;
+    let schedule = crate::gpu::lower_with(&graph, &config, args.config.as_deref())?;
     let mut inputs = input_files(&args.model);
     inputs.extend(args.config.clone());
     write(&args.output, &schedule.to_ron_string(), &inputs)?;
@@ -243,7 +242,7 @@ pub fn run_build(args: BuildArgs) -> Result<()> {
         refuse_input(&args.output.join(artifact), &inputs)?;
     }
     write(&args.output.join("model.ir.ron"), &graph.to_ron(), &inputs)?;
-    let schedule = lower(&graph, &knobs)?;
+    let schedule = crate::gpu::lower_with(&graph, &knobs, args.config.as_deref())?;
     write(&args.output.join("schedule.ron"), &schedule.to_ron_string(), &inputs)?;
     let t_schedule = started.elapsed();
     let facts = LaunchFacts { sm_count: knobs.sm_count, blocks_per_sm: knobs.blocks_per_sm };

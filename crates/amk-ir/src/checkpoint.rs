@@ -84,6 +84,12 @@ pub enum CheckpointError {
     /// The safetensors crate rejected the file for a reason not caught above.
     #[error("{}: invalid safetensors file: {detail}", file.display())]
     Invalid { file: PathBuf, detail: String },
+    /// A tensor holds a NaN or an infinity: the model would decode nothing but garbage.
+    #[error(
+        "{}: tensor `{tensor}` holds {value} at element {index}; the checkpoint is corrupt",
+        file.display()
+    )]
+    NonFinite { file: PathBuf, tensor: String, index: usize, value: f32 },
     /// The sharded index is malformed.
     #[error("{}: {detail}", file.display())]
     Index { file: PathBuf, detail: String },
@@ -453,9 +459,30 @@ impl Checkpoint {
             }
         }
         if problems.is_empty() {
+            self.warn_unread_layers(specs);
             Ok(())
         } else {
             Err(CheckpointError::Mismatch { dir: self.dir.clone(), problems })
+        }
+    }
+
+    /// Warns when the checkpoint holds layers past the ones the graph reads (config.json's
+    /// `num_hidden_layers` smaller than the checkpoint's): the model then runs, but not as the
+    /// checkpoint was trained.
+    fn warn_unread_layers(&self, specs: &[WeightSpec]) {
+        let layer = |name: &str| -> Option<usize> {
+            name.strip_prefix("model.layers.")?.split('.').next()?.parse().ok()
+        };
+        let read = specs.iter().filter_map(|s| layer(&s.name)).max();
+        let stored = self.tensors.keys().filter_map(|k| layer(k)).max();
+        if let (Some(read), Some(stored)) = (read, stored) {
+            if stored > read {
+                tracing::warn!(
+                    "{}: the checkpoint has layers 0..={stored} but config.json's \
+                     num_hidden_layers reads only 0..={read}; the others are ignored",
+                    self.dir.display()
+                );
+            }
         }
     }
 
@@ -535,6 +562,22 @@ impl Checkpoint {
             _ => return Err(unsupported()),
         }
         Ok(())
+    }
+
+    /// [`Checkpoint::load_f32`] for a weight a backend computes with: also refuses a NaN or an
+    /// infinity (a corrupt checkpoint would otherwise decode garbage without a word).
+    pub fn load_weight(&self, spec: &WeightSpec) -> Result<Vec<f32>, CheckpointError> {
+        let out = self.load_f32(spec)?;
+        if let Some((index, &value)) = out.iter().enumerate().find(|(_, v)| !v.is_finite()) {
+            let file = self.tensors.get(&spec.name).map(|e| self.file_of(e).to_path_buf());
+            return Err(CheckpointError::NonFinite {
+                file: file.unwrap_or_else(|| self.dir.clone()),
+                tensor: spec.name.clone(),
+                index,
+                value,
+            });
+        }
+        Ok(out)
     }
 }
 

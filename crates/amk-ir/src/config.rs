@@ -76,14 +76,42 @@ impl RawConfig {
         Self::from_json(&text, path)
     }
 
-    /// Parses the text of a `config.json`; `path` is only used in errors.
+    /// Parses the text of a `config.json`; `path` is only used in errors. Syntax errors carry
+    /// line and column; a value of the wrong type or range names its field as well
+    /// (serde_path_to_error tracks where the deserializer was).
     pub fn from_json(text: &str, path: &Path) -> Result<RawConfig, ConfigError> {
-        serde_json::from_str(text).map_err(|e| ConfigError::Json {
+        let json = |e: serde_json::Error| ConfigError::Json {
             path: path.to_owned(),
             line: e.line(),
             column: e.column(),
             message: e.to_string(),
-        })
+        };
+        let mut de = serde_json::Deserializer::from_str(text);
+        let raw = serde_path_to_error::deserialize::<_, RawConfig>(&mut de).map_err(|e| {
+            let field = e.path().to_string();
+            let inner = e.into_inner();
+            if !inner.is_data() {
+                return json(inner);
+            }
+            // A top-level list or scalar: serde reads a list into a struct by position.
+            if field == "." || field.starts_with('[') {
+                return ConfigError::Invalid {
+                    path: path.to_owned(),
+                    field: "(top level)".into(),
+                    message: "config.json must be a JSON object of fields".into(),
+                };
+            }
+            let (line, column) = (inner.line(), inner.column());
+            let message = inner.to_string();
+            let message = message.split(" at line ").next().unwrap_or(&message).to_owned();
+            ConfigError::Invalid {
+                path: path.to_owned(),
+                field,
+                message: format!("{message} (line {line}, column {column})"),
+            }
+        })?;
+        de.end().map_err(json)?;
+        Ok(raw)
     }
 }
 
@@ -705,7 +733,13 @@ mod tests {
                 "outside the vocabulary",
             ),
             (edit(|m| drop(m.insert("head_dim".into(), 63.into()))), "`head_dim` is invalid"),
-            (edit(|m| drop(m.insert("hidden_size".into(), "wide".into()))), "not valid JSON"),
+            (
+                edit(|m| drop(m.insert("hidden_size".into(), "wide".into()))),
+                "field `hidden_size` is invalid: invalid type: string \"wide\"",
+            ),
+            (edit(|m| drop(m.insert("hidden_size".into(), (-64).into()))), "`hidden_size`"),
+            ("[]".to_owned(), "must be a JSON object"),
+            ("[1, 2]".to_owned(), "must be a JSON object"),
             ("{\"hidden_size\": 5,".to_owned(), "line 1, column 18"),
         ];
         for (text, expected) in cases {

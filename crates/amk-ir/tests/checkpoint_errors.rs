@@ -468,3 +468,24 @@ fn checkpoint_is_shareable_across_threads() {
     assert_send_sync::<Checkpoint>();
     assert_send_sync::<CheckpointError>();
 }
+
+/// A weight holding a NaN or an infinity is refused by the loader backends use, naming the
+/// tensor, the element and the file; `load_f32` itself converts every bit pattern exactly.
+#[test]
+fn non_finite_weights_are_refused() {
+    for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("model.safetensors");
+        write(&p, &[T("w", Dtype::F32, vec![4], f32_bytes(&[1.0, 2.0, bad, 4.0]))]);
+        let ck = Checkpoint::open(dir.path()).unwrap();
+        let spec = WeightSpec::new("w", [4]);
+        assert!(ck.load_f32(&spec).is_ok());
+        let e = ck.load_weight(&spec).unwrap_err();
+        let m = e.to_string();
+        assert!(matches!(e, CheckpointError::NonFinite { index: 2, .. }), "{m}");
+        assert!(
+            m.contains("`w`") && m.contains("element 2") && m.contains("model.safetensors"),
+            "{m}"
+        );
+    }
+}

@@ -84,9 +84,8 @@ impl CpuReference {
         let total = model.graph.weights.len();
         let mut done = 0;
         Self::new(Arc::new(model.graph.clone()), |spec| {
-            let data = model.checkpoint.load_f32(spec).map_err(|e| RuntimeError::WeightLoad {
-                name: spec.name.clone(),
-                message: e.to_string(),
+            let data = model.checkpoint.load_weight(spec).map_err(|e| {
+                RuntimeError::WeightLoad { name: spec.name.clone(), message: e.to_string() }
             })?;
             done += 1;
             on_weight(done, total);

@@ -234,9 +234,8 @@ impl ScheduleExecutor {
                     found: spec.numel(),
                 });
             }
-            let data = model.checkpoint.load_f32(spec).map_err(|e| RuntimeError::WeightLoad {
-                name: name.to_owned(),
-                message: e.to_string(),
+            let data = model.checkpoint.load_weight(spec).map_err(|e| {
+                RuntimeError::WeightLoad { name: name.to_owned(), message: e.to_string() }
             })?;
             done += 1;
             on_weight(done, total);

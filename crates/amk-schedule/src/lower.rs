@@ -81,7 +81,7 @@ pub enum LowerError {
          structure"
     )]
     Pattern { node: usize, name: String },
-    #[error("invalid schedule config: {0}")]
+    #[error(transparent)]
     Config(#[from] crate::config::ConfigError),
     #[error("a tile does not fit: {0}")]
     Tiling(String),

@@ -38,7 +38,7 @@ pub enum GgufError {
 
     /// A header field holds a value that cannot be right (an absurd count, a bad type code,
     /// invalid UTF-8, a misaligned offset, ...).
-    #[error("{}: invalid {field}: {reason}", path.display())]
+    #[error("{}: {field} is invalid: {reason}", path.display())]
     Invalid { path: PathBuf, field: String, reason: String },
 
     /// A tensor's data range does not lie inside the file.

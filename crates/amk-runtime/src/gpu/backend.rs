@@ -1218,7 +1218,7 @@ fn upload_weight(
             spec.numel()
         )));
     }
-    let data = model.checkpoint.load_f32(spec).map_err(|e| err(e.to_string()))?;
+    let data = model.checkpoint.load_weight(spec).map_err(|e| err(e.to_string()))?;
     if data.len() as u64 != elements {
         return Err(err(format!("loaded {} elements, expected {elements}", data.len())));
     }
