@@ -15,11 +15,17 @@ fn amk(args: &[&str]) -> (i32, String, String) {
     )
 }
 
-#[test]
-fn schedule_verify_and_a_hand_edit() {
+/// A tiny synthetic checkpoint in a fresh directory: the directory, and the model's path in it.
+fn tiny_model() -> (tempfile::TempDir, std::path::PathBuf) {
     let dir = tempfile::tempdir().unwrap();
     let model = dir.path().join("model");
     write_checkpoint(&SynthSpec::tiny(), &model).unwrap();
+    (dir, model)
+}
+
+#[test]
+fn schedule_verify_and_a_hand_edit() {
+    let (dir, model) = tiny_model();
     let p = |name: &str| dir.path().join(name).to_str().unwrap().to_owned();
 
     let (code, _, err) = amk(&["ir", model.to_str().unwrap(), "-o", &p("model.ir.ron")]);
@@ -111,9 +117,7 @@ fn schedule_verify_and_a_hand_edit() {
 fn unwritable_output_is_an_error_not_a_panic() {
     use std::io::Read;
     use std::process::Stdio;
-    let dir = tempfile::tempdir().unwrap();
-    let model = dir.path().join("model");
-    write_checkpoint(&SynthSpec::tiny(), &model).unwrap();
+    let (dir, model) = tiny_model();
     let sched = dir.path().join("s.ron");
     let (code, _, err) = amk(&["schedule", model.to_str().unwrap(), "-o", sched.to_str().unwrap()]);
     assert_eq!(code, 0, "{err}");
@@ -161,9 +165,7 @@ fn libc_sigpipe() -> i32 {
 /// unless told to: each refusal names the path and leaves the file as it was.
 #[test]
 fn outputs_never_replace_inputs() {
-    let dir = tempfile::tempdir().unwrap();
-    let model = dir.path().join("model");
-    write_checkpoint(&SynthSpec::tiny(), &model).unwrap();
+    let (dir, model) = tiny_model();
     let m = model.to_str().unwrap();
     let weights = model.join("model.safetensors");
     let before = std::fs::read(&weights).unwrap();
@@ -202,9 +204,7 @@ fn outputs_never_replace_inputs() {
 /// one is refused, and GPU-only options are named as ignored.
 #[test]
 fn a_schedule_runs_on_the_cpu_only_when_verified() {
-    let dir = tempfile::tempdir().unwrap();
-    let model = dir.path().join("model");
-    write_checkpoint(&SynthSpec::tiny(), &model).unwrap();
+    let (dir, model) = tiny_model();
     let m = model.to_str().unwrap();
     let sched = dir.path().join("s.ron");
     let s = sched.to_str().unwrap();
