@@ -8,6 +8,7 @@
 
 use crate::config::{Architecture, Llama3RopeScaling, ModelConfig};
 use crate::graph::DecodeGraph;
+use rayon::prelude::*;
 use safetensors::tensor::TensorView;
 use serde_json::json;
 use std::path::Path;
@@ -114,19 +115,31 @@ pub enum SynthError {
 #[derive(Debug, Clone)]
 pub struct SplitMix(pub u64);
 
+const GAMMA: u64 = 0x9E37_79B9_7F4A_7C15;
+
+/// SplitMix64's output function.
+fn mix(mut z: u64) -> u64 {
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// 64 random bits as a value uniform in [-1, 1).
+fn unit_of(bits: u64) -> f32 {
+    (bits >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+}
+
 impl SplitMix {
     /// The next 64 random bits.
     pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
+        self.0 = self.0.wrapping_add(GAMMA);
+        mix(self.0)
     }
 
-    /// Uniform in [-1, 1).
-    fn unit(&mut self) -> f32 {
-        (self.next_u64() >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+    /// The `n`-th output (from 0) of a generator seeded with `seed`, without the `n` before
+    /// it: SplitMix's state only counts, so any stretch of the stream can be made in parallel.
+    pub fn nth(seed: u64, n: u64) -> u64 {
+        mix(seed.wrapping_add(n.wrapping_add(1).wrapping_mul(GAMMA)))
     }
 }
 
@@ -145,16 +158,20 @@ pub fn write_checkpoint(spec: &SynthSpec, dir: &Path) -> Result<ModelConfig, Syn
     let config = ModelConfig::from_file(&config_path)?;
     let graph = DecodeGraph::build(&config);
 
-    let mut rng = SplitMix(spec.seed);
+    // One stream of random values over all weights in graph order, each value made from its
+    // index on rayon's pool (a Llama-3.2-1B-sized model has 1.2 billion of them).
     let mut tensors: Vec<(String, Vec<u8>, Vec<usize>)> = Vec::new();
+    let mut first = 0u64;
     for w in &graph.weights {
         let is_norm = w.shape.len() == 1 && w.name.contains("norm");
         let scale = if w.shape.len() == 2 { 1.0 / (w.shape[1] as f32).sqrt() } else { 0.1 };
-        let mut bytes = Vec::with_capacity(w.numel() * 4);
-        for _ in 0..w.numel() {
-            let v = if is_norm { 1.0 + 0.1 * rng.unit() } else { scale * rng.unit() };
-            bytes.extend_from_slice(&v.to_le_bytes());
-        }
+        let mut bytes = vec![0u8; w.numel() * 4];
+        bytes.par_chunks_mut(4).enumerate().for_each(|(i, out)| {
+            let u = unit_of(SplitMix::nth(spec.seed, first + i as u64));
+            let v = if is_norm { 1.0 + 0.1 * u } else { scale * u };
+            out.copy_from_slice(&v.to_le_bytes());
+        });
+        first += w.numel() as u64;
         tensors.push((w.name.clone(), bytes, w.shape.clone()));
     }
     let views: Vec<(String, TensorView<'_>)> = tensors
@@ -232,4 +249,21 @@ pub fn byte_level_tokenizer(vocab_size: usize) -> serde_json::Value {
                   "fuse_unk": false, "byte_fallback": false, "ignore_merges": false,
                   "vocab": vocab, "merges": []}
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::SplitMix;
+
+    /// Any output made from its index equals the stream's, so a checkpoint written in parallel
+    /// holds the same weights as one written value after value.
+    #[test]
+    fn nth_is_the_stream() {
+        for seed in [0u64, 1, 7, u64::MAX] {
+            let mut rng = SplitMix(seed);
+            for n in 0..1000 {
+                assert_eq!(rng.next_u64(), SplitMix::nth(seed, n), "seed {seed}, output {n}");
+            }
+        }
+    }
 }
