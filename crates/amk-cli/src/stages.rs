@@ -218,6 +218,33 @@ pub struct BuildArgs {
     /// Skip the NVRTC compile (when libnvrtc is not installed).
     #[arg(long)]
     pub no_compile: bool,
+    /// Replace a schedule.ron in the output directory even when it was edited since amk wrote
+    /// it (without this, an edited one is refused: it may be someone's work).
+    #[arg(long)]
+    pub overwrite: bool,
+}
+
+/// Refuses to replace `dir/schedule.ron` unless it is byte for byte the schedule that
+/// `dir/certificate.json` certifies (the certificate hashes the canonical text, which is what
+/// `amk build` writes), i.e. when someone edited it, a comment included, after amk wrote both.
+fn refuse_edited_schedule(dir: &Path) -> Result<()> {
+    use sha2::{Digest, Sha256};
+    let path = dir.join("schedule.ron");
+    let Ok(bytes) = std::fs::read(&path) else { return Ok(()) }; // nothing there
+    let certified = std::fs::read_to_string(dir.join("certificate.json"))
+        .ok()
+        .and_then(|c| serde_json::from_str::<amk_verify::Certificate>(&c).ok());
+    let hash: String = Sha256::digest(&bytes).iter().map(|b| format!("{b:02x}")).collect();
+    let unedited = certified.is_some_and(|c| c.schedule_hash == hash);
+    if !unedited {
+        anyhow::bail!(
+            "{}: not the schedule {}'s certificate.json certifies (edited since amk wrote it?); \
+             keep it by choosing another directory, or pass --overwrite to replace it",
+            path.display(),
+            dir.display()
+        );
+    }
+    Ok(())
 }
 
 pub fn run_build(args: BuildArgs) -> Result<()> {
@@ -240,6 +267,9 @@ pub fn run_build(args: BuildArgs) -> Result<()> {
         ["model.ir.ron", "schedule.ron", "certificate.json", "megakernel.cu", "launch.ron"]
     {
         refuse_input(&args.output.join(artifact), &inputs)?;
+    }
+    if !args.overwrite {
+        refuse_edited_schedule(&args.output)?;
     }
     write(&args.output.join("model.ir.ron"), &graph.to_ron(), &inputs)?;
     let schedule = crate::gpu::lower_with(&graph, &knobs, args.config.as_deref())?;

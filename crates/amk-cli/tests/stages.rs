@@ -184,6 +184,23 @@ fn outputs_never_replace_inputs() {
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("m.ir.ron"), "{err}");
 
+    // `build` rewrites its own output, but not a schedule.ron edited since (a comment too).
+    let out = dir.path().join("built");
+    let o = out.to_str().unwrap();
+    for _ in 0..2 {
+        let (code, _, err) = amk(&["build", m, "-o", o, "--no-compile"]);
+        assert_eq!(code, 0, "{err}");
+    }
+    let edited =
+        format!("{}// keep: my note\n", std::fs::read_to_string(out.join("schedule.ron")).unwrap());
+    std::fs::write(out.join("schedule.ron"), &edited).unwrap();
+    let (code, _, err) = amk(&["build", m, "-o", o, "--no-compile"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("schedule.ron") && err.contains("--overwrite"), "{err}");
+    assert_eq!(std::fs::read_to_string(out.join("schedule.ron")).unwrap(), edited);
+    let (code, _, err) = amk(&["build", m, "-o", o, "--no-compile", "--overwrite"]);
+    assert_eq!(code, 0, "{err}");
+
     // `build -o` a file.
     let (code, _, err) = amk(&["build", m, "-o", weights.to_str().unwrap(), "--no-compile"]);
     assert_eq!(code, 1, "{err}");
