@@ -711,6 +711,15 @@ fn parse(file: &Path, buf: &[u8]) -> Result<BTreeMap<String, Entry>, CheckpointE
         })?;
     for (name, v) in &json {
         if name == "__metadata__" {
+            // The format allows only string values there.
+            let strings = v.as_object().is_some_and(|m| m.values().all(|x| x.is_string()));
+            if !strings {
+                return Err(CheckpointError::BadEntry {
+                    file: file.to_path_buf(),
+                    tensor: name.clone(),
+                    detail: "`__metadata__` must be an object of string values".into(),
+                });
+            }
             continue;
         }
         precheck_entry(file, name, v, data_len)?;
@@ -791,7 +800,10 @@ fn precheck_entry(
     let (Some(start), Some(end)) = (offs[0].as_u64(), offs[1].as_u64()) else {
         return Err(bad("`data_offsets` must be two non-negative integers".into()));
     };
-    if start > end || end > data_len {
+    if start > end {
+        return Err(bad(format!("data_offsets [{start}, {end}] end before they start")));
+    }
+    if end > data_len {
         return Err(CheckpointError::OffsetsOutOfBounds {
             file: file.to_path_buf(),
             tensor: name.to_string(),
@@ -831,7 +843,10 @@ fn map_st_error(file: &Path, e: SafeTensorError) -> CheckpointError {
             return CheckpointError::BadEntry {
                 file,
                 tensor: t,
-                detail: "data_offsets leave a gap or overlap another tensor".into(),
+                detail: "its data_offsets do not start where the previous tensor's data ends \
+                         (tensors sorted by offset): a gap or an overlap, e.g. a tensor missing \
+                         from the header or offsets edited by hand"
+                    .into(),
             }
         }
         SafeTensorError::TensorInvalidInfo => {

@@ -325,7 +325,6 @@ fn offsets_out_of_bounds_or_inconsistent() {
         r#"{"w":{"dtype":"U8","shape":[18446744073709551615],"data_offsets":[0,18446744073709551615]}}"#,
         r#"{"w":{"dtype":"U8","shape":[1],"data_offsets":[18446744073709551614,18446744073709551615]}}"#,
         r#"{"w":{"dtype":"U8","shape":[0],"data_offsets":[9,9]}}"#,
-        r#"{"w":{"dtype":"U8","shape":[4],"data_offsets":[8,4]}}"#,
     ];
     for header in cases {
         let (_d, r) = open_bytes(&raw(header, &[0; 8]));
@@ -334,6 +333,15 @@ fn offsets_out_of_bounds_or_inconsistent() {
         let m = e.to_string();
         assert!(m.contains("`w`") && m.contains("model.safetensors"), "{m}");
     }
+    // Reversed offsets say so (they were reported as a truncated file).
+    let (_d, r) =
+        open_bytes(&raw(r#"{"w":{"dtype":"U8","shape":[4],"data_offsets":[8,4]}}"#, &[0; 8]));
+    let m = r.expect_err("reversed").to_string();
+    assert!(m.contains("`w`") && m.contains("end before they start"), "{m}");
+    // A non-string metadata value names the field.
+    let (_d, r) = open_bytes(&raw(r#"{"__metadata__":{"format":1}}"#, &[]));
+    let m = r.expect_err("metadata").to_string();
+    assert!(m.contains("`__metadata__` must be an object of string values"), "{m}");
     // In bounds but with a gap or an overlap: the safetensors crate's validation refuses it.
     for header in [
         r#"{"a":{"dtype":"U8","shape":[2],"data_offsets":[0,2]},"b":{"dtype":"U8","shape":[4],"data_offsets":[4,8]}}"#,
@@ -341,7 +349,7 @@ fn offsets_out_of_bounds_or_inconsistent() {
     ] {
         let (_d, r) = open_bytes(&raw(header, &[0; 8]));
         let m = r.expect_err(header).to_string();
-        assert!(m.contains("model.safetensors"), "{m}");
+        assert!(m.contains("model.safetensors") && m.contains("gap or an overlap"), "{m}");
     }
 }
 

@@ -283,6 +283,12 @@ fn import_rejects_unsupported_models() {
     let msg = import_err(&w);
     assert!(msg.contains("missing metadata key 'llama.embedding_length'"), "{msg}");
 
+    // A zero width is named as such (it was blamed on the rotary dimension's head size).
+    let mut w = base.clone();
+    w.set("llama.embedding_length", Val::U32(0));
+    let msg = import_err(&w);
+    assert!(msg.contains("llama.embedding_length") && msg.contains("positive"), "{msg}");
+
     let mut w = base.clone();
     w.set("llama.attention.head_count", Val::Str("four".into()));
     let msg = import_err(&w);

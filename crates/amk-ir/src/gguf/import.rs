@@ -196,6 +196,7 @@ fn read_hparams(g: &GgufFile, n_tokens: usize) -> Result<Hparams, GgufError> {
         }
         Ok(v)
     };
+    let hidden = positive("embedding_length", hidden)?;
     let heads = positive("attention.head_count", heads)?;
     let kv_heads = positive("attention.head_count_kv", kv_heads)?;
     if heads % kv_heads != 0 {
@@ -293,7 +294,7 @@ fn read_hparams(g: &GgufFile, n_tokens: usize) -> Result<Hparams, GgufError> {
         });
     }
     Ok(Hparams {
-        hidden: positive("embedding_length", hidden)?,
+        hidden,
         ffn: positive("feed_forward_length", req("feed_forward_length")?)?,
         layers,
         heads,
