@@ -1068,7 +1068,15 @@ pub fn run(args: BenchArgs) -> Result<()> {
     let (baselines_json, baseline_error) = if baseline.is_some() || baseline_error.is_some() {
         (baseline.as_ref().map(meta), baseline_error.map(Value::from))
     } else {
-        (carried(&merged, "baselines"), carried(&merged, "baselines_error"))
+        // Both from the newest merged file that ran the baselines, so its versions and its
+        // error are never paired with another file's.
+        let source = merged.iter().rev().find(|r| {
+            ["baselines", "baselines_error"]
+                .iter()
+                .any(|k| r.meta.get(*k).is_some_and(|v| !v.is_null()))
+        });
+        let get = |k: &str| source.and_then(|r| r.meta.get(k).filter(|v| !v.is_null()).cloned());
+        (get("baselines"), get("baselines_error"))
     };
     let report = json!({
         "tool": "amk bench",

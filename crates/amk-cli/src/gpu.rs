@@ -123,7 +123,6 @@ pub fn scratch_dir(tag: &str) -> Result<PathBuf> {
     Ok(dir)
 }
 
-/// Reads knobs from a file, or the defaults.
 /// Lowers `graph` with `knobs`, read from `path` (`None`: the defaults); errors name the file.
 pub fn lower_with(
     graph: &DecodeGraph,
@@ -136,6 +135,7 @@ pub fn lower_with(
     })
 }
 
+/// Reads knobs from a file, or the defaults.
 pub fn read_knobs(path: Option<&Path>) -> Result<ScheduleConfig> {
     match path {
         Some(path) => {

@@ -53,8 +53,9 @@ const EXIT_IO: i32 = 74;
 
 /// Output that cannot be written ends the process cleanly instead of panicking in `println!`:
 /// a reader that closed the pipe (`amk verify s.ron | head -1`) ends it as SIGPIPE ends other
-/// Unix tools, silently; any other write error (a full disk) is one line on stderr and
-/// [`EXIT_IO`].
+/// Unix tools, silently; any other write error (a full disk) in a `print!` is one line on
+/// stderr and [`EXIT_IO`]. (Commands that write through `writeln!` report such an error as any
+/// other, with exit 1.)
 fn handle_broken_stdout() {
     #[cfg(unix)]
     // SAFETY: restores the default disposition of SIGPIPE (Rust's runtime ignores it) before

@@ -273,10 +273,12 @@ pub fn run_build(args: BuildArgs) -> Result<()> {
     }
     write(&args.output.join("model.ir.ron"), &graph.to_ron(), &inputs)?;
     let schedule = crate::gpu::lower_with(&graph, &knobs, args.config.as_deref())?;
-    write(&args.output.join("schedule.ron"), &schedule.to_ron_string(), &inputs)?;
     let t_schedule = started.elapsed();
     let facts = LaunchFacts { sm_count: knobs.sm_count, blocks_per_sm: knobs.blocks_per_sm };
+    // schedule.ron and its certificate are written together, once the proof holds, so the
+    // directory never pairs a schedule with another schedule's certificate.
     let verified = crate::gpu::verify_or_refuse(&schedule, &facts)?;
+    write(&args.output.join("schedule.ron"), &schedule.to_ron_string(), &inputs)?;
     write(
         &args.output.join("certificate.json"),
         &serde_json::to_string_pretty(verified.certificate())?,
@@ -438,7 +440,12 @@ pub fn run_synth(args: SynthArgs) -> Result<()> {
     use amk_ir::synth::{write_checkpoint, SynthSpec};
     let spec = args.preset.spec(args.seed);
     let spec = SynthSpec { num_layers: args.layers.unwrap_or(spec.num_layers), ..spec };
-    if let Ok(mut entries) = std::fs::read_dir(&args.output) {
+    if args.output.exists() && !args.output.is_dir() {
+        anyhow::bail!("{}: exists and is not a directory", args.output.display());
+    }
+    if args.output.is_dir() {
+        let mut entries = std::fs::read_dir(&args.output)
+            .with_context(|| format!("cannot read {}", args.output.display()))?;
         if entries.next().is_some() && !args.overwrite {
             anyhow::bail!(
                 "{}: output directory is not empty (it may hold a real checkpoint, which the \
@@ -447,8 +454,25 @@ pub fn run_synth(args: SynthArgs) -> Result<()> {
                 args.output.display()
             );
         }
-    } else if args.output.exists() {
-        anyhow::bail!("{}: exists and is not a directory", args.output.display());
+        // With --overwrite, the Hugging Face model files of what was there go first, so none
+        // of them (a tokenizer_config.json's chat template, a shard index) mixes with the new
+        // model; other files stay.
+        const MODEL_FILES: [&str; 7] = [
+            "config.json",
+            "generation_config.json",
+            "tokenizer.json",
+            "tokenizer_config.json",
+            "special_tokens_map.json",
+            "chat_template.jinja",
+            "model.safetensors.index.json",
+        ];
+        for f in input_files(&args.output) {
+            let name = f.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+            if MODEL_FILES.contains(&name) || name.ends_with(".safetensors") {
+                std::fs::remove_file(&f)
+                    .with_context(|| format!("cannot remove {}", f.display()))?;
+            }
+        }
     }
     let config = write_checkpoint(&spec, &args.output)?;
     let graph = amk_ir::graph::DecodeGraph::build(&config);

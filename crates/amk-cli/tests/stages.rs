@@ -97,6 +97,13 @@ fn schedule_verify_and_a_hand_edit() {
     let (code, _, err) = amk(&["verify", &p("field.ron")]);
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("field.ron:") && err.contains("`bogus`"), "{err}");
+    // ... also inside an op, where a misspelt optional field would change what it computes.
+    let nested = text.replacen("rope: Some((head_dim: ", "rope: Some((llama_3: 1, head_dim: ", 1);
+    assert_ne!(nested, text, "the schedule has a rope spec");
+    std::fs::write(p("nested.ron"), nested).unwrap();
+    let (code, _, err) = amk(&["verify", &p("nested.ron")]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("`llama_3`"), "{err}");
     let (code, _, err) = amk(&["verify", "--sms", "0", &p("schedule.ron")]);
     assert_eq!(code, 2, "a bad argument, not an unsafe schedule: {err}");
 
@@ -191,6 +198,14 @@ fn outputs_never_replace_inputs() {
         let (code, _, err) = amk(&["build", m, "-o", o, "--no-compile"]);
         assert_eq!(code, 0, "{err}");
     }
+    // A build the verifier refuses leaves the directory's schedule and certificate as they were.
+    std::fs::write(dir.path().join("cramped.ron"), "(workers: 16, sm_count: 8)").unwrap();
+    let cramped = dir.path().join("cramped.ron");
+    let (code, _, err) =
+        amk(&["build", m, "-o", o, "--no-compile", "--config", cramped.to_str().unwrap()]);
+    assert_eq!(code, 1, "{err}");
+    let (code, _, err) = amk(&["build", m, "-o", o, "--no-compile"]);
+    assert_eq!(code, 0, "{err}");
     let edited =
         format!("{}// keep: my note\n", std::fs::read_to_string(out.join("schedule.ron")).unwrap());
     std::fs::write(out.join("schedule.ron"), &edited).unwrap();
@@ -211,9 +226,13 @@ fn outputs_never_replace_inputs() {
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("not empty") && err.contains("--overwrite"), "{err}");
     assert_eq!(std::fs::read(&weights).unwrap(), before);
+    std::fs::write(model.join("tokenizer_config.json"), "{}").unwrap();
+    std::fs::write(model.join("notes.txt"), "mine").unwrap();
     let (code, _, err) = amk(&["synth", "--preset", "tiny", "--seed", "7", "-o", m, "--overwrite"]);
     assert_eq!(code, 0, "{err}");
     assert_ne!(std::fs::read(&weights).unwrap(), before);
+    assert!(!model.join("tokenizer_config.json").exists(), "the old model's files go");
+    assert!(model.join("notes.txt").exists(), "other files stay");
 }
 
 /// `generate --schedule` on the CPU runs the schedule on the schedule executor after the same

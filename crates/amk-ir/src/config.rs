@@ -93,8 +93,9 @@ impl RawConfig {
             if !inner.is_data() {
                 return json(inner);
             }
-            // A top-level list or scalar: serde reads a list into a struct by position.
-            if field == "." || field.starts_with('[') {
+            // A top-level list or scalar (serde reads a list into a struct by position). A
+            // duplicate key also has the path ".", and keeps serde's message.
+            if !text.trim_start().starts_with('{') {
                 return ConfigError::Invalid {
                     path: path.to_owned(),
                     field: "(top level)".into(),
@@ -740,6 +741,10 @@ mod tests {
             (edit(|m| drop(m.insert("hidden_size".into(), (-64).into()))), "`hidden_size`"),
             ("[]".to_owned(), "must be a JSON object"),
             ("[1, 2]".to_owned(), "must be a JSON object"),
+            (
+                "{\"hidden_size\": 64, \"hidden_size\": 64}".to_owned(),
+                "duplicate field `hidden_size`",
+            ),
             ("{\"hidden_size\": 5,".to_owned(), "line 1, column 18"),
         ];
         for (text, expected) in cases {

@@ -65,9 +65,10 @@ impl Model {
     ) -> Result<Model, ModelError> {
         let (dir, cached) = resolve(path, on_import)?;
         match Self::open_dir(&dir) {
-            // An earlier import in the cache that no longer opens (a truncated file, say) is
-            // derived data: import the GGUF again rather than fail on every run.
-            Err(e @ (ModelError::Config(_) | ModelError::Checkpoint(_))) if cached => {
+            // An earlier import in the cache whose files are damaged (truncated, say) is
+            // derived data: import the GGUF again rather than fail on every run. A model the
+            // checks refuse is refused again, without a re-import.
+            Err(e) if cached && damaged(&e) => {
                 tracing::warn!(
                     "the cached import {} does not open ({e}); importing {} again",
                     dir.display(),
@@ -107,6 +108,28 @@ impl Model {
     /// The model's chat template, if it has one.
     pub fn chat_template(&self) -> Result<Option<ChatTemplate>, ModelError> {
         Ok(ChatTemplate::from_dir(&self.dir)?)
+    }
+}
+
+/// Whether opening a directory failed on its files' integrity (unreadable, truncated or
+/// corrupt), rather than on what a well-formed model says.
+fn damaged(e: &ModelError) -> bool {
+    use crate::checkpoint::CheckpointError as C;
+    match e {
+        ModelError::Config(c) => matches!(c, ConfigError::Io { .. } | ConfigError::Json { .. }),
+        ModelError::Checkpoint(c) => matches!(
+            c,
+            C::NotFound { .. }
+                | C::Io { .. }
+                | C::TooShort { .. }
+                | C::HeaderTooLarge { .. }
+                | C::HeaderBeyondFile { .. }
+                | C::HeaderNotJson { .. }
+                | C::BadEntry { .. }
+                | C::OffsetsOutOfBounds { .. }
+                | C::Invalid { .. }
+        ),
+        _ => false,
     }
 }
 

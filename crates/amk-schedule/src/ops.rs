@@ -64,6 +64,7 @@ pub mod io {
 
 /// The input vector of a projection.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub enum ProjInput {
     /// The first `len` elements of `buffer`, as they are.
     Vector { buffer: BufferId, len: u32 },
@@ -92,6 +93,7 @@ pub enum ProjInput {
 /// Elements `first..first + len` of a fused MLP's input residual, which the task adds into
 /// its output ([`TaskOp::GatedMlp`]'s `carry`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Carry {
     pub first: u32,
     pub len: u32,
@@ -102,6 +104,7 @@ pub struct Carry {
 /// `kv[g * hd..][..hd]` and its value `kv[(kv_heads + g) * hd..][..hd]` with
 /// `g = h / (heads / kv_heads)` (grouped-query attention).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct CurrentRow {
     pub q: BufferId,
     pub kv: BufferId,
@@ -112,6 +115,7 @@ pub struct CurrentRow {
 /// head `g` is `kv[g * hd..][..hd]`, its value `kv[(kv_heads + g) * hd..][..hd]`. An attention
 /// that reads its current row from here does not depend on the cache append of this launch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct NewRow {
     pub kv: BufferId,
     pub kv_heads: u32,
@@ -199,6 +203,7 @@ impl ProjInput {
 
 /// Where a projection's rows go.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub enum ProjOutput {
     /// `buffer[offset + i] = y[i]`.
     Store { buffer: BufferId, offset: u32 },
@@ -216,6 +221,7 @@ pub enum ProjOutput {
 /// Rotary embedding applied to a projection's rows (whole heads), at the current position.
 /// The frequencies are [`RopeSpec::inv_freq`] (one table for every executor).
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct RopeSpec {
     pub head_dim: u32,
     pub theta: f64,
@@ -240,6 +246,7 @@ impl RopeSpec {
 /// rope: each head `y[h] = y[h] / sqrt(mean(y[h]^2) + eps) * weight[..head_dim]` (Qwen3's
 /// q_norm / k_norm).
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct HeadNorm {
     pub weight: BufferId,
     pub head_dim: u32,
@@ -257,6 +264,7 @@ pub struct HeadNorm {
 /// head row, or the cache row's element). A per-head norm needs the whole head, so a split
 /// projection has none.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct HeadPart {
     pub part: u32,
     pub parts: u32,

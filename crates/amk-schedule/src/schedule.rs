@@ -360,6 +360,7 @@ impl<'de> Deserialize<'de> for Region {
 /// How a counter is brought back between launches (one launch = one decode step), so that one
 /// launch's signals never satisfy the next launch's waits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub enum CounterReset {
     /// The host zeroes the counter before each launch (a memset in the launch sequence).
     Zeroed,
@@ -425,7 +426,7 @@ pub enum Instr {
 }
 
 #[derive(Serialize, Deserialize)]
-#[serde(rename = "Instr")]
+#[serde(rename = "Instr", deny_unknown_fields)]
 enum InstrRepr {
     Run(TaskId),
     Signal(CounterId),
