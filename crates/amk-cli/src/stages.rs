@@ -75,10 +75,16 @@ fn load_graph(path: &Path) -> Result<DecodeGraph> {
     Ok(model.graph)
 }
 
-/// Writes `text` to `path`, unless `path` is one of `inputs` (see [`input_files`]).
-fn write(path: &Path, text: &str, inputs: &[PathBuf]) -> Result<()> {
-    refuse_input(path, inputs)?;
+fn write(path: &Path, text: &str) -> Result<()> {
     std::fs::write(path, text).with_context(|| format!("cannot write {}", path.display()))
+}
+
+/// Refuses an output directory path that exists as something else.
+fn refuse_non_dir(dir: &Path) -> Result<()> {
+    if dir.exists() && !dir.is_dir() {
+        anyhow::bail!("{}: exists and is not a directory; -o takes a directory", dir.display());
+    }
+    Ok(())
 }
 
 /// The files a command reads for `model`: the path itself (a GGUF file, a model.ir.ron), or in
@@ -114,7 +120,8 @@ fn refuse_input(out: &Path, inputs: &[PathBuf]) -> Result<()> {
 
 pub fn run_ir(args: IrArgs) -> Result<()> {
     let graph = load_graph(&args.model)?;
-    write(&args.output, &graph.to_ron(), &input_files(&args.model))?;
+    refuse_input(&args.output, &input_files(&args.model))?;
+    write(&args.output, &graph.to_ron())?;
     eprintln!("wrote {}: {}", args.output.display(), graph.summary());
     Ok(())
 }
@@ -125,7 +132,8 @@ pub fn run_schedule(args: ScheduleArgs) -> Result<()> {
     let schedule = crate::gpu::lower_with(&graph, &config, args.config.as_deref())?;
     let mut inputs = input_files(&args.model);
     inputs.extend(args.config.clone());
-    write(&args.output, &schedule.to_ron_string(), &inputs)?;
+    refuse_input(&args.output, &inputs)?;
+    write(&args.output, &schedule.to_ron_string())?;
     let instrs: usize = schedule.workers.iter().map(|w| w.instrs.len()).sum();
     eprintln!(
         "wrote {}: {} workers, {} tasks, {} counters, {} instructions; check it with `amk verify {}`",
@@ -253,16 +261,12 @@ pub fn run_build(args: BuildArgs) -> Result<()> {
     let knobs = crate::gpu::read_knobs(args.config.as_deref())?;
     let graph = load_graph(&args.model)?;
     let t_import = started.elapsed();
-    if args.output.exists() && !args.output.is_dir() {
-        anyhow::bail!(
-            "{}: exists and is not a directory; -o takes a directory",
-            args.output.display()
-        );
-    }
+    refuse_non_dir(&args.output)?;
     std::fs::create_dir_all(&args.output)
         .with_context(|| format!("cannot create {}", args.output.display()))?;
     let mut inputs = input_files(&args.model);
     inputs.extend(args.config.clone());
+    // Every artifact is checked against the inputs before any is written.
     for artifact in
         ["model.ir.ron", "schedule.ron", "certificate.json", "megakernel.cu", "launch.ron"]
     {
@@ -271,18 +275,17 @@ pub fn run_build(args: BuildArgs) -> Result<()> {
     if !args.overwrite {
         refuse_edited_schedule(&args.output)?;
     }
-    write(&args.output.join("model.ir.ron"), &graph.to_ron(), &inputs)?;
+    write(&args.output.join("model.ir.ron"), &graph.to_ron())?;
     let schedule = crate::gpu::lower_with(&graph, &knobs, args.config.as_deref())?;
     let t_schedule = started.elapsed();
     let facts = LaunchFacts { sm_count: knobs.sm_count, blocks_per_sm: knobs.blocks_per_sm };
     // schedule.ron and its certificate are written together, once the proof holds, so the
     // directory never pairs a schedule with another schedule's certificate.
     let verified = crate::gpu::verify_or_refuse(&schedule, &facts)?;
-    write(&args.output.join("schedule.ron"), &schedule.to_ron_string(), &inputs)?;
+    write(&args.output.join("schedule.ron"), &schedule.to_ron_string())?;
     write(
         &args.output.join("certificate.json"),
         &serde_json::to_string_pretty(verified.certificate())?,
-        &inputs,
     )?;
     let t_verify = started.elapsed();
     let archs: Vec<Arch> = args
@@ -440,9 +443,7 @@ pub fn run_synth(args: SynthArgs) -> Result<()> {
     use amk_ir::synth::{write_checkpoint, SynthSpec};
     let spec = args.preset.spec(args.seed);
     let spec = SynthSpec { num_layers: args.layers.unwrap_or(spec.num_layers), ..spec };
-    if args.output.exists() && !args.output.is_dir() {
-        anyhow::bail!("{}: exists and is not a directory", args.output.display());
-    }
+    refuse_non_dir(&args.output)?;
     if args.output.is_dir() {
         let mut entries = std::fs::read_dir(&args.output)
             .with_context(|| format!("cannot read {}", args.output.display()))?;
