@@ -357,10 +357,7 @@ pub fn run(args: AgreeArgs) -> Result<()> {
             BackendChoice::Auto => {
                 eprintln!("amk: no usable GPU ({why}); measuring on the CPU reference")
             }
-            BackendChoice::Gpu => bail!(
-                "--backend gpu: no GPU is usable here ({why}); use --backend cpu (the f32 \
-                 reference, lower precisions emulated) or --backend auto"
-            ),
+            BackendChoice::Gpu => return Err(crate::gpu::no_gpu_for_backend(why)),
             BackendChoice::Cpu => {}
         }
     }

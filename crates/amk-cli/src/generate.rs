@@ -208,10 +208,7 @@ fn make_backend(args: &GenerateArgs, model: &Model, quiet: bool) -> Result<Box<d
     };
     if use_gpu {
         if let Err(why) = gpu_ok {
-            bail!(
-                "--backend gpu: no GPU is usable here ({why}); use --backend cpu (the f32 \
-                 reference) or --backend auto"
-            );
+            return Err(crate::gpu::no_gpu_for_backend(why));
         }
         return Ok(Box::new(crate::gpu::build_backend(model, &args.gpu, quiet)?));
     }

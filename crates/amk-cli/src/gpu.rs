@@ -177,6 +177,14 @@ pub fn verify_or_refuse(schedule: &Schedule, facts: &LaunchFacts) -> Result<Veri
     }
 }
 
+/// The error for `--backend gpu` where no GPU is usable (`why`), pointing at the CPU choices.
+pub fn no_gpu_for_backend(why: impl std::fmt::Display) -> anyhow::Error {
+    anyhow::anyhow!(
+        "--backend gpu: no GPU is usable here ({why}); use --backend cpu (the f32 reference, \
+         lower precisions emulated) or --backend auto"
+    )
+}
+
 /// Builds the GPU backend for `model`.
 pub fn build_backend(model: &Model, args: &GpuArgs, quiet: bool) -> Result<GpuBackend> {
     amk_runtime::gpu::cuda_available()
