@@ -665,9 +665,14 @@ impl Ready {
     }
 }
 
+/// `key` of a results file's metadata, unless absent or null.
+fn meta_value(r: &Results, key: &str) -> Option<Value> {
+    r.meta.get(key).filter(|v| !v.is_null()).cloned()
+}
+
 /// The newest non-null `key` among merged results (a later `--merge` file is newer).
 fn carried(merged: &[Results], key: &str) -> Option<Value> {
-    merged.iter().rev().find_map(|r| r.meta.get(key).filter(|v| !v.is_null()).cloned())
+    merged.iter().rev().find_map(|r| meta_value(r, key))
 }
 
 /// The checkpoint-to-ready line for a timing carried from a merged file.
@@ -1044,9 +1049,10 @@ pub fn run(args: BenchArgs) -> Result<()> {
     // Whether amk was to be timed and no point was: the report is still written, then the
     // run fails.
     let amk_failed = amk_rows
-        .first()
-        .and_then(|r| r.error.clone())
-        .filter(|_| !amk_rows.is_empty() && amk_rows.iter().all(|r| r.error.is_some()));
+        .iter()
+        .all(|r| r.error.is_some())
+        .then(|| amk_rows.first().and_then(|r| r.error.clone()))
+        .flatten();
     rows = merge_rows(rows, amk_rows);
     let (copy_gbps, copy_source) = baseline
         .iter()
@@ -1071,11 +1077,9 @@ pub fn run(args: BenchArgs) -> Result<()> {
         // Both from the newest merged file that ran the baselines, so its versions and its
         // error are never paired with another file's.
         let source = merged.iter().rev().find(|r| {
-            ["baselines", "baselines_error"]
-                .iter()
-                .any(|k| r.meta.get(*k).is_some_and(|v| !v.is_null()))
+            meta_value(r, "baselines").is_some() || meta_value(r, "baselines_error").is_some()
         });
-        let get = |k: &str| source.and_then(|r| r.meta.get(k).filter(|v| !v.is_null()).cloned());
+        let get = |k: &str| source.and_then(|r| meta_value(r, k));
         (get("baselines"), get("baselines_error"))
     };
     let report = json!({

@@ -20,6 +20,11 @@ fn s(p: &Path) -> &str {
     p.to_str().expect("UTF-8 paths")
 }
 
+/// The bench.json a run wrote into `out`.
+fn report(out: &Path) -> Value {
+    serde_json::from_str(&std::fs::read_to_string(out.join("bench.json")).unwrap()).unwrap()
+}
+
 const EARLIER: &str = r#"{"copy_gbps": 1450.0, "gpu": "H100", "rows": [
   {"system": "amk-bf16", "model": "m", "context": 16, "ms_per_token": 1.0, "timed_tokens": 200,
    "weight_bytes": 2.7e8, "kv_bytes_per_position": 46080},
@@ -41,8 +46,7 @@ fn merges_earlier_results_into_a_report_table_and_plot() {
     assert!(stdout.contains("1450 GB/s read bandwidth, measured"), "{stdout}");
     assert!(stdout.contains("  over hf_eager") && stdout.contains("25.00x"), "{stdout}");
     assert!(stdout.contains("m compile_graph ctx 16: InductorError: no"), "{stdout}");
-    let report: Value =
-        serde_json::from_str(&std::fs::read_to_string(out.join("bench.json")).unwrap()).unwrap();
+    let report = report(&out);
     assert_eq!(report["rows"].as_array().unwrap().len(), 3);
     assert_eq!(report["speedups"][0]["speedup"], 25.0);
     assert_eq!(report["copy_gbps"], 1450.0);
@@ -82,8 +86,7 @@ fn merging_keeps_the_device_ready_timing_and_baseline_versions() {
         s(&out),
     ]);
     assert!(ok, "{stdout}\n{stderr}");
-    let report: Value =
-        serde_json::from_str(&std::fs::read_to_string(out.join("bench.json")).unwrap()).unwrap();
+    let report = report(&out);
     assert_eq!(report["device"], "NVIDIA H100 80GB HBM3");
     assert_eq!(report["ready"]["total_s"], 9.5, "a null in the newer file does not hide it");
     assert_eq!(report["baselines"]["torch"], "2.11");
@@ -143,8 +146,7 @@ printf '{"copy_gbps": 1000.0, "torch": "fake", "rows": [
     assert!(stderr.contains("the baseline script has no shape tiny"), "{stderr}");
     assert!(stdout.contains("smollm2-360m: ms per token"), "{stdout}");
     assert!(stdout.contains("1000 GB/s read bandwidth, measured"), "{stdout}");
-    let report: Value =
-        serde_json::from_str(&std::fs::read_to_string(out.join("bench.json")).unwrap()).unwrap();
+    let report = report(&out);
     assert_eq!(report["rows"].as_array().unwrap().len(), 2);
     assert_eq!(report["baselines"]["torch"], "fake");
     assert!(out.join("baselines.json").is_file());
@@ -170,8 +172,7 @@ fn a_failing_baseline_script_is_reported_and_the_report_still_written() {
     ]);
     assert!(ok, "{stdout}\n{stderr}");
     assert!(stderr.contains("no torch here") && stderr.contains("left no"), "{stderr}");
-    let report: Value =
-        serde_json::from_str(&std::fs::read_to_string(out.join("bench.json")).unwrap()).unwrap();
+    let report = report(&out);
     assert!(report["baselines_error"].as_str().unwrap().contains("left no"));
     assert_eq!(report["copy_gbps_source"], "DESIGN.md's 3.08 TB/s, not measured in this run");
 }
@@ -199,7 +200,6 @@ fn a_run_that_measured_nothing_fails() {
         stderr.contains("every amk measurement failed") && stderr.contains("no GPU"),
         "{stderr}"
     );
-    let report: Value =
-        serde_json::from_str(&std::fs::read_to_string(out.join("bench.json")).unwrap()).unwrap();
+    let report = report(&out);
     assert!(report["rows"].as_array().unwrap().iter().all(|r| r["error"].is_string()));
 }
