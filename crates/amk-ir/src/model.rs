@@ -74,8 +74,7 @@ impl Model {
                     dir.display(),
                     path.display()
                 );
-                let _span = tracing::info_span!("import_gguf", file = %path.display()).entered();
-                gguf::import_gguf(path, &dir, on_import)?;
+                import(path, &dir, on_import)?;
                 Self::open_dir(&dir)
             }
             other => other,
@@ -181,7 +180,17 @@ fn resolve(
     if out.join(gguf::IMPORT_MARKER).is_file() && out.join("config.json").is_file() {
         return Ok((out, true));
     }
-    let _span = tracing::info_span!("import_gguf", file = %path.display()).entered();
-    gguf::import_gguf(path, &out, on_import)?;
+    import(path, &out, on_import)?;
     Ok((out, false))
+}
+
+/// Imports the GGUF file `path` into the cache directory `out`, in its own span.
+fn import(
+    path: &Path,
+    out: &Path,
+    on_import: &mut dyn FnMut(ImportProgress),
+) -> Result<(), ModelError> {
+    let _span = tracing::info_span!("import_gguf", file = %path.display()).entered();
+    gguf::import_gguf(path, out, on_import)?;
+    Ok(())
 }
