@@ -18,6 +18,10 @@
 #
 # Parts wait in $AMK_MODEL_PARTS (default /tmp/amk-model-parts) on the machine while it is
 # held, so each call must follow the last within the machine's idle time.
+#
+# AMK_CHECKS (space-separated step names) runs only those steps of `check`: synthetic,
+# synthetic-no-stage, fixtures, model, agree, agree-mixed (each precision's agreement under two
+# per-op plans: a bf16 build with an int8 LM head, and with int8 attention and LM head).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
@@ -72,6 +76,7 @@ check)
   summary=()
   step() { # name, command...
     local name=$1; shift
+    case " ${AMK_CHECKS:-$name} " in *" $name "*) ;; *) return ;; esac
     local t0=$SECONDS
     "$@" > "$LOGS/$name.log" 2>&1
     local rc=$?
@@ -87,6 +92,10 @@ check)
   step fixtures "$AMK" gpu-test --fixtures fixtures/tiny
   step model "$AMK" gpu-test --model "$hf" --json-out "$LOGS/gpu-test.json"
   step agree "$AMK" agree "$hf" --backend gpu --precision f32,bf16,int8 --json "$LOGS/agree.json"
+  printf '(precision: (lm_head: Some(Int8)))' > "$LOGS/head-int8.ron"
+  printf '(precision: (attention: Some(Int8), lm_head: Some(Int8)))' > "$LOGS/attn-head-int8.ron"
+  step agree-mixed bash -c "\"$AMK\" agree $hf --backend gpu --precision bf16 --config $LOGS/head-int8.ron \
+    && \"$AMK\" agree $hf --backend gpu --precision bf16 --config $LOGS/attn-head-int8.ron"
   echo
   cat "$LOGS/gpu.txt"
   grep -E 'speed, context' "$LOGS/model.log"

@@ -4,7 +4,9 @@
 // epoch offset plus k. Task bodies are the fused ops of amk-schedule (see abi.cuh for layouts).
 //
 // Expects (defined by the generated prologue, numbers only): AMK_WEIGHT_BF16 and
-// AMK_WEIGHT_INT8 (0 or 1; both 0 means f32 weights),
+// AMK_WEIGHT_INT8 (0 or 1; both 0 means f32 weights: the build's format, which vectors and
+// every matrix take), AMK_WEIGHT_MIXED (1 when a per-op precision plan holds some matrices in
+// int8 and others in bf16; see amk_task_int8),
 // AMK_BLOCK_THREADS, AMK_MAX_COLS, AMK_MAX_HEAD_DIM, AMK_MLP_ROWS (most rows of a fused MLP
 // task, 0 without one), AMK_STAGE_BYTES (a multiple of 16; 0 turns weight staging off),
 // AMK_COUNTERS, AMK_TRACE (0 or 1), AMK_QUERY_ATTENTION (1 when the schedule has query
@@ -79,49 +81,86 @@
 typedef unsigned int u32;
 typedef unsigned long long u64;
 
+// Matrix formats: F = 0 f32, 1 bf16, 2 int8 (rows of int8 with one f32 scale per row). Every
+// function that reads a matrix is a template over F. A kernel's matrices are in its build's
+// format AMK_WF, or with AMK_WEIGHT_MIXED each task's in bf16 or int8 (AMK_BY_FORMAT picks
+// the instance per task); vectors (norm weights, biases) always take the build's format.
+template <int F> struct amk_fmt;
+template <> struct amk_fmt<0> { typedef float w; };
+template <> struct amk_fmt<1> { typedef unsigned short w; };
+template <> struct amk_fmt<2> { typedef signed char w; };
 #if AMK_WEIGHT_INT8
-typedef signed char amk_w;
-__device__ __forceinline__ float amk_wload(const amk_w* p, u64 i) { return (float)__ldg(p + i); }
-__device__ __forceinline__ float amk_wload_any(const amk_w* p, u64 i) { return (float)p[i]; }
+#define AMK_WF 2
 #elif AMK_WEIGHT_BF16
-typedef unsigned short amk_w;
-__device__ __forceinline__ float amk_wload(const amk_w* p, u64 i) {
-    return __uint_as_float(((u32)__ldg(p + i)) << 16);
-}
-__device__ __forceinline__ float amk_wload_any(const amk_w* p, u64 i) {
-    return __uint_as_float(((u32)p[i]) << 16);
-}
+#define AMK_WF 1
 #else
-typedef float amk_w;
-__device__ __forceinline__ float amk_wload(const amk_w* p, u64 i) { return __ldg(p + i); }
-__device__ __forceinline__ float amk_wload_any(const amk_w* p, u64 i) { return p[i]; }
+#define AMK_WF 0
 #endif
 
-// Vector weights (norm weights, biases): f32 with int8 matrices, else the weight type.
+// Element i of a matrix as f32 (unscaled): through the read-only path, or (`_any`) by a
+// generic load that also reads a tile staged in shared memory.
+template <int F>
+__device__ __forceinline__ float amk_wload(const typename amk_fmt<F>::w* p, u64 i) {
+    if constexpr (F == 2) return (float)__ldg(p + i);
+    else if constexpr (F == 1) return __uint_as_float(((u32)__ldg(p + i)) << 16);
+    else return __ldg(p + i);
+}
+template <int F>
+__device__ __forceinline__ float amk_wload_any(const typename amk_fmt<F>::w* p, u64 i) {
+    if constexpr (F == 2) return (float)p[i];
+    else if constexpr (F == 1) return __uint_as_float(((u32)p[i]) << 16);
+    else return p[i];
+}
+
+// Vector weights (norm weights, biases): f32 in an int8 build, else the build's format.
 #if AMK_WEIGHT_INT8
 typedef float amk_v;
 __device__ __forceinline__ float amk_vload(const amk_v* p, u64 i) { return __ldg(p + i); }
 #else
-typedef amk_w amk_v;
-__device__ __forceinline__ float amk_vload(const amk_v* p, u64 i) { return amk_wload(p, i); }
+typedef amk_fmt<AMK_WF>::w amk_v;
+__device__ __forceinline__ float amk_vload(const amk_v* p, u64 i) { return amk_wload<AMK_WF>(p, i); }
 #endif
 
 // Per-row scales of an int8 matrix: `off` is the descriptor's scales word (bytes into the
-// buffer). Other modes have no scales: the pointer is null and every scale is 1.
+// buffer). Other formats have no scales: the pointer is null and every scale is 1.
+template <int F>
 __device__ __forceinline__ const float* amk_scales(const u64* buffers, u32 buf, u32 off) {
-#if AMK_WEIGHT_INT8
-    return reinterpret_cast<const float*>(buffers[buf] + off);
-#else
-    return nullptr;
-#endif
+    if constexpr (F == 2) return reinterpret_cast<const float*>(buffers[buf] + off);
+    else return nullptr;
 }
+template <int F>
 __device__ __forceinline__ float amk_scale(const float* s, u64 row) {
-#if AMK_WEIGHT_INT8
-    return __ldg(s + row);
+    if constexpr (F == 2) return __ldg(s + row);
+    else return 1.f;
+}
+
+// Whether task d's matrices are int8. In a mixed kernel a task's matrices share one format
+// (codegen checks it), and its scales word is nonzero exactly when they are int8.
+__device__ __forceinline__ bool amk_task_int8(const u32* d) {
+#if AMK_WEIGHT_MIXED
+    switch (d[0]) {
+        case AMK_TASK_PROJECTION:
+        case AMK_TASK_QUERY_ATTENTION: return d[28] != 0;
+        case AMK_TASK_GATED_UP:
+        case AMK_TASK_GATED_MLP: return d[12] != 0;
+        case AMK_TASK_HEAD_ARGMAX: return d[13] != 0;
+        case AMK_TASK_HEAD_OUT: return d[8] != 0;
+        case AMK_TASK_ATTENTION_OUT: return d[14] != 0;
+        case AMK_TASK_EMBED: return d[5] != 0;
+        default: return false;
+    }
 #else
-    return 1.f;
+    return AMK_WF == 2;
 #endif
 }
+
+// Runs `call` with F bound to task d's matrix format: the build's, or in a mixed kernel int8
+// or bf16 by amk_task_int8 (each task function is then compiled for both).
+#if AMK_WEIGHT_MIXED
+#define AMK_BY_FORMAT(d, call) do { if (amk_task_int8(d)) { constexpr int F = 2; call; } else { constexpr int F = 1; call; } } while (0)
+#else
+#define AMK_BY_FORMAT(d, call) do { constexpr int F = AMK_WF; call; } while (0)
+#endif
 
 // Four int8 values packed in a word (element 0 in the low byte) dotted with x. Each byte,
 // offset by 128, becomes the mantissa of 2^23 + u (one byte permute), and 2^23 + 128 is
@@ -141,16 +180,20 @@ __device__ __forceinline__ float amk_i8dot4(u32 w, float4 x) {
 // Weight loads in dot products: generic addresses, so one copy of the code reads a tile
 // staged in shared memory or the weights in global memory alike (two template copies made the
 // kernel larger than its instruction caches, and measured slower; docs/perf.md).
-__device__ __forceinline__ uint4 amk_w16(const amk_w* p) { return *reinterpret_cast<const uint4*>(p); }
-__device__ __forceinline__ float amk_w1(const amk_w* p, u64 i) { return amk_wload_any(p, i); }
+__device__ __forceinline__ uint4 amk_w16(const void* p) { return *reinterpret_cast<const uint4*>(p); }
+template <int F>
+__device__ __forceinline__ float amk_w1(const typename amk_fmt<F>::w* p, u64 i) { return amk_wload_any<F>(p, i); }
 
 // A projection input x in shared memory is read by dot products in chunks of AMK_XV elements
-// (16 bytes of f32 or bf16 weights, 8 of int8), lane c taking chunks c, c + 32, ...: stored
+// (16 bytes of f32 or bf16 weights, 8 or 16 of int8), lane c taking chunks c, c + 32, ...: stored
 // plainly, a warp's float4 loads of its chunks would be AMK_XV * 4 bytes apart, several
 // times the bank wavefronts of contiguous ones. So x is stored in AMK_XV / 4 planes: plane p
 // holds float4 p of every chunk, and a warp's loads of one plane are contiguous. Element i of x lives at
 // x[amk_xi(i)]; the planes span AMK_XFLOATS floats (the maximum row length rounded up to 16).
-#if AMK_WEIGHT_INT8
+#if AMK_WEIGHT_MIXED
+// bf16 and int8 matrices share one plane layout: 8 elements a chunk (8 bytes of int8).
+#define AMK_XV 8
+#elif AMK_WEIGHT_INT8
 // int8 chunks are 8 or 16 bytes, whichever leaves a lane less of the longest row: a
 // 576-column row is 36 chunks of 16, so 4 lanes did two and 28 one, where 72 chunks of 8
 // balance as bf16's do (58 us a step faster, docs/perf.md); a 2048-column row is 4 chunks of
@@ -238,72 +281,66 @@ __device__ void amk_block_argmax(float& bv, u32& bi, float* scratch) {
 
 // A row whose length or start is not a multiple of 16 bytes (rare: odd shapes), one element
 // at a time: out of line, so the common path's code stays small.
-__device__ __noinline__ float amk_dot_unaligned(const amk_w* w, u32 cols, const float* x) {
+template <int F>
+__device__ __noinline__ float amk_dot_unaligned(const typename amk_fmt<F>::w* w, u32 cols, const float* x) {
     float acc = 0.f;
-    for (u32 j = threadIdx.x & 31; j < cols; j += 32) acc += amk_w1(w, j) * x[amk_xi(j)];
+    for (u32 j = threadIdx.x & 31; j < cols; j += 32) acc += amk_w1<F>(w, j) * x[amk_xi(j)];
     return acc;
 }
 
 // Dot products of the first `nrows` of R weight rows (row length `cols`, row r starting at
 // `row[r]`) with the shared-memory vector x, by one warp; every lane gets the sums. All rows'
 // loads of a step are in flight together, and the R warp sums interleave.
-template <int R>
-__device__ __forceinline__ void amk_dot_rows(const amk_w* const (&row)[R], u32 cols, u32 nrows,
+template <int R, int F>
+__device__ __forceinline__ void amk_dot_rows(const typename amk_fmt<F>::w* const (&row)[R], u32 cols, u32 nrows,
                                              const float* x, float* out) {
     const u32 lane = threadIdx.x & 31;
     float acc[R];
 #pragma unroll
     for (int r = 0; r < R; ++r) acc[r] = 0.f;
-#if AMK_WEIGHT_INT8
-    const u32 vec = AMK_XV;  // 8 or 16 int8 (see AMK_XV)
-#elif AMK_WEIGHT_BF16
-    const u32 vec = 8;  // 8 bf16 = 16 bytes
-#else
-    const u32 vec = 4;  // 4 f32 = 16 bytes
-#endif
+    // Elements a chunk: AMK_XV int8 (8 or 16, see AMK_XV), 8 bf16 or 4 f32 (16 bytes).
+    constexpr u32 vec = F == 2 ? AMK_XV : (F == 1 ? 8 : 4);
+    constexpr bool i8x16 = F == 2 && AMK_XV == 16;
     bool aligned = cols % vec == 0;
 #pragma unroll
     for (int r = 0; r < R; ++r)
-        aligned &= (u32)r >= nrows || reinterpret_cast<u64>(row[r]) % (vec * sizeof(amk_w)) == 0;
+        aligned &= (u32)r >= nrows || reinterpret_cast<u64>(row[r]) % (vec * sizeof(*row[0])) == 0;
     if (aligned) {
         const u32 nv = cols / vec;
 #pragma unroll 2
         for (u32 j = lane; j < nv; j += 32) {
             const float4* xv = reinterpret_cast<const float4*>(x) + j;  // planes: see amk_xi
-#if AMK_WEIGHT_INT8 && AMK_XV == 16
-            const float4 x0 = xv[0], x1 = xv[AMK_XCHUNKS], x2 = xv[2 * AMK_XCHUNKS], x3 = xv[3 * AMK_XCHUNKS];
-#elif AMK_WEIGHT_INT8 || AMK_WEIGHT_BF16
-            const float4 x0 = xv[0], x1 = xv[AMK_XCHUNKS];
-#else
             const float4 x0 = xv[0];
-#endif
+            const float4 x1 = vec >= 8 ? xv[AMK_XCHUNKS] : x0;
+            const float4 x2 = i8x16 ? xv[2 * AMK_XCHUNKS] : x0;
+            const float4 x3 = i8x16 ? xv[3 * AMK_XCHUNKS] : x0;
 #pragma unroll
             for (int r = 0; r < R; ++r) {
                 if ((u32)r < nrows) {
-#if AMK_WEIGHT_INT8 && AMK_XV == 16
-                    const uint4 q = amk_w16(row[r] + (u64)j * vec);
-                    acc[r] += amk_i8dot4(q.x, x0) + amk_i8dot4(q.y, x1) + amk_i8dot4(q.z, x2) + amk_i8dot4(q.w, x3);
-#elif AMK_WEIGHT_INT8
-                    const uint2 q = *reinterpret_cast<const uint2*>(row[r] + (u64)j * vec);
-                    acc[r] += amk_i8dot4(q.x, x0) + amk_i8dot4(q.y, x1);
-#elif AMK_WEIGHT_BF16
-                    const uint4 q = amk_w16(row[r] + (u64)j * vec);
-                    acc[r] += __uint_as_float(q.x << 16) * x0.x + __uint_as_float(q.x & 0xFFFF0000u) * x0.y
-                            + __uint_as_float(q.y << 16) * x0.z + __uint_as_float(q.y & 0xFFFF0000u) * x0.w
-                            + __uint_as_float(q.z << 16) * x1.x + __uint_as_float(q.z & 0xFFFF0000u) * x1.y
-                            + __uint_as_float(q.w << 16) * x1.z + __uint_as_float(q.w & 0xFFFF0000u) * x1.w;
-#else
-                    const uint4 q = amk_w16(row[r] + (u64)j * vec);
-                    acc[r] += __uint_as_float(q.x) * x0.x + __uint_as_float(q.y) * x0.y
-                            + __uint_as_float(q.z) * x0.z + __uint_as_float(q.w) * x0.w;
-#endif
+                    if constexpr (i8x16) {
+                        const uint4 q = amk_w16(row[r] + (u64)j * vec);
+                        acc[r] += amk_i8dot4(q.x, x0) + amk_i8dot4(q.y, x1) + amk_i8dot4(q.z, x2) + amk_i8dot4(q.w, x3);
+                    } else if constexpr (F == 2) {
+                        const uint2 q = *reinterpret_cast<const uint2*>(row[r] + (u64)j * vec);
+                        acc[r] += amk_i8dot4(q.x, x0) + amk_i8dot4(q.y, x1);
+                    } else if constexpr (F == 1) {
+                        const uint4 q = amk_w16(row[r] + (u64)j * vec);
+                        acc[r] += __uint_as_float(q.x << 16) * x0.x + __uint_as_float(q.x & 0xFFFF0000u) * x0.y
+                                + __uint_as_float(q.y << 16) * x0.z + __uint_as_float(q.y & 0xFFFF0000u) * x0.w
+                                + __uint_as_float(q.z << 16) * x1.x + __uint_as_float(q.z & 0xFFFF0000u) * x1.y
+                                + __uint_as_float(q.w << 16) * x1.z + __uint_as_float(q.w & 0xFFFF0000u) * x1.w;
+                    } else {
+                        const uint4 q = amk_w16(row[r] + (u64)j * vec);
+                        acc[r] += __uint_as_float(q.x) * x0.x + __uint_as_float(q.y) * x0.y
+                                + __uint_as_float(q.z) * x0.z + __uint_as_float(q.w) * x0.w;
+                    }
                 }
             }
         }
     } else {
 #pragma unroll
         for (int r = 0; r < R; ++r)
-            if ((u32)r < nrows) acc[r] = amk_dot_unaligned(row[r], cols, x);
+            if ((u32)r < nrows) acc[r] = amk_dot_unaligned<F>(row[r], cols, x);
     }
 #pragma unroll
     for (int r = 0; r < R; ++r) out[r] = amk_warp_sum(acc[r]);
@@ -621,8 +658,8 @@ __device__ __forceinline__ void amk_put(float* o, float* c, u32 i, float v, u32 
 
 // Rows of a projection, R per warp at a time (R = 1 for small tiles, so every warp works),
 // with bias and the store or residual-add epilogue.
-template <int R>
-__device__ __forceinline__ void amk_projection_rows(const amk_w* w, const float* sc, const amk_v* bias_w,
+template <int R, int F>
+__device__ __forceinline__ void amk_projection_rows(const typename amk_fmt<F>::w* w, const float* sc, const amk_v* bias_w,
                                                     u32 first, u32 rows, u32 cols, const float* x, float inv,
                                                     float* out, float* copy, u32 out_kind) {
     const u32 lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
@@ -632,11 +669,11 @@ __device__ __forceinline__ void amk_projection_rows(const amk_w* w, const float*
         // The residual, bias and scale do not depend on the dot products: load them first.
         const float prev = (amk_accumulates(out_kind) && lane < n) ? __ldcg(out + r0 + lane) : 0.f;
         const float b = (bias_w && lane < n) ? amk_vload(bias_w, first + r0 + lane) : 0.f;
-        const float scale = lane < n ? amk_scale(sc, first + r0 + lane) * inv : inv;
-        const amk_w* row[R];
+        const float scale = lane < n ? amk_scale<F>(sc, first + r0 + lane) * inv : inv;
+        const typename amk_fmt<F>::w* row[R];
 #pragma unroll
         for (int r = 0; r < R; ++r) row[r] = w + (u64)(first + r0 + r) * cols;
-        amk_dot_rows<R>(row, cols, n, x, y);
+        amk_dot_rows<R, F>(row, cols, n, x, y);
         if (lane < n) {
             float v = y[0];
 #pragma unroll
@@ -656,7 +693,8 @@ __device__ __forceinline__ void amk_projection_rows(const amk_w* w, const float*
 // order) bias, per-head RMSNorm (Qwen3's q/k norm), rope, and the epilogue.
 // With `keep` (a query attention's), each head's final rows also stay in shared memory there
 // (one head: keep may be ys itself); `out` may then be null.
-__device__ void amk_projection_heads(const u32* d, const amk_w* w, const float* sc, const amk_v* bias_w,
+template <int F>
+__device__ void amk_projection_heads(const u32* d, const typename amk_fmt<F>::w* w, const float* sc, const amk_v* bias_w,
                                      const float* x, float inv, float* ys, float* scratch, float* out,
                                      float* copy, u32 out_kind, u32 pos, const u64* buffers,
                                      float* keep) {
@@ -670,12 +708,12 @@ __device__ void amk_projection_heads(const u32* d, const amk_w* w, const float* 
             float y[4];
             const u32 n = min(4u, hd - r0);
             // The scale and bias do not depend on the dot products: load them first.
-            const float scale = lane < n ? amk_scale(sc, first + h0 + r0 + lane) * inv : inv;
+            const float scale = lane < n ? amk_scale<F>(sc, first + h0 + r0 + lane) * inv : inv;
             const float b = (bias_w && lane < n) ? amk_vload(bias_w, first + h0 + r0 + lane) : 0.f;
-            const amk_w* row[4];
+            const typename amk_fmt<F>::w* row[4];
 #pragma unroll
             for (int r = 0; r < 4; ++r) row[r] = w + (u64)(first + h0 + r0 + r) * cols;
-            amk_dot_rows<4>(row, cols, n, x, y);
+            amk_dot_rows<4, F>(row, cols, n, x, y);
             if (lane < n) {
                 float v = y[0];
 #pragma unroll
@@ -729,28 +767,28 @@ __device__ __forceinline__ u32 amk_part_row(u32 i, u32 hl, u32 part, u32 parts) 
 
 // A head part's rows in local order, R per warp at a time, into ys with the scale and bias of
 // their head rows.
-template <int R>
+template <int R, int F>
 __device__ __forceinline__ void amk_part_dots(const u32* d, const u64* buffers, const float* x, float inv,
-                                              float* ys, const amk_w* staged) {
+                                              float* ys, const typename amk_fmt<F>::w* staged) {
     const u32 first = d[8], rows = d[9], cols = d[10];
     const u32 part = d[33], parts = d[34], hl = rows / 2;
-    const amk_w* w = reinterpret_cast<const amk_w*>(buffers[d[6]]);
+    const typename amk_fmt<F>::w* w = reinterpret_cast<const typename amk_fmt<F>::w*>(buffers[d[6]]);
     const amk_v* bias_w = d[7] == AMK_NONE ? nullptr : reinterpret_cast<const amk_v*>(buffers[d[7]]);
-    const float* sc = amk_scales(buffers, d[6], d[28]);
+    const float* sc = amk_scales<F>(buffers, d[6], d[28]);
     const u32 lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     for (u32 r0 = warp * R; r0 < rows; r0 += AMK_WARPS * R) {
         float y[R];
         const u32 n = min((u32)R, rows - r0);
         // The scale and bias do not depend on the dot products: load them first.
         const u32 g = first + amk_part_row(r0 + lane, hl, part, parts);
-        const float scale = lane < n ? amk_scale(sc, g) * inv : inv;
+        const float scale = lane < n ? amk_scale<F>(sc, g) * inv : inv;
         const float b = (bias_w && lane < n) ? amk_vload(bias_w, g) : 0.f;
-        const amk_w* row[R];
+        const typename amk_fmt<F>::w* row[R];
 #pragma unroll
         for (int r = 0; r < R; ++r)
             row[r] = staged ? staged + (u64)(r0 + r) * cols
                             : w + (u64)(first + amk_part_row(r0 + r, hl, part, parts)) * cols;
-        amk_dot_rows<R>(row, cols, n, x, y);
+        amk_dot_rows<R, F>(row, cols, n, x, y);
         if (lane < n) {
             float v = y[0];
 #pragma unroll
@@ -765,15 +803,16 @@ __device__ __forceinline__ void amk_part_dots(const u32* d, const u64* buffers, 
 // rope on the local pairs (i, i + hl) with the head's frequencies part * hl + i, and the
 // epilogue at the head rows of `out` (the head's first output element). Each row's
 // arithmetic is the whole head's (amk_projection_heads), so a split computes the same values.
+template <int F>
 __device__ __noinline__ void amk_projection_part(const u32* d, const u64* buffers, const float* x, float inv,
-                                                 float* ys, const amk_w* staged, float* out, float* copy,
+                                                 float* ys, const typename amk_fmt<F>::w* staged, float* out, float* copy,
                                                  u32 out_kind, u32 pos) {
     const u32 rows = d[9], rope = d[11];
     const u32 part = d[33], parts = d[34], hl = rows / 2;
     // Fewer rows per warp when the part has fewer rows than 4 per warp: every warp works.
-    if (rows <= AMK_WARPS) amk_part_dots<1>(d, buffers, x, inv, ys, staged);
-    else if (rows <= 2 * AMK_WARPS) amk_part_dots<2>(d, buffers, x, inv, ys, staged);
-    else amk_part_dots<4>(d, buffers, x, inv, ys, staged);
+    if (rows <= AMK_WARPS) amk_part_dots<1, F>(d, buffers, x, inv, ys, staged);
+    else if (rows <= 2 * AMK_WARPS) amk_part_dots<2, F>(d, buffers, x, inv, ys, staged);
+    else amk_part_dots<4, F>(d, buffers, x, inv, ys, staged);
     __syncthreads();
     if (rope) {
         amk_rope_table(d, d[12], __hiloint2double((int)d[14], (int)d[13]), pos);
@@ -795,7 +834,8 @@ __device__ __noinline__ void amk_projection_part(const u32* d, const u64* buffer
 // (lane 2k + 1 holds the partner of lane 2k) and stores them: no shared-memory round trip or
 // block barrier between the dot products and the stores, as in a projection without rope.
 // The arithmetic is amk_projection_heads', so the results are the same.
-__device__ void amk_projection_rope_pairs(const u32* d, const amk_w* w, const float* sc, const amk_v* bias_w,
+template <int F>
+__device__ void amk_projection_rope_pairs(const u32* d, const typename amk_fmt<F>::w* w, const float* sc, const amk_v* bias_w,
                                           const float* x, float inv, float* out, float* copy, u32 out_kind,
                                           u32 pos) {
     const u32 first = d[8], rows = d[9], cols = d[10];
@@ -809,16 +849,16 @@ __device__ void amk_projection_rope_pairs(const u32* d, const amk_w* w, const fl
             const u32 n = p0 + 1 < half ? 4u : 2u;
             const u32 lr = p0 + (lane >> 1) + ((lane & 1) ? half : 0u);
             const bool mine = lane < n;
-            const float scale = mine ? amk_scale(sc, first + h0 + lr) * inv : inv;
+            const float scale = mine ? amk_scale<F>(sc, first + h0 + lr) * inv : inv;
             const float b = (bias_w && mine) ? amk_vload(bias_w, first + h0 + lr) : 0.f;
-            const amk_w* row[4];
+            const typename amk_fmt<F>::w* row[4];
 #pragma unroll
             for (int r = 0; r < 4; ++r) {
                 const u32 rr = min(p0 + (u32)(r >> 1), half - 1) + ((r & 1) ? half : 0u);
                 row[r] = w + (u64)(first + h0 + rr) * cols;
             }
             float y[4];
-            amk_dot_rows<4>(row, cols, n, x, y);
+            amk_dot_rows<4, F>(row, cols, n, x, y);
             float v = y[0];
 #pragma unroll
             for (int r = 1; r < 4; ++r) if ((u32)r == lane) v = y[r];
@@ -833,14 +873,17 @@ __device__ void amk_projection_rope_pairs(const u32* d, const amk_w* w, const fl
 }
 
 // `staged`: the task's weight tile in shared memory, or null to read global memory.
+template <int F>
 __device__ void amk_projection(const u32* d, const u64* buffers, float* x, float* scratch,
-                               float* ys, const amk_w* staged) {
+                               float* ys, const void* staged_tile) {
+    typedef typename amk_fmt<F>::w W;
+    const W* staged = static_cast<const W*>(staged_tile);
     const float inv = (AMK_ABLATE & 16) ? 1.f : amk_load_input(d, buffers, x, scratch);
     if (AMK_ABLATE & 32) return;
     const u32 first = d[8], rows = d[9], cols = d[10], rope = d[11];
-    const amk_w* w = staged ? staged - (u64)first * cols : reinterpret_cast<const amk_w*>(buffers[d[6]]);
+    const typename amk_fmt<F>::w* w = staged ? staged - (u64)first * cols : reinterpret_cast<const typename amk_fmt<F>::w*>(buffers[d[6]]);
     const amk_v* bias_w = d[7] == AMK_NONE ? nullptr : reinterpret_cast<const amk_v*>(buffers[d[7]]);
-    const float* sc = amk_scales(buffers, d[6], d[28]);
+    const float* sc = amk_scales<F>(buffers, d[6], d[28]);
     const u32* io = reinterpret_cast<const u32*>(buffers[d[15]]);
     const u32 out_kind = d[16];
     float* out = reinterpret_cast<float*>(buffers[d[17]]);
@@ -852,22 +895,23 @@ __device__ void amk_projection(const u32* d, const u64* buffers, float* x, float
     if (AMK_TAGGED && out_kind == AMK_OUT_STORE_TAGGED) dst0 *= 2;  // 8-byte words
 #if AMK_HEAD_PARTS
     if (d[34] > 1) {
-        amk_projection_part(d, buffers, x, inv, ys, staged, out + dst0, copy, out_kind, pos);
+        amk_projection_part<F>(d, buffers, x, inv, ys, staged, out + dst0, copy, out_kind, pos);
         return;
     }
 #endif
     if (rope && d[21] == AMK_NONE && !(AMK_ABLATE & 262144)) {
-        amk_projection_rope_pairs(d, w, sc, bias_w, x, inv, out + dst0, copy, out_kind, pos);
+        amk_projection_rope_pairs<F>(d, w, sc, bias_w, x, inv, out + dst0, copy, out_kind, pos);
     } else if (rope || d[21] != AMK_NONE) {
-        amk_projection_heads(d, w, sc, bias_w, x, inv, ys, scratch, out + dst0, copy, out_kind, pos, buffers, nullptr);
+        amk_projection_heads<F>(d, w, sc, bias_w, x, inv, ys, scratch, out + dst0, copy, out_kind, pos, buffers, nullptr);
     } else if (rows >= 4 * AMK_WARPS) {
-        amk_projection_rows<4>(w, sc, bias_w, first, rows, cols, x, inv, out + dst0, copy, out_kind);
+        amk_projection_rows<4, F>(w, sc, bias_w, first, rows, cols, x, inv, out + dst0, copy, out_kind);
     } else {
-        amk_projection_rows<1>(w, sc, bias_w, first, rows, cols, x, inv, out + dst0, copy, out_kind);
+        amk_projection_rows<1, F>(w, sc, bias_w, first, rows, cols, x, inv, out + dst0, copy, out_kind);
     }
 }
 
-__device__ __forceinline__ void amk_gated_rows(const amk_w* gate, const amk_w* up, const float* gs,
+template <int F>
+__device__ __forceinline__ void amk_gated_rows(const typename amk_fmt<F>::w* gate, const typename amk_fmt<F>::w* up, const float* gs,
                                                const float* us, u32 first, u32 rows, u32 cols,
                                                const float* x, float inv, float* out) {
     const u32 lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
@@ -875,13 +919,13 @@ __device__ __forceinline__ void amk_gated_rows(const amk_w* gate, const amk_w* u
     // loads and sums overlap, rather than one after another.
     for (u32 r = warp; r < rows; r += 2 * AMK_WARPS) {
         const u32 r1 = r + AMK_WARPS, n = r1 < rows ? 4u : 2u;
-        const amk_w* row[4] = {gate + (u64)(first + r) * cols, up + (u64)(first + r) * cols,
+        const typename amk_fmt<F>::w* row[4] = {gate + (u64)(first + r) * cols, up + (u64)(first + r) * cols,
                                gate + (u64)(first + r1) * cols, up + (u64)(first + r1) * cols};
         // Lane k < n holds the scale of dot product k, loaded before the dot products.
         const u32 rl = lane < 2 ? r : r1;
-        const float scale = lane < n ? amk_scale((lane & 1) ? us : gs, first + rl) * inv : inv;
+        const float scale = lane < n ? amk_scale<F>((lane & 1) ? us : gs, first + rl) * inv : inv;
         float y[4];
-        amk_dot_rows<4>(row, cols, n, x, y);
+        amk_dot_rows<4, F>(row, cols, n, x, y);
 #pragma unroll
         for (u32 k = 0; k < 2; ++k) {
             const u32 rk = k == 0 ? r : r1;
@@ -898,17 +942,18 @@ __device__ __forceinline__ void amk_gated_rows(const amk_w* gate, const amk_w* u
 // t takes outputs t, t + threads, ..., so each warp's weight loads and atomic adds cover
 // consecutive elements (one L2 line per warp add). The adds are atomic: every task of the
 // phase adds to the same outputs.
-__device__ __forceinline__ void amk_down_add(const amk_w* w, const float* sc, u32 rows, u32 cols,
+template <int F>
+__device__ __forceinline__ void amk_down_add(const typename amk_fmt<F>::w* w, const float* sc, u32 rows, u32 cols,
                                              const float* act, float* out, float* out2) {
     for (u32 o = threadIdx.x; o < cols; o += AMK_BLOCK_THREADS) {
-        const float scale = amk_scale(sc, o);
+        const float scale = amk_scale<F>(sc, o);
         float acc[4] = {0.f, 0.f, 0.f, 0.f};
         u32 j = 0;
         for (; j + 4 <= rows; j += 4) {
 #pragma unroll
-            for (u32 k = 0; k < 4; ++k) acc[k] += amk_w1(w, (u64)(j + k) * cols + o) * act[j + k];
+            for (u32 k = 0; k < 4; ++k) acc[k] += amk_w1<F>(w, (u64)(j + k) * cols + o) * act[j + k];
         }
-        for (; j < rows; ++j) acc[0] += amk_w1(w, (u64)j * cols + o) * act[j];
+        for (; j < rows; ++j) acc[0] += amk_w1<F>(w, (u64)j * cols + o) * act[j];
         const float v = ((acc[0] + acc[1]) + (acc[2] + acc[3])) * scale;
         if (AMK_ABLATE & 131072) continue;
         if (AMK_ABLATE & 65536) {
@@ -927,7 +972,10 @@ __device__ __forceinline__ void amk_down_add(const amk_w* w, const float* sc, u3
 // transposed output projection times them (and a bias), added into its output (and the mirror,
 // when word 12 names one). Out of line: the
 // default schedule has no such task, and its kernel stays small.
-__device__ __noinline__ void amk_head_out(const u32* d, const u64* buffers, float* ys, const amk_w* staged) {
+template <int F>
+__device__ __noinline__ void amk_head_out(const u32* d, const u64* buffers, float* ys, const void* staged_tile) {
+    typedef typename amk_fmt<F>::w W;
+    const W* staged = static_cast<const W*>(staged_tile);
     const float* src = reinterpret_cast<const float*>(buffers[d[1]]);
     const u32 head = d[2], hd = d[3], parts = d[4], first = d[5], dims = d[6], cols = d[9];
     const float* e = src + (u64)head * parts * (hd + 2);
@@ -959,10 +1007,10 @@ __device__ __noinline__ void amk_head_out(const u32* d, const u64* buffers, floa
         ys[j] = A * (1.0f / L);
     }
     __syncthreads();
-    const amk_w* w = staged ? staged : reinterpret_cast<const amk_w*>(buffers[d[7]]) + ((u64)head * hd + first) * cols;
+    const typename amk_fmt<F>::w* w = staged ? staged : reinterpret_cast<const typename amk_fmt<F>::w*>(buffers[d[7]]) + ((u64)head * hd + first) * cols;
     float* out0 = reinterpret_cast<float*>(buffers[d[11]]);
     float* out1 = d[12] == AMK_NONE ? nullptr : reinterpret_cast<float*>(buffers[d[12]]);
-    amk_down_add(w, amk_scales(buffers, d[7], d[8]), dims, cols, ys, out0, out1);
+    amk_down_add<F>(w, amk_scales<F>(buffers, d[7], d[8]), dims, cols, ys, out0, out1);
     if (d[13] != AMK_NONE) {
         const amk_v* bias = reinterpret_cast<const amk_v*>(buffers[d[13]]);
         for (u32 o = threadIdx.x; o < cols; o += AMK_BLOCK_THREADS) {
@@ -976,29 +1024,32 @@ __device__ __noinline__ void amk_head_out(const u32* d, const u64* buffers, floa
 // GATED_UP stores its rows' activations in `out`. GATED_MLP keeps them in shared memory
 // after x, then adds its share of the down projection into `out`. `staged`: the gate, up (and
 // transposed down) tiles in shared memory, or null.
+template <int F>
 __device__ void amk_gated(const u32* d, const u64* buffers, float* x, float* scratch,
-                          const amk_w* staged) {
+                          const void* staged_tile) {
+    typedef typename amk_fmt<F>::w W;
+    const W* staged = static_cast<const W*>(staged_tile);
     const float inv = (AMK_ABLATE & 16) ? 1.f : amk_load_input(d, buffers, x, scratch);
     if (AMK_ABLATE & 32) return;
     const bool mlp = d[0] == AMK_TASK_GATED_MLP;
     const u32 first = d[8], rows = d[9], cols = d[10];
     float* out = reinterpret_cast<float*>(buffers[d[11]]);
-    const float* gs = amk_scales(buffers, d[6], d[12]);
-    const float* us = amk_scales(buffers, d[7], d[13]);
+    const float* gs = amk_scales<F>(buffers, d[6], d[12]);
+    const float* us = amk_scales<F>(buffers, d[7], d[13]);
     const u64 tile = (u64)rows * cols, skip = (u64)first * cols;
-    const amk_w* gate = staged ? staged - skip : reinterpret_cast<const amk_w*>(buffers[d[6]]);
-    const amk_w* up = staged ? staged + tile - skip : reinterpret_cast<const amk_w*>(buffers[d[7]]);
+    const W* gate = staged ? staged - skip : reinterpret_cast<const typename amk_fmt<F>::w*>(buffers[d[6]]);
+    const W* up = staged ? staged + tile - skip : reinterpret_cast<const typename amk_fmt<F>::w*>(buffers[d[7]]);
     float* act = x + AMK_XFLOATS;  // AMK_SMEM_X_ACT: a fused MLP's activations follow x
     // The carry (words 17, 18): input elements as loaded (x holds them times the norm weight),
     // read again here so the load overlaps the dot products, and added beside the down share.
     const float* src = reinterpret_cast<const float*>(buffers[d[2]]);
     const u32 cfirst = d[17], clen = mlp ? d[18] : 0u;
     const float carried = threadIdx.x < clen ? __ldcg(src + cfirst + threadIdx.x) : 0.f;
-    amk_gated_rows(gate, up, gs, us, first, rows, cols, x, inv, mlp ? act - first : out);
+    amk_gated_rows<F>(gate, up, gs, us, first, rows, cols, x, inv, mlp ? act - first : out);
     if (!mlp) return;
     __syncthreads();
-    const amk_w* down = staged ? staged + 2 * tile : reinterpret_cast<const amk_w*>(buffers[d[14]]) + skip;
-    amk_down_add(down, amk_scales(buffers, d[14], d[15]), rows, cols, act, out, nullptr);
+    const W* down = staged ? staged + 2 * tile : reinterpret_cast<const typename amk_fmt<F>::w*>(buffers[d[14]]) + skip;
+    amk_down_add<F>(down, amk_scales<F>(buffers, d[14], d[15]), rows, cols, act, out, nullptr);
     if (threadIdx.x < clen) atomicAdd(out + cfirst + threadIdx.x, carried);
     for (u32 i = threadIdx.x + AMK_BLOCK_THREADS; i < clen; i += AMK_BLOCK_THREADS)
         atomicAdd(out + cfirst + i, __ldcg(src + cfirst + i));
@@ -1016,8 +1067,11 @@ __device__ __forceinline__ void amk_part_rows(u32 start, u32 npos, u32 part, u32
 // o[j] = acc[j] / l from the warps' partials (merged as the reference's single-part combine
 // does) into `ys`, then its share of the output projection added to both outputs:
 // out[r] += sum_j Wt[head * hd + j][r] * o[j], `staged` holding the head's rows of Wt.
+template <int F>
 __device__ __noinline__ void amk_attention_out(const u32* d, const u64* buffers, const float* part_smem,
-                                               float gm, float* ys, const amk_w* staged) {
+                                               float gm, float* ys, const void* staged_tile) {
+    typedef typename amk_fmt<F>::w W;
+    const W* staged = static_cast<const W*>(staged_tile);
     const u32 head = d[2], hd = d[4], cols = d[15];
     float l = 0.f;
     for (u32 w = 0; w < AMK_WARPS; ++w) {
@@ -1033,11 +1087,11 @@ __device__ __noinline__ void amk_attention_out(const u32* d, const u64* buffers,
         ys[j] = a * (1.0f / l);
     }
     __syncthreads();
-    const amk_w* w = staged ? staged : reinterpret_cast<const amk_w*>(buffers[d[13]]) + (u64)head * hd * cols;
+    const typename amk_fmt<F>::w* w = staged ? staged : reinterpret_cast<const typename amk_fmt<F>::w*>(buffers[d[13]]) + (u64)head * hd * cols;
     float* out0 = reinterpret_cast<float*>(buffers[d[16]]);
     float* out1 = reinterpret_cast<float*>(buffers[d[17]]);
     if (AMK_ABLATE & 2048) return;
-    amk_down_add(w, amk_scales(buffers, d[13], d[14]), hd, cols, ys, out0, out1);
+    amk_down_add<F>(w, amk_scales<F>(buffers, d[13], d[14]), hd, cols, ys, out0, out1);
 }
 
 // Part `part` of `parts` of one query head over its key/value head's cache rows start..=pos
@@ -1050,7 +1104,7 @@ __device__ __noinline__ void amk_attention_out(const u32* d, const u64* buffers,
 // A query attention (QUERY_ATTENTION: attention words from 33, `qs` its query head in shared
 // memory) covers only the rows before pos; the combine adds the current row.
 __device__ void amk_attention(const u32* d, const u64* buffers, float* smem, float* ys,
-                              const amk_w* staged, const float* qs) {
+                              const void* staged, const float* qs) {
     const bool past_only = AMK_QUERY_ATTENTION && d[0] == AMK_TASK_QUERY_ATTENTION;
     const u32* t = past_only ? d + 32 : d;
     const float* q = qs ? nullptr : reinterpret_cast<const float*>(buffers[t[1]]);
@@ -1209,7 +1263,7 @@ __device__ void amk_attention(const u32* d, const u64* buffers, float* smem, flo
         if (pw[1] > 0.f) gm = fmaxf(gm, pw[0]);
     }
     if (d[0] == AMK_TASK_ATTENTION_OUT) {
-        amk_attention_out(d, buffers, part_smem, gm, ys, staged);
+        AMK_BY_FORMAT(d, amk_attention_out<F>(d, buffers, part_smem, gm, ys, staged));
         return;
     }
     for (u32 j = threadIdx.x; j < hd + 2; j += AMK_BLOCK_THREADS) {
@@ -1226,17 +1280,20 @@ __device__ void amk_attention(const u32* d, const u64* buffers, float* smem, flo
 // QUERY_ATTENTION: the projection of the task's query head (as PROJECTION, words 1..32),
 // kept in shared memory (and stored to word 17's buffer unless AMK_NONE), then attention over
 // the rows before the current position with that query (words 33..44).
+template <int F>
 __device__ void amk_query_attention(const u32* d, const u64* buffers, float* x, float* scratch,
-                                    float* ys, const amk_w* staged) {
+                                    float* ys, const void* staged_tile) {
+    typedef typename amk_fmt<F>::w W;
+    const W* staged = static_cast<const W*>(staged_tile);
     if (!(AMK_ABLATE & 8)) {
         const float inv = (AMK_ABLATE & 16) ? 1.f : amk_load_input(d, buffers, x, scratch);
         const u32 first = d[8], cols = d[10];
-        const amk_w* w = staged ? staged - (u64)first * cols : reinterpret_cast<const amk_w*>(buffers[d[6]]);
+        const typename amk_fmt<F>::w* w = staged ? staged - (u64)first * cols : reinterpret_cast<const typename amk_fmt<F>::w*>(buffers[d[6]]);
         const amk_v* bias_w = d[7] == AMK_NONE ? nullptr : reinterpret_cast<const amk_v*>(buffers[d[7]]);
-        const float* sc = amk_scales(buffers, d[6], d[28]);
+        const float* sc = amk_scales<F>(buffers, d[6], d[28]);
         const u32 pos = __ldcg(reinterpret_cast<const u32*>(buffers[d[15]]) + 1);
         float* out = d[17] == AMK_NONE ? nullptr : reinterpret_cast<float*>(buffers[d[17]]) + d[18];
-        amk_projection_heads(d, w, sc, bias_w, x, inv, ys, scratch, out, nullptr, AMK_OUT_STORE, pos, buffers, ys);
+        amk_projection_heads<F>(d, w, sc, bias_w, x, inv, ys, scratch, out, nullptr, AMK_OUT_STORE, pos, buffers, ys);
     }
     if (!(AMK_ABLATE & 2)) amk_attention(d, buffers, x, ys, nullptr, ys);
 }
@@ -1259,7 +1316,8 @@ __device__ void amk_append_kv(const u32* d, const u64* buffers) {
     }
 }
 
-__device__ __forceinline__ void amk_head_rows(const amk_w* w, const float* sc, u32 first, u32 rows,
+template <int F>
+__device__ __forceinline__ void amk_head_rows(const typename amk_fmt<F>::w* w, const float* sc, u32 first, u32 rows,
                                               u32 cols, const float* x, float inv, float* logits, float& bv,
                                               u32& bi) {
     const u32 lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
@@ -1268,11 +1326,11 @@ __device__ __forceinline__ void amk_head_rows(const amk_w* w, const float* sc, u
         float y[R], scale[R];
         const u32 n = min((u32)R, rows - r0);
 #pragma unroll
-        for (int r = 0; r < R; ++r) scale[r] = (u32)r < n ? amk_scale(sc, first + r0 + r) * inv : inv;
-        const amk_w* row[R];
+        for (int r = 0; r < R; ++r) scale[r] = (u32)r < n ? amk_scale<F>(sc, first + r0 + r) * inv : inv;
+        const typename amk_fmt<F>::w* row[R];
 #pragma unroll
         for (int r = 0; r < R; ++r) row[r] = w + (u64)(first + r0 + r) * cols;
-        amk_dot_rows<R>(row, cols, n, x, y);
+        amk_dot_rows<R, F>(row, cols, n, x, y);
 #pragma unroll
         for (int r = 0; r < R; ++r) {
             if ((u32)r < n) {
@@ -1289,17 +1347,20 @@ __device__ __forceinline__ void amk_head_rows(const amk_w* w, const float* sc, u
 // made to sort as unsigned (-0 as +0), the low word the index's complement, so the largest
 // value wins and the lowest index among equal ones. NaN never wins. Word 12 set: also writes
 // position + 1. The launch ends with these tasks; the next one's embedding reads the token.
+template <int F>
 __device__ void amk_head_argmax(const u32* d, const u64* buffers, float* x, float* scratch,
-                                const amk_w* staged) {
+                                const void* staged_tile) {
+    typedef typename amk_fmt<F>::w W;
+    const W* staged = static_cast<const W*>(staged_tile);
     const float inv = amk_load_input(d, buffers, x, scratch);
     const u32 first = d[7], rows = d[8], cols = d[9];
     float* logits = reinterpret_cast<float*>(buffers[d[10]]);
     u32* io = reinterpret_cast<u32*>(buffers[d[11]]);
     float bv = AMK_NEG_INF;
     u32 bi = 0xFFFFFFFFu;
-    const float* sc = amk_scales(buffers, d[6], d[13]);
-    const amk_w* w = staged ? staged - (u64)first * cols : reinterpret_cast<const amk_w*>(buffers[d[6]]);
-    amk_head_rows(w, sc, first, rows, cols, x, inv, logits, bv, bi);
+    const float* sc = amk_scales<F>(buffers, d[6], d[13]);
+    const typename amk_fmt<F>::w* w = staged ? staged - (u64)first * cols : reinterpret_cast<const typename amk_fmt<F>::w*>(buffers[d[6]]);
+    amk_head_rows<F>(w, sc, first, rows, cols, x, inv, logits, bv, bi);
     amk_block_argmax(bv, bi, scratch);
     if (threadIdx.x == 0) {
         if (bi != 0xFFFFFFFFu && bv == bv) {
@@ -1319,8 +1380,9 @@ __device__ void amk_rms_norm(const u32* d, const u64* buffers, float* x, float* 
     for (u32 i = threadIdx.x; i < d[3]; i += AMK_BLOCK_THREADS) out[i] = x[amk_xi(i)] * inv;
 }
 
+template <int F>
 __device__ void amk_embed(const u32* d, const u64* buffers) {
-    const amk_w* table = reinterpret_cast<const amk_w*>(buffers[d[1]]);
+    const typename amk_fmt<F>::w* table = reinterpret_cast<const typename amk_fmt<F>::w*>(buffers[d[1]]);
     const u32 hidden = d[2];
     u32* io = reinterpret_cast<u32*>(buffers[d[3]]);
     float* out = reinterpret_cast<float*>(buffers[d[4]]);
@@ -1332,8 +1394,8 @@ __device__ void amk_embed(const u32* d, const u64* buffers) {
         io[2] = 0u;
         io[3] = 0u;
     }
-    const float scale = amk_scale(amk_scales(buffers, d[1], d[5]), token);
-    for (u32 i = threadIdx.x; i < hidden; i += AMK_BLOCK_THREADS) out[i] = amk_wload(table, (u64)token * hidden + i) * scale;
+    const float scale = amk_scale<F>(amk_scales<F>(buffers, d[1], d[5]), token);
+    for (u32 i = threadIdx.x; i < hidden; i += AMK_BLOCK_THREADS) out[i] = amk_wload<F>(table, (u64)token * hidden + i) * scale;
 }
 
 __device__ void amk_zero(const u32* d, const u64* buffers) {
@@ -1358,7 +1420,11 @@ __device__ __forceinline__ void amk_prefetch(u64 p, u64 bytes) {
 // gated-up tasks, plus the transposed down of fused MLPs; staged one after the other): their
 // global addresses and each part's bytes. Returns the number of parts, 0 without a tile.
 __device__ __forceinline__ u32 amk_weight_parts(const u32* d, const u64* buffers, u64 (&addr)[3], u64& bytes) {
-    const u64 es = sizeof(amk_w);
+#if AMK_WEIGHT_MIXED
+    const u64 es = amk_task_int8(d) ? 1 : 2;
+#else
+    const u64 es = sizeof(amk_fmt<AMK_WF>::w);
+#endif
     bytes = 0;
     switch (d[0]) {
         case AMK_TASK_PROJECTION:
@@ -1408,26 +1474,23 @@ __device__ void amk_prefetch_vectors(const u32* d, const u64* buffers) {
     const u32 kind = d[0];
     const bool projection = kind == AMK_TASK_PROJECTION || kind == AMK_TASK_QUERY_ATTENTION;
     if (!amk_reads_input(kind) && kind != AMK_TASK_ATTENTION_OUT && kind != AMK_TASK_HEAD_OUT) return;
-#if AMK_WEIGHT_INT8
+    const bool int8 = amk_task_int8(d);
     if (kind == AMK_TASK_ATTENTION_OUT) {
-        if (!(AMK_ABLATE & 256)) amk_prefetch_l1(buffers[d[13]] + d[14], (u64)d[15] * 4);
+        if (int8 && !(AMK_ABLATE & 256)) amk_prefetch_l1(buffers[d[13]] + d[14], (u64)d[15] * 4);
         return;
     }
     if (kind == AMK_TASK_HEAD_OUT) {
-        if (!(AMK_ABLATE & 256)) amk_prefetch_l1(buffers[d[7]] + d[8], (u64)d[9] * 4);
+        if (int8 && !(AMK_ABLATE & 256)) amk_prefetch_l1(buffers[d[7]] + d[8], (u64)d[9] * 4);
         return;
     }
-#else
-    if (kind == AMK_TASK_ATTENTION_OUT || kind == AMK_TASK_HEAD_OUT) return;
-#endif
     if (AMK_ABLATE & 256) return;
     // A head part's rows lie in its head's (words 33 and 34): ask for the head's vectors.
     const u32 span = (AMK_HEAD_PARTS && kind == AMK_TASK_PROJECTION && d[34] > 1) ? d[9] * d[34] : d[9];
     if (projection && d[7] != AMK_NONE)
         amk_prefetch_l1(buffers[d[7]] + (u64)d[8] * sizeof(amk_v), (u64)span * sizeof(amk_v));
-#if AMK_WEIGHT_INT8
     // The rows' scales (words: projection 28; gate/up 12 and 13; LM head 13), and every
     // output's scale of a fused MLP's down weight (word 15).
+    if (!int8) return;
     if (projection) amk_prefetch_l1(buffers[d[6]] + d[28] + (u64)d[8] * 4, (u64)span * 4);
     if (kind == AMK_TASK_GATED_UP || kind == AMK_TASK_GATED_MLP) {
         amk_prefetch_l1(buffers[d[6]] + d[12] + (u64)d[8] * 4, (u64)d[9] * 4);
@@ -1435,7 +1498,6 @@ __device__ void amk_prefetch_vectors(const u32* d, const u64* buffers) {
     }
     if (kind == AMK_TASK_GATED_MLP) amk_prefetch_l1(buffers[d[14]] + d[15], (u64)d[10] * 4);
     if (kind == AMK_TASK_HEAD_ARGMAX) amk_prefetch_l1(buffers[d[6]] + d[13] + (u64)d[7] * 4, (u64)d[8] * 4);
-#endif
 }
 
 __device__ void amk_prefetch_task(const u32* d, const u64* buffers) {
@@ -1634,7 +1696,7 @@ amk_megakernel(const u64* __restrict__ gbuffers, const u32* __restrict__ gprogra
         if (op == AMK_OP_RUN) {
             check_rope();  // a task before any wait (nothing when a wait came first)
             const u32* d = tasks + AMK_TASK_WORDS * w1;
-            const amk_w* staged = nullptr;
+            const void* staged = nullptr;
 #if AMK_STAGE_BYTES > 0
             if (queued > 0 && queue[consumed_total % 2] == i) {
                 // Wait for this tile's group; the other queued tile may stay in flight.
@@ -1642,7 +1704,7 @@ amk_megakernel(const u64* __restrict__ gbuffers, const u32* __restrict__ gprogra
                 } else if (queued > 1) asm volatile("cp.async.wait_group 1;" ::: "memory");
                 else asm volatile("cp.async.wait_group 0;" ::: "memory");
                 __syncthreads();
-                staged = reinterpret_cast<const amk_w*>(slots + (u64)(consumed_total % 2) * AMK_STAGE_BYTES);
+                staged = slots + (u64)(consumed_total % 2) * AMK_STAGE_BYTES;
             }
 #endif
 #if AMK_TAGGED
@@ -1664,20 +1726,20 @@ amk_megakernel(const u64* __restrict__ gbuffers, const u32* __restrict__ gprogra
                 || ((AMK_ABLATE & 8) && (kind == AMK_TASK_PROJECTION || kind == AMK_TASK_GATED_UP || kind == AMK_TASK_HEAD_OUT
                                          || kind == AMK_TASK_GATED_MLP));
             switch (skip ? 0u : kind) {
-                case AMK_TASK_PROJECTION: amk_projection(d, buffers, smem, scratch, ys, staged); break;
+                case AMK_TASK_PROJECTION: AMK_BY_FORMAT(d, amk_projection<F>(d, buffers, smem, scratch, ys, staged)); break;
                 case AMK_TASK_GATED_UP:
-                case AMK_TASK_GATED_MLP: amk_gated(d, buffers, smem, scratch, staged); break;
+                case AMK_TASK_GATED_MLP: AMK_BY_FORMAT(d, amk_gated<F>(d, buffers, smem, scratch, staged)); break;
                 case AMK_TASK_ATTENTION:
                 case AMK_TASK_ATTENTION_OUT: amk_attention(d, buffers, smem, ys, staged, nullptr); break;
-                case AMK_TASK_HEAD_OUT: amk_head_out(d, buffers, ys, staged); break;
+                case AMK_TASK_HEAD_OUT: AMK_BY_FORMAT(d, amk_head_out<F>(d, buffers, ys, staged)); break;
 #if AMK_QUERY_ATTENTION
-                case AMK_TASK_QUERY_ATTENTION: amk_query_attention(d, buffers, smem, scratch, ys, staged); break;
+                case AMK_TASK_QUERY_ATTENTION: AMK_BY_FORMAT(d, amk_query_attention<F>(d, buffers, smem, scratch, ys, staged)); break;
 #endif
 #if AMK_QUERY_ATTENTION || AMK_TAGGED
                 case AMK_TASK_APPEND_KV: amk_append_kv(d, buffers); break;
 #endif
-                case AMK_TASK_HEAD_ARGMAX: amk_head_argmax(d, buffers, smem, scratch, staged); break;
-                case AMK_TASK_EMBED: amk_embed(d, buffers); break;
+                case AMK_TASK_HEAD_ARGMAX: AMK_BY_FORMAT(d, amk_head_argmax<F>(d, buffers, smem, scratch, staged)); break;
+                case AMK_TASK_EMBED: AMK_BY_FORMAT(d, amk_embed<F>(d, buffers)); break;
                 case AMK_TASK_COPY: amk_copy(d, buffers); break;
                 case AMK_TASK_ZERO: amk_zero(d, buffers); break;
                 case AMK_TASK_RMSNORM: amk_rms_norm(d, buffers, smem, scratch); break;

@@ -253,10 +253,11 @@ fn make_backend(
             GpuArgs { precision: Some(precision), config: config.cloned(), ..GpuArgs::default() };
         return Ok((Box::new(crate::gpu::build_backend(model, &args, false)?), false));
     }
-    let dtype = precision.weight_dtype();
+    let formats = crate::gpu::weight_precision(precision, config.map(|p| p.as_path()))?;
     let bar = weight_bar(model.graph.weights.len(), "loading weights");
-    let cpu =
-        CpuReference::from_model_with(model, dtype, &mut |done, _| bar.set_position(done as u64))?;
+    let cpu = CpuReference::from_model_with(model, formats, &mut |done, _| {
+        bar.set_position(done as u64)
+    })?;
     bar.finish_and_clear();
     Ok((Box::new(cpu), precision != Precision::F32))
 }

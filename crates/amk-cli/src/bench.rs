@@ -14,12 +14,14 @@
 
 use crate::gpu::{
     backend_for, build_backend, kv_bytes_per_position, schedule_for, scratch_dir, verify_or_refuse,
-    weight_bytes, GpuArgs, Precision,
+    weight_bytes_as, GpuArgs, Precision,
 };
 use crate::stages::SynthPreset;
 use amk_ir::Model;
 use amk_runtime::gpu::GpuBackend;
+use amk_runtime::quant::WeightPrecision;
 use amk_runtime::Backend;
+use amk_schedule::{PrecisionPlan, WeightFormat};
 use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
 use serde::{Deserialize, Serialize};
@@ -70,7 +72,9 @@ pub struct BenchArgs {
     #[arg(long, value_enum, value_delimiter = ',')]
     pub synth: Vec<SynthPreset>,
     /// Weight precisions to time, comma-separated; one this build does not know is recorded as
-    /// an error row and the others go on.
+    /// an error row and the others go on. An entry may add a per-op precision plan after `+`:
+    /// `bf16+lm_head=int8` (classes: attention, mlp, lm_head; formats: bf16, int8), timed as
+    /// the system `amk-bf16+lm_head=int8`.
     #[arg(long, value_delimiter = ',', default_value = "bf16")]
     pub precision: Vec<String>,
     /// Contexts (tokens in the KV cache when timing starts), comma-separated
@@ -714,26 +718,58 @@ fn progress(msg: &str) {
     eprintln!("amk bench: {msg}");
 }
 
-/// The GPU arguments for one precision.
-fn gpu_args(args: &BenchArgs, precision: Precision) -> GpuArgs {
+/// The GPU arguments for one precision entry: its precision, and its plan if it has one
+/// (else the knobs').
+fn gpu_args(args: &BenchArgs, (precision, plan): (Precision, Option<PrecisionPlan>)) -> GpuArgs {
     GpuArgs {
         precision: Some(precision),
         config: args.config.clone(),
         watchdog: args.watchdog,
         block_threads: args.block_threads,
+        plan,
         ..GpuArgs::default()
     }
 }
 
-/// Parses a precision name, or says which ones this build knows.
-fn parse_precision(name: &str) -> Result<Precision, String> {
-    Precision::from_str(name, true).map_err(|_| {
+/// Parses a precision entry, `bf16` or `bf16+lm_head=int8+attention=int8` (a per-op plan on
+/// top of the knobs'), or says what this build knows.
+fn parse_precision(name: &str) -> Result<(Precision, Option<PrecisionPlan>), String> {
+    let mut parts = name.split('+');
+    let base = parts.next().unwrap_or_default();
+    let precision = Precision::from_str(base, true).map_err(|_| {
         let known: Vec<String> = Precision::value_variants()
             .iter()
             .filter_map(|p| p.to_possible_value().map(|v| v.get_name().to_owned()))
             .collect();
-        format!("this amk build has no precision `{name}` (it knows: {})", known.join(", "))
-    })
+        format!("this amk build has no precision `{base}` (it knows: {})", known.join(", "))
+    })?;
+    let mut plan: Option<PrecisionPlan> = None;
+    for part in parts {
+        let (class, format) = part.split_once('=').unwrap_or((part, ""));
+        let format = match format.to_ascii_lowercase().as_str() {
+            "bf16" => WeightFormat::Bf16,
+            "int8" => WeightFormat::Int8,
+            _ => {
+                return Err(format!(
+                    "`{part}` in precision `{name}`: give a class a format, as \
+                     `lm_head=int8` (formats: bf16, int8)"
+                ))
+            }
+        };
+        let p = plan.get_or_insert_with(PrecisionPlan::default);
+        match class {
+            "attention" => p.attention = Some(format),
+            "mlp" => p.mlp = Some(format),
+            "lm_head" => p.lm_head = Some(format),
+            _ => {
+                return Err(format!(
+                    "`{part}` in precision `{name}`: no class `{class}` (classes: attention, \
+                     mlp, lm_head)"
+                ))
+            }
+        }
+    }
+    Ok((precision, plan))
 }
 
 /// The stages after load, timed into `ready`; the backend is dropped at the end.
@@ -798,11 +834,14 @@ fn open_real(
     if !time_ready {
         return Ok((model, None));
     }
-    let precision =
-        args.precision.iter().find_map(|p| parse_precision(p).ok()).unwrap_or(Precision::Bf16);
+    let (precision, entry) = args
+        .precision
+        .iter()
+        .find_map(|p| parse_precision(p).ok().map(|e| (e, p.to_lowercase())))
+        .unwrap_or(((Precision::Bf16, None), "bf16".into()));
     let mut ready = Ready {
         model: name.into(),
-        precision: format!("{precision:?}").to_lowercase(),
+        precision: entry,
         arch: amk_runtime::gpu::device_arch(0).ok(),
         stages,
         total_s: 0.0,
@@ -857,15 +896,23 @@ fn time_amk(
                 .map(|&c| Row { error: Some(why.clone()), ..Row::new(&system, name, c) })
                 .collect()
         };
-        let precision = match parse_precision(pname) {
-            Ok(p) => p,
+        let entry = match parse_precision(pname) {
+            Ok(e) => e,
             Err(why) => {
                 rows.extend(failed(why));
                 continue;
             }
         };
         progress(&format!("{name}: building the {system} kernel"));
-        let mut backend = match build_backend(model, &gpu_args(args, precision), true) {
+        let gargs = gpu_args(args, entry);
+        let formats = match crate::gpu::weight_precision(entry.0, args.config.as_deref()) {
+            Ok(f) => WeightPrecision { plan: entry.1.unwrap_or(f.plan), ..f },
+            Err(e) => {
+                rows.extend(failed(format!("{e:#}")));
+                continue;
+            }
+        };
+        let mut backend = match build_backend(model, &gargs, true) {
             Ok(b) => b,
             Err(e) => {
                 rows.extend(failed(format!("{e:#}")));
@@ -875,7 +922,7 @@ fn time_amk(
         device.get_or_insert_with(|| backend.fit().device.clone());
         let base = Row {
             timed_tokens: Some(tokens),
-            weight_bytes: Some(weight_bytes(model, precision.weight_elem_bytes()) as f64),
+            weight_bytes: Some(weight_bytes_as(model, &formats) as f64),
             kv_bytes_per_position: Some(kv_bytes_per_position(model) as f64),
             ..Row::new(&system, name, 0)
         };
@@ -1328,9 +1375,20 @@ mod tests {
 
     #[test]
     fn precisions_this_build_lacks_are_reported_not_fatal() {
-        assert_eq!(parse_precision("BF16"), Ok(Precision::Bf16));
+        assert_eq!(parse_precision("BF16"), Ok((Precision::Bf16, None)));
         let e = parse_precision("int3").unwrap_err();
         assert!(e.contains("`int3`") && e.contains("bf16"), "{e}");
+        let (p, plan) = parse_precision("bf16+lm_head=int8+attention=INT8").unwrap();
+        let plan = plan.expect("a plan");
+        assert_eq!(p, Precision::Bf16);
+        assert_eq!(
+            (plan.attention, plan.mlp, plan.lm_head),
+            (Some(WeightFormat::Int8), None, Some(WeightFormat::Int8))
+        );
+        for bad in ["bf16+head=int8", "bf16+mlp=int4", "bf16+mlp"] {
+            let e = parse_precision(bad).unwrap_err();
+            assert!(e.contains(&format!("precision `{bad}`")), "{e}");
+        }
     }
 
     #[test]

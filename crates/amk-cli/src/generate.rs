@@ -173,12 +173,13 @@ fn read_prompts(path: &Path) -> Result<Vec<String>> {
 }
 
 /// The GPU-only options given with values other than their defaults (`--config` counts only
-/// without `--schedule`, which the CPU can run).
+/// without `--schedule`, which the CPU can run, and the CPU reference emulates its precision
+/// plan).
 fn gpu_only_options(gpu: &crate::gpu::GpuArgs) -> Vec<&'static str> {
     let d = crate::gpu::GpuArgs::default();
     let mut v = Vec::new();
     if gpu.config.is_some() && gpu.schedule.is_none() {
-        v.push("--config");
+        v.push("--config (all but its precision plan)");
     }
     if gpu.trace {
         v.push("--trace");
@@ -224,13 +225,11 @@ fn make_backend(args: &GenerateArgs, model: &Model, quiet: bool) -> Result<Box<d
     // The CPU is f32 unless a precision is asked for explicitly; then it emulates it (weights
     // rounded or quantized as the GPU stores them, f32 arithmetic).
     let precision = args.gpu.precision.unwrap_or(crate::gpu::Precision::F32);
+    let formats = crate::gpu::weight_precision(precision, args.gpu.config.as_deref())?;
     if precision != crate::gpu::Precision::F32 && !quiet {
         eprintln!(
-            "amk: cpu: emulating {} weights (rounded or quantized as the GPU stores them) in f32 \
-             arithmetic",
-            precision
-                .to_possible_value()
-                .map_or_else(|| format!("{precision:?}"), |v| v.get_name().to_owned())
+            "amk: cpu: emulating {formats} weights (rounded or quantized as the GPU stores them) \
+             in f32 arithmetic"
         );
     }
     if args.gpu.schedule.is_some() {
@@ -257,7 +256,7 @@ fn make_backend(args: &GenerateArgs, model: &Model, quiet: bool) -> Result<Box<d
         eprintln!("amk: cpu: the f32 CPU reference (the model graph, interpreted)");
     }
     let bar = weight_bar(model.graph.weights.len(), "loading weights");
-    let cpu = CpuReference::from_model_with(model, precision.weight_dtype(), &mut |done, _| {
+    let cpu = CpuReference::from_model_with(model, formats, &mut |done, _| {
         bar.set_position(done as u64)
     })?;
     bar.finish_and_clear();

@@ -6,7 +6,8 @@ use crate::progress::weight_bar;
 use amk_ir::graph::DecodeGraph;
 use amk_ir::Model;
 use amk_runtime::gpu::{GpuBackend, GpuOptions, WeightDType};
-use amk_schedule::{lower, Schedule, ScheduleConfig};
+use amk_runtime::quant::WeightPrecision;
+use amk_schedule::{lower, PrecisionPlan, Schedule, ScheduleConfig};
 use amk_verify::{verify, LaunchFacts, VerifiedSchedule};
 use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
@@ -38,8 +39,9 @@ pub struct GpuArgs {
     #[arg(long)]
     pub schedule: Option<PathBuf>,
     /// Knobs (RON ScheduleConfig) for lowering the schedule; with --schedule, only its launch
-    /// facts (sm_count, blocks_per_sm) are used, to verify the given schedule. GPU or
-    /// --schedule only: the CPU reference does not lower.
+    /// facts (sm_count, blocks_per_sm) are used, to verify the given schedule. The CPU
+    /// reference does not lower: it uses only the knobs' per-op precision plan
+    /// (`precision: (lm_head: Some(Int8))`), emulating each matrix in its format.
     #[arg(long)]
     pub config: Option<PathBuf>,
     /// Seconds a launch may take before the run stops with the counters' values.
@@ -62,6 +64,10 @@ pub struct GpuArgs {
     /// buys.
     #[arg(long)]
     pub no_overlap: bool,
+    /// A per-op precision plan that replaces the knobs' (`amk bench`'s `bf16+lm_head=int8`
+    /// entries); not a command-line option.
+    #[arg(skip)]
+    pub plan: Option<PrecisionPlan>,
 }
 
 impl Precision {
@@ -98,9 +104,34 @@ impl GpuArgs {
     }
 }
 
+/// The weight formats of a `precision` build with the per-op precision plan of the knob file
+/// `config` (none: every matrix in `precision`): what the CPU reference emulates.
+pub fn weight_precision(precision: Precision, config: Option<&Path>) -> Result<WeightPrecision> {
+    let plan = read_knobs(config)?.precision;
+    Ok(WeightPrecision { dtype: precision.weight_dtype(), plan })
+}
+
 /// Bytes of weights one token streams, at `elem` bytes per weight element.
 pub fn weight_bytes(model: &Model, elem: u64) -> u64 {
     model.graph.weights.iter().map(|w| w.numel() as u64 * elem).sum()
+}
+
+/// Bytes of weights one token streams with each weight in its format (int8 matrices with
+/// their rows' f32 scales).
+pub fn weight_bytes_as(model: &Model, precision: &WeightPrecision) -> u64 {
+    model
+        .graph
+        .weights
+        .iter()
+        .map(|w| {
+            let format = precision.format_of(w);
+            let scales = match (format, w.shape.first()) {
+                (WeightDType::Int8, Some(&rows)) => 4 * rows as u64,
+                _ => 0,
+            };
+            w.numel() as u64 * format.bytes() + scales
+        })
+        .sum()
 }
 
 /// Bytes of KV cache one token reads per cached position: the megakernel keeps f32 keys and
@@ -156,7 +187,10 @@ pub fn parse_schedule(text: &str, path: &Path) -> Result<Schedule, String> {
 
 /// The schedule to run: a file, or the lowering of the model with the knobs.
 pub fn schedule_for(model: &Model, args: &GpuArgs) -> Result<(Schedule, LaunchFacts)> {
-    let knobs = read_knobs(args.config.as_deref())?;
+    let mut knobs = read_knobs(args.config.as_deref())?;
+    if let Some(plan) = args.plan {
+        knobs.precision = plan;
+    }
     let facts = LaunchFacts { sm_count: knobs.sm_count, blocks_per_sm: knobs.blocks_per_sm };
     let schedule = match &args.schedule {
         Some(path) => {

@@ -38,8 +38,10 @@ pub struct GpuTestArgs {
     /// greedy tokens must match to the end.
     #[arg(long)]
     pub fixtures: Option<PathBuf>,
-    /// Only compare the GPU's exact, bf16 and int8 modes with the CPU reference (holding the same
-    /// weights) on synthetic models of several shapes (seeded random weights; no checkpoint).
+    /// Only compare the GPU's exact, bf16 and int8 modes, and two mixed per-op precision plans
+    /// (bf16 with int8 MLPs and LM head; int8 with bf16 attention and LM head), with the CPU
+    /// reference (holding the same weights) on synthetic models of several shapes (seeded
+    /// random weights; no checkpoint).
     #[arg(long)]
     pub synthetic: bool,
     /// The golden decodes [default: the copy of fixtures/smollm2_golden.json built into amk].
@@ -131,21 +133,50 @@ fn synthetic(args: &GpuTestArgs) -> Result<()> {
         ),
         ("SmolLM2-shaped, 4 layers", smollm2_shaped),
     ];
+    // Per-op precision plans: mixed kernels, with every class of matrices in each format.
+    use amk_schedule::{PrecisionPlan, WeightFormat};
+    let int8_mlp_and_head = PrecisionPlan {
+        mlp: Some(WeightFormat::Int8),
+        lm_head: Some(WeightFormat::Int8),
+        ..PrecisionPlan::default()
+    };
+    let bf16_attention_and_head = PrecisionPlan {
+        attention: Some(WeightFormat::Bf16),
+        lm_head: Some(WeightFormat::Bf16),
+        ..PrecisionPlan::default()
+    };
+    let modes = [
+        (Precision::F32, None),
+        (Precision::Bf16, None),
+        (Precision::Int8, None),
+        (Precision::Bf16, Some(int8_mlp_and_head)),
+        (Precision::Int8, Some(bf16_attention_and_head)),
+    ];
     let mut failed = 0;
     let mut checks = 0;
-    for ((name, spec), precision) in specs
-        .iter()
-        .flat_map(|s| [Precision::F32, Precision::Bf16, Precision::Int8].map(|p| (s.clone(), p)))
+    for ((name, spec), (precision, plan)) in
+        specs.iter().flat_map(|s| modes.map(|m| (s.clone(), m)))
     {
         checks += 1;
         let dir = scratch_dir("amk-gpu-test")?;
         write_checkpoint(&spec, &dir)?;
         let model = Model::open(&dir, &mut |_| {})?;
-        // The reference holds the same weights the device does (int8: dequantized rows).
-        let dtype = precision.weight_dtype();
-        let mut cpu = CpuReference::from_model_with(&model, dtype, &mut |_, _| {})?;
         let mut gargs = args.gpu.clone();
         gargs.precision = Some(precision);
+        if let Some(plan) = plan {
+            // The knobs given (or the defaults) with this plan, from a file as a user gives it.
+            let knobs = ScheduleConfig {
+                precision: plan,
+                ..crate::gpu::read_knobs(args.gpu.config.as_deref())?
+            };
+            let path = dir.join("knobs.ron");
+            std::fs::write(&path, knobs.to_ron())
+                .with_context(|| format!("cannot write {}", path.display()))?;
+            gargs.config = Some(path);
+        }
+        // The reference holds the same weights the device does (int8: dequantized rows).
+        let formats = crate::gpu::weight_precision(precision, gargs.config.as_deref())?;
+        let mut cpu = CpuReference::from_model_with(&model, formats, &mut |_, _| {})?;
         let mut gpu = match build_backend(&model, &gargs, true) {
             Ok(gpu) => gpu,
             // Knobs that refuse a shape (e.g. `fuse_o` with an output bias) skip it, saying why.
@@ -156,7 +187,7 @@ fn synthetic(args: &GpuTestArgs) -> Result<()> {
                 ) =>
             {
                 checks -= 1;
-                println!("{:<42} skip  {e:#}", format!("{name}, {}", dtype.as_str()));
+                println!("{:<42} skip  {e:#}", format!("{name}, {formats}"));
                 let _ = std::fs::remove_dir_all(&dir);
                 continue;
             }
@@ -203,7 +234,7 @@ fn synthetic(args: &GpuTestArgs) -> Result<()> {
         }
         println!(
             "{:<42} {:<5} max logit error {worst:.2e} of the largest; {}; {}",
-            format!("{name}, {}", dtype.as_str()),
+            format!("{name}, {formats}"),
             if ok { "ok" } else { "FAIL" },
             match (mismatch, queued) {
                 (Some(p), _) => format!("tokens differ at step {p}"),

@@ -29,7 +29,7 @@ use amk_ir::Model;
 use amk_runtime::gpu::{GpuBackend, GpuError};
 use amk_runtime::{generate, Backend, GenerateOptions, RuntimeError};
 use amk_schedule::config::{Assignment, TaskOrder};
-use amk_schedule::{lower, ScheduleConfig};
+use amk_schedule::{lower, PrecisionPlan, ScheduleConfig, WeightFormat};
 use amk_verify::{verify, LaunchFacts, Rejection, VerifiedSchedule};
 use anyhow::{bail, Context, Result};
 use clap::Args;
@@ -198,6 +198,53 @@ fn assignment_of(v: u32) -> Assignment {
         Assignment::RoundRobin
     } else {
         Assignment::BalancedBytes
+    }
+}
+
+/// A per-op precision knob's value: 0 as built (`None`), 1 bf16, 2 int8.
+fn format_index(f: Option<WeightFormat>) -> u32 {
+    match f {
+        None => 0,
+        Some(WeightFormat::Bf16) => 1,
+        Some(WeightFormat::Int8) => 2,
+    }
+}
+
+fn format_of(v: u32) -> Option<WeightFormat> {
+    match v {
+        0 => None,
+        1 => Some(WeightFormat::Bf16),
+        _ => Some(WeightFormat::Int8),
+    }
+}
+
+fn format_name(v: u32) -> String {
+    format_of(v).map_or_else(|| "as built".to_owned(), |f| format!("{f:?}"))
+}
+
+/// A per-op precision knob's domain: bf16 and int8 once the seed's plan is spelled out
+/// ([`explicit_plan`]); nothing for a class left as built (f32 searches, whose kernels hold
+/// every matrix in f32).
+fn format_domain(f: Option<WeightFormat>) -> Vec<u32> {
+    match f {
+        Some(_) => vec![1, 2],
+        None => Vec::new(),
+    }
+}
+
+/// `plan` with every class's format spelled out for a `precision` build, so candidates that
+/// hold the same formats lower to the same schedule (and the search times that kernel once).
+/// f32 builds hold every matrix in f32: their plan is dropped, and its knobs stay still.
+pub fn explicit_plan(plan: PrecisionPlan, precision: Precision) -> PrecisionPlan {
+    let build = match precision {
+        Precision::F32 => return PrecisionPlan::default(),
+        Precision::Bf16 => WeightFormat::Bf16,
+        Precision::Int8 => WeightFormat::Int8,
+    };
+    PrecisionPlan {
+        attention: Some(plan.attention.unwrap_or(build)),
+        mlp: Some(plan.mlp.unwrap_or(build)),
+        lm_head: Some(plan.lm_head.unwrap_or(build)),
     }
 }
 
@@ -373,6 +420,27 @@ pub static KNOBS: &[Knob] = &[
         get: |c| c.knobs.prefetch_depth,
         set: |c, v| c.knobs.prefetch_depth = v,
         show: num,
+    },
+    Knob {
+        name: "attention_precision",
+        domain: |c| format_domain(c.knobs.precision.attention),
+        get: |c| format_index(c.knobs.precision.attention),
+        set: |c, v| c.knobs.precision.attention = format_of(v),
+        show: format_name,
+    },
+    Knob {
+        name: "mlp_precision",
+        domain: |c| format_domain(c.knobs.precision.mlp),
+        get: |c| format_index(c.knobs.precision.mlp),
+        set: |c, v| c.knobs.precision.mlp = format_of(v),
+        show: format_name,
+    },
+    Knob {
+        name: "lm_head_precision",
+        domain: |c| format_domain(c.knobs.precision.lm_head),
+        get: |c| format_index(c.knobs.precision.lm_head),
+        set: |c, v| c.knobs.precision.lm_head = format_of(v),
+        show: format_name,
     },
 ];
 
@@ -1162,6 +1230,7 @@ pub fn run(args: SearchArgs) -> Result<()> {
         seed_knobs.sm_count = sms;
     }
     seed_knobs.check().context("the seed knobs")?;
+    seed_knobs.precision = explicit_plan(seed_knobs.precision, args.precision);
     let seed = Candidate { knobs: seed_knobs, launch: LaunchChoice::default() };
 
     let (model, model_name, scratch) = open_model(&args)?;
@@ -1637,6 +1706,12 @@ mod tests {
         for k in KNOBS {
             assert!(names.insert(k.name), "{} twice", k.name);
             let domain = (k.domain)(&c);
+            if k.name.ends_with("_precision") {
+                // The default plan leaves every class as built: those knobs stay still
+                // until the search spells the seed's plan out (explicit_plan).
+                assert!(domain.is_empty(), "{}: {domain:?}", k.name);
+                continue;
+            }
             assert!(domain.contains(&(k.get)(&c)), "{}: default not in {domain:?}", k.name);
             assert!(domain.windows(2).all(|w| w[0] < w[1]), "{}: {domain:?}", k.name);
             for v in domain {
@@ -1668,6 +1743,40 @@ mod tests {
         odd.knobs.workers = 7;
         assert_eq!(neighbour(&odd, workers, true).unwrap().knobs.workers, 8);
         assert_eq!(neighbour(&odd, workers, false).unwrap().knobs.workers, 6);
+    }
+
+    #[test]
+    fn precision_knobs_move_between_bf16_and_int8_once_the_plan_is_spelled_out() {
+        let plan = PrecisionPlan { lm_head: Some(WeightFormat::Int8), ..PrecisionPlan::default() };
+        // f32 builds drop the plan; bf16 and int8 builds spell out every class.
+        assert_eq!(explicit_plan(plan, Precision::F32), PrecisionPlan::default());
+        let bf16 = explicit_plan(plan, Precision::Bf16);
+        assert_eq!(
+            (bf16.attention, bf16.mlp, bf16.lm_head),
+            (Some(WeightFormat::Bf16), Some(WeightFormat::Bf16), Some(WeightFormat::Int8))
+        );
+        let int8 = explicit_plan(PrecisionPlan::default(), Precision::Int8);
+        assert_eq!(int8.attention, Some(WeightFormat::Int8));
+        let mut c = seed();
+        c.knobs.precision = bf16;
+        let head = KNOBS.iter().find(|k| k.name == "lm_head_precision").unwrap();
+        assert_eq!((head.domain)(&c), vec![1, 2]);
+        let down = neighbour(&c, head, false).unwrap();
+        assert_eq!(down.knobs.precision.lm_head, Some(WeightFormat::Bf16));
+        assert!(neighbour(&c, head, true).is_none());
+        assert_eq!(
+            down.changed_from(&c).get("lm_head_precision").map(String::as_str),
+            Some("Bf16")
+        );
+        // Every format the search can give lowers, with the format on the head's buffer only.
+        let graph = tiny_graph_cached();
+        let s = lower(&graph, &c.knobs).expect("lowers");
+        for b in s.buffers.iter().filter(|b| b.format.is_some()) {
+            let rank = graph.weights.iter().find(|w| w.name == b.name).unwrap().shape.len();
+            assert_eq!(b.format, c.knobs.precision.format_of(&b.name, rank), "{}", b.name);
+        }
+        let head_buffer = s.buffers.iter().find(|b| b.name == "model.embed_tokens.weight");
+        assert_eq!(head_buffer.and_then(|b| b.format), Some(WeightFormat::Int8));
     }
 
     #[test]

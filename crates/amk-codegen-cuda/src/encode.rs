@@ -35,6 +35,8 @@ pub(crate) struct Encoded {
     /// Whether any projection is a head part of more than one (the kernel compiles that code
     /// only then).
     pub head_parts: bool,
+    /// Whether some matrices the tasks read are int8 and others bf16 (a per-op precision plan).
+    pub mixed: bool,
     /// The most words one worker's instructions and descriptors take
     /// (`INSTR_WORDS * instructions + TASK_WORDS * runs`): the kernel copies them into shared
     /// memory when it starts.
@@ -53,23 +55,25 @@ pub(crate) fn instr_word(op: u32, id: u32) -> Option<u32> {
 /// Encodes `s` for weights held as `dtype`.
 pub(crate) fn encode(s: &Schedule, dtype: WeightDType) -> Result<Encoded, CodegenError> {
     schedule_limits(s)?;
-    let int8_matrices = match dtype {
-        WeightDType::Int8 => int8_matrices(s)?,
-        _ => vec![None; s.buffers.len()],
-    };
-    let buffer_bytes = buffers(s, dtype, &int8_matrices)?;
+    let cols = matrix_cols(s);
+    let formats = formats(s, dtype, &cols)?;
+    let int8_matrices = int8_matrices(s, dtype, &cols, &formats)?;
+    let buffer_bytes = buffers(s, &formats, &int8_matrices)?;
     let transposed = transposed(s)?;
     let per_launch = counters(s)?;
     let (program, worker_start) = program(s)?;
     let mut by_id = Vec::with_capacity(s.tasks.len());
     let mut stats = Stats::default();
     for (i, task) in s.tasks.iter().enumerate() {
-        let ctx = TaskCtx { s, id: i as u32, name: &task.name, dtype, int8: &int8_matrices };
+        let ctx =
+            TaskCtx { s, id: i as u32, name: &task.name, formats: &formats, int8: &int8_matrices };
         let words = ctx.encode(&task.op, &mut stats)?;
         ctx.check_footprint(&task.op, task)?;
         by_id.push(words);
     }
     let (tasks, run_start, max_worker_words) = run_order(s, &by_id)?;
+    let read = |f: WeightDType| cols.iter().zip(&formats).any(|(c, &g)| c.is_some() && g == f);
+    let mixed = read(WeightDType::Int8) && read(WeightDType::BF16);
     Ok(Encoded {
         tables: DeviceTables {
             program,
@@ -79,6 +83,7 @@ pub(crate) fn encode(s: &Schedule, dtype: WeightDType) -> Result<Encoded, Codege
             per_launch,
             buffer_bytes,
             int8_matrices,
+            formats,
             transposed,
         },
         max_cols: stats.max_cols,
@@ -88,6 +93,7 @@ pub(crate) fn encode(s: &Schedule, dtype: WeightDType) -> Result<Encoded, Codege
         query_attention: stats.query_attention,
         tagged: stats.current_rows || s.buffers.iter().any(|b| b.kind == BufferKind::Tagged),
         head_parts: stats.head_parts,
+        mixed,
         max_worker_words,
     })
 }
@@ -195,11 +201,14 @@ fn schedule_limits(s: &Schedule) -> Result<(), CodegenError> {
     Ok(())
 }
 
-/// The matrices of an int8 schedule: every buffer a projection, gate/up, LM-head or embedding
-/// task reads as a matrix, with the columns all its uses agree on (a conflict, a buffer that is
-/// not a weight, or a size that is not whole rows is refused, naming the buffer).
-fn int8_matrices(s: &Schedule) -> Result<Vec<Option<Int8Matrix>>, CodegenError> {
-    let mut cols: Vec<Option<u32>> = vec![None; s.buffers.len()];
+/// A buffer's row length as the tasks read it as a matrix: `None` if none does, else the
+/// first use's columns and, if another use disagrees, its columns.
+type MatrixCols = Option<(u32, Option<u32>)>;
+
+/// Every buffer a projection, gate/up, LM-head or embedding task reads as a matrix, with the
+/// row length of its uses.
+fn matrix_cols(s: &Schedule) -> Vec<MatrixCols> {
+    let mut cols: Vec<MatrixCols> = vec![None; s.buffers.len()];
     for task in &s.tasks {
         let uses: Vec<(BufferId, u32)> = match task.op {
             TaskOp::Embed { table, hidden, .. } => vec![(table, hidden)],
@@ -220,28 +229,80 @@ fn int8_matrices(s: &Schedule) -> Result<Vec<Option<Int8Matrix>>, CodegenError> 
             // Out-of-range ids are reported by the task encoder with their field.
             if let Some(slot) = cols.get_mut(b.index()) {
                 match *slot {
-                    Some(prev) if prev != c => {
-                        return Err(buffer_rule(
-                            s,
-                            b,
-                            "cols",
-                            format!(
-                                "read as a matrix of {prev} columns and of {c} columns; an int8 \
-                                 matrix has one row length"
-                            ),
-                        ))
-                    }
-                    _ => *slot = Some(c),
+                    Some((prev, None)) if prev != c => *slot = Some((prev, Some(c))),
+                    Some(_) => {}
+                    None => *slot = Some((c, None)),
                 }
             }
         }
     }
-    cols.iter()
+    cols
+}
+
+/// The format the device holds each buffer in (see [`crate::DeviceTables::formats`]). A
+/// buffer's own format (a per-op precision plan) is for the weight matrices the tasks read;
+/// on anything else it is refused.
+fn formats(
+    s: &Schedule,
+    dtype: WeightDType,
+    cols: &[MatrixCols],
+) -> Result<Vec<WeightDType>, CodegenError> {
+    s.buffers
+        .iter()
         .enumerate()
-        .map(|(i, c)| {
-            let Some(cols) = *c else { return Ok(None) };
+        .map(|(i, b)| {
+            let matrix = cols[i].is_some();
+            if b.format.is_some() && !(b.kind == BufferKind::Weight && matrix) {
+                return Err(buffer_rule(
+                    s,
+                    BufferId(i as u32),
+                    "format",
+                    "is given, but only weight matrices that tasks read take a format of their \
+                     own; remove it"
+                        .into(),
+                ));
+            }
+            Ok(match b.kind {
+                BufferKind::Weight if matrix => dtype.matrix_format(b.format),
+                BufferKind::Weight => dtype.vector_format(),
+                _ => WeightDType::F32,
+            })
+        })
+        .collect()
+}
+
+/// The layout of each int8 matrix: the columns all its uses agree on (a conflict, a buffer
+/// that is not a weight, or a size that is not whole rows is refused, naming the buffer).
+fn int8_matrices(
+    s: &Schedule,
+    dtype: WeightDType,
+    cols: &[MatrixCols],
+    formats: &[WeightDType],
+) -> Result<Vec<Option<Int8Matrix>>, CodegenError> {
+    cols.iter()
+        .zip(formats)
+        .enumerate()
+        .map(|(i, (c, &format))| {
             let b = &s.buffers[i];
             let id = BufferId(i as u32);
+            let Some((cols, other)) = *c else { return Ok(None) };
+            // Activations read as a matrix have no scales: an int8 build refuses them.
+            let int8 = format == WeightDType::Int8
+                || (dtype == WeightDType::Int8 && b.kind != BufferKind::Weight);
+            if !int8 {
+                return Ok(None);
+            }
+            if let Some(c) = other {
+                return Err(buffer_rule(
+                    s,
+                    id,
+                    "cols",
+                    format!(
+                        "read as a matrix of {cols} columns and of {c} columns; an int8 matrix \
+                         has one row length"
+                    ),
+                ));
+            }
             if b.kind != BufferKind::Weight {
                 return Err(buffer_rule(
                     s,
@@ -365,10 +426,10 @@ fn buffer_rule(s: &Schedule, id: BufferId, field: &'static str, rule: String) ->
     }
 }
 
-/// Bytes of each buffer as the device holds it (weights scaled to the weight dtype).
+/// Bytes of each buffer as the device holds it (weights scaled to their format).
 fn buffers(
     s: &Schedule,
-    dtype: WeightDType,
+    formats: &[WeightDType],
     int8: &[Option<Int8Matrix>],
 ) -> Result<Vec<u64>, CodegenError> {
     s.buffers
@@ -384,9 +445,9 @@ fn buffers(
             if b.kind != BufferKind::Weight {
                 return Ok(b.bytes);
             }
-            match dtype {
+            match formats[i] {
                 WeightDType::F32 => Ok(b.bytes),
-                // Matrices as int8 rows plus scales; vectors (norms, biases) stay f32.
+                // Matrices as int8 rows plus scales.
                 WeightDType::Int8 => Ok(int8[i].map_or(b.bytes, |m| m.bytes())),
                 WeightDType::BF16 if b.bytes % ELEM == 0 => Ok(b.bytes / 2),
                 WeightDType::BF16 => Err(CodegenError::Buffer {
@@ -481,8 +542,9 @@ struct TaskCtx<'a> {
     s: &'a Schedule,
     id: u32,
     name: &'a str,
-    dtype: WeightDType,
-    /// Int8 matrix layouts by buffer (all `None` in other dtypes).
+    /// The device format of each buffer.
+    formats: &'a [WeightDType],
+    /// Int8 matrix layouts by buffer (`None` for every other buffer).
     int8: &'a [Option<Int8Matrix>],
 }
 
@@ -576,6 +638,35 @@ impl TaskCtx<'_> {
                         ),
                     ));
                 }
+            }
+        }
+        Ok(())
+    }
+
+    /// Bytes of one element of weight matrix `b` on the device (weight tiles are counted in
+    /// them; ids out of range are refused by the encoder with their field).
+    fn es(&self, b: BufferId) -> u64 {
+        self.formats.get(b.index()).map_or(4, |f| f.bytes())
+    }
+
+    /// Refuses a task whose matrices the device holds in different formats: the kernel picks
+    /// one format per task.
+    fn one_format(&self, operands: &[(&'static str, BufferId)]) -> Result<(), CodegenError> {
+        let (first_field, first) = operands[0];
+        let f0 = self.formats.get(first.index()).copied();
+        for &(field, b) in &operands[1..] {
+            let f = self.formats.get(b.index()).copied();
+            if f != f0 {
+                let show = |f: Option<WeightDType>| f.map_or("?", |f| f.as_str());
+                return Err(self.rule(
+                    field,
+                    format!(
+                        "is held as {} but `{first_field}` as {}: a task's matrices share one \
+                         format (give them the same precision)",
+                        show(f),
+                        show(f0)
+                    ),
+                ));
             }
         }
         Ok(())
@@ -878,7 +969,7 @@ impl TaskCtx<'_> {
             w[ROPE_HEAD_DIM] = n.head_dim;
             stats.max_head_dim = stats.max_head_dim.max(n.head_dim);
         }
-        let es = self.dtype.bytes();
+        let es = self.es(weight);
         stats.stage_tiles.push(u64::from(rows) * u64::from(cols) * es);
         w[IO] = self.buf("io", io)?;
         w[OUT_COPY] = abi::NONE;
@@ -958,13 +1049,15 @@ impl TaskCtx<'_> {
                     };
                     self.word_region((offset_field, len_field), region)?;
                     let kind = self.s.buffers[region.buffer.index()].kind;
-                    if kind == BufferKind::Weight && self.dtype == WeightDType::BF16 {
+                    let format = self.formats[region.buffer.index()];
+                    if kind == BufferKind::Weight && format != WeightDType::F32 {
                         return Err(self.rule(
                             buffer_field,
-                            "a copy of a weight buffer counts f32 bytes, but the device holds \
-                             the weights as bf16; copies may not touch weight buffers in a bf16 \
-                             build"
-                                .into(),
+                            format!(
+                                "a copy of a weight buffer counts f32 bytes, but the device \
+                                 holds this one as {format}; copies may only touch weights held \
+                                 as f32"
+                            ),
                         ));
                     }
                 }
@@ -1090,7 +1183,7 @@ impl TaskCtx<'_> {
                 )?;
                 // The kernel keeps the head's output in its one-head area.
                 stats.max_head_dim = stats.max_head_dim.max(head_dim);
-                let es = self.dtype.bytes();
+                let es = self.es(weight);
                 stats.stage_tiles.push(u64::from(dims) * u64::from(cols) * es);
             }
             TaskOp::AppendKv { kv, kv_heads, head_dim, max_positions, k_cache, v_cache, io } => {
@@ -1118,6 +1211,7 @@ impl TaskCtx<'_> {
                 self.input(&input, cols, &mut w, stats)?;
                 w[GATE] = self.buf("gate", gate)?;
                 w[UP] = self.buf("up", up)?;
+                self.one_format(&[("gate", gate), ("up", up)])?;
                 w[GATE_SCALES] = self.scales(gate);
                 w[UP_SCALES] = self.scales(up);
                 w[FIRST_ROW] = first_row;
@@ -1125,7 +1219,7 @@ impl TaskCtx<'_> {
                 w[COLS] = cols;
                 w[OUT] = self.buf("out", out)?;
                 self.rows(first_row, rows, cols)?;
-                let es = self.dtype.bytes();
+                let es = self.es(gate);
                 stats.stage_tiles.push(2 * u64::from(rows) * u64::from(cols) * es);
             }
             TaskOp::GatedMlp {
@@ -1146,6 +1240,7 @@ impl TaskCtx<'_> {
                 w[GATE] = self.buf("gate", gate)?;
                 w[UP] = self.buf("up", up)?;
                 w[DOWN] = self.buf("down", down)?;
+                self.one_format(&[("gate", gate), ("up", up), ("down", down)])?;
                 w[GATE_SCALES] = self.scales(gate);
                 w[UP_SCALES] = self.scales(up);
                 w[DOWN_SCALES] = self.scales(down);
@@ -1179,7 +1274,7 @@ impl TaskCtx<'_> {
                 // checked its size is cols * inter, and the verified footprint that
                 // first_row + rows <= inter).
                 self.fit("inter", "inter * cols elements", u128::from(inter) * u128::from(cols))?;
-                let es = self.dtype.bytes();
+                let es = self.es(gate);
                 stats.stage_tiles.push(3 * u64::from(rows) * u64::from(cols) * es);
                 stats.max_mlp_rows = stats.max_mlp_rows.max(rows);
             }
@@ -1231,7 +1326,7 @@ impl TaskCtx<'_> {
                 // head's columns lie inside weight_cols).
                 let end = u128::from(weight_cols) * u128::from(cols);
                 self.fit("weight_cols", "weight_cols * cols elements", end)?;
-                let es = self.dtype.bytes();
+                let es = self.es(weight);
                 stats.stage_tiles.push(u64::from(head_dim) * u64::from(cols) * es);
             }
             TaskOp::HeadArgmax { input, weight, first_row, rows, cols, logits, io, advance } => {
@@ -1247,7 +1342,7 @@ impl TaskCtx<'_> {
                 w[IO] = self.buf("io", io)?;
                 w[ADVANCE] = u32::from(advance);
                 self.rows(first_row, rows, cols)?;
-                let es = self.dtype.bytes();
+                let es = self.es(weight);
                 stats.stage_tiles.push(u64::from(rows) * u64::from(cols) * es);
             }
             TaskOp::RmsNorm { input, len, weight, eps, out } => {
@@ -1699,6 +1794,55 @@ mod tests {
             Err(CodegenError::Buffer { field: "kind", .. }) => {}
             other => panic!("expected a kind error, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn formats_are_for_weight_matrices_and_one_per_task() {
+        use amk_schedule::WeightFormat;
+        let set = |s: &mut Schedule, name: &str, f: WeightFormat| {
+            let b = s.buffers.iter_mut().find(|b| b.name == name).expect(name);
+            b.format = Some(f);
+        };
+        // On an activation, or on a weight vector, a format is refused, naming the field.
+        for name in ["resid.0", "model.layers.0.input_layernorm.weight"] {
+            let mut s = tiny();
+            set(&mut s, name, WeightFormat::Int8);
+            match encode(&s, WeightDType::BF16) {
+                Err(CodegenError::Buffer { buffer, field: "format", .. }) => {
+                    assert_eq!(buffer, name)
+                }
+                other => panic!("{name}: expected a format error, got {other:?}"),
+            }
+        }
+        // A gated task's gate and up in different formats: the kernel picks one per task.
+        let mut s = tiny();
+        set(&mut s, "model.layers.0.mlp.gate_proj.weight", WeightFormat::Int8);
+        match encode(&s, WeightDType::BF16) {
+            Err(CodegenError::Task { task, field: "up", .. }) => assert_eq!(task, "L0.up.r0"),
+            other => panic!("expected the gated task's up to be refused, got {other:?}"),
+        }
+        // An int8 LM head in a bf16 build: a mixed kernel, the head's tasks with scales and
+        // nothing else; f32 builds ignore formats.
+        let mut s = tiny();
+        set(&mut s, "model.embed_tokens.weight", WeightFormat::Int8);
+        let e = encode(&s, WeightDType::BF16).expect("encodes");
+        assert!(e.mixed);
+        let table = s.buffer_by_name("model.embed_tokens.weight").unwrap().index();
+        assert_eq!(e.tables.formats[table], WeightDType::Int8);
+        assert!(e.tables.int8_matrices[table].is_some());
+        let q = s.buffer_by_name("model.layers.0.self_attn.q_proj.weight").unwrap().index();
+        assert_eq!(e.tables.formats[q], WeightDType::BF16);
+        assert!(e
+            .tables
+            .int8_matrices
+            .iter()
+            .enumerate()
+            .all(|(i, m)| m.is_some() == (i == table)));
+        let f32 = encode(&s, WeightDType::F32).expect("encodes");
+        assert!(!f32.mixed && f32.tables.formats.iter().all(|&f| f == WeightDType::F32));
+        // The same format as the build's is no mix.
+        set(&mut s, "model.embed_tokens.weight", WeightFormat::Bf16);
+        assert!(!encode(&s, WeightDType::BF16).expect("encodes").mixed);
     }
 
     #[test]

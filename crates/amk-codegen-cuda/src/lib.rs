@@ -48,6 +48,7 @@ pub use source::{KERNEL_FILES, PROLOGUE_DEFINES};
 
 pub use amk_verify::VerifiedSchedule;
 
+use amk_schedule::WeightFormat;
 use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::io;
@@ -90,6 +91,27 @@ impl WeightDType {
             WeightDType::F32 => 4,
             WeightDType::BF16 => 2,
             WeightDType::Int8 => 1,
+        }
+    }
+
+    /// The format of a weight matrix in a build of this dtype whose schedule gives it
+    /// `format` ([`amk_schedule::schedule::Buffer::format`], from a per-op precision plan):
+    /// that format, or the build's own when it gives none. f32 builds (the exact mode) hold
+    /// every matrix in f32.
+    pub fn matrix_format(self, format: Option<WeightFormat>) -> WeightDType {
+        match (self, format) {
+            (WeightDType::F32, _) | (_, None) => self,
+            (_, Some(WeightFormat::Bf16)) => WeightDType::BF16,
+            (_, Some(WeightFormat::Int8)) => WeightDType::Int8,
+        }
+    }
+
+    /// The format of a weight vector (norm weights, biases) in a build of this dtype: bf16
+    /// in a bf16 build, else f32.
+    pub fn vector_format(self) -> WeightDType {
+        match self {
+            WeightDType::BF16 => WeightDType::BF16,
+            _ => WeightDType::F32,
         }
     }
 }
@@ -270,10 +292,15 @@ pub struct DeviceTables {
     /// Bytes of each buffer as the device holds it: weight buffers scaled to the weight dtype
     /// (f32: as declared; bf16: half; int8: see [`Int8Matrix`]), others as declared.
     pub buffer_bytes: Vec<u64>,
-    /// Int8 weights only, per buffer: how the upload lays out a weight matrix (`None` for
-    /// vectors, which stay f32, for other buffers, and for every buffer in other dtypes).
+    /// Per buffer: how the upload lays out an int8 weight matrix (`None` for every other
+    /// buffer).
     #[serde(default)]
     pub int8_matrices: Vec<Option<Int8Matrix>>,
+    /// Per buffer: the format the device holds its values in. Weights: the build's dtype, a
+    /// matrix's own format from a per-op precision plan, f32 vectors in int8 builds; every
+    /// other buffer F32 (as declared).
+    #[serde(default)]
+    pub formats: Vec<WeightDType>,
     /// Per buffer: a weight matrix the upload transposes (a fused MLP's down projection),
     /// else `None`.
     #[serde(default)]
@@ -350,6 +377,7 @@ pub fn generate(
     let prologue = source::Prologue {
         weight_bf16: options.weight_dtype == WeightDType::BF16,
         weight_int8: options.weight_dtype == WeightDType::Int8,
+        weight_mixed: encoded.mixed,
         block_threads: options.block_threads,
         max_cols: encoded.max_cols.max(1),
         max_head_dim: encoded.max_head_dim.max(1),

@@ -16,6 +16,9 @@ pub const KERNEL_FILES: &[(&str, &str)] = &[
 pub(crate) struct Prologue {
     pub weight_bf16: bool,
     pub weight_int8: bool,
+    /// Some matrices are int8 and others bf16 (a per-op precision plan): each task's format
+    /// is then picked at run time from its descriptor.
+    pub weight_mixed: bool,
     pub block_threads: u32,
     /// At least 1, so device array sizes stay positive.
     pub max_cols: u32,
@@ -47,9 +50,10 @@ pub(crate) struct Prologue {
 }
 
 /// Names of the prologue's defines, in order.
-pub const PROLOGUE_DEFINES: [&str; 16] = [
+pub const PROLOGUE_DEFINES: [&str; 17] = [
     "AMK_WEIGHT_BF16",
     "AMK_WEIGHT_INT8",
+    "AMK_WEIGHT_MIXED",
     "AMK_BLOCK_THREADS",
     "AMK_MAX_COLS",
     "AMK_MAX_HEAD_DIM",
@@ -71,10 +75,11 @@ pub(crate) const SMEM_SCRATCH_WORDS: u64 = 64;
 
 impl Prologue {
     /// `(name, value)` of each define, in [`PROLOGUE_DEFINES`] order.
-    pub fn defines(&self) -> [(&'static str, u64); 16] {
+    pub fn defines(&self) -> [(&'static str, u64); 17] {
         let values = [
             u64::from(self.weight_bf16),
             u64::from(self.weight_int8),
+            u64::from(self.weight_mixed),
             self.block_threads.into(),
             self.max_cols.into(),
             self.max_head_dim.into(),
@@ -90,7 +95,7 @@ impl Prologue {
             u64::from(self.tagged),
             u64::from(self.head_parts),
         ];
-        let mut out = [("", 0); 16];
+        let mut out = [("", 0); 17];
         for (i, (name, value)) in PROLOGUE_DEFINES.iter().zip(values).enumerate() {
             out[i] = (name, value);
         }
@@ -177,6 +182,7 @@ mod tests {
         Prologue {
             weight_bf16: true,
             weight_int8: false,
+            weight_mixed: false,
             block_threads: 512,
             max_cols: 160,
             max_head_dim: 16,
@@ -212,7 +218,7 @@ mod tests {
             assert_eq!(parts.next(), None);
         }
         assert!(src.contains(
-            "#define AMK_WEIGHT_BF16 1\n#define AMK_WEIGHT_INT8 0\n#define AMK_BLOCK_THREADS 512\n"
+            "#define AMK_WEIGHT_BF16 1\n#define AMK_WEIGHT_INT8 0\n#define AMK_WEIGHT_MIXED 0\n#define AMK_BLOCK_THREADS 512\n"
         ));
     }
 

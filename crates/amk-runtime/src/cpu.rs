@@ -72,15 +72,17 @@ impl CpuReference {
         Self::from_model_with(model, WeightDType::F32, on_weight)
     }
 
-    /// Loads a model's weights from its checkpoint as a device holding them in `dtype` would
-    /// see them ([`quant::emulate`]: bf16 rounding, per-row int8), so the reference measures a
-    /// lower precision's quality with f32 arithmetic. `WeightDType::F32` is [`Self::from_model`].
+    /// Loads a model's weights from its checkpoint as a device holding them in `precision`
+    /// would see them ([`quant::emulate`]: bf16 rounding, per-row int8, per op where a plan
+    /// says so), so the reference measures a lower precision's quality with f32 arithmetic.
+    /// `WeightDType::F32` is [`Self::from_model`].
     pub fn from_model_with(
         model: &amk_ir::Model,
-        dtype: WeightDType,
+        precision: impl Into<quant::WeightPrecision>,
         on_weight: &mut dyn FnMut(usize, usize),
     ) -> Result<CpuReference, RuntimeError> {
-        let _span = tracing::info_span!("load", backend = "cpu", precision = ?dtype).entered();
+        let precision = precision.into();
+        let _span = tracing::info_span!("load", backend = "cpu", %precision).entered();
         let total = model.graph.weights.len();
         let mut done = 0;
         Self::new(Arc::new(model.graph.clone()), |spec| {
@@ -89,7 +91,7 @@ impl CpuReference {
             })?;
             done += 1;
             on_weight(done, total);
-            Ok(quant::emulate(dtype, spec, data))
+            Ok(quant::emulate(precision, spec, data))
         })
     }
 

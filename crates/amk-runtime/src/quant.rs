@@ -12,6 +12,7 @@
 
 use amk_codegen_cuda::WeightDType;
 use amk_ir::tensor::WeightSpec;
+use amk_schedule::PrecisionPlan;
 use rayon::prelude::*;
 
 /// Int8 rows with one f32 scale per row.
@@ -98,9 +99,69 @@ pub fn is_matrix(spec: &WeightSpec) -> bool {
     spec.shape.len() == 2
 }
 
-/// The f32 values a device holding `spec` in `dtype` computes with.
-pub fn emulate(dtype: WeightDType, spec: &WeightSpec, data: Vec<f32>) -> Vec<f32> {
-    match dtype {
+/// The weight formats of a build: its dtype, with a per-op precision plan's matrices in
+/// their own format (what codegen gives each weight buffer; see
+/// `amk_codegen_cuda::WeightDType::matrix_format`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct WeightPrecision {
+    /// The build's `--precision`.
+    pub dtype: WeightDType,
+    /// Classes of matrices held in another format.
+    pub plan: PrecisionPlan,
+}
+
+impl From<WeightDType> for WeightPrecision {
+    fn from(dtype: WeightDType) -> Self {
+        WeightPrecision { dtype, plan: PrecisionPlan::default() }
+    }
+}
+
+impl WeightPrecision {
+    /// The format a device holds `spec` in.
+    pub fn format_of(&self, spec: &WeightSpec) -> WeightDType {
+        if is_matrix(spec) {
+            self.dtype.matrix_format(self.plan.format_of(&spec.name, spec.shape.len()))
+        } else {
+            self.dtype.vector_format()
+        }
+    }
+}
+
+impl std::fmt::Display for WeightPrecision {
+    /// The dtype, then each class the plan holds otherwise: `bf16 (lm_head int8)`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.dtype.as_str())?;
+        if self.dtype == WeightDType::F32 || self.plan.is_as_built() {
+            return Ok(());
+        }
+        let p = self.plan;
+        let parts: Vec<String> =
+            [("attention", p.attention), ("mlp", p.mlp), ("lm_head", p.lm_head)]
+                .into_iter()
+                .filter_map(|(class, format)| {
+                    let f = self.dtype.matrix_format(format);
+                    (f != self.dtype).then(|| format!("{class} {f}"))
+                })
+                .collect();
+        if !parts.is_empty() {
+            write!(f, " ({})", parts.join(", "))?;
+        }
+        Ok(())
+    }
+}
+
+/// The f32 values a device holding `spec` as `precision` gives it computes with.
+pub fn emulate(
+    precision: impl Into<WeightPrecision>,
+    spec: &WeightSpec,
+    data: Vec<f32>,
+) -> Vec<f32> {
+    emulate_as(precision.into().format_of(spec), spec, data)
+}
+
+/// The f32 values a device holding `spec` in `format` computes with.
+pub fn emulate_as(format: WeightDType, spec: &WeightSpec, data: Vec<f32>) -> Vec<f32> {
+    match format {
         WeightDType::F32 => data,
         WeightDType::BF16 => data.into_iter().map(round_bf16).collect(),
         WeightDType::Int8 if is_matrix(spec) => quantize_rows(&data, spec.shape[1]).dequantize(),

@@ -208,8 +208,9 @@ impl ScheduleExecutor {
         Self::from_model_with(model, schedule, WeightDType::F32, on_weight)
     }
 
-    /// Like [`Self::from_model`], with the weights as a device holding them in `dtype` would see
-    /// them ([`crate::quant::emulate`]), so a schedule's lower-precision decode can be checked on
+    /// Like [`Self::from_model`], with the weights as a device holding them in a `dtype` build
+    /// would see them ([`crate::quant::emulate_as`]; matrices in the format the schedule's
+    /// buffers give them, if any), so a schedule's lower-precision decode can be checked on
     /// the CPU.
     pub fn from_model_with(
         model: &amk_ir::Model,
@@ -218,6 +219,13 @@ impl ScheduleExecutor {
         on_weight: &mut dyn FnMut(usize, usize),
     ) -> Result<ScheduleExecutor, RuntimeError> {
         let total = schedule.buffers.iter().filter(|b| b.kind == BufferKind::Weight).count();
+        let formats: std::collections::HashMap<String, _> = schedule
+            .buffers
+            .iter()
+            .filter(|b| b.kind == BufferKind::Weight)
+            .map(|b| (b.name.clone(), b.format))
+            .collect();
+        let schedule_format = |name: &str| formats.get(name).copied().flatten();
         let mut done = 0;
         let max_pos = model.config.max_position_embeddings;
         Self::new(schedule, max_pos, model.config.vocab_size, |name, n| {
@@ -239,7 +247,11 @@ impl ScheduleExecutor {
             })?;
             done += 1;
             on_weight(done, total);
-            Ok(crate::quant::emulate(dtype, spec, data))
+            let format = match crate::quant::is_matrix(spec) {
+                true => dtype.matrix_format(schedule_format(name)),
+                false => dtype.vector_format(),
+            };
+            Ok(crate::quant::emulate_as(format, spec, data))
         })
     }
 

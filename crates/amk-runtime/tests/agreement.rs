@@ -8,8 +8,10 @@ use amk_ir::Model;
 use amk_runtime::agreement;
 use amk_runtime::cpu::CpuReference;
 use amk_runtime::gpu::WeightDType;
-use amk_runtime::quant::round_bf16;
+use amk_runtime::quant::{emulate_as, round_bf16, WeightPrecision};
 use amk_runtime::{generate, GenerateOptions};
+use amk_schedule::schedule::BufferKind;
+use amk_schedule::{lower, PrecisionPlan, ScheduleConfig, WeightFormat};
 
 fn tiny() -> (tempfile::TempDir, Model) {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -18,9 +20,9 @@ fn tiny() -> (tempfile::TempDir, Model) {
     (dir, model)
 }
 
-fn load(model: &Model, dtype: WeightDType) -> CpuReference {
+fn load(model: &Model, precision: impl Into<WeightPrecision>) -> CpuReference {
     let mut calls = 0;
-    let cpu = CpuReference::from_model_with(model, dtype, &mut |done, total| {
+    let cpu = CpuReference::from_model_with(model, precision, &mut |done, total| {
         calls += 1;
         assert_eq!(done, calls);
         assert_eq!(total, model.graph.weights.len());
@@ -68,6 +70,62 @@ fn emulated_weights_are_what_the_device_holds() {
         }
     }
     assert!(matrices > 0);
+}
+
+#[test]
+fn a_precision_plan_gives_each_weight_one_format_on_the_device_and_in_the_emulation() {
+    use amk_codegen_cuda::{generate, Arch, CodegenOptions};
+    let (_dir, model) = tiny();
+    let exact = CpuReference::from_model(&model, &mut |_, _| {}).unwrap();
+    let int8 = Some(WeightFormat::Int8);
+    let bf16 = Some(WeightFormat::Bf16);
+    let cases = [
+        // (build, plan, whether the kernel mixes bf16 and int8 matrices)
+        (WeightDType::BF16, PrecisionPlan { mlp: int8, lm_head: int8, ..Default::default() }, true),
+        (
+            WeightDType::Int8,
+            PrecisionPlan { attention: bf16, lm_head: bf16, ..Default::default() },
+            true,
+        ),
+        (WeightDType::BF16, PrecisionPlan { attention: bf16, ..Default::default() }, false),
+        (WeightDType::F32, PrecisionPlan { lm_head: int8, ..Default::default() }, false),
+    ];
+    for (dtype, plan, mixed) in cases {
+        let precision = WeightPrecision { dtype, plan };
+        let knobs = ScheduleConfig { precision: plan, ..ScheduleConfig::default() };
+        let schedule = lower(&model.graph, &knobs).unwrap();
+        let facts = amk_verify::LaunchFacts { sm_count: 132, blocks_per_sm: 1 };
+        let verified = amk_verify::verify(&schedule, &facts).unwrap();
+        let options = CodegenOptions {
+            weight_dtype: dtype,
+            arch: Arch::Sm90,
+            block_threads: 512,
+            stage_weights: true,
+            trace: false,
+        };
+        let generated = generate(&verified, &options).unwrap();
+        let define = format!("#define AMK_WEIGHT_MIXED {}\n", u8::from(mixed));
+        assert!(generated.source.contains(&define), "{precision}: {define}");
+        let cpu = load(&model, precision);
+        let mut classes = std::collections::HashSet::new();
+        for (b, &format) in schedule.buffers.iter().zip(&generated.tables.formats) {
+            if b.kind != BufferKind::Weight {
+                continue;
+            }
+            let i = model.graph.weights.iter().position(|w| w.name == b.name).unwrap();
+            let spec = &model.graph.weights[i];
+            // What codegen uploads is what the CPU reference emulates, weight by weight.
+            assert_eq!(format, precision.format_of(spec), "{precision}: {}", b.name);
+            let emulated = emulate_as(format, spec, exact.weights()[i].to_vec());
+            assert_eq!(&cpu.weights()[i][..], &emulated[..], "{precision}: {}", b.name);
+            classes.insert((spec.shape.len(), format));
+        }
+        // Vectors keep the build's format; f32 builds ignore the plan.
+        assert!(!classes.contains(&(1, WeightDType::Int8)), "{precision}");
+        if dtype == WeightDType::F32 {
+            assert!(classes.iter().all(|&(_, f)| f == WeightDType::F32), "{precision}");
+        }
+    }
 }
 
 #[test]

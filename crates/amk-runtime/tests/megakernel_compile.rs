@@ -2,7 +2,8 @@
 //! no GPU (NVRTC from PyPI: `nvidia-cuda-nvrtc==13.0.88`, its `nvidia/cu13/lib` on
 //! `LD_LIBRARY_PATH`; `cargo xtask test` sets this up). For the default SmolLM2 schedule in
 //! bf16 and f32, a synthetic GQA-4 / head_dim-128 / bias shape, the tiny architecture
-//! variants and SmolLM2 with head-split q/k/v projections (`qkv_parts`), it reports
+//! variants, SmolLM2 with head-split q/k/v projections (`qkv_parts`) and SmolLM2 with mixed
+//! per-op precision plans (bf16 and int8 matrices in one kernel), it reports
 //! registers, shared memory and spills per target, and fails on any compile error.
 
 use amk_codegen_cuda::{generate, Arch, CodegenOptions, WeightDType};
@@ -52,6 +53,15 @@ fn megakernel_compiles_for_every_target() {
     for ron in ["(qkv_parts: 2)", "(qkv_parts: 4, tagged: true)"] {
         models.push((format!("smollm2 {ron}"), smollm2.clone(), knobs(ron)));
     }
+    // Mixed kernels (every task function compiled for bf16 and int8): a bf16 build with an
+    // int8 LM head, and an int8 build with bf16 attention.
+    let mixed = [
+        ("(precision: (lm_head: Some(Int8)))", WeightDType::BF16),
+        ("(precision: (attention: Some(Bf16)))", WeightDType::Int8),
+    ];
+    for (ron, _) in mixed {
+        models.push((format!("smollm2 {ron}"), smollm2.clone(), knobs(ron)));
+    }
     // Every (model, precision, target) to compile, generated here; compiled below on as many
     // threads as the machine has (NVRTC compiles independent programs concurrently), which
     // halves this test's time on CI's two cores.
@@ -60,9 +70,11 @@ fn megakernel_compiles_for_every_target() {
         let schedule = lower(&DecodeGraph::build(cfg), knobs).unwrap();
         let verified = verify(&schedule, &facts).unwrap();
         let variant = name.contains('(');
+        // A mixed plan's variant compiles in its build's dtype alone.
+        let build = mixed.iter().find(|(ron, _)| name.ends_with(ron)).map(|&(_, d)| d);
         for dtype in [WeightDType::BF16, WeightDType::F32, WeightDType::Int8] {
             if (dtype == WeightDType::Int8 && name.starts_with("tiny/"))
-                || (variant && dtype != WeightDType::BF16)
+                || (variant && dtype != build.unwrap_or(WeightDType::BF16))
             {
                 continue;
             }

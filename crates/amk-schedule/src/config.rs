@@ -3,6 +3,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::schedule::WeightFormat;
+
 /// How tasks are placed on workers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Assignment {
@@ -22,6 +24,46 @@ pub enum TaskOrder {
     /// Largest weight tile first (longest-processing-time placement): balances a phase that
     /// has more tasks than workers.
     LargestFirst,
+}
+
+/// Per-op weight precision: the format a bf16 or int8 build holds each class of weight
+/// matrices in, where it is not the build's own (`None`). Vectors (norm weights, biases) keep
+/// the build's format, and f32 builds (the exact mode) ignore the plan. The lowering records
+/// each matrix's format on its buffer ([`crate::schedule::Buffer::format`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PrecisionPlan {
+    /// The query, key, value and output projections.
+    pub attention: Option<WeightFormat>,
+    /// The gate, up and down projections.
+    pub mlp: Option<WeightFormat>,
+    /// The LM head and the token embedding table (one matrix when they are tied).
+    pub lm_head: Option<WeightFormat>,
+}
+
+impl PrecisionPlan {
+    /// The format the plan gives the weight called `name` (Hugging Face's tensor names) of
+    /// `rank` dimensions: `None` for vectors, other tensors and classes it leaves as built.
+    pub fn format_of(&self, name: &str, rank: usize) -> Option<WeightFormat> {
+        if rank != 2 {
+            return None;
+        }
+        let projection = name.ends_with("_proj.weight");
+        if projection && name.contains(".self_attn.") {
+            self.attention
+        } else if projection && name.contains(".mlp.") {
+            self.mlp
+        } else if name == "model.embed_tokens.weight" || name == "lm_head.weight" {
+            self.lm_head
+        } else {
+            None
+        }
+    }
+
+    /// Whether the plan changes nothing.
+    pub fn is_as_built(&self) -> bool {
+        *self == PrecisionPlan::default()
+    }
 }
 
 /// Tiling, placement and launch knobs.
@@ -108,6 +150,10 @@ pub struct ScheduleConfig {
     /// How many upcoming tasks' weight tiles a worker may prefetch before waiting on their
     /// inputs (a code generation hint; it does not change the schedule's meaning).
     pub prefetch_depth: u32,
+    /// Per-op weight precision (`precision: (lm_head: Some(Int8))` in a knob file): which
+    /// classes of matrices a bf16 or int8 build holds in the other format. The kernel then
+    /// compiles each such task's code for both formats.
+    pub precision: PrecisionPlan,
 }
 
 impl Default for ScheduleConfig {
@@ -141,6 +187,7 @@ impl Default for ScheduleConfig {
             max_positions: 0,
             attn_splits: 8,
             prefetch_depth: 1,
+            precision: PrecisionPlan::default(),
         }
     }
 }

@@ -11,7 +11,7 @@ pub mod lower;
 pub mod ops;
 pub mod schedule;
 
-pub use config::ScheduleConfig;
+pub use config::{PrecisionPlan, ScheduleConfig};
 pub use lower::{lower, LowerError};
 pub use ops::TaskOp;
-pub use schedule::Schedule;
+pub use schedule::{Schedule, WeightFormat};

@@ -254,6 +254,7 @@ pub fn lower(graph: &DecodeGraph, config: &ScheduleConfig) -> Result<Schedule, L
     let mut weight_ids = Vec::with_capacity(graph.weights.len());
     for w in &graph.weights {
         let id = l.buffer(&w.name, BufferKind::Weight, w.numel() as u64 * ELEM);
+        l.s.buffers[id.index()].format = config.precision.format_of(&w.name, w.shape.len());
         weight_ids.push(id);
     }
     let wbuf = |name: &str| -> BufferId {

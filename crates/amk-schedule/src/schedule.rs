@@ -278,8 +278,22 @@ pub struct Buffer {
     pub name: String,
     /// What it holds.
     pub kind: BufferKind,
-    /// Size in bytes.
+    /// Size in bytes (weights: as f32 elements, whatever format the device holds them in).
     pub bytes: u64,
+    /// A weight matrix's format on the device when it is not the build's (a per-op precision
+    /// plan, [`crate::config::PrecisionPlan`]); `None` follows the build's `--precision`.
+    /// f32 builds (the exact mode) hold every weight in f32 and ignore it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub format: Option<WeightFormat>,
+}
+
+/// A weight matrix format a bf16 or int8 build can hold one class of matrices in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum WeightFormat {
+    /// bf16 values.
+    Bf16,
+    /// int8 rows, each with one f32 scale (symmetric, per output channel).
+    Int8,
 }
 
 /// A byte range `[offset, offset + len)` of one buffer. Written `("resid", 0, 2304)`.
@@ -580,7 +594,7 @@ impl Schedule {
         kind: BufferKind,
         bytes: u64,
     ) -> BufferId {
-        self.buffers.push(Buffer { name: name.into(), kind, bytes });
+        self.buffers.push(Buffer { name: name.into(), kind, bytes, format: None });
         BufferId(self.buffers.len() as u32 - 1)
     }
 
@@ -678,7 +692,11 @@ impl Schedule {
         let _ = writeln!(out, "Schedule(\n    name: {},", compact(&self.name));
         out.push_str("    buffers: [\n");
         for (b, q) in self.buffers.iter().zip(&bq) {
-            let _ = writeln!(out, "        (name: {q}, kind: {:?}, bytes: {}),", b.kind, b.bytes);
+            let _ = write!(out, "        (name: {q}, kind: {:?}, bytes: {}", b.kind, b.bytes);
+            if let Some(f) = b.format {
+                let _ = write!(out, ", format: Some({f:?})");
+            }
+            out.push_str("),\n");
         }
         out.push_str("    ],\n    counters: [\n");
         for (c, q) in self.counters.iter().zip(&cq) {

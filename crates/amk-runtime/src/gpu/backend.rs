@@ -470,11 +470,12 @@ impl GpuBackend {
         for (i, b) in schedule.buffers.iter().enumerate() {
             let p = gpu.alloc_zeroed(plan.buffer_bytes[i])?;
             if b.kind == BufferKind::Weight {
+                // fit_kernel checked there is a format per buffer and a layout per int8 one.
                 let int8 = plan.int8_matrices.get(i).copied().flatten();
-                let layout = match plan.weight_dtype {
-                    WeightDType::F32 => WeightLayout::F32,
-                    WeightDType::BF16 => WeightLayout::Bf16,
-                    WeightDType::Int8 => int8.map_or(WeightLayout::F32, WeightLayout::Int8),
+                let layout = match (plan.formats[i], int8) {
+                    (WeightDType::BF16, _) => WeightLayout::Bf16,
+                    (WeightDType::Int8, Some(m)) => WeightLayout::Int8(m),
+                    _ => WeightLayout::F32,
                 };
                 let transposed = plan.transposed.get(i).copied().flatten();
                 upload_weight(&gpu, p, model, &b.name, b.bytes / ELEM, layout, transposed)?;
@@ -1044,19 +1045,21 @@ fn check_plan(plan: &CodePlan, s: &Schedule, dtype: WeightDType) -> Result<(), G
             .then(|| format!("grid {:?} for {} workers", plan.grid, s.workers.len())),
     ];
     let mut problems: Vec<String> = problems.into_iter().flatten().collect();
-    if plan.weight_dtype == WeightDType::Int8 && plan.int8_matrices.len() != s.buffers.len() {
-        problems.push(format!(
-            "{} int8 layouts for {} buffers",
-            plan.int8_matrices.len(),
-            s.buffers.len()
-        ));
+    for (what, n) in [("int8 layouts", plan.int8_matrices.len()), ("formats", plan.formats.len())] {
+        if n != s.buffers.len() {
+            problems.push(format!("{n} {what} for {} buffers", s.buffers.len()));
+        }
     }
     for (i, (b, &device_bytes)) in s.buffers.iter().zip(&plan.buffer_bytes).enumerate() {
         let int8 = plan.int8_matrices.get(i).copied().flatten();
-        let needed = match (b.kind, plan.weight_dtype, int8) {
+        let format = plan.formats.get(i).copied().unwrap_or(WeightDType::F32);
+        let needed = match (b.kind, format, int8) {
             (BufferKind::Weight, WeightDType::Int8, Some(m)) => m.bytes(),
-            (BufferKind::Weight, WeightDType::Int8, None) => b.bytes,
-            (BufferKind::Weight, dtype, _) => b.bytes / ELEM * dtype.bytes(),
+            (BufferKind::Weight, WeightDType::Int8, None) => {
+                problems.push(format!("int8 buffer `{}` has no int8 layout", b.name));
+                b.bytes
+            }
+            (BufferKind::Weight, format, _) => b.bytes / ELEM * format.bytes(),
             // A launch tag beside every value.
             (BufferKind::Tagged, _, _) => b.bytes.saturating_mul(2),
             _ => b.bytes,

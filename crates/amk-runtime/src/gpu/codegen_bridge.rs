@@ -32,6 +32,9 @@ pub(crate) struct CodePlan {
     pub buffer_bytes: Vec<u64>,
     /// Int8 weights: the layout of each weight matrix, by BufferId.
     pub int8_matrices: Vec<Option<Int8Matrix>>,
+    /// The format the device holds each buffer in, by BufferId (see
+    /// `amk_codegen_cuda::DeviceTables::formats`).
+    pub formats: Vec<WeightDType>,
     /// The weight matrices the device holds transposed, by BufferId.
     pub transposed: Vec<Option<Transposed>>,
 }
@@ -88,6 +91,7 @@ pub(crate) fn generate(
         per_launch: tables.per_launch,
         buffer_bytes: tables.buffer_bytes,
         int8_matrices: tables.int8_matrices,
+        formats: tables.formats,
         transposed: tables.transposed,
     })
 }
