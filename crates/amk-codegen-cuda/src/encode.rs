@@ -37,6 +37,9 @@ pub(crate) struct Encoded {
     pub head_parts: bool,
     /// Whether some matrices the tasks read are int8 and others bf16 (a per-op precision plan).
     pub mixed: bool,
+    /// In a mixed kernel, the formats each task function's tasks hold their matrices in
+    /// (`source::FORMAT_KINDS` order; bit 0 bf16, bit 1 int8), else all 0.
+    pub kind_formats: [u8; crate::source::FORMAT_KINDS.len()],
     /// The most words one worker's instructions and descriptors take
     /// (`INSTR_WORDS * instructions + TASK_WORDS * runs`): the kernel copies them into shared
     /// memory when it starts.
@@ -74,6 +77,7 @@ pub(crate) fn encode(s: &Schedule, dtype: WeightDType) -> Result<Encoded, Codege
     let (tasks, run_start, max_worker_words) = run_order(s, &by_id)?;
     let read = |f: WeightDType| cols.iter().zip(&formats).any(|(c, &g)| c.is_some() && g == f);
     let mixed = read(WeightDType::Int8) && read(WeightDType::BF16);
+    let kind_formats = if mixed { kind_formats(s, &formats) } else { Default::default() };
     Ok(Encoded {
         tables: DeviceTables {
             program,
@@ -94,8 +98,33 @@ pub(crate) fn encode(s: &Schedule, dtype: WeightDType) -> Result<Encoded, Codege
         tagged: stats.current_rows || s.buffers.iter().any(|b| b.kind == BufferKind::Tagged),
         head_parts: stats.head_parts,
         mixed,
+        kind_formats,
         max_worker_words,
     })
+}
+
+/// The formats each task function's tasks hold their matrices in (`source::FORMAT_KINDS`
+/// order; bit 0 bf16, bit 1 int8). The encoder has checked every id and that a task's
+/// matrices share one format, so its first matrix stands for the task.
+fn kind_formats(s: &Schedule, formats: &[WeightDType]) -> [u8; crate::source::FORMAT_KINDS.len()] {
+    let mut out = [0u8; crate::source::FORMAT_KINDS.len()];
+    for task in &s.tasks {
+        let (kind, matrix) = match task.op {
+            TaskOp::Projection { weight, .. } => (0, weight),
+            TaskOp::GatedUp { gate, .. } | TaskOp::GatedMlp { gate, .. } => (1, gate),
+            TaskOp::HeadOut { weight, .. } => (2, weight),
+            TaskOp::AttentionOut { weight, .. } => (3, weight),
+            TaskOp::QueryAttention { weight, .. } => (4, weight),
+            TaskOp::HeadArgmax { weight, .. } => (5, weight),
+            TaskOp::Embed { table, .. } => (6, table),
+            _ => continue,
+        };
+        out[kind] |= match formats.get(matrix.index()) {
+            Some(WeightDType::Int8) => 2,
+            _ => 1,
+        };
+    }
+    out
 }
 
 /// The descriptors in run order (each worker's `Run`s in program order, workers in order),
@@ -1838,8 +1867,17 @@ mod tests {
             .iter()
             .enumerate()
             .all(|(i, m)| m.is_some() == (i == table)));
+        // Each task function is compiled for its tasks' formats alone (1 bf16, 2 int8): the LM
+        // head and the embedding int8, the projections and gated tasks bf16, no fused
+        // attention or query attention in this schedule.
+        let k = e.kind_formats;
+        assert_eq!((k[0], k[1], k[3], k[4], k[5], k[6]), (1, 1, 0, 0, 2, 2), "{k:?}");
+        let mut both = s.clone();
+        set(&mut both, "model.layers.0.self_attn.q_proj.weight", WeightFormat::Int8);
+        assert_eq!(encode(&both, WeightDType::BF16).expect("encodes").kind_formats[0], 3);
         let f32 = encode(&s, WeightDType::F32).expect("encodes");
         assert!(!f32.mixed && f32.tables.formats.iter().all(|&f| f == WeightDType::F32));
+        assert_eq!(f32.kind_formats, [0; 7]);
         // The same format as the build's is no mix.
         set(&mut s, "model.embed_tokens.weight", WeightFormat::Bf16);
         assert!(!encode(&s, WeightDType::BF16).expect("encodes").mixed);

@@ -378,6 +378,7 @@ pub fn generate(
         weight_bf16: options.weight_dtype == WeightDType::BF16,
         weight_int8: options.weight_dtype == WeightDType::Int8,
         weight_mixed: encoded.mixed,
+        formats: encoded.kind_formats,
         block_threads: options.block_threads,
         max_cols: encoded.max_cols.max(1),
         max_head_dim: encoded.max_head_dim.max(1),

@@ -19,6 +19,11 @@ pub(crate) struct Prologue {
     /// Some matrices are int8 and others bf16 (a per-op precision plan): each task's format
     /// is then picked at run time from its descriptor.
     pub weight_mixed: bool,
+    /// In a mixed kernel, the formats each task function's tasks use ([`FORMAT_KINDS`] order;
+    /// bit 0 bf16, bit 1 int8): a function is compiled for those alone, and picks per task only
+    /// when it has both (a mixed kernel compiled every function twice measured 25 us a step
+    /// slower). 0 everywhere in other kernels.
+    pub formats: [u8; FORMAT_KINDS.len()],
     pub block_threads: u32,
     /// At least 1, so device array sizes stay positive.
     pub max_cols: u32,
@@ -49,11 +54,30 @@ pub(crate) struct Prologue {
     pub head_parts: bool,
 }
 
+/// The task functions a mixed kernel compiles per format, by the defines that say which
+/// formats each needs (kernels/megakernel.cuh, `AMK_BY_FORMAT`).
+pub const FORMAT_KINDS: [&str; 7] = [
+    "AMK_FMTS_PROJECTION",
+    "AMK_FMTS_GATED",
+    "AMK_FMTS_HEAD_OUT",
+    "AMK_FMTS_ATTENTION_OUT",
+    "AMK_FMTS_QUERY_ATTENTION",
+    "AMK_FMTS_HEAD_ARGMAX",
+    "AMK_FMTS_EMBED",
+];
+
 /// Names of the prologue's defines, in order.
-pub const PROLOGUE_DEFINES: [&str; 17] = [
+pub const PROLOGUE_DEFINES: [&str; 24] = [
     "AMK_WEIGHT_BF16",
     "AMK_WEIGHT_INT8",
     "AMK_WEIGHT_MIXED",
+    "AMK_FMTS_PROJECTION",
+    "AMK_FMTS_GATED",
+    "AMK_FMTS_HEAD_OUT",
+    "AMK_FMTS_ATTENTION_OUT",
+    "AMK_FMTS_QUERY_ATTENTION",
+    "AMK_FMTS_HEAD_ARGMAX",
+    "AMK_FMTS_EMBED",
     "AMK_BLOCK_THREADS",
     "AMK_MAX_COLS",
     "AMK_MAX_HEAD_DIM",
@@ -75,11 +99,19 @@ pub(crate) const SMEM_SCRATCH_WORDS: u64 = 64;
 
 impl Prologue {
     /// `(name, value)` of each define, in [`PROLOGUE_DEFINES`] order.
-    pub fn defines(&self) -> [(&'static str, u64); 17] {
+    pub fn defines(&self) -> [(&'static str, u64); 24] {
+        let f = self.formats.map(u64::from);
         let values = [
             u64::from(self.weight_bf16),
             u64::from(self.weight_int8),
             u64::from(self.weight_mixed),
+            f[0],
+            f[1],
+            f[2],
+            f[3],
+            f[4],
+            f[5],
+            f[6],
             self.block_threads.into(),
             self.max_cols.into(),
             self.max_head_dim.into(),
@@ -95,7 +127,7 @@ impl Prologue {
             u64::from(self.tagged),
             u64::from(self.head_parts),
         ];
-        let mut out = [("", 0); 17];
+        let mut out = [("", 0); 24];
         for (i, (name, value)) in PROLOGUE_DEFINES.iter().zip(values).enumerate() {
             out[i] = (name, value);
         }
@@ -183,6 +215,7 @@ mod tests {
             weight_bf16: true,
             weight_int8: false,
             weight_mixed: false,
+            formats: [0; FORMAT_KINDS.len()],
             block_threads: 512,
             max_cols: 160,
             max_head_dim: 16,
@@ -218,7 +251,7 @@ mod tests {
             assert_eq!(parts.next(), None);
         }
         assert!(src.contains(
-            "#define AMK_WEIGHT_BF16 1\n#define AMK_WEIGHT_INT8 0\n#define AMK_WEIGHT_MIXED 0\n#define AMK_BLOCK_THREADS 512\n"
+            "#define AMK_WEIGHT_BF16 1\n#define AMK_WEIGHT_INT8 0\n#define AMK_WEIGHT_MIXED 0\n#define AMK_FMTS_PROJECTION 0\n#define AMK_FMTS_GATED 0\n#define AMK_FMTS_HEAD_OUT 0\n#define AMK_FMTS_ATTENTION_OUT 0\n#define AMK_FMTS_QUERY_ATTENTION 0\n#define AMK_FMTS_HEAD_ARGMAX 0\n#define AMK_FMTS_EMBED 0\n#define AMK_BLOCK_THREADS 512\n"
         ));
     }
 

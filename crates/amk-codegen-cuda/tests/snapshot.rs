@@ -99,7 +99,7 @@ fn the_prologue_holds_the_schedules_numbers() {
     let v = common::tiny();
     let g = generate(&v, &CodegenOptions::default()).expect("generates");
     let expected = format!(
-        "#define AMK_WEIGHT_BF16 1\n#define AMK_WEIGHT_INT8 0\n#define AMK_WEIGHT_MIXED 0\n#define AMK_BLOCK_THREADS 512\n\
+        "#define AMK_WEIGHT_BF16 1\n#define AMK_WEIGHT_INT8 0\n#define AMK_WEIGHT_MIXED 0\n#define AMK_FMTS_PROJECTION 0\n#define AMK_FMTS_GATED 0\n#define AMK_FMTS_HEAD_OUT 0\n#define AMK_FMTS_ATTENTION_OUT 0\n#define AMK_FMTS_QUERY_ATTENTION 0\n#define AMK_FMTS_HEAD_ARGMAX 0\n#define AMK_FMTS_EMBED 0\n#define AMK_BLOCK_THREADS 512\n\
          #define AMK_MAX_COLS 64\n\
          #define AMK_MAX_HEAD_DIM 16\n#define AMK_MLP_ROWS 16\n#define AMK_WORKERS 4\n#define AMK_TASKS {}\n\
          #define AMK_COUNTERS {}\n",

@@ -5,6 +5,13 @@
 #define AMK_WEIGHT_BF16 1
 #define AMK_WEIGHT_INT8 0
 #define AMK_WEIGHT_MIXED 0
+#define AMK_FMTS_PROJECTION 0
+#define AMK_FMTS_GATED 0
+#define AMK_FMTS_HEAD_OUT 0
+#define AMK_FMTS_ATTENTION_OUT 0
+#define AMK_FMTS_QUERY_ATTENTION 0
+#define AMK_FMTS_HEAD_ARGMAX 0
+#define AMK_FMTS_EMBED 0
 #define AMK_BLOCK_THREADS 512
 #define AMK_MAX_COLS 64
 #define AMK_MAX_HEAD_DIM 16
@@ -161,7 +168,8 @@
 // Expects (defined by the generated prologue, numbers only): AMK_WEIGHT_BF16 and
 // AMK_WEIGHT_INT8 (0 or 1; both 0 means f32 weights: the build's format, which vectors and
 // every matrix take), AMK_WEIGHT_MIXED (1 when a per-op precision plan holds some matrices in
-// int8 and others in bf16; see amk_task_int8),
+// int8 and others in bf16; see amk_task_int8) and AMK_FMTS_* (which formats each task
+// function's tasks use; see AMK_BY_FORMAT),
 // AMK_BLOCK_THREADS, AMK_MAX_COLS, AMK_MAX_HEAD_DIM, AMK_MLP_ROWS (most rows of a fused MLP
 // task, 0 without one), AMK_STAGE_BYTES (a multiple of 16; 0 turns weight staging off),
 // AMK_COUNTERS, AMK_TRACE (0 or 1), AMK_QUERY_ATTENTION (1 when the schedule has query
@@ -309,13 +317,17 @@ __device__ __forceinline__ bool amk_task_int8(const u32* d) {
 #endif
 }
 
-// Runs `call` with F bound to task d's matrix format: the build's, or in a mixed kernel int8
-// or bf16 by amk_task_int8 (each task function is then compiled for both).
-#if AMK_WEIGHT_MIXED
-#define AMK_BY_FORMAT(d, call) do { if (amk_task_int8(d)) { constexpr int F = 2; call; } else { constexpr int F = 1; call; } } while (0)
-#else
-#define AMK_BY_FORMAT(d, call) do { constexpr int F = AMK_WF; call; } while (0)
-#endif
+// Runs `call` with F bound to task d's matrix format. `fmts` is the task function's
+// AMK_FMTS_* (codegen's formats of its tasks in a mixed kernel: 1 bf16, 2 int8, 3 both; 0
+// elsewhere): the function is compiled for those formats alone, and only a function whose
+// tasks hold both picks per task, by amk_task_int8 (a mixed kernel with every function
+// compiled twice measured 25 us a step slower, docs/perf.md).
+#define AMK_BY_FORMAT(fmts, d, call) AMK_BY_FORMAT_(fmts, d, call)
+#define AMK_BY_FORMAT_(fmts, d, call) AMK_BY_FORMAT_##fmts(d, call)
+#define AMK_BY_FORMAT_0(d, call) do { constexpr int F = AMK_WF; call; } while (0)
+#define AMK_BY_FORMAT_1(d, call) do { constexpr int F = 1; call; } while (0)
+#define AMK_BY_FORMAT_2(d, call) do { constexpr int F = 2; call; } while (0)
+#define AMK_BY_FORMAT_3(d, call) do { if (amk_task_int8(d)) { constexpr int F = 2; call; } else { constexpr int F = 1; call; } } while (0)
 
 // Four int8 values packed in a word (element 0 in the low byte) dotted with x. Each byte,
 // offset by 128, becomes the mantissa of 2^23 + u (one byte permute), and 2^23 + 128 is
@@ -1418,7 +1430,7 @@ __device__ void amk_attention(const u32* d, const u64* buffers, float* smem, flo
         if (pw[1] > 0.f) gm = fmaxf(gm, pw[0]);
     }
     if (d[0] == AMK_TASK_ATTENTION_OUT) {
-        AMK_BY_FORMAT(d, amk_attention_out<F>(d, buffers, part_smem, gm, ys, staged));
+        AMK_BY_FORMAT(AMK_FMTS_ATTENTION_OUT, d, amk_attention_out<F>(d, buffers, part_smem, gm, ys, staged));
         return;
     }
     for (u32 j = threadIdx.x; j < hd + 2; j += AMK_BLOCK_THREADS) {
@@ -1881,20 +1893,20 @@ amk_megakernel(const u64* __restrict__ gbuffers, const u32* __restrict__ gprogra
                 || ((AMK_ABLATE & 8) && (kind == AMK_TASK_PROJECTION || kind == AMK_TASK_GATED_UP || kind == AMK_TASK_HEAD_OUT
                                          || kind == AMK_TASK_GATED_MLP));
             switch (skip ? 0u : kind) {
-                case AMK_TASK_PROJECTION: AMK_BY_FORMAT(d, amk_projection<F>(d, buffers, smem, scratch, ys, staged)); break;
+                case AMK_TASK_PROJECTION: AMK_BY_FORMAT(AMK_FMTS_PROJECTION, d, amk_projection<F>(d, buffers, smem, scratch, ys, staged)); break;
                 case AMK_TASK_GATED_UP:
-                case AMK_TASK_GATED_MLP: AMK_BY_FORMAT(d, amk_gated<F>(d, buffers, smem, scratch, staged)); break;
+                case AMK_TASK_GATED_MLP: AMK_BY_FORMAT(AMK_FMTS_GATED, d, amk_gated<F>(d, buffers, smem, scratch, staged)); break;
                 case AMK_TASK_ATTENTION:
                 case AMK_TASK_ATTENTION_OUT: amk_attention(d, buffers, smem, ys, staged, nullptr); break;
-                case AMK_TASK_HEAD_OUT: AMK_BY_FORMAT(d, amk_head_out<F>(d, buffers, ys, staged)); break;
+                case AMK_TASK_HEAD_OUT: AMK_BY_FORMAT(AMK_FMTS_HEAD_OUT, d, amk_head_out<F>(d, buffers, ys, staged)); break;
 #if AMK_QUERY_ATTENTION
-                case AMK_TASK_QUERY_ATTENTION: AMK_BY_FORMAT(d, amk_query_attention<F>(d, buffers, smem, scratch, ys, staged)); break;
+                case AMK_TASK_QUERY_ATTENTION: AMK_BY_FORMAT(AMK_FMTS_QUERY_ATTENTION, d, amk_query_attention<F>(d, buffers, smem, scratch, ys, staged)); break;
 #endif
 #if AMK_QUERY_ATTENTION || AMK_TAGGED
                 case AMK_TASK_APPEND_KV: amk_append_kv(d, buffers); break;
 #endif
-                case AMK_TASK_HEAD_ARGMAX: AMK_BY_FORMAT(d, amk_head_argmax<F>(d, buffers, smem, scratch, staged)); break;
-                case AMK_TASK_EMBED: AMK_BY_FORMAT(d, amk_embed<F>(d, buffers)); break;
+                case AMK_TASK_HEAD_ARGMAX: AMK_BY_FORMAT(AMK_FMTS_HEAD_ARGMAX, d, amk_head_argmax<F>(d, buffers, smem, scratch, staged)); break;
+                case AMK_TASK_EMBED: AMK_BY_FORMAT(AMK_FMTS_EMBED, d, amk_embed<F>(d, buffers)); break;
                 case AMK_TASK_COPY: amk_copy(d, buffers); break;
                 case AMK_TASK_ZERO: amk_zero(d, buffers); break;
                 case AMK_TASK_RMSNORM: amk_rms_norm(d, buffers, smem, scratch); break;
