@@ -274,6 +274,14 @@ pub enum VerifyError {
         /// Destination length.
         dst_len: u64,
     },
+    /// A buffer that is not a weight carries a weight format (`format: Some(Int8)`): formats
+    /// say how the device holds a weight matrix, and nothing else has one.
+    FormatOnNonWeight {
+        /// Buffer name.
+        buffer: String,
+        /// Its kind, as `schedule.ron` writes it.
+        kind: String,
+    },
     /// Two objects of one kind share a name (`schedule.ron` refers by name).
     DuplicateName {
         /// What kind.
@@ -432,6 +440,10 @@ impl fmt::Display for VerifyError {
             CopyLengthMismatch { task, src_len, dst_len } => write!(
                 f,
                 "malformed: task `{task}` copies {src_len} bytes into a {dst_len}-byte destination."
+            ),
+            FormatOnNonWeight { buffer, kind } => write!(
+                f,
+                "malformed: buffer `{buffer}` ({kind}) has a `format`, but only weight buffers are held in a format of their own (remove its `format`)."
             ),
             DuplicateName { kind, name, first, second } => write!(
                 f,

@@ -13,7 +13,8 @@
 //! 1. **Well-formed**: at least one worker; all ids in range; every task run exactly once;
 //!    regions non-empty and inside their buffer (no u64 overflow); no wait above the total
 //!    number of signals its counter can receive; a Copy's src / dst inside the task's declared
-//!    reads / writes, of equal length; names unique (the file refers by name). Tagged buffers
+//!    reads / writes, of equal length; names unique (the file refers by name); a `format`
+//!    (per-op precision) only on weight buffers. Tagged buffers
 //!    (`BufferKind::Tagged`, whose reads block until the values carry this launch's tag):
 //!    nothing adds to them, no byte is written by two tasks, every byte read is written.
 //! 2. **Deadlock-free**: a `Run` whose task reads tagged bytes goes only once their writer

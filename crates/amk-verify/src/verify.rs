@@ -119,6 +119,12 @@ fn well_formed(s: &Schedule, totals: &[u64], errors: &mut Vec<VerifyError>) {
         errors.push(VerifyError::NoWorkers);
     }
     duplicate_names(NameKind::Buffer, s.buffers.iter().map(|b| b.name.as_str()), errors);
+    for b in s.buffers.iter().filter(|b| b.format.is_some() && b.kind != BufferKind::Weight) {
+        errors.push(VerifyError::FormatOnNonWeight {
+            buffer: b.name.clone(),
+            kind: format!("{:?}", b.kind),
+        });
+    }
     duplicate_names(NameKind::Counter, s.counters.iter().map(|c| c.name.as_str()), errors);
     duplicate_names(NameKind::Task, s.tasks.iter().map(|t| t.name.as_str()), errors);
 

@@ -192,6 +192,23 @@ fn copy_regions() {
 }
 
 #[test]
+fn only_weights_take_a_format() {
+    // A weight with a format passes; the same format on an activation is malformed.
+    let mut s = base();
+    let w = s.add_buffer("w", BufferKind::Weight, 64);
+    s.buffers[w.index()].format = Some(WeightFormat::Int8);
+    assert!(verify(&s, &FACTS).is_ok());
+    s.buffers[0].format = Some(WeightFormat::Bf16);
+    let e = errors(&s, &FACTS);
+    assert_eq!(
+        e,
+        vec![VerifyError::FormatOnNonWeight { buffer: "a".into(), kind: "Activation".into() }]
+    );
+    assert!(e[0].is_malformed());
+    assert!(e[0].to_string().contains("`a` (Activation) has a `format`"), "{}", e[0]);
+}
+
+#[test]
 fn duplicate_names() {
     let mut s = base();
     s.tasks[1].name = "L0.prod".into();
