@@ -179,7 +179,7 @@ fn gpu_only_options(gpu: &crate::gpu::GpuArgs) -> Vec<&'static str> {
     let d = crate::gpu::GpuArgs::default();
     let mut v = Vec::new();
     if gpu.config.is_some() && gpu.schedule.is_none() {
-        v.push("--config (all but its precision plan)");
+        v.push("--config (except its precision plan)");
     }
     if gpu.trace {
         v.push("--trace");
@@ -220,7 +220,7 @@ fn make_backend(args: &GenerateArgs, model: &Model, quiet: bool) -> Result<Box<d
     }
     let ignored = gpu_only_options(&args.gpu);
     if !ignored.is_empty() && !quiet {
-        eprintln!("amk: cpu: ignoring {} (they tune the GPU kernel)", ignored.join(", "));
+        eprintln!("amk: cpu: ignoring what tunes the GPU kernel: {}", ignored.join(", "));
     }
     // The CPU is f32 unless a precision is asked for explicitly; then it emulates it (weights
     // rounded or quantized as the GPU stores them, f32 arithmetic).

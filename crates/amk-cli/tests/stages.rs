@@ -276,7 +276,11 @@ fn a_schedule_runs_on_the_cpu_only_when_verified() {
         "--trace",
     ]);
     assert_eq!(code, 0, "{err}");
-    assert!(err.contains("ignoring --trace") && err.contains("schedule executor"), "{err}");
+    assert!(
+        err.contains("ignoring what tunes the GPU kernel: --trace")
+            && err.contains("schedule executor"),
+        "{err}"
+    );
 
     // The k-cache producer's signal that attention waits for, deleted by hand.
     let text = std::fs::read_to_string(&sched).unwrap();
