@@ -756,17 +756,26 @@ fn parse_precision(name: &str) -> Result<(Precision, Option<PrecisionPlan>), Str
                 ))
             }
         };
+        if precision == Precision::F32 {
+            return Err(format!(
+                "`{part}` in precision `{name}`: f32 builds hold every matrix in f32 (a plan \
+                 goes on bf16 or int8)"
+            ));
+        }
         let p = plan.get_or_insert_with(PrecisionPlan::default);
-        match class {
-            "attention" => p.attention = Some(format),
-            "mlp" => p.mlp = Some(format),
-            "lm_head" => p.lm_head = Some(format),
+        let slot = match class.to_ascii_lowercase().as_str() {
+            "attention" => &mut p.attention,
+            "mlp" => &mut p.mlp,
+            "lm_head" => &mut p.lm_head,
             _ => {
                 return Err(format!(
                     "`{part}` in precision `{name}`: no class `{class}` (classes: attention, \
                      mlp, lm_head)"
                 ))
             }
+        };
+        if slot.replace(format).is_some() {
+            return Err(format!("`{part}` in precision `{name}`: `{class}` is given twice"));
         }
     }
     Ok((precision, plan))
@@ -1385,7 +1394,13 @@ mod tests {
             (plan.attention, plan.mlp, plan.lm_head),
             (Some(WeightFormat::Int8), None, Some(WeightFormat::Int8))
         );
-        for bad in ["bf16+head=int8", "bf16+mlp=int4", "bf16+mlp"] {
+        for bad in [
+            "bf16+head=int8",
+            "bf16+mlp=int4",
+            "bf16+mlp",
+            "f32+lm_head=int8",
+            "int8+mlp=bf16+MLP=bf16",
+        ] {
             let e = parse_precision(bad).unwrap_err();
             assert!(e.contains(&format!("precision `{bad}`")), "{e}");
         }

@@ -225,11 +225,17 @@ fn make_backend(args: &GenerateArgs, model: &Model, quiet: bool) -> Result<Box<d
     // The CPU is f32 unless a precision is asked for explicitly; then it emulates it (weights
     // rounded or quantized as the GPU stores them, f32 arithmetic).
     let precision = args.gpu.precision.unwrap_or(crate::gpu::Precision::F32);
-    let formats = crate::gpu::weight_precision(precision, args.gpu.config.as_deref())?;
+    // With --schedule the matrices' formats are the schedule's buffers', not the knobs' plan.
+    let formats = match args.gpu.schedule {
+        Some(_) => precision.weight_dtype().into(),
+        None => crate::gpu::weight_precision(precision, args.gpu.config.as_deref())?,
+    };
     if precision != crate::gpu::Precision::F32 && !quiet {
+        let plan =
+            if args.gpu.schedule.is_some() { ", matrices in the schedule's formats" } else { "" };
         eprintln!(
-            "amk: cpu: emulating {formats} weights (rounded or quantized as the GPU stores them) \
-             in f32 arithmetic"
+            "amk: cpu: emulating {formats} weights{plan} (rounded or quantized as the GPU stores \
+             them) in f32 arithmetic"
         );
     }
     if args.gpu.schedule.is_some() {

@@ -38,8 +38,9 @@ pub struct GpuTestArgs {
     /// greedy tokens must match to the end.
     #[arg(long)]
     pub fixtures: Option<PathBuf>,
-    /// Only compare the GPU's exact, bf16 and int8 modes, and two mixed per-op precision plans
-    /// (bf16 with int8 MLPs and LM head; int8 with bf16 attention and LM head), with the CPU
+    /// Only compare the GPU's exact, bf16 and int8 modes, and four per-op precision plans
+    /// (bf16 with int8 MLPs and LM head, and with every matrix int8; int8 with bf16 attention
+    /// and LM head, and with every matrix bf16), with the CPU
     /// reference (holding the same weights) on synthetic models of several shapes (seeded
     /// random weights; no checkpoint).
     #[arg(long)]
@@ -145,12 +146,16 @@ fn synthetic(args: &GpuTestArgs) -> Result<()> {
         lm_head: Some(WeightFormat::Bf16),
         ..PrecisionPlan::default()
     };
+    // Every matrix in the other format than the build's.
+    let all = |f| PrecisionPlan { attention: Some(f), mlp: Some(f), lm_head: Some(f) };
     let modes = [
         (Precision::F32, None),
         (Precision::Bf16, None),
         (Precision::Int8, None),
         (Precision::Bf16, Some(int8_mlp_and_head)),
         (Precision::Int8, Some(bf16_attention_and_head)),
+        (Precision::Bf16, Some(all(WeightFormat::Int8))),
+        (Precision::Int8, Some(all(WeightFormat::Bf16))),
     ];
     let mut failed = 0;
     let mut checks = 0;

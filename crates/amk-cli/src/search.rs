@@ -67,6 +67,12 @@ pub struct SearchArgs {
     /// Weight precision timed (the token check always runs in exact f32).
     #[arg(long, value_enum, default_value = "bf16")]
     pub precision: Precision,
+    /// Also search the per-op precision knobs (attention, MLP and LM head, each bf16 or int8).
+    /// Off by default: a format other than --precision changes the model's output, and the
+    /// token check runs in exact f32, where every matrix is f32, so it does not judge them.
+    /// Check a plan it picks with `amk agree MODEL --precision P --config OUT/knobs.ron`.
+    #[arg(long)]
+    pub per_op_precision: bool,
     /// Tokens in the KV cache when timing starts.
     #[arg(long, default_value_t = 256)]
     pub context: usize,
@@ -139,6 +145,9 @@ impl Default for LaunchChoice {
 pub struct Candidate {
     pub knobs: ScheduleConfig,
     pub launch: LaunchChoice,
+    /// Whether the per-op precision knobs may move (`--per-op-precision`); not part of the
+    /// point itself.
+    pub precision_free: bool,
 }
 
 impl Candidate {
@@ -223,12 +232,12 @@ fn format_name(v: u32) -> String {
 }
 
 /// A per-op precision knob's domain: bf16 and int8 once the seed's plan is spelled out
-/// ([`explicit_plan`]); nothing for a class left as built (f32 searches, whose kernels hold
-/// every matrix in f32).
-fn format_domain(f: Option<WeightFormat>) -> Vec<u32> {
+/// ([`explicit_plan`]) and the search may move them (`--per-op-precision`); nothing for a
+/// class left as built (f32 searches, whose kernels hold every matrix in f32).
+fn format_domain(c: &Candidate, f: Option<WeightFormat>) -> Vec<u32> {
     match f {
-        Some(_) => vec![1, 2],
-        None => Vec::new(),
+        Some(_) if c.precision_free => vec![1, 2],
+        _ => Vec::new(),
     }
 }
 
@@ -423,21 +432,21 @@ pub static KNOBS: &[Knob] = &[
     },
     Knob {
         name: "attention_precision",
-        domain: |c| format_domain(c.knobs.precision.attention),
+        domain: |c| format_domain(c, c.knobs.precision.attention),
         get: |c| format_index(c.knobs.precision.attention),
         set: |c, v| c.knobs.precision.attention = format_of(v),
         show: format_name,
     },
     Knob {
         name: "mlp_precision",
-        domain: |c| format_domain(c.knobs.precision.mlp),
+        domain: |c| format_domain(c, c.knobs.precision.mlp),
         get: |c| format_index(c.knobs.precision.mlp),
         set: |c, v| c.knobs.precision.mlp = format_of(v),
         show: format_name,
     },
     Knob {
         name: "lm_head_precision",
-        domain: |c| format_domain(c.knobs.precision.lm_head),
+        domain: |c| format_domain(c, c.knobs.precision.lm_head),
         get: |c| format_index(c.knobs.precision.lm_head),
         set: |c, v| c.knobs.precision.lm_head = format_of(v),
         show: format_name,
@@ -1230,8 +1239,14 @@ pub fn run(args: SearchArgs) -> Result<()> {
         seed_knobs.sm_count = sms;
     }
     seed_knobs.check().context("the seed knobs")?;
-    seed_knobs.precision = explicit_plan(seed_knobs.precision, args.precision);
-    let seed = Candidate { knobs: seed_knobs, launch: LaunchChoice::default() };
+    if args.per_op_precision {
+        seed_knobs.precision = explicit_plan(seed_knobs.precision, args.precision);
+    }
+    let seed = Candidate {
+        knobs: seed_knobs,
+        launch: LaunchChoice::default(),
+        precision_free: args.per_op_precision,
+    };
 
     let (model, model_name, scratch) = open_model(&args)?;
     let result = search_model(&args, &model, &model_name, seed, wall);
@@ -1537,6 +1552,7 @@ mod tests {
     /// A small device: 8 SMs, so 12 and 16 workers are rejected at 1 block per SM.
     fn seed() -> Candidate {
         Candidate {
+            precision_free: false,
             knobs: ScheduleConfig { workers: 8, sm_count: 8, ..ScheduleConfig::default() },
             launch: LaunchChoice::default(),
         }
@@ -1701,7 +1717,11 @@ mod tests {
 
     #[test]
     fn the_knob_table_round_trips_and_its_domains_hold_the_defaults() {
-        let c = Candidate { knobs: ScheduleConfig::default(), launch: LaunchChoice::default() };
+        let c = Candidate {
+            knobs: ScheduleConfig::default(),
+            launch: LaunchChoice::default(),
+            precision_free: true,
+        };
         let mut names = HashSet::new();
         for k in KNOBS {
             assert!(names.insert(k.name), "{} twice", k.name);
@@ -1760,6 +1780,10 @@ mod tests {
         let mut c = seed();
         c.knobs.precision = bf16;
         let head = KNOBS.iter().find(|k| k.name == "lm_head_precision").unwrap();
+        // They stay still unless the search is asked to move them (--per-op-precision).
+        assert!((head.domain)(&c).is_empty());
+        assert!(neighbour(&c, head, false).is_none());
+        c.precision_free = true;
         assert_eq!((head.domain)(&c), vec![1, 2]);
         let down = neighbour(&c, head, false).unwrap();
         assert_eq!(down.knobs.precision.lm_head, Some(WeightFormat::Bf16));

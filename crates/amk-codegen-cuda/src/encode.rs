@@ -35,7 +35,8 @@ pub(crate) struct Encoded {
     /// Whether any projection is a head part of more than one (the kernel compiles that code
     /// only then).
     pub head_parts: bool,
-    /// Whether some matrices the tasks read are int8 and others bf16 (a per-op precision plan).
+    /// Whether some matrix the tasks read is not in the build's format (a per-op precision
+    /// plan): the kernel then compiles each task function for its tasks' formats.
     pub mixed: bool,
     /// In a mixed kernel, the formats each task function's tasks hold their matrices in
     /// (`source::FORMAT_KINDS` order; bit 0 bf16, bit 1 int8), else all 0.
@@ -75,8 +76,11 @@ pub(crate) fn encode(s: &Schedule, dtype: WeightDType) -> Result<Encoded, Codege
         by_id.push(words);
     }
     let (tasks, run_start, max_worker_words) = run_order(s, &by_id)?;
-    let read = |f: WeightDType| cols.iter().zip(&formats).any(|(c, &g)| c.is_some() && g == f);
-    let mixed = read(WeightDType::Int8) && read(WeightDType::BF16);
+    // Mixed: some matrix a task reads is not in the build's format (the kernel's vectors and
+    // default instances follow the build's), so each task function is compiled for its tasks'
+    // formats. That includes a plan that moves every matrix away from the build's format.
+    let mixed = dtype != WeightDType::F32
+        && cols.iter().zip(&formats).any(|(c, &f)| c.is_some() && f != dtype);
     let kind_formats = if mixed { kind_formats(s, &formats) } else { Default::default() };
     Ok(Encoded {
         tables: DeviceTables {
@@ -1881,6 +1885,34 @@ mod tests {
         // The same format as the build's is no mix.
         set(&mut s, "model.embed_tokens.weight", WeightFormat::Bf16);
         assert!(!encode(&s, WeightDType::BF16).expect("encodes").mixed);
+        // Every matrix in the other format is: the kernel's default (the build's) would read
+        // int8 buffers as bf16.
+        let mut all = tiny();
+        let matrices: Vec<String> = all
+            .buffers
+            .iter()
+            .filter(|b| b.kind == BufferKind::Weight && b.name.ends_with("proj.weight"))
+            .map(|b| b.name.clone())
+            .chain(["model.embed_tokens.weight".to_string()])
+            .collect();
+        for name in &matrices {
+            set(&mut all, name, WeightFormat::Int8);
+        }
+        let e = encode(&all, WeightDType::BF16).expect("encodes");
+        assert!(
+            e.mixed && e.kind_formats[0] == 2 && e.kind_formats[5] == 2,
+            "{:?}",
+            e.kind_formats
+        );
+        for name in &matrices {
+            set(&mut all, name, WeightFormat::Bf16);
+        }
+        let e = encode(&all, WeightDType::Int8).expect("encodes");
+        assert!(
+            e.mixed && e.kind_formats[0] == 1 && e.kind_formats[6] == 1,
+            "{:?}",
+            e.kind_formats
+        );
     }
 
     #[test]

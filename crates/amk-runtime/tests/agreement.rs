@@ -88,6 +88,10 @@ fn a_precision_plan_gives_each_weight_one_format_on_the_device_and_in_the_emulat
             true,
         ),
         (WeightDType::BF16, PrecisionPlan { attention: bf16, ..Default::default() }, false),
+        // Every matrix away from the build's format: still a mixed kernel (its vectors and
+        // default instances are the build's).
+        (WeightDType::BF16, PrecisionPlan { attention: int8, mlp: int8, lm_head: int8 }, true),
+        (WeightDType::Int8, PrecisionPlan { attention: bf16, mlp: bf16, lm_head: bf16 }, true),
         (WeightDType::F32, PrecisionPlan { lm_head: int8, ..Default::default() }, false),
     ];
     for (dtype, plan, mixed) in cases {

@@ -152,7 +152,7 @@ pub struct ScheduleConfig {
     pub prefetch_depth: u32,
     /// Per-op weight precision (`precision: (lm_head: Some(Int8))` in a knob file): which
     /// classes of matrices a bf16 or int8 build holds in the other format. The kernel then
-    /// compiles each such task's code for both formats.
+    /// compiles each task function for the formats its tasks use.
     pub precision: PrecisionPlan,
 }
 

@@ -470,7 +470,7 @@ impl GpuBackend {
         for (i, b) in schedule.buffers.iter().enumerate() {
             let p = gpu.alloc_zeroed(plan.buffer_bytes[i])?;
             if b.kind == BufferKind::Weight {
-                // fit_kernel checked there is a format per buffer and a layout per int8 one.
+                // check_plan checked there is a format per buffer and a layout per int8 one.
                 let int8 = plan.int8_matrices.get(i).copied().flatten();
                 let layout = match (plan.formats[i], int8) {
                     (WeightDType::BF16, _) => WeightLayout::Bf16,
