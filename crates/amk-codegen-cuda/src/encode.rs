@@ -39,8 +39,8 @@ pub(crate) struct Encoded {
     /// plan): the kernel then compiles each task function for its tasks' formats.
     pub mixed: bool,
     /// In a mixed kernel, the formats each task function's tasks hold their matrices in
-    /// (`source::FORMAT_KINDS` order; bit 0 bf16, bit 1 int8), else all 0.
-    pub kind_formats: [u8; crate::source::FORMAT_KINDS.len()],
+    /// (the `AMK_FMTS_*` defines' order; bit 0 bf16, bit 1 int8), else all 0.
+    pub kind_formats: [u8; crate::source::FORMAT_KINDS],
     /// The most words one worker's instructions and descriptors take
     /// (`INSTR_WORDS * instructions + TASK_WORDS * runs`): the kernel copies them into shared
     /// memory when it starts.
@@ -107,11 +107,11 @@ pub(crate) fn encode(s: &Schedule, dtype: WeightDType) -> Result<Encoded, Codege
     })
 }
 
-/// The formats each task function's tasks hold their matrices in (`source::FORMAT_KINDS`
+/// The formats each task function's tasks hold their matrices in (the `AMK_FMTS_*` defines'
 /// order; bit 0 bf16, bit 1 int8). The encoder has checked every id and that a task's
 /// matrices share one format, so its first matrix stands for the task.
-fn kind_formats(s: &Schedule, formats: &[WeightDType]) -> [u8; crate::source::FORMAT_KINDS.len()] {
-    let mut out = [0u8; crate::source::FORMAT_KINDS.len()];
+fn kind_formats(s: &Schedule, formats: &[WeightDType]) -> [u8; crate::source::FORMAT_KINDS] {
+    let mut out = [0u8; crate::source::FORMAT_KINDS];
     for task in &s.tasks {
         let (kind, matrix) = match task.op {
             TaskOp::Projection { weight, .. } => (0, weight),

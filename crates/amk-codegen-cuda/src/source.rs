@@ -19,11 +19,11 @@ pub(crate) struct Prologue {
     /// Some matrices are int8 and others bf16 (a per-op precision plan): each task's format
     /// is then picked at run time from its descriptor.
     pub weight_mixed: bool,
-    /// In a mixed kernel, the formats each task function's tasks use ([`FORMAT_KINDS`] order;
-    /// bit 0 bf16, bit 1 int8): a function is compiled for those alone, and picks per task only
-    /// when it has both (a mixed kernel compiled every function twice measured 25 us a step
-    /// slower). 0 everywhere in other kernels.
-    pub formats: [u8; FORMAT_KINDS.len()],
+    /// In a mixed kernel, the formats each task function's tasks use (the `AMK_FMTS_*`
+    /// defines' order; bit 0 bf16, bit 1 int8): a function is compiled for those alone, and
+    /// picks per task only when it has both (a mixed kernel compiled every function twice
+    /// measured 25 us a step slower). 0 everywhere in other kernels.
+    pub formats: [u8; FORMAT_KINDS],
     pub block_threads: u32,
     /// At least 1, so device array sizes stay positive.
     pub max_cols: u32,
@@ -54,17 +54,10 @@ pub(crate) struct Prologue {
     pub head_parts: bool,
 }
 
-/// The task functions a mixed kernel compiles per format, by the defines that say which
-/// formats each needs (kernels/megakernel.cuh, `AMK_BY_FORMAT`).
-pub const FORMAT_KINDS: [&str; 7] = [
-    "AMK_FMTS_PROJECTION",
-    "AMK_FMTS_GATED",
-    "AMK_FMTS_HEAD_OUT",
-    "AMK_FMTS_ATTENTION_OUT",
-    "AMK_FMTS_QUERY_ATTENTION",
-    "AMK_FMTS_HEAD_ARGMAX",
-    "AMK_FMTS_EMBED",
-];
+/// How many task functions a mixed kernel compiles per format: the `AMK_FMTS_*` defines of
+/// [`PROLOGUE_DEFINES`], in their order, say which formats each needs
+/// (kernels/megakernel.cuh, `AMK_BY_FORMAT`).
+pub const FORMAT_KINDS: usize = 7;
 
 /// Names of the prologue's defines, in order.
 pub const PROLOGUE_DEFINES: [&str; 24] = [
@@ -215,7 +208,7 @@ mod tests {
             weight_bf16: true,
             weight_int8: false,
             weight_mixed: false,
-            formats: [0; FORMAT_KINDS.len()],
+            formats: [0; FORMAT_KINDS],
             block_threads: 512,
             max_cols: 160,
             max_head_dim: 16,
@@ -231,6 +224,19 @@ mod tests {
             tagged: false,
             head_parts: false,
         }
+    }
+
+    #[test]
+    fn the_format_defines_follow_the_weight_ones_in_kind_order() {
+        // encode::kind_formats fills them in this order.
+        let kinds: Vec<&str> = PROLOGUE_DEFINES[3..3 + FORMAT_KINDS].to_vec();
+        let expected = ["PROJECTION", "GATED", "HEAD_OUT", "ATTENTION_OUT", "QUERY_ATTENTION"]
+            .into_iter()
+            .chain(["HEAD_ARGMAX", "EMBED"])
+            .map(|k| format!("AMK_FMTS_{k}"))
+            .collect::<Vec<_>>();
+        assert_eq!(kinds, expected);
+        assert!(!PROLOGUE_DEFINES[3 + FORMAT_KINDS].starts_with("AMK_FMTS_"));
     }
 
     #[test]
