@@ -377,7 +377,12 @@ pub fn run(args: AgreeArgs) -> Result<()> {
             continue;
         }
         seen.push(precision);
-        let name = precision_name(precision);
+        // With a per-op plan in --config, the name says which classes it moves:
+        // `bf16 (lm_head int8)`. (A knob file that does not parse is reported when measuring.)
+        let name = match crate::gpu::weight_precision(precision, args.config.as_deref()) {
+            Ok(formats) => formats.to_string(),
+            Err(_) => precision_name(precision),
+        };
         let mut run = RunReport {
             precision: name.clone(),
             backend: None,
@@ -416,11 +421,13 @@ pub fn run(args: AgreeArgs) -> Result<()> {
 
     if runs.len() > 1 {
         println!("summary against fp32_cpu ({golden_steps} golden steps)");
-        println!("  {:<12} {:>16} {:>12}", "precision", "teacher-forced", "prefix sum");
+        // Names with a per-op plan (`bf16 (lm_head int8)`) are longer than 12.
+        let w = runs.iter().map(|r| r.precision.len()).max().unwrap_or(0).max(12);
+        println!("  {:<w$} {:>16} {:>12}", "precision", "teacher-forced", "prefix sum");
         for r in &runs {
             match &r.error {
                 None => println!(
-                    "  {:<12} {:>16} {:>12}",
+                    "  {:<w$} {:>16} {:>12}",
                     r.precision,
                     format!(
                         "{}/{} {:5.1}%",
@@ -428,11 +435,11 @@ pub fn run(args: AgreeArgs) -> Result<()> {
                     ),
                     format!("{}/{golden_steps}", r.prefix_sum)
                 ),
-                Some(_) => println!("  {:<12} {:>16} {:>12}", r.precision, "error", "error"),
+                Some(_) => println!("  {:<w$} {:>16} {:>12}", r.precision, "error", "error"),
             }
         }
         if let Some(h) = hf_sum(&cases) {
-            println!("  {:<12} {:>16} {:>12}", "HF bf16 gpu", "-", format!("{h}/{golden_steps}"));
+            println!("  {:<w$} {:>16} {:>12}", "HF bf16 gpu", "-", format!("{h}/{golden_steps}"));
         }
     }
 
