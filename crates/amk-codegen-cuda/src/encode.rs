@@ -296,8 +296,7 @@ fn formats(
                 ));
             }
             Ok(match b.kind {
-                BufferKind::Weight if matrix => dtype.matrix_format(b.format),
-                BufferKind::Weight => dtype.vector_format(),
+                BufferKind::Weight => dtype.weight_format(matrix, b.format),
                 _ => WeightDType::F32,
             })
         })

@@ -106,12 +106,15 @@ impl WeightDType {
         }
     }
 
-    /// The format of a weight vector (norm weights, biases) in a build of this dtype: bf16
-    /// in a bf16 build, else f32.
-    pub fn vector_format(self) -> WeightDType {
-        match self {
-            WeightDType::BF16 => WeightDType::BF16,
-            _ => WeightDType::F32,
+    /// The format a build of this dtype holds a weight in: a matrix as
+    /// [`WeightDType::matrix_format`] gives it; a vector (norm weights, biases) in bf16 in a
+    /// bf16 build, else in f32, whatever `format` says. Codegen, the CPU reference and the
+    /// schedule executor all ask here, so what is uploaded is what is emulated.
+    pub fn weight_format(self, matrix: bool, format: Option<WeightFormat>) -> WeightDType {
+        match (matrix, self) {
+            (true, _) => self.matrix_format(format),
+            (false, WeightDType::BF16) => WeightDType::BF16,
+            (false, _) => WeightDType::F32,
         }
     }
 }

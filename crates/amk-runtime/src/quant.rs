@@ -119,11 +119,8 @@ impl From<WeightDType> for WeightPrecision {
 impl WeightPrecision {
     /// The format a device holds `spec` in.
     pub fn format_of(&self, spec: &WeightSpec) -> WeightDType {
-        if is_matrix(spec) {
-            self.dtype.matrix_format(self.plan.format_of(&spec.name, spec.shape.len()))
-        } else {
-            self.dtype.vector_format()
-        }
+        let format = self.plan.format_of(&spec.name, spec.shape.len());
+        self.dtype.weight_format(is_matrix(spec), format)
     }
 }
 

@@ -247,19 +247,16 @@ impl ScheduleExecutor {
             })?;
             done += 1;
             on_weight(done, total);
-            let format = match (crate::quant::is_matrix(spec), schedule_format(name)) {
-                (true, format) => dtype.matrix_format(format),
-                (false, None) => dtype.vector_format(),
-                (false, Some(_)) => {
-                    return Err(RuntimeError::WeightLoad {
-                        name: name.to_owned(),
-                        message: "the schedule gives this weight vector a `format`; only \
-                                  matrices are held in a format of their own (remove it)"
-                            .into(),
-                    })
-                }
-            };
-            Ok(crate::quant::emulate_as(format, spec, data))
+            let (matrix, format) = (crate::quant::is_matrix(spec), schedule_format(name));
+            if !matrix && format.is_some() {
+                return Err(RuntimeError::WeightLoad {
+                    name: name.to_owned(),
+                    message: "the schedule gives this weight vector a `format`; only matrices \
+                              are held in a format of their own (remove it)"
+                        .into(),
+                });
+            }
+            Ok(crate::quant::emulate_as(dtype.weight_format(matrix, format), spec, data))
         })
     }
 
