@@ -12,6 +12,7 @@ use crate::progress::{weight_bar, ImportBar};
 use amk_ir::Model;
 use amk_runtime::agreement::{self, percent, Agreement};
 use amk_runtime::cpu::CpuReference;
+use amk_runtime::quant::WeightPrecision;
 use amk_runtime::Backend;
 use anyhow::{anyhow, bail, Context, Result};
 use clap::{Args, ValueEnum};
@@ -241,10 +242,11 @@ fn check_against_model(cases: &[GoldenCase], model: &Model, golden: &str) -> Res
     Ok(())
 }
 
-/// The backend measuring `precision`, and whether it emulates the precision on the CPU.
+/// The backend measuring `precision` (on the CPU, each weight in its format of `formats`), and
+/// whether it emulates the precision on the CPU.
 fn make_backend(
     model: &Model,
-    precision: Precision,
+    (precision, formats): (Precision, WeightPrecision),
     gpu: bool,
     config: Option<&PathBuf>,
 ) -> Result<(Box<dyn Backend>, bool)> {
@@ -253,7 +255,6 @@ fn make_backend(
             GpuArgs { precision: Some(precision), config: config.cloned(), ..GpuArgs::default() };
         return Ok((Box::new(crate::gpu::build_backend(model, &args, false)?), false));
     }
-    let formats = crate::gpu::weight_precision(precision, config.map(|p| p.as_path()))?;
     let bar = weight_bar(model.graph.weights.len(), "loading weights");
     let cpu = CpuReference::from_model_with(model, formats, &mut |done, _| {
         bar.set_position(done as u64)
@@ -379,7 +380,8 @@ pub fn run(args: AgreeArgs) -> Result<()> {
         seen.push(precision);
         // With a per-op plan in --config, the name says which classes it moves:
         // `bf16 (lm_head int8)`. (A knob file that does not parse is reported when measuring.)
-        let name = match crate::gpu::weight_precision(precision, args.config.as_deref()) {
+        let formats = crate::gpu::weight_precision(precision, args.config.as_deref());
+        let name = match &formats {
             Ok(formats) => formats.to_string(),
             Err(_) => precision_name(precision),
         };
@@ -394,13 +396,13 @@ pub fn run(args: AgreeArgs) -> Result<()> {
             teacher_forced_percent: 0.0,
             prefix_sum: 0,
         };
-        let measured = make_backend(&model, precision, use_gpu, args.config.as_ref()).and_then(
-            |(mut b, emulated)| {
+        let measured = formats
+            .and_then(|f| make_backend(&model, (precision, f), use_gpu, args.config.as_ref()))
+            .and_then(|(mut b, emulated)| {
                 run.backend = Some(b.name());
                 run.emulated = emulated;
                 measure_all(b.as_mut(), &cases, &name)
-            },
-        );
+            });
         match measured {
             Ok(prompts) => {
                 run.teacher_forced_agree =

@@ -914,8 +914,8 @@ fn time_amk(
         };
         progress(&format!("{name}: building the {system} kernel"));
         let gargs = gpu_args(args, entry);
-        let formats = match crate::gpu::weight_precision(entry.0, args.config.as_deref()) {
-            Ok(f) => WeightPrecision { plan: entry.1.unwrap_or(f.plan), ..f },
+        let formats = match gargs.knobs() {
+            Ok(k) => WeightPrecision { dtype: gargs.weight_dtype(), plan: k.precision },
             Err(e) => {
                 rows.extend(failed(format!("{e:#}")));
                 continue;

@@ -102,6 +102,16 @@ impl GpuArgs {
     pub fn weight_dtype(&self) -> WeightDType {
         self.precision.unwrap_or(Precision::Bf16).weight_dtype()
     }
+
+    /// The knobs: `--config`'s (or the defaults), with [`GpuArgs::plan`] in place of their
+    /// precision plan when it is set.
+    pub fn knobs(&self) -> Result<ScheduleConfig> {
+        let mut knobs = read_knobs(self.config.as_deref())?;
+        if let Some(plan) = self.plan {
+            knobs.precision = plan;
+        }
+        Ok(knobs)
+    }
 }
 
 /// The weight formats of a `precision` build with the per-op precision plan of the knob file
@@ -187,10 +197,7 @@ pub fn parse_schedule(text: &str, path: &Path) -> Result<Schedule, String> {
 
 /// The schedule to run: a file, or the lowering of the model with the knobs.
 pub fn schedule_for(model: &Model, args: &GpuArgs) -> Result<(Schedule, LaunchFacts)> {
-    let mut knobs = read_knobs(args.config.as_deref())?;
-    if let Some(plan) = args.plan {
-        knobs.precision = plan;
-    }
+    let knobs = args.knobs()?;
     let facts = LaunchFacts { sm_count: knobs.sm_count, blocks_per_sm: knobs.blocks_per_sm };
     let schedule = match &args.schedule {
         Some(path) => {

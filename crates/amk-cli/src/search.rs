@@ -1792,7 +1792,8 @@ mod tests {
             down.changed_from(&c).get("lm_head_precision").map(String::as_str),
             Some("Bf16")
         );
-        // Every format the search can give lowers, with the format on the head's buffer only.
+        // The spelled-out plan lowers, every matrix's buffer carrying its class's format (the
+        // head's Int8).
         let graph = tiny_graph_cached();
         let s = lower(&graph, &c.knobs).expect("lowers");
         for b in s.buffers.iter().filter(|b| b.format.is_some()) {
